@@ -1,0 +1,37 @@
+# Two commands on a fresh machine: `make demo` (the whole pipeline on an embedded dataset) and
+# `make test` (the test suite). Both set up .venv first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.moofa-installed
+HVD_STAMP := $(VENV)/.horovod-installed
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: setup horovod test demo bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install -q $(TORCH_PINS)
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(STAMP)
+
+$(HVD_STAMP): $(STAMP) scripts/install_horovod.sh
+	bash scripts/install_horovod.sh $(BIN)/python
+	touch $@
+
+horovod: $(HVD_STAMP)
+
+test: setup horovod
+	$(BIN)/python -m pytest -q
+
+demo: setup
+	$(BIN)/python -m moofa.demo
+
+bench: setup
+	$(BIN)/python benchmarks/bench_memory.py
+
+clean:
+	rm -rf $(VENV) demo_runs .pytest_cache

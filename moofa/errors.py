@@ -1,0 +1,37 @@
+"""Errors for bad user input. The command-line entry points turn them into one ``error:`` line on
+stderr and exit status 2 (CONTRACT.md, "Exit status")."""
+from __future__ import annotations
+
+from typing import Any
+
+
+class MoofaInputError(ValueError):
+    """Bad input: arguments, config, data, checkpoint or an infeasible constraint.
+
+    The message names the file, the key and the value; it fits on one line.
+    """
+
+    def __init__(self, message: str, *, file: Any = None, key: str | None = None,
+                 value: Any = None) -> None:
+        parts = []
+        if file is not None:
+            parts.append(str(file))
+        if key is not None:
+            parts.append(str(key))
+        prefix = ": ".join(parts)
+        if value is not None:
+            message = f"{message} (got {value!r})"
+        super().__init__(f"{prefix}: {message}" if prefix else message)
+        self.file, self.key, self.value = file, key, value
+
+
+class ConfigError(MoofaInputError):
+    """A config file that does not load or does not validate."""
+
+
+class CheckpointError(MoofaInputError):
+    """A checkpoint that is missing, corrupt or does not fit the model."""
+
+
+class InfeasibleConstraintError(MoofaInputError):
+    """A memory constraint that no subnet of the model can meet."""
