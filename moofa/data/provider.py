@@ -1,0 +1,194 @@
+"""The data provider of a training / evaluation process (SPEC 3.9, 3.10).
+
+Train loader: the held-out-free part of ``train/`` through a distributed subset sampler and an
+elastic-resolution batch sampler (one size per batch, drawn in the main process), training
+augmentation at that size. Validation loader: the held-out training images (``valid_size``) with
+the test transform, or the test loader when ``valid_size`` is null. Test loader: ``val/``, sharded
+with torch's DistributedSampler when there are several processes. BN-calibration batches: a fixed
+subset of the training folder, augmented deterministically, cached per resolution.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torchvision.datasets import ImageFolder
+
+from moofa.data.datasets import ensure_dataset
+from moofa.data.samplers import (SUB_SEED, DistributedSubsetSampler, ElasticResolutionBatchSampler,
+                                 calibration_indices, candidate_sizes, split_train_valid)
+from moofa.data.transforms import test_transform, train_transform
+from moofa.errors import MoofaInputError
+
+IMAGENETTE_IMAGENET_IDS = (0, 217, 482, 491, 497, 566, 569, 571, 574, 701)
+_MASK63 = (1 << 63) - 1
+
+
+def use_cuda(device: str = "auto") -> bool:
+    """Whether ``args.device`` (auto | cpu | cuda) means CUDA on this machine."""
+    return device != "cpu" and torch.cuda.is_available()
+
+
+def move_batch(images: torch.Tensor, labels: torch.Tensor, device: torch.device | str):
+    """Copy a batch to ``device``; non-blocking from pinned memory when it is a CUDA device."""
+    device = torch.device(device)
+    nb = device.type == "cuda"
+    return images.to(device, non_blocking=nb), labels.to(device, non_blocking=nb)
+
+
+class ResolutionDataset(Dataset):
+    """A view of an ImageFolder whose items are ``index`` or ``(index, image_size)``: the image is
+    transformed by ``make_transform(image_size)`` (``default_size`` for plain indices). With
+    ``item_seed`` each item's augmentation is seeded by (seed, size, index), so it is identical in
+    every process and with any number of workers."""
+
+    def __init__(self, folder: ImageFolder, make_transform: Callable[[int], Callable],
+                 default_size: int, label_map: Sequence[int] | None = None,
+                 item_seed: int | None = None) -> None:
+        self.folder, self.make_transform, self.default_size = folder, make_transform, int(default_size)
+        self.label_map, self.item_seed = label_map, item_seed
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def __getitem__(self, item: int | tuple[int, int]):
+        idx, size = item if isinstance(item, tuple) else (item, self.default_size)
+        path, target = self.folder.samples[idx]
+        img = self.folder.loader(path)
+        tf = self.make_transform(size)
+        if self.item_seed is None:
+            x = tf(img)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(((self.item_seed * 1000003 + size) * 1000003 + idx) & _MASK63)
+                x = tf(img)
+        return x, (self.label_map[target] if self.label_map is not None else target)
+
+
+class DataProvider:
+    """Loaders of one process (``rank`` of ``world_size``) for the task args ``args`` (the flat
+    ``args`` dict after the args_per_task update) and the model's ``image_sizes`` (pixels).
+
+    ``train_loader(epoch)``, ``valid_loader(image_size)``, ``test_loader(image_size)``,
+    ``calibration_batches(image_size)``; ``n_classes`` (1000 for imagenet/imagenette)."""
+
+    def __init__(self, args: Mapping[str, Any], image_sizes: Sequence[int] | int, rank: int = 0,
+                 world_size: int = 1) -> None:
+        self.args = dict(args)
+        self.rank, self.world_size = int(rank), int(world_size)
+        sizes = [int(image_sizes)] if isinstance(image_sizes, int) else [int(s) for s in image_sizes]
+        self.image_sizes = sorted(set(sizes))
+        self.max_size = self.image_sizes[-1]
+        self.root: Path = ensure_dataset(self.args)
+        self.train_folder = self._folder("train")
+        self.test_folder = self._folder("val")
+        if self.train_folder.classes != self.test_folder.classes:
+            raise MoofaInputError(f"train/ and val/ have different class folders "
+                                  f"({len(self.train_folder.classes)} vs {len(self.test_folder.classes)})",
+                                  key="args.data_path", value=str(self.root))
+        dataset = self.args["dataset"]
+        self.label_map = IMAGENETTE_IMAGENET_IDS if dataset == "imagenette" else None
+        if self.label_map is not None and len(self.train_folder.classes) != len(self.label_map):
+            raise MoofaInputError(f"imagenette needs {len(self.label_map)} class folders, found "
+                                  f"{len(self.train_folder.classes)}", key="args.data_path", value=str(self.root))
+        self.n_classes = 1000 if dataset in ("imagenet", "imagenette") else len(self.train_folder.classes)
+        try:
+            self.train_indices, self.valid_indices = split_train_valid(len(self.train_folder),
+                                                                       self.args.get("valid_size"))
+        except ValueError as err:
+            raise MoofaInputError(str(err).split(": ", 1)[-1], key="args.valid_size",
+                                  value=self.args.get("valid_size")) from None
+        self.train_batch_size = int(self.args["base_batch_size"])
+        self.test_batch_size = 4 * self.train_batch_size
+        self.n_worker = int(self.args.get("n_worker", 0))
+        self.pin_memory = use_cuda(self.args.get("device", "auto"))
+        self.candidates = candidate_sizes(self.image_sizes, bool(self.args.get("continuous_size", False)))
+        self._train_loader: DataLoader | None = None
+        self._valid: dict[int, DataLoader] = {}
+        self._test: dict[int, DataLoader] = {}
+        self._calib: dict[int, list[torch.Tensor]] = {}
+
+    # -- datasets --------------------------------------------------------------------------------
+    def _folder(self, split: str) -> ImageFolder:
+        try:
+            return ImageFolder(str(self.root / split))
+        except (FileNotFoundError, OSError) as err:
+            raise MoofaInputError(f"cannot read {self.root / split} as an ImageFolder ({err})",
+                                  key="args.data_path", value=str(self.root)) from None
+
+    def _train_tf(self, size: int) -> Callable:
+        return train_transform(size, float(self.args.get("resize_scale", 0.08)),
+                               self.args.get("distort_color", "tf"))
+
+    def _view(self, folder: ImageFolder, make_tf: Callable[[int], Callable], size: int,
+              item_seed: int | None = None) -> ResolutionDataset:
+        return ResolutionDataset(folder, make_tf, size, self.label_map, item_seed)
+
+    def _loader(self, dataset: Dataset, **kw: Any) -> DataLoader:
+        return DataLoader(dataset, num_workers=self.n_worker, pin_memory=self.pin_memory, **kw)
+
+    # -- loaders ---------------------------------------------------------------------------------
+    @property
+    def train_batches_per_epoch(self) -> int:
+        """Batches per epoch on this rank (nBatch of SPEC 3.6)."""
+        return len(self.train_loader(None).batch_sampler)
+
+    def train_loader(self, epoch: int | None = 0) -> DataLoader:
+        """The training loader, set to ``epoch`` (None: leave the epoch as it is). Each batch has
+        one resolution drawn from ``self.candidates`` with seed ``int(f"{b}{epoch:03d}")``."""
+        if self._train_loader is None:
+            sampler = DistributedSubsetSampler(self.train_indices, self.world_size, self.rank)
+            batches = ElasticResolutionBatchSampler(
+                sampler, self.train_batch_size, self.candidates, drop_last=False,
+                sync=not self.args.get("not_sync_distributed_image_size", False), rank=self.rank)
+            self._train_loader = self._loader(self._view(self.train_folder, self._train_tf, self.max_size),
+                                              batch_sampler=batches,
+                                              persistent_workers=self.n_worker > 0)
+        if epoch is not None:
+            self._train_loader.batch_sampler.set_epoch(epoch)
+        return self._train_loader
+
+    def set_epoch(self, epoch: int) -> None:
+        self.train_loader(epoch)
+
+    def test_loader(self, image_size: int | None = None) -> DataLoader:
+        """``val/`` at ``image_size`` (default: the largest size) with the test transform; each
+        rank gets its DistributedSampler shard when world_size > 1."""
+        size = int(image_size or self.max_size)
+        if size not in self._test:
+            ds = self._view(self.test_folder, test_transform, size)
+            sampler = (DistributedSampler(ds, self.world_size, self.rank, shuffle=True, seed=0)
+                       if self.world_size > 1 else None)
+            self._test[size] = self._loader(ds, batch_size=self.test_batch_size, sampler=sampler,
+                                            shuffle=False, drop_last=False)
+        return self._test[size]
+
+    def valid_loader(self, image_size: int | None = None) -> DataLoader:
+        """The held-out training images at ``image_size`` with the test transform, split over the
+        ranks by the subset sampler (epoch 0); the test loader when ``valid_size`` is null."""
+        if not self.valid_indices:
+            return self.test_loader(image_size)
+        size = int(image_size or self.max_size)
+        if size not in self._valid:
+            ds = self._view(self.train_folder, test_transform, size)
+            sampler = DistributedSubsetSampler(self.valid_indices, self.world_size, self.rank)
+            self._valid[size] = self._loader(ds, batch_size=self.test_batch_size, sampler=sampler,
+                                             drop_last=False)
+        return self._valid[size]
+
+    def calibration_batches(self, image_size: int) -> list[torch.Tensor]:
+        """BN re-calibration images (SPEC 3.9): the first ``bn_calib_images`` of a randperm of
+        the full training folder seeded 937162211, training transform at ``image_size`` with a
+        fixed per-image seed, batches of ``bn_calib_batch_size``. Materialised once per resolution
+        and cached (identical on every rank; pinned when CUDA is used)."""
+        size = int(image_size)
+        if size not in self._calib:
+            idx = calibration_indices(len(self.train_folder), int(self.args.get("bn_calib_images", 2000)))
+            ds = self._view(self.train_folder, self._train_tf, size, item_seed=SUB_SEED)
+            loader = DataLoader(torch.utils.data.Subset(ds, idx),
+                                batch_size=int(self.args.get("bn_calib_batch_size", 200)), shuffle=False,
+                                num_workers=self.n_worker, pin_memory=self.pin_memory)
+            self._calib[size] = [images for images, _ in loader]
+        return self._calib[size]

@@ -1,0 +1,1 @@
+"""Progressive-shrinking training, evaluation and checkpoints (SPEC section 3)."""

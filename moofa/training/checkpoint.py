@@ -1,0 +1,84 @@
+"""Checkpoint files: atomic writes, RNG state capture, the phase chaining of SPEC 3.4.
+
+Layout (reference names kept; resume state per phase fixes SPEC 10 items 22-24):
+- teacher: ``<teacher_path>/checkpoint/checkpoint.pth.tar`` (resume state, always with
+  ``state_dict``), ``model_best.pth.tar`` (``{state_dict}``), ``latest.txt``.
+- phase ``<step>_<phase>``: resume state in ``<path>/checkpoint/<step>_<phase>/checkpoint.pth.tar``
+  and best weights in ``.../model_best.pth.tar``; the final weights (last epoch, as the reference)
+  in ``<path>/checkpoint/checkpoint-<step>_<phase>.pth.tar``.
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+PHASE_ORDER = ("kernel", "depth", "expand")
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename: a kill never
+    leaves a half-written checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def rng_state() -> dict:
+    """Python, NumPy and torch RNG states as tensors/lists (loadable with weights_only=True)."""
+    np_state = np.random.get_state()
+    state = {"python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
+             "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                       "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def phase_name(step: str, phase: int | None) -> str:
+    return "teacher" if step == "teacher" else f"{step}_{phase}"
+
+
+def final_phase_file(path: str | Path, step: str, phase: int) -> Path:
+    return Path(path) / "checkpoint" / f"checkpoint-{step}_{phase}.pth.tar"
+
+
+def predecessor(step: str, phase: int, tasks: list[str], tasks_phases: Mapping[str, int]) -> tuple[str, int] | None:
+    """The phase whose final weights initialise (step, phase): (step, phase - 1), or for phase 1
+    the last phase of the previous task in the order kernel -> depth -> expand; None for the first
+    task (it starts from the teacher)."""
+    if phase > 1 and step != "kernel":
+        return step, phase - 1
+    order = [t for t in PHASE_ORDER if t in tasks]
+    i = order.index(step)
+    if i == 0:
+        return None
+    prev = order[i - 1]
+    return prev, int(tasks_phases[prev])

@@ -1,0 +1,89 @@
+"""Evaluation shared by training validation, eval mode, search and predictor-dataset creation.
+
+Counts are all-reduced across ranks, so every rank gets the accuracy over the whole evaluated set
+(the reference measured a 1/N shard per GPU; SPEC 10 items 7, 32). Forward time is measured with
+device synchronisation after warm-up batches (SPEC 10 item 33).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from moofa.models.bn_calibration import set_running_statistics
+from moofa.models.spec import SubnetConfig
+
+
+@dataclass
+class EvalResult:
+    """Top-1 and top-5 accuracy (fractions), mean cross-entropy loss, number of images, and the
+    mean forward time per batch in seconds (0 when not timed)."""
+
+    top1: float
+    top5: float
+    loss: float
+    n_images: int
+    avg_forward_time: float = 0.0
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def evaluate(net: nn.Module, loader: Iterable, backend: Any = None, device: torch.device | None = None,
+             max_images: int | None = None, time_forward: bool = False, warmup_batches: int = 2) -> EvalResult:
+    """Accuracy of ``net`` (eval mode) on ``loader``; sums are all-reduced over ``backend``'s ranks.
+
+    ``max_images`` caps the images this rank evaluates (a fixed prefix of its shard).
+    """
+    device = device or next(net.parameters()).device
+    was_training = net.training
+    net.eval()
+    stats = torch.zeros(4, dtype=torch.float64)  # correct1, correct5, loss_sum, n
+    times: list[float] = []
+    seen = 0
+    for i, (images, labels) in enumerate(loader):
+        if max_images is not None and seen >= max_images:
+            break
+        if max_images is not None and seen + len(labels) > max_images:
+            images, labels = images[: max_images - seen], labels[: max_images - seen]
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        if time_forward:
+            _sync(device)
+            t0 = time.perf_counter()
+        logits = net(images)
+        if time_forward:
+            _sync(device)
+            if i >= warmup_batches:
+                times.append(time.perf_counter() - t0)
+        k = min(5, logits.size(1))
+        top = logits.topk(k, dim=1).indices
+        hit = top.eq(labels.view(-1, 1))
+        stats += torch.tensor([hit[:, 0].sum().item(), hit.any(dim=1).sum().item(),
+                               F.cross_entropy(logits, labels, reduction="sum").item(), len(labels)],
+                              dtype=torch.float64)
+        seen += len(labels)
+    if backend is not None:
+        stats = backend.allreduce_sum_(stats)
+    net.train(was_training)
+    n = max(stats[3].item(), 1.0)
+    return EvalResult(stats[0].item() / n, stats[1].item() / n, stats[2].item() / n, int(stats[3].item()),
+                      sum(times) / len(times) if times else 0.0)
+
+
+def evaluate_subnet(supernet: nn.Module, config: SubnetConfig, provider: Any, backend: Any = None,
+                    split: str = "test", max_images: int | None = None,
+                    time_forward: bool = False) -> EvalResult:
+    """Activate ``config``, re-calibrate BN on the provider's fixed calibration subset at the
+    config's resolution (SPEC 3.9) and evaluate on the ``split`` ("test" or "valid") loader."""
+    supernet.set_subnet(config)
+    set_running_statistics(supernet, provider.calibration_batches(config.image_size))
+    loader = provider.test_loader(config.image_size) if split == "test" else provider.valid_loader(config.image_size)
+    return evaluate(supernet, loader, backend, max_images=max_images, time_forward=time_forward)

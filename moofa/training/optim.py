@@ -1,0 +1,34 @@
+"""Optimizer of SPEC 3.7: SGD (momentum, Nesterov) or Adam over two parameter groups."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+
+
+def parameter_groups(net: nn.Module, weight_decay: float, no_decay_keys: str | None) -> list[dict]:
+    """Parameters whose name contains any ``#``-separated key of ``no_decay_keys`` get weight
+    decay 0; the others ``weight_decay``."""
+    keys = [k for k in (no_decay_keys or "").split("#") if k]
+    decay, no_decay = [], []
+    for name, p in net.named_parameters():
+        if p.requires_grad:
+            (no_decay if any(k in name for k in keys) else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def build_optimizer(net: nn.Module, args: Mapping[str, Any], init_lr: float) -> torch.optim.Optimizer:
+    groups = parameter_groups(net, float(args["weight_decay"]), args.get("no_decay_keys"))
+    if args["opt_type"] == "adam":
+        return torch.optim.Adam(groups, lr=init_lr)
+    return torch.optim.SGD(groups, lr=init_lr, momentum=float(args["momentum"]),
+                           nesterov=not args["no_nesterov"])
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr

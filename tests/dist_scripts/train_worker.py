@@ -1,0 +1,37 @@
+"""Run one training phase with the library's Trainer under torchrun/horovodrun and dump, per
+rank, what the test compares: a checksum of every weight and the subnets sampled."""
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from moofa.config import load_config
+from moofa.distributed import init_backend
+from moofa.training.trainer import Trainer
+
+config, model_configs, step, phase, out = sys.argv[1:6]
+cfg = load_config(config, model_configs)
+backend = init_backend("cpu")
+trainer = Trainer(cfg, step, int(phase), backend, model_configs)
+sampled = []
+original = trainer.supernet.sample_active_subnet
+
+
+def recording_sample(*a, **k):
+    cfg_ = original(*a, **k)
+    sampled.append(cfg_)
+    return cfg_
+
+
+trainer.supernet.sample_active_subnet = recording_sample
+trainer.run()
+digest = hashlib.sha256()
+for name, t in trainer.net.state_dict().items():
+    digest.update(name.encode())
+    digest.update(t.detach().cpu().contiguous().numpy().tobytes())
+Path(out).mkdir(parents=True, exist_ok=True)
+(Path(out) / f"rank{backend.rank}.json").write_text(json.dumps(
+    {"rank": backend.rank, "size": backend.size, "weights": digest.hexdigest(), "sampled": sampled}))
+backend.shutdown()

@@ -1,0 +1,178 @@
+"""Progressive-shrinking training end to end on a tiny synthetic project (issue 4)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from moofa.models.supernet import load_checkpoint_file
+from moofa.training.checkpoint import predecessor
+from moofa.training.losses import label_smoothed_ce, soft_cross_entropy
+from moofa.training.schedule import learning_rate
+from moofa.training.trainer import subnet_seed
+
+from tiny import PYTHON, ROOT, free_port, make_tiny_project
+
+PHASES = [("teacher", None), ("kernel", 1), ("depth", 1), ("depth", 2), ("expand", 1), ("expand", 2)]
+
+
+def phase_args(step, phase):
+    return ["--step", step] + ([] if phase is None else ["--phase", str(phase)])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The whole sequence once: teacher, kernel 1, depth 1-2, expand 1-2."""
+    project = make_tiny_project(tmp_path_factory.mktemp("train"),
+                                args={"synthetic": {"difficulty": 0.1}})
+    outputs = {}
+    for step, phase in PHASES:
+        outputs[(step, phase)] = project.run("train.py", *phase_args(step, phase))
+    return project, outputs
+
+
+def test_phases_chain_and_write_their_checkpoints(trained) -> None:
+    project, outputs = trained
+    ckpt = project.root / "run" / "checkpoint"
+    for step, phase in PHASES[1:]:
+        path = ckpt / f"checkpoint-{step}_{phase}.pth.tar"
+        assert set(load_checkpoint_file(path)) == {"state_dict"}
+        prev = predecessor(step, phase, ["kernel", "depth", "expand"], {"kernel": 1, "depth": 2, "expand": 2})
+        src = (project.root / "run" / "teacher" / "checkpoint" / "model_best.pth.tar" if prev is None
+               else ckpt / f"checkpoint-{prev[0]}_{prev[1]}.pth.tar")
+        assert f"Loaded init from {src}" in outputs[(step, phase)].stderr
+    # the teacher learned: 4 classes, chance is 25 %
+    log = [json.loads(line) for line in (project.root / "run" / "teacher" / "logs" / "log.jsonl").open()]
+    assert [r["epoch"] for r in log] == [1, 2, 3]
+    assert max(r["val_acc"] for r in log) >= 0.5
+    # validation subnets of expand_2 are the SPEC 3.3 set (16 for the reference, 2 sizes here)
+    expand2 = [json.loads(line) for line in (project.root / "run" / "logs" / "log.jsonl").open()
+               if json.loads(line)["tag"] == "expand_2"]
+    assert sorted(expand2[-1]["per_subnet"]) == sorted(
+        f"R{r}-D{d}-E{e}-K{k}-W0" for d in (2, 4) for e in (2, 4) for k in (3, 7) for r in (32, 48))
+    # a finished phase is not trained again
+    again = project.run("train.py", "--step", "expand", "--phase", "2")
+    assert "already complete" in again.stderr
+
+
+def test_missing_predecessor_and_corrupt_checkpoint(tmp_path) -> None:
+    project = make_tiny_project(tmp_path)
+    r = project.run("train.py", "--step", "depth", "--phase", "2", check=False)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert lines[-1].startswith("error:") and "checkpoint-depth_1.pth.tar" in lines[-1]
+    assert "--step depth --phase 1" in lines[-1]
+    teacher = tmp_path / "run" / "teacher" / "checkpoint" / "model_best.pth.tar"
+    teacher.parent.mkdir(parents=True)
+    teacher.write_bytes(b"\x00garbage")
+    r = project.run("train.py", "--step", "kernel", "--phase", "1", check=False)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error:")
+    assert "model_best.pth.tar" in r.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("case,expect", [
+    ("missing", "no-such.yaml"),
+    ("syntax", "line"),
+    ("unknown_key", "args.not_a_key"),
+    ("unknown_model", "NOPE"),
+    ("phase", "tasks_phases.depth"),
+    ("data_path", "args.data_path"),
+])
+def test_bad_input_exits_2_with_one_error_line(tmp_path, case, expect) -> None:
+    project = make_tiny_project(tmp_path)
+    step = ["--step", "teacher"]
+    if case == "missing":
+        project.config_path = tmp_path / "no-such.yaml"
+    elif case == "syntax":
+        project.config_path.write_text("args:\n  model: [TINY\n")
+    elif case == "unknown_key":
+        project.write(args={"not_a_key": 1})
+    elif case == "unknown_model":
+        project.write(args={"model": "NOPE"})
+    elif case == "phase":
+        step = ["--step", "depth", "--phase", "3"]
+    elif case == "data_path":
+        project.write(args={"dataset": "imagenet", "data_path": str(tmp_path / "nowhere")})
+    r = project.run("train.py", *step, check=False)
+    err = [line for line in r.stderr.strip().splitlines() if line]
+    assert r.returncode == 2, r.stderr
+    assert err[-1].startswith("error:") and expect in err[-1], err[-1]
+    assert "Traceback" not in r.stderr
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(tmp_path) -> None:
+    project = make_tiny_project(tmp_path, args_per_task={"teacher": {"n_epochs": 5}})
+    log = tmp_path / "run" / "teacher" / "logs" / "log.jsonl"
+    cmd = [PYTHON, str(ROOT / "train.py"), "--config", str(project.config_path),
+           "--model_config_path", str(project.model_config_path), "--step", "teacher"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (log.is_file() and len(log.read_text().splitlines()) >= 2):
+        time.sleep(0.2)
+    time.sleep(0.5)  # now somewhere inside epoch 3
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(log.read_text().splitlines())
+    assert 2 <= done < 5
+    ckpt_dir = tmp_path / "run" / "teacher" / "checkpoint"
+    for f in ckpt_dir.iterdir():  # nothing half-written: every file loads, no temp files left
+        assert not f.name.endswith(".tmp")
+        if f.suffix == ".tar":
+            load_checkpoint_file(f)
+    r = project.run("train.py", "--step", "teacher")
+    assert f"at epoch {done}" in r.stderr and "Resumed teacher" in r.stderr
+    epochs = [json.loads(line)["epoch"] for line in log.read_text().splitlines()]
+    assert epochs == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("launcher", ["torchrun", "horovod"])
+def test_two_processes_agree(tmp_path, launcher) -> None:
+    if launcher == "horovod":
+        pytest.importorskip("horovod.torch", reason="Horovod is built by `make test` (scripts/install_horovod.sh)")
+    project = make_tiny_project(tmp_path, args_per_task={"teacher": {"n_epochs": 1}})
+    project.run("train.py", "--step", "teacher")
+    worker = ROOT / "tests" / "dist_scripts" / "train_worker.py"
+    out = tmp_path / "ranks"
+    args = [str(worker), str(project.config_path), str(project.model_config_path), "depth", "2", str(out)]
+    # depth_2 needs depth_1: train it with a single process first
+    project.run("train.py", "--step", "kernel", "--phase", "1")
+    project.run("train.py", "--step", "depth", "--phase", "1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    if launcher == "torchrun":
+        cmd = [PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(free_port()), *args]
+    else:
+        cmd = [str(Path(PYTHON).parent / "horovodrun"), "-np", "2", "--gloo", PYTHON, *args]
+    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ranks = [json.loads((out / f"rank{i}.json").read_text()) for i in range(2)]
+    assert ranks[0]["size"] == ranks[1]["size"] == 2
+    assert ranks[0]["weights"] == ranks[1]["weights"]
+    assert ranks[0]["sampled"] == ranks[1]["sampled"] and len(ranks[0]["sampled"]) >= 2
+    assert len({json.dumps(s) for s in ranks[0]["sampled"]}) > 1  # really different subnets
+
+
+def test_reference_numbers() -> None:
+    # subnet seeds (SPEC App. B item 9): step s, subnet j -> int(f"{s}{j:03d}000")
+    assert subnet_seed(0, 0) == 0 and subnet_seed(17, 1) == 17001000 and subnet_seed(1234, 3) == 1234003000
+    # warmup: linear from warmup_lr to init_lr; cosine afterwards without minimum
+    lr = lambda t, i: learning_rate(t, i, 10, 0.1, 4, 2, 0.01)  # noqa: E731
+    assert lr(0, 0) == pytest.approx(0.01 + 0.09 * 1 / 20)
+    assert lr(1, 9) == pytest.approx(0.1)
+    assert lr(2, 0) == pytest.approx(0.1)
+    assert lr(4, 0) == pytest.approx(0.05)
+    assert lr(5, 9) == pytest.approx(0.5 * 0.1 * (1 + math.cos(math.pi * 39 / 40)))
+    assert learning_rate(3, 5, 10, 0.1, 4, 0, 0.0, None) == 0.1
+    # label smoothing: q = onehot * (1 - eps) + eps / n
+    logits = torch.tensor([[2.0, 0.0, -1.0]])
+    q = torch.tensor([[0.9 + 0.1 / 3, 0.1 / 3, 0.1 / 3]])
+    assert label_smoothed_ce(logits, torch.tensor([0]), 0.1) == pytest.approx(soft_cross_entropy(logits, q).item())

@@ -1,0 +1,112 @@
+"""A tiny project for end-to-end tests: small supernets (the reference classes with small widths),
+a synthetic ImageFolder dataset and a config with one-epoch phases. Everything is written under a
+temporary folder; nothing is downloaded."""
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+
+TINY_MODELS = {
+    "TINY": dict(model_class="OFAMobileNetV3CtV3", expand_list=[2, 3, 4], ks_list=[3, 5, 7],
+                 depth_list=[2, 3, 4], width_mult_list=1.0, image_size=[32, 48],
+                 widths=[3, 8, 8, 16, 16, 24, 24, 32, 32]),
+    "TINY_OFA": dict(model_class="OFAMobileNetV3", expand_list=[3, 4, 6], ks_list=[3, 5, 7],
+                     depth_list=[2, 3, 4], width_mult_list=1.0, image_size=[32, 48],
+                     widths=[8, 8, 8, 16, 16, 24, 24, 32, 32]),
+}
+
+
+def deep_update(base: dict, new: dict) -> dict:
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            deep_update(base[k], v)
+        else:
+            base[k] = v
+    return base
+
+
+def tiny_config(root: Path, model: str = "TINY") -> dict:
+    run = root / "run"
+    phase = dict(n_epochs=1, base_lr=0.01, warmup_epochs=0, warmup_lr=0.001, dynamic_batch_size=1)
+    return {
+        "args": dict(path=str(run), teacher_path=str(run / "teacher"),
+                     checkpoint=str(run / "checkpoint" / "checkpoint-expand_2.pth.tar"),
+                     model=model, dataset="synthetic", data_path=str(root / "data"), device="cpu",
+                     base_batch_size=16, n_worker=0, valid_size=40, bn_calib_images=64,
+                     bn_calib_batch_size=32, kd_ratio=1.0, manual_seed=0,
+                     synthetic=dict(n_classes=4, train_per_class=40, val_per_class=10, image_size=48,
+                                    difficulty=0.2, seed=0)),
+        "tasks": ["kernel", "depth", "expand"],
+        "tasks_phases": {"kernel": 1, "depth": 2, "expand": 2},
+        "args_per_task": {
+            "teacher": dict(phase, n_epochs=3, base_lr=0.05),
+            "kernel_1": dict(phase), "depth_1": dict(phase, dynamic_batch_size=2),
+            "depth_2": dict(phase, dynamic_batch_size=2), "expand_1": dict(phase, dynamic_batch_size=2),
+            "expand_2": dict(phase, dynamic_batch_size=2),
+        },
+        "subnet_config": dict(image_size=32, res_dir=str(root / "results"), name="subnet"),
+        "search_config": dict(population_size=8, generations=3, res_dir=str(root / "search"),
+                              acc_dataset_path=str(root / "dataset.jsonl"),
+                              acc_predictor_checkpoint=str(root / "predictor.pth.tar"), seed=0),
+        "dataset_config": dict(n_samples=12, n_bins=3, eval_images=40, seed=0),
+        "predictor_config": dict(hidden_size=32, n_layers=2, ensemble=2, epochs=20, batch_size=8),
+        "wandb": dict(use_wandb=False),
+    }
+
+
+@dataclass
+class TinyProject:
+    root: Path
+    config_path: Path
+    model_config_path: Path
+    config: dict
+
+    def write(self, **overrides: Any) -> Path:
+        """Rewrite the config with ``overrides`` merged section-wise; returns its path."""
+        cfg = deep_update(copy.deepcopy(self.config), overrides)
+        self.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        return self.config_path
+
+    def run(self, script: str, *args: str, nproc: int = 1, launcher: str = "torchrun",
+            timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+        """Run a top-level script (train.py, ...) with this project's config."""
+        cmd = [str(ROOT / script), "--config", str(self.config_path),
+               "--model_config_path", str(self.model_config_path), *args]
+        if nproc > 1 and launcher == "torchrun":
+            cmd = [PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+                   "--master_port", str(free_port()), *cmd]
+        elif nproc > 1:
+            cmd = [str(Path(PYTHON).parent / "horovodrun"), "-np", str(nproc), "--gloo", PYTHON, *cmd]
+        else:
+            cmd = [PYTHON, *cmd]
+        env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_MODE="offline", OMP_NUM_THREADS="1")
+        proc = subprocess.run(cmd, cwd=self.root, env=env, capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        return proc
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_tiny_project(root: Path, model: str = "TINY", **overrides: Any) -> TinyProject:
+    root.mkdir(parents=True, exist_ok=True)
+    mc = root / "model_configs.yaml"
+    mc.write_text(yaml.safe_dump(TINY_MODELS, sort_keys=False))
+    project = TinyProject(root, root / "config.yaml", mc, deep_update(tiny_config(root, model), overrides))
+    project.write()
+    return project
