@@ -16,6 +16,9 @@ __version__ = "0.1.0"
 _LAZY = {
     "peak_memory": "moofa.efficiency", "memory_histogram": "moofa.efficiency",
     "measure_peak_memory": "moofa.efficiency", "flops": "moofa.efficiency",
+    "peak_memory_batch": "moofa.efficiency", "MemoryOptions": "moofa.efficiency",
+    "memory_bounds": "moofa.efficiency", "sample_feasible": "moofa.efficiency",
+    "count_params": "moofa.efficiency",
     "ArchEncoder": "moofa.predictor", "AccuracyPredictor": "moofa.predictor",
 }
 

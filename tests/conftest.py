@@ -16,3 +16,9 @@ needs_reference = pytest.mark.skipif(not REFERENCE.is_dir(),
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+
+import torch  # noqa: E402
+
+# Tiny convolutions on a shared 2-core machine run much faster single-threaded; subprocesses get
+# OMP_NUM_THREADS=1 from tests/tiny.py.
+torch.set_num_threads(1)
