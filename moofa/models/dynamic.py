@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from moofa.models.layers import (MBConvLayer, SEModule, build_activation, global_avg_pool)
-from moofa.models.spec import make_divisible, mid_channels, se_channels
+from moofa.models.spec import mid_channels, se_channels
 
 
 def _centre_crop(w: torch.Tensor, size: int) -> torch.Tensor:

@@ -7,7 +7,7 @@ and MOOFA_V1/V2/V3 are entries of :data:`MODEL_CLASSES`, not separate classes (S
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 

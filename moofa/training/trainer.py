@@ -24,8 +24,8 @@ from moofa.data.provider import DataProvider
 from moofa.errors import CheckpointError, ConfigError
 from moofa.models.bn_calibration import set_running_statistics
 from moofa.models.layers import MobileNetV3
-from moofa.models.spec import ModelSpec, SubnetConfig
-from moofa.models.supernet import Supernet, build_supernet, load_checkpoint_file, load_weights
+from moofa.models.spec import ModelSpec
+from moofa.models.supernet import build_supernet, load_checkpoint_file, load_weights
 from moofa.training.checkpoint import (atomic_save, final_phase_file, phase_name, predecessor, rng_state,
                                        set_rng_state)
 from moofa.training.evaluate import evaluate
@@ -150,8 +150,9 @@ class Trainer:
     def _build_teacher(self) -> None:
         if self.step == "teacher" or float(self.args["kd_ratio"]) <= 0:
             return
-        teacher = build_supernet(self.spec, self.provider.n_classes, dropout=self.args["dropout"],
-                                 bn_momentum=self.args["bn_momentum"], bn_eps=self.args["bn_eps"]).build_teacher()
+        teacher = MobileNetV3.build(self.spec, self.spec.max_config(), self.provider.n_classes,
+                                    dropout=self.args["dropout"], bn_momentum=self.args["bn_momentum"],
+                                    bn_eps=self.args["bn_eps"])
         load_weights(teacher, self._teacher_file())
         self.teacher = teacher.to(self.device)
 

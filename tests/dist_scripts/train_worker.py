@@ -5,7 +5,6 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 
 from moofa.config import load_config
 from moofa.distributed import init_backend
