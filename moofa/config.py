@@ -320,7 +320,7 @@ DATASET_SCHEMA: dict[str, Field] = {
                          "fixed evaluation subset of the test set (images); null = all"),
     "seed": Field(0, _INT, "sampling seed"),
     "max_attempts": Field(1000000, _POS_INT, "sampling attempts before giving up"),
-    "save_interval": Field(10, _POS_INT, "write the dataset every N accepted samples"),
+    "save_interval": Field(10, _POS_INT, "progress log line every N subnets (records are appended as measured)"),
     "output": Field(None, _str(nullable=True), "dataset file (default: search_config.acc_dataset_path)"),
 }
 

@@ -236,3 +236,13 @@ def test_imagenette_labels_remapped(tmp_path):
 def test_missing_data_path_error(tmp_path):
     with pytest.raises(MoofaInputError, match=r"^args.data_path: .*not found.*\(got '.*missing'\)$"):
         DataProvider(make_args(tmp_path, dataset="imagenet", data_path=str(tmp_path / "missing")), [16])
+
+
+def test_evaluation_shards_cover_each_image_once() -> None:
+    from moofa.data.samplers import ShardSampler, evenly_spaced
+    subset = evenly_spaced(103, 40)
+    assert len(subset) == 40 and len(set(subset)) == 40 and subset[0] == 0 and subset[-1] == 39 * 103 // 40
+    for world in (1, 2, 3, 7):
+        shards = [list(ShardSampler(subset, world, r)) for r in range(world)]
+        assert sorted(i for s in shards for i in s) == sorted(subset)  # no padding, no duplicates
+    assert evenly_spaced(5, None) == evenly_spaced(5, 9) == [0, 1, 2, 3, 4]

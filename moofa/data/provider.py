@@ -4,7 +4,7 @@ Train loader: the held-out-free part of ``train/`` through a distributed subset 
 elastic-resolution batch sampler (one size per batch, drawn in the main process), training
 augmentation at that size. Validation loader: the held-out training images (``valid_size``) with
 the test transform, or the test loader when ``valid_size`` is null. Test loader: ``val/``, sharded
-with torch's DistributedSampler when there are several processes. BN-calibration batches: a fixed
+in unpadded shards when there are several processes (exact all-reduced counts). BN-calibration batches: a fixed
 subset of the training folder, augmented deterministically, cached per resolution.
 """
 from __future__ import annotations
@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import ImageFolder
 
 from moofa.data.datasets import ensure_dataset
-from moofa.data.samplers import (SUB_SEED, DistributedSubsetSampler, ElasticResolutionBatchSampler,
+from moofa.data.samplers import (SUB_SEED, DistributedSubsetSampler, ElasticResolutionBatchSampler, ShardSampler,
+                                 evenly_spaced,
                                  calibration_indices, candidate_sizes, split_train_valid)
 from moofa.data.transforms import test_transform, train_transform
 from moofa.errors import MoofaInputError
@@ -107,7 +108,7 @@ class DataProvider:
         self.candidates = candidate_sizes(self.image_sizes, bool(self.args.get("continuous_size", False)))
         self._train_loader: DataLoader | None = None
         self._valid: dict[int, DataLoader] = {}
-        self._test: dict[int, DataLoader] = {}
+        self._test: dict[tuple, DataLoader] = {}
         self._calib: dict[int, list[torch.Tensor]] = {}
 
     # -- datasets --------------------------------------------------------------------------------
@@ -153,27 +154,28 @@ class DataProvider:
     def set_epoch(self, epoch: int) -> None:
         self.train_loader(epoch)
 
-    def test_loader(self, image_size: int | None = None) -> DataLoader:
-        """``val/`` at ``image_size`` (default: the largest size) with the test transform; each
-        rank gets its DistributedSampler shard when world_size > 1."""
+    def test_loader(self, image_size: int | None = None, max_images: int | None = None) -> DataLoader:
+        """``val/`` at ``image_size`` (default: the largest size) with the test transform; with
+        ``max_images`` a fixed, evenly spaced subset of that many images (the same whatever the
+        number of ranks). Each rank gets an unpadded shard, so all-reduced counts are exact."""
         size = int(image_size or self.max_size)
-        if size not in self._test:
+        key = (size, max_images)
+        if key not in self._test:
             ds = self._view(self.test_folder, test_transform, size)
-            sampler = (DistributedSampler(ds, self.world_size, self.rank, shuffle=True, seed=0)
-                       if self.world_size > 1 else None)
-            self._test[size] = self._loader(ds, batch_size=self.test_batch_size, sampler=sampler,
-                                            shuffle=False, drop_last=False)
-        return self._test[size]
+            sampler = ShardSampler(evenly_spaced(len(ds), max_images), self.world_size, self.rank)
+            self._test[key] = self._loader(ds, batch_size=self.test_batch_size, sampler=sampler,
+                                           shuffle=False, drop_last=False)
+        return self._test[key]
 
     def valid_loader(self, image_size: int | None = None) -> DataLoader:
         """The held-out training images at ``image_size`` with the test transform, split over the
-        ranks by the subset sampler (epoch 0); the test loader when ``valid_size`` is null."""
+        ranks without padding; the test loader when ``valid_size`` is null."""
         if not self.valid_indices:
             return self.test_loader(image_size)
         size = int(image_size or self.max_size)
         if size not in self._valid:
             ds = self._view(self.train_folder, test_transform, size)
-            sampler = DistributedSubsetSampler(self.valid_indices, self.world_size, self.rank)
+            sampler = ShardSampler(self.valid_indices, self.world_size, self.rank)
             self._valid[size] = self._loader(ds, batch_size=self.test_batch_size, sampler=sampler,
                                              drop_last=False)
         return self._valid[size]

@@ -64,6 +64,31 @@ class DistributedSubsetSampler(Sampler[int]):
         return self.num_samples
 
 
+class ShardSampler(Sampler[int]):
+    """Evaluation shard: every ``world_size``-th of ``indices`` from offset ``rank``, in order,
+    without padding, so counts summed over ranks cover each image exactly once (the reference's
+    padded DistributedSampler double-counted some images; SPEC 10 item 32)."""
+
+    def __init__(self, indices: Sequence[int], world_size: int = 1, rank: int = 0) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank: {rank} not in [0, {world_size})")
+        self.shard = list(indices)[rank::world_size]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.shard)
+
+    def __len__(self) -> int:
+        return len(self.shard)
+
+
+def evenly_spaced(n: int, k: int | None) -> list[int]:
+    """``k`` indices of ``range(n)`` spread evenly (``floor(i * n / k)``); all when k is None or
+    >= n. ImageFolder sorts by class, so this takes the same share of every class."""
+    if k is None or k >= n:
+        return list(range(n))
+    return [i * n // k for i in range(k)]
+
+
 def candidate_sizes(image_sizes: Sequence[int], continuous: bool = False) -> list[int]:
     """Training resolutions (pixels): the size list, or with ``continuous`` every multiple of 4
     between its smallest and largest value (25 sizes for 128..224)."""

@@ -82,8 +82,13 @@ def evaluate_subnet(supernet: nn.Module, config: SubnetConfig, provider: Any, ba
                     split: str = "test", max_images: int | None = None,
                     time_forward: bool = False) -> EvalResult:
     """Activate ``config``, re-calibrate BN on the provider's fixed calibration subset at the
-    config's resolution (SPEC 3.9) and evaluate on the ``split`` ("test" or "valid") loader."""
+    config's resolution (SPEC 3.9) and evaluate on the ``split`` ("test" or "valid") loader;
+    ``max_images`` selects a fixed, evenly spaced subset of the test set, identical on any number of
+    ranks."""
     supernet.set_subnet(config)
     set_running_statistics(supernet, provider.calibration_batches(config.image_size))
-    loader = provider.test_loader(config.image_size) if split == "test" else provider.valid_loader(config.image_size)
-    return evaluate(supernet, loader, backend, max_images=max_images, time_forward=time_forward)
+    if split == "test":
+        loader = provider.test_loader(config.image_size, max_images)
+    else:
+        loader = provider.valid_loader(config.image_size)
+    return evaluate(supernet, loader, backend, time_forward=time_forward)

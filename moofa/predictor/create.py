@@ -1,0 +1,557 @@
+"""Balanced predictor-dataset creation (SPEC 6, with the fixes of SPEC 10.1 items 1-9).
+
+Subnets of a trained supernet are sampled so that the accuracy samples spread evenly over
+``n_bins`` equal-width peak-memory bins ``[min_memory + i*w, min_memory + (i+1)*w)`` (elements),
+each subnet's accuracy is measured, and one JSON Lines record per subnet is appended to the output
+(CONTRACT.md "Files"): ``ks, e, d, image_size, accuracy`` (fraction), ``peak_memory`` (elements),
+``flops`` (MMACs of the network as built, i.e. with the dataset's class count) and ``model``.
+
+Bins and quotas
+    A bin is *reachable* when some config of the model has its peak inside it. This is counted
+    exactly (:func:`moofa.efficiency.count_feasible`; peaks are integers, so ``[low, high)`` is
+    ``[ceil(low), ceil(high) - 1]``), which skips both the bins outside
+    :func:`moofa.efficiency.memory_bounds` (MOOFA_V3's bins below 299,520 and above 696,192) and
+    empty bins inside them (the OFA peak takes few distinct values). Unreachable bins are logged
+    and get no quota. ``n_samples`` is split over the reachable bins by largest-remainder
+    apportionment with equal weights: quotas differ by at most one and add up to ``n_samples``.
+
+Sampler
+    Bin ``b`` draws candidates with :func:`moofa.efficiency.sample_feasible` restricted to the
+    bin (``lower=low``, constraint ``ceil(high) - 1``): uniform over all configs whose peak lies
+    in the bin, without rejection, for every model (no hard-coded expand ratios). Each bin has
+    its own generator seeded with ``(seed, b)``, so its candidate sequence does not depend on the
+    other bins, on ``n_samples`` or on what is already on disk. Candidates are deduplicated by
+    :meth:`SubnetConfig.canonical` (inactive blocks zeroed), among themselves and against the
+    existing records. Every draw counts as an attempt; ``max_attempts`` is split over the bins in
+    proportion to their quotas, and a bin that cannot be filled within its share is reported
+    with a warning (the run then writes what it has). The candidates of all bins are interleaved
+    so that the bins fill at the same pace: a run stopped at any point has a balanced dataset.
+
+Accuracy
+    Top-1 fraction after BN re-calibration (SPEC 3.9) on the data provider's fixed calibration
+    subset at the subnet's resolution, on a fixed evaluation subset of the test split (``val/``):
+    the ``eval_images`` images at indices ``floor(i * N / eval_images)``, ``i = 0 ..
+    eval_images - 1``, of the ``N`` images in ImageFolder order (sorted by class, then file
+    name); all images when ``eval_images`` is null or at least ``N``. Because the folder is sorted
+    by class, this even stride takes the same share of every class. The subset does not depend
+    on any RNG or on the number of ranks (the reference measured a different 1/N shard per GPU).
+
+Ranks (why there are no shard files)
+    The work is split by subnet, in rounds. Rank 0 reads the existing output, draws the candidate
+    list and broadcasts it. In round ``t`` rank ``k`` measures candidate ``t * world + k`` on the
+    *whole* evaluation subset, so the accuracy of a subnet is the same for any number of ranks
+    and no count needs reducing (each record's counts are complete). The round's records are
+    all-gathered and rank 0 appends them, in candidate order, to the one output file: the
+    all-gather is the "each rank's shard merged by rank 0" step, done in memory every round.
+    Compared with every rank evaluating the same subnet on 1/N of the images (counts
+    all-reduced), the BN re-calibration is not repeated on every rank; compared with per-rank
+    shard files, there is no merge step that a kill can interrupt and only rank 0 touches the
+    filesystem (so ranks on other nodes need no shared disk).
+
+Files
+    ``dataset_config.output`` (default ``search_config.acc_dataset_path``) ending in ``.jsonl``
+    is the dataset. Ending in ``.pkl`` (the reference configs' value), the records go to the
+    ``.jsonl`` file beside it, and at the end of every run rank 0 also writes the reference's
+    merged pickle (flat lists ``configs``, ``accuracies``, ``features``, ``efficiencies``)
+    atomically at the ``.pkl`` path, so the shipped configs work unchanged. A folder there (the
+    reference's per-GPU layout) or a ``.pkl`` without its ``.jsonl`` (not ours) is refused.
+    ``save_interval`` is the interval of the progress log lines: records are appended as soon as
+    they are measured.
+
+Resume
+    The output is append-only (:func:`moofa.predictor.dataset.append_records`, fsync per call).
+    At start rank 0 cuts off a partial last line left by a kill (with a warning), reads the
+    records, counts them per bin and skips their configs. Since each bin's candidate sequence is
+    fixed by ``(seed, bin)`` and records are appended in candidate order, a restarted run
+    proposes exactly the candidates the killed run had not finished: the final file holds the
+    same subnets as an uninterrupted run, with no duplicates. A kill loses at most the round in
+    flight (one subnet per rank).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from moofa.efficiency import count_feasible, flops, memory_bounds, peak_memory, sample_feasible
+from moofa.errors import MoofaInputError
+from moofa.models.bn_calibration import set_running_statistics
+from moofa.models.spec import ModelSpec, SubnetConfig
+from moofa.predictor.dataset import append_records, make_record, read_jsonl, repair_tail
+from moofa.training.evaluate import evaluate
+
+LOG = logging.getLogger("moofa.create_dataset")
+
+_SEED_MASK = (1 << 63) - 1
+OUTPUT_KEY = "dataset_config.output"  # its default is search_config.acc_dataset_path
+
+
+# ------------------------------------------------------------------------------------------------
+# Bins and quotas
+
+
+@dataclass(frozen=True)
+class MemoryBin:
+    """One peak-memory bin ``[low, high)`` (elements) and how many full configs of the model
+    (all 20 (k, e), 5 depths, one resolution) have their peak in it (0 = unreachable)."""
+
+    index: int
+    low: float
+    high: float
+    n_configs: int
+
+    @property
+    def reachable(self) -> bool:
+        return self.n_configs > 0
+
+    @property
+    def lower(self) -> int:
+        """Smallest integer peak inside the bin (elements)."""
+        return math.ceil(self.low)
+
+    @property
+    def upper(self) -> int:
+        """Largest integer peak inside the bin (elements)."""
+        return math.ceil(self.high) - 1
+
+    def contains(self, peak: float) -> bool:
+        return self.low <= peak < self.high
+
+    def label(self) -> str:
+        return f"b{self.index} [{self.low:,.0f}, {self.high:,.0f})"
+
+
+def memory_bins(spec: ModelSpec, min_memory: float, max_memory: float, n_bins: int) -> list[MemoryBin]:
+    """``n_bins`` equal-width bins between ``min_memory`` and ``max_memory`` (elements), each
+    with its exact number of configs (see the module docstring)."""
+    if not min_memory < max_memory:
+        raise ValueError(f"min_memory: {min_memory} must be below max_memory {max_memory}")
+    if n_bins < 1:
+        raise ValueError(f"n_bins: expected a positive count, got {n_bins}")
+    edges = np.linspace(float(min_memory), float(max_memory), int(n_bins) + 1)
+    bins = []
+    for i in range(int(n_bins)):
+        low, high = float(edges[i]), float(edges[i + 1])
+        lo, hi = math.ceil(low), math.ceil(high) - 1
+        n = count_feasible(spec, hi, lower=lo) if lo <= hi else 0
+        bins.append(MemoryBin(i, low, high, int(n)))
+    return bins
+
+
+def bin_index(bins: Sequence[MemoryBin], peak: float) -> int | None:
+    """Index of the bin holding ``peak`` (elements), or None outside every bin."""
+    for b in bins:
+        if b.contains(peak):
+            return b.index
+    return None
+
+
+def apportion(total: int, weights: Sequence[float]) -> list[int]:
+    """Largest-remainder (Hamilton) apportionment of ``total`` over ``weights`` (>= 0): integer
+    shares that add up to ``total``; ties in the remainders go to the lower index."""
+    w = np.asarray(weights, dtype=np.float64)
+    if total < 0 or w.size == 0 or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"apportion: need total >= 0 and non-negative weights with a positive sum, "
+                         f"got total={total}, weights={list(weights)}")
+    exact = total * w / w.sum()
+    shares = np.floor(exact).astype(np.int64)
+    order = sorted(range(w.size), key=lambda i: (-(exact[i] - shares[i]), i))
+    for i in order[: total - int(shares.sum())]:
+        shares[i] += 1
+    return [int(s) for s in shares]
+
+
+def bin_quotas(bins: Sequence[MemoryBin], n_samples: int) -> dict[int, int]:
+    """Samples per reachable bin (``{bin index: count}``, ascending), adding up to ``n_samples``."""
+    reachable = [b.index for b in bins if b.reachable]
+    if not reachable:
+        return {}
+    return dict(zip(reachable, apportion(int(n_samples), [1.0] * len(reachable))))
+
+
+def check_bins(spec: ModelSpec, dc: Mapping[str, Any]) -> tuple[list[MemoryBin], dict[int, int]]:
+    """Bins and quotas of ``dataset_config`` ``dc``; MoofaInputError when no bin is reachable."""
+    bins = memory_bins(spec, dc["min_memory"], dc["max_memory"], dc["n_bins"])
+    quotas = bin_quotas(bins, int(dc["n_samples"]))
+    if not quotas:
+        lo, hi = memory_bounds(spec)
+        raise MoofaInputError(f"no memory bin holds a subnet of {spec.name}, whose peaks range over "
+                              f"{lo}..{hi} elements", key="dataset_config.min_memory/max_memory",
+                              value=[dc["min_memory"], dc["max_memory"]])
+    return bins, quotas
+
+
+# ------------------------------------------------------------------------------------------------
+# Output files
+
+
+@dataclass(frozen=True)
+class OutputPaths:
+    """The append-only JSON Lines file, and the reference-format pickle written from it at the
+    end of every run when the configured output ends in ``.pkl`` (else None)."""
+
+    jsonl: Path
+    pickle: Path | None = None
+
+
+def output_paths(output: str | Path) -> OutputPaths:
+    """``x.jsonl`` -> itself; ``x.pkl`` (the reference configs' acc_dataset_path) -> records in
+    ``x.jsonl`` next to it and the merged reference pickle at ``x.pkl``. Other suffixes, folders
+    (the reference's per-GPU layout) and a foreign ``x.pkl`` are refused."""
+    path = Path(output)
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        paths = OutputPaths(path)
+    elif suffix in (".pkl", ".pickle"):
+        paths = OutputPaths(path.with_suffix(".jsonl"), path)
+    else:
+        raise MoofaInputError("the dataset file must end in .jsonl (or .pkl for a reference-format "
+                              "copy)", key=OUTPUT_KEY, value=str(output))
+    for p in (paths.jsonl, paths.pickle):
+        if p is not None and p.exists() and not p.is_file():
+            raise MoofaInputError("is a folder, not a dataset file (the reference kept per-GPU pickles "
+                                  "there); choose another path", file=p, key=OUTPUT_KEY)
+    if paths.pickle is not None and paths.pickle.exists() and not paths.jsonl.exists():
+        raise MoofaInputError(f"exists but was not written by this script (no {paths.jsonl.name} "
+                              "beside it) and would be overwritten; move it or choose another path",
+                              file=paths.pickle, key=OUTPUT_KEY)
+    return paths
+
+
+def write_reference_pickle(jsonl: Path, target: Path, spec: ModelSpec) -> int:
+    """Write the records of ``jsonl`` as the reference's merged pickle (SPEC 6.4: flat lists
+    ``configs``, ``accuracies`` (fractions), ``features`` (one-hot, SPEC 5.1), ``efficiencies``
+    (peak memory, elements)) atomically; returns the number of entries."""
+    from moofa.predictor.encoder import ArchEncoder
+
+    data = read_jsonl(jsonl, spec)
+    features = ArchEncoder(spec).encode_batch(data.configs)
+    obj = {"configs": [c.to_dict() for c in data.configs],
+           "accuracies": [float(a) for a in data.accuracies],
+           "features": [np.asarray(f) for f in features],
+           "efficiencies": [float(peak_memory(spec, c)) for c in data.configs]}
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            pickle.dump(obj, fh, protocol=4)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return len(data)
+
+
+# ------------------------------------------------------------------------------------------------
+# Existing records (resume)
+
+
+@dataclass
+class ExistingData:
+    """What the output already holds: canonical configs, per-bin counts (keys are bin indices)
+    and the number of records outside every bin."""
+
+    n_records: int = 0
+    keys: set = field(default_factory=set)
+    per_bin: dict[int, int] = field(default_factory=dict)
+    outside: int = 0
+    repaired_bytes: int = 0
+
+
+def read_existing(path: Path, spec: ModelSpec, bins: Sequence[MemoryBin]) -> ExistingData:
+    """Read the records already in the JSON Lines file ``path`` (missing or empty = none) and
+    count them per bin by their recomputed peak memory. A partial last line (a kill during an
+    append) is cut off first. A malformed record or one of another model raises
+    :class:`MoofaInputError` naming the file and line."""
+    out = ExistingData()
+    if not path.is_file():
+        return out
+    out.repaired_bytes = repair_tail(path)
+    if path.stat().st_size == 0:
+        return out
+    for cfg in read_jsonl(path, spec).configs:
+        out.n_records += 1
+        out.keys.add(cfg.canonical(spec))
+        b = bin_index(bins, peak_memory(spec, cfg))
+        if b is None:
+            out.outside += 1
+        else:
+            out.per_bin[b] = out.per_bin.get(b, 0) + 1
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Candidates
+
+
+@dataclass
+class BinDraw:
+    """New candidates of one bin, the draws (attempts) it took, its budget and how many it
+    still lacks (0 = the bin reaches its quota)."""
+
+    index: int
+    configs: list[SubnetConfig]
+    attempts: int
+    budget: int
+    missing: int
+
+
+def bin_rng(seed: int, index: int) -> np.random.Generator:
+    """The generator of bin ``index``: depends only on (seed, index)."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed) & _SEED_MASK, int(index)]))
+
+
+def draw_bin(spec: ModelSpec, b: MemoryBin, quota: int, have: int, existing: set, seed: int,
+             budget: int, chunk: int = 64) -> BinDraw:
+    """Unique new candidates for bin ``b`` until ``have`` + new = ``quota`` or ``budget`` draws.
+
+    The draw sequence is fixed by (seed, b.index); a candidate already in ``existing`` (canonical
+    configs) or drawn before is skipped. Drawing in chunks gives the same sequence as drawing one
+    at a time (sample_feasible consumes the generator sample by sample)."""
+    need = quota - have
+    configs: list[SubnetConfig] = []
+    attempts = 0
+    if need <= 0 or not b.reachable:
+        return BinDraw(b.index, configs, 0, budget, 0)
+    rng = bin_rng(seed, b.index)
+    seen: set = set()
+    while len(configs) < need and attempts < budget:
+        n = min(budget - attempts, max(chunk, 2 * (need - len(configs))))
+        for cfg in sample_feasible(spec, b.upper, rng, n=n, lower=b.lower):
+            attempts += 1
+            key = cfg.canonical(spec)
+            if key in seen:
+                continue
+            seen.add(key)
+            if key in existing:
+                continue
+            configs.append(cfg)
+            if len(configs) == need:
+                break
+    return BinDraw(b.index, configs, attempts, budget, need - len(configs))
+
+
+def interleave(draws: Sequence[BinDraw], have: Mapping[int, int],
+               quotas: Mapping[int, int]) -> list[tuple[int, SubnetConfig]]:
+    """All candidates as ``(bin, config)``, ordered so that the bins' fill fractions stay level:
+    next is always the bin with the lowest (count / quota) (ties: lower index)."""
+    count = {d.index: have.get(d.index, 0) for d in draws}
+    pos = {d.index: 0 for d in draws}
+    lists = {d.index: d.configs for d in draws}
+    total = sum(len(d.configs) for d in draws)
+    order: list[tuple[int, SubnetConfig]] = []
+    while len(order) < total:  # bounded: one candidate per pass
+        i = min((j for j in lists if pos[j] < len(lists[j])), key=lambda j: (count[j] / max(quotas[j], 1), j))
+        order.append((i, lists[i][pos[i]]))
+        pos[i] += 1
+        count[i] += 1
+    return order
+
+
+@dataclass
+class Plan:
+    """What a run does: bins, quotas, what exists, the draws per bin and the ordered
+    candidates ``(bin, config)``."""
+
+    spec: ModelSpec
+    paths: OutputPaths
+    bins: list[MemoryBin]
+    quotas: dict[int, int]
+    existing: ExistingData
+    draws: list[BinDraw]
+    candidates: list[tuple[int, SubnetConfig]]
+
+    @property
+    def shortfall(self) -> dict[int, int]:
+        """``{bin: subnets missing}`` for the bins that stay below their quota."""
+        return {d.index: d.missing for d in self.draws if d.missing}
+
+
+def plan_run(spec: ModelSpec, dc: Mapping[str, Any]) -> Plan:
+    """Bins, quotas, resume state and candidates of ``dataset_config`` ``dc`` (with ``output``
+    resolved). Reads the output file: call on one rank."""
+    paths = output_paths(dc["output"])
+    bins, quotas = check_bins(spec, dc)
+    existing = read_existing(paths.jsonl, spec, bins)
+    idx = list(quotas)
+    budgets = dict(zip(idx, apportion(int(dc["max_attempts"]), [quotas[i] for i in idx])))
+    draws = [draw_bin(spec, bins[i], quotas[i], existing.per_bin.get(i, 0), existing.keys,
+                      int(dc["seed"]), budgets[i]) for i in idx]
+    return Plan(spec, paths, bins, quotas, existing, draws, interleave(draws, existing.per_bin, quotas))
+
+
+def log_plan(plan: Plan, world: int) -> None:
+    """Log lines: bounds, skipped bins, quotas, resume state, shortfalls and the work ahead."""
+    spec, ex = plan.spec, plan.existing
+    lo, hi = memory_bounds(spec)
+    LOG.info("%s: peaks range over %s..%s elements; dataset %s", spec.name, f"{lo:,}", f"{hi:,}",
+             plan.paths.jsonl)
+    skipped = [b for b in plan.bins if not b.reachable]
+    if skipped:
+        LOG.info("skipping %d unreachable bin(s) (no subnet of %s has its peak there): %s",
+                 len(skipped), spec.name, ", ".join(b.label() for b in skipped))
+    for i, q in plan.quotas.items():
+        LOG.info("bin %s: quota %d, present %d", plan.bins[i].label(), q, ex.per_bin.get(i, 0))
+    if ex.repaired_bytes:
+        LOG.warning("cut off a partial last line (%d bytes) left by an interrupted run in %s",
+                    ex.repaired_bytes, plan.paths.jsonl)
+    if ex.n_records:
+        LOG.info("resuming: %d record(s) already in %s", ex.n_records, plan.paths.jsonl)
+    if ex.outside:
+        LOG.warning("%d existing record(s) lie outside every bin (kept, not counted)", ex.outside)
+    over = {i: ex.per_bin[i] - q for i, q in plan.quotas.items() if ex.per_bin.get(i, 0) > q}
+    if over:
+        LOG.warning("bins already above their quota (kept): %s", over)
+    for d in plan.draws:
+        if d.missing:
+            LOG.warning("bin %s: only %d new unique subnet(s) in %d attempts (its share of "
+                        "dataset_config.max_attempts); it will stay %d short",
+                        plan.bins[d.index].label(), len(d.configs), d.attempts, d.missing)
+    LOG.info("%d subnet(s) to measure on %d process(es)", len(plan.candidates), world)
+
+
+def prepare(spec: ModelSpec, dc: Mapping[str, Any], backend: Any) -> Plan:
+    """Rank 0 plans (and logs) the run and broadcasts the plan; bad input found by rank 0 is
+    raised on every rank."""
+    plan, error = None, None
+    if backend.is_main:
+        try:
+            plan = plan_run(spec, dc)
+            log_plan(plan, backend.size)
+        except MoofaInputError as err:
+            error = str(err)
+    plan, error = backend.broadcast_object((plan, error), 0)
+    if error is not None:
+        raise MoofaInputError(error)
+    return plan
+
+
+# ------------------------------------------------------------------------------------------------
+# Measurement
+
+
+def eval_subset_indices(n_images: int, eval_images: int | None) -> list[int]:
+    """The fixed evaluation subset: ``floor(i * n_images / eval_images)`` for ``i <
+    eval_images`` (every image when ``eval_images`` is None or >= ``n_images``)."""
+    if eval_images is None or eval_images >= n_images:
+        return list(range(n_images))
+    return [i * n_images // int(eval_images) for i in range(int(eval_images))]
+
+
+class SubnetMeter:
+    """Measures subnets of ``supernet`` within one process: BN re-calibration on ``provider``'s
+    calibration batches, then top-1 on the fixed evaluation subset (loaders cached per size).
+    ``provider`` must be a single-process provider (rank 0 of 1) so that its test split is whole."""
+
+    def __init__(self, supernet: torch.nn.Module, provider: Any, eval_images: int | None) -> None:
+        if getattr(provider, "world_size", 1) != 1:
+            raise ValueError("provider: SubnetMeter needs a provider of world_size 1 (whole test split)")
+        self.supernet, self.provider = supernet, provider
+        self.n_test = len(provider.test_folder)
+        self.indices = eval_subset_indices(self.n_test, eval_images)
+        self._loaders: dict[int, DataLoader] = {}
+
+    def loader(self, image_size: int) -> DataLoader:
+        """The evaluation subset at ``image_size`` with the test transform."""
+        if image_size not in self._loaders:
+            p = self.provider
+            ds = Subset(p.test_loader(image_size).dataset, self.indices)
+            self._loaders[image_size] = DataLoader(ds, batch_size=p.test_batch_size, shuffle=False,
+                                                   num_workers=p.n_worker, pin_memory=p.pin_memory,
+                                                   persistent_workers=p.n_worker > 0)
+        return self._loaders[image_size]
+
+    def accuracy(self, cfg: SubnetConfig) -> float:
+        """Top-1 fraction of ``cfg`` on the evaluation subset (complete counts, no reduction)."""
+        self.supernet.set_subnet(cfg)
+        set_running_statistics(self.supernet, self.provider.calibration_batches(cfg.image_size))
+        return evaluate(self.supernet, self.loader(cfg.image_size), None).top1
+
+
+def subnet_record(spec: ModelSpec, cfg: SubnetConfig, accuracy: float, n_classes: int) -> dict[str, Any]:
+    """One dataset line (CONTRACT.md): config, accuracy (fraction), peak memory (elements),
+    FLOPs (MMACs of the network with ``n_classes`` outputs) and the model name."""
+    return make_record(cfg, accuracy, peak_memory(spec, cfg), flops(spec, cfg, n_classes), spec.name)
+
+
+# ------------------------------------------------------------------------------------------------
+# The run
+
+
+@dataclass
+class RunSummary:
+    """Outcome of :func:`run_plan` (the same on every rank)."""
+
+    paths: OutputPaths
+    n_records: int
+    added: int
+    per_bin: dict[int, int]
+    quotas: dict[int, int]
+    shortfall: dict[int, int]
+
+    @property
+    def complete(self) -> bool:
+        return not self.shortfall
+
+
+def fill_text(per_bin: Mapping[int, int], quotas: Mapping[int, int]) -> str:
+    """``b1 3/4 b2 4/4 ...`` over the reachable bins."""
+    return " ".join(f"b{i} {per_bin.get(i, 0)}/{q}" for i, q in quotas.items())
+
+
+def run_plan(plan: Plan, meter: SubnetMeter, backend: Any, n_classes: int, log_interval: int = 10,
+             progress: bool = True) -> RunSummary:
+    """Measure the plan's candidates in rounds (rank k: candidate t*world + k) and let rank 0
+    append each round's records; call on every rank with the same plan."""
+    spec, cands, quotas = plan.spec, plan.candidates, plan.quotas
+    is_main, world, rank = backend.is_main, backend.size, backend.rank
+    per_bin = {i: plan.existing.per_bin.get(i, 0) for i in quotas}
+    bar = None
+    if is_main and progress:
+        from tqdm import tqdm
+        total = sum(quotas.values())
+        bar = tqdm(total=total, initial=min(sum(min(per_bin[i], q) for i, q in quotas.items()), total),
+                   desc="subnets", unit="subnet", dynamic_ncols=True)
+        bar.set_postfix_str(fill_text(per_bin, quotas))
+    for start in range(0, len(cands), world):
+        mine = start + rank
+        record = None
+        if mine < len(cands):
+            cfg = cands[mine][1]
+            record = subnet_record(spec, cfg, meter.accuracy(cfg), n_classes)
+        records = [r for r in backend.allgather_object(record) if r is not None]
+        if is_main:
+            append_records(plan.paths.jsonl, records)
+        for j in range(len(records)):
+            per_bin[cands[start + j][0]] += 1
+            done = start + j + 1
+            if is_main and (done % log_interval == 0 or done == len(cands)):
+                LOG.info("%d/%d new subnet(s) measured; fill %s", done, len(cands), fill_text(per_bin, quotas))
+        if bar is not None:
+            bar.update(min(len(records), bar.total - bar.n))
+            bar.set_postfix_str(fill_text(per_bin, quotas))
+    if bar is not None:
+        bar.close()
+    summary = RunSummary(plan.paths, plan.existing.n_records + len(cands), len(cands), per_bin,
+                         dict(quotas), plan.shortfall)
+    if is_main:
+        if plan.paths.pickle is not None and summary.n_records:
+            n = write_reference_pickle(plan.paths.jsonl, plan.paths.pickle, spec)
+            LOG.info("wrote the reference-format copy %s (%d entries)", plan.paths.pickle, n)
+        LOG.info("%s: %d record(s), %d new; fill %s", plan.paths.jsonl, summary.n_records, summary.added,
+                 fill_text(per_bin, quotas))
+        if summary.shortfall:
+            LOG.warning("incomplete: %d subnet(s) missing in bin(s) %s; raise dataset_config.max_attempts "
+                        "or lower n_samples", sum(summary.shortfall.values()), sorted(summary.shortfall))
+    return summary
