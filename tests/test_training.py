@@ -176,3 +176,12 @@ def test_reference_numbers() -> None:
     logits = torch.tensor([[2.0, 0.0, -1.0]])
     q = torch.tensor([[0.9 + 0.1 / 3, 0.1 / 3, 0.1 / 3]])
     assert label_smoothed_ce(logits, torch.tensor([0]), 0.1) == pytest.approx(soft_cross_entropy(logits, q).item())
+
+
+def test_wandb_offline_run_is_logged(tmp_path) -> None:
+    pytest.importorskip("wandb")
+    project = make_tiny_project(tmp_path, args_per_task={"teacher": {"n_epochs": 1}},
+                                wandb={"use_wandb": True, "project_name": "moofa-test"})
+    project.run("train.py", "--step", "teacher")
+    runs = list((tmp_path / "run" / "teacher" / "logs" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
