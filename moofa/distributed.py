@@ -296,7 +296,10 @@ class TorchBackend(Backend):
         self._dist.barrier()
 
     def shutdown(self) -> None:
+        """Wait for every rank, then tear the group down (a rank leaving while another still
+        talks to it can abort gloo at exit)."""
         if self._dist.is_initialized():
+            self._dist.barrier()
             self._dist.destroy_process_group()
 
     def distributed_optimizer(self, optimizer, named_parameters=None, backward_passes_per_step=1,

@@ -61,8 +61,7 @@ def evaluate(net: nn.Module, loader: Iterable, backend: Any = None, device: torc
         logits = net(images)
         if time_forward:
             _sync(device)
-            if i >= warmup_batches:
-                times.append(time.perf_counter() - t0)
+            times.append(time.perf_counter() - t0)
         k = min(5, logits.size(1))
         top = logits.topk(k, dim=1).indices
         hit = top.eq(labels.view(-1, 1))
@@ -74,8 +73,9 @@ def evaluate(net: nn.Module, loader: Iterable, backend: Any = None, device: torc
         stats = backend.allreduce_sum_(stats)
     net.train(was_training)
     n = max(stats[3].item(), 1.0)
+    timed = times[warmup_batches:] if len(times) > warmup_batches else times  # short loaders: all
     return EvalResult(stats[0].item() / n, stats[1].item() / n, stats[2].item() / n, int(stats[3].item()),
-                      sum(times) / len(times) if times else 0.0)
+                      sum(timed) / len(timed) if timed else 0.0)
 
 
 def evaluate_subnet(supernet: nn.Module, config: SubnetConfig, provider: Any, backend: Any = None,

@@ -1,0 +1,85 @@
+"""``eval_and_search.py``: evaluate a subnet or the teacher (``--mode eval``), search the best
+subnet under each peak-memory constraint (``--mode search``), or compare finished searches
+(``--mode summary``). SPEC 7, 8, 9.3; CONTRACT.md.
+
+Run as a plain process, under ``horovodrun -np N`` or under ``torchrun --nproc_per_node N``; only
+rank 0 writes files.
+"""
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from moofa.cli.common import ArgParser
+
+EPILOG = """examples:
+  eval_and_search.py --config configs/config_MOOFA.yaml --mode search
+  eval_and_search.py --config configs/config_MOOFA.yaml --mode eval --model supernet
+  eval_and_search.py --mode summary --results searches/MIT_OFA searches/MOOFA --labels OFA MOOFA --output cmp/
+"""
+
+
+def build_parser() -> ArgParser:
+    from moofa.models.spec import DEFAULT_MODEL_CONFIGS
+
+    p = ArgParser(prog="eval_and_search.py", epilog=EPILOG,
+                  description="Evaluate a subnet or the teacher, search the most accurate subnet under "
+                  "each peak-memory constraint, or tabulate finished searches (Table 1 layout).",
+                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="run config YAML (required for eval and search)")
+    p.add_argument("--mode", required=True, choices=["eval", "search", "summary"],
+                   help="eval: subnet_config / teacher; search: constraint sweep; summary: compare result folders")
+    p.add_argument("--model", choices=["supernet", "teacher"],
+                   help="eval mode: the supernet's subnet_config subnet or the teacher (required for eval)")
+    p.add_argument("--model_config_path", default=str(DEFAULT_MODEL_CONFIGS), help="model_configs.yaml")
+    p.add_argument("--overwrite", action="store_true",
+                   help="search: redo constraints whose results already exist (default: resume)")
+    p.add_argument("--results", nargs="+", metavar="DIR", help="summary: search result folders (res_dir)")
+    p.add_argument("--labels", nargs="+", metavar="LABEL", help="summary: column labels (default: model names)")
+    p.add_argument("--output", metavar="DIR", help="summary: output folder (default: the first results folder)")
+    return p
+
+
+def _summary(parser: ArgParser, opts) -> int:
+    from moofa.search.results import compare
+
+    if not opts.results:
+        parser.error("--mode summary needs --results DIR [DIR ...]")
+    out = opts.output or opts.results[0]
+    for path in compare(opts.results, opts.labels, out):
+        print(f"wrote {path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    opts = parser.parse_args(argv)
+    if opts.mode == "summary":
+        return _summary(parser, opts)
+    if not opts.config:
+        parser.error(f"--mode {opts.mode} needs --config")
+    if opts.mode == "eval" and not opts.model:
+        parser.error("--mode eval needs --model {supernet,teacher}")
+    from moofa.config import load_config, validate_model
+    from moofa.distributed import init_backend
+
+    cfg = load_config(opts.config)
+    spec = validate_model(cfg, opts.model_config_path)
+    if opts.mode == "search":  # infeasible constraints fail before any process group starts
+        from moofa.config import search_constraints
+        from moofa.search.evolution import check_constraints
+
+        check_constraints(spec, search_constraints(cfg), file=opts.config)
+    backend = init_backend(cfg["args"]["device"])
+    try:
+        if opts.mode == "search":
+            from moofa.search.sweep import run_search
+
+            run_search(cfg, spec, backend, overwrite=opts.overwrite)
+        else:
+            from moofa.search.eval_mode import run_eval
+
+            run_eval(cfg, spec, backend, opts.model)
+    finally:
+        backend.shutdown()
+    return 0

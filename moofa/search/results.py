@@ -1,0 +1,285 @@
+"""Search results on disk: ``<res_dir>/constraint_<int>/info.json`` per constraint, and over a
+sweep (or several sweeps, one per model) ``summary.csv``, ``summary.md`` in the layout of the
+paper's Table 1 (SPEC Appendix C: rows = constraints, one column per model, cells "top-1 % /
+memory peak / MFLOPs") and an accuracy-versus-constraint plot overlaying the runs.
+
+Units: accuracy is a fraction in info.json and percent (labelled) in the tables and plots; memory
+in elements; MFLOPs are MMACs. A cell's top-1 is the measured (real) accuracy when the run
+evaluated its subnets, else the predicted one, marked ``*``.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+
+from moofa.errors import MoofaInputError
+
+INFO_NAME = "info.json"
+SUMMARY_CSV, SUMMARY_MD, SUMMARY_PLOT = "summary.csv", "summary.md", "accuracy_vs_constraint"
+_DIR_RE = re.compile(r"^constraint_(\d+)$")
+
+
+# ------------------------------------------------------------------------------------------ files
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_json(path: str | Path, data: Mapping[str, Any]) -> Path:
+    """Atomic JSON write (indent 2)."""
+    return atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def read_json(path: str | Path) -> dict:
+    """Read a JSON object; MoofaInputError naming the file when missing or malformed."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise MoofaInputError("file not found", file=path) from None
+    except (OSError, json.JSONDecodeError) as err:
+        raise MoofaInputError(f"cannot read JSON ({err})", file=path) from None
+    if not isinstance(data, dict):
+        raise MoofaInputError("expected a JSON object", file=path)
+    return data
+
+
+def save_figure(fig: Figure, path_stem: str | Path, dpi: int = 150) -> list[Path]:
+    """Save ``fig`` as ``<stem>.png`` (``dpi``) and ``<stem>.pdf``, each atomically."""
+    stem = Path(path_stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    for ext in ("png", "pdf"):
+        final = stem.with_name(f"{stem.name}.{ext}")
+        tmp = stem.with_name(f".{stem.name}.tmp.{ext}")
+        try:
+            fig.savefig(tmp, dpi=dpi if ext == "png" else None, format=ext)
+            os.replace(tmp, final)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        written.append(final)
+    return written
+
+
+def constraint_dir(res_dir: str | Path, constraint: float) -> Path:
+    """``<res_dir>/constraint_<int>`` (deterministic, SPEC 10 item 17)."""
+    return Path(res_dir) / f"constraint_{int(round(constraint))}"
+
+
+# ---------------------------------------------------------------------------------------- reading
+@dataclass(frozen=True)
+class ResultRow:
+    """One constraint of one run: top-1 (fraction; real if measured, else predicted), whether it
+    is predicted, peak memory (elements) and MMACs."""
+
+    constraint: int
+    top1: float | None
+    predicted: bool
+    predicted_top1: float | None
+    peak_memory: int
+    mflops: float
+
+
+@dataclass(frozen=True)
+class Run:
+    """The results of one sweep: a label (column header) and its rows sorted by constraint."""
+
+    label: str
+    rows: tuple[ResultRow, ...]
+
+    @property
+    def is_predicted(self) -> bool:
+        return any(r.predicted for r in self.rows)
+
+
+def _row(info: Mapping[str, Any], constraint: int, path: Path) -> ResultRow:
+    try:
+        real, pred = info.get("real_accuracy"), info.get("predicted_accuracy")
+        top1 = real if real is not None else pred
+        return ResultRow(constraint, None if top1 is None else float(top1), real is None,
+                         None if pred is None else float(pred), int(info["peak_memory"]),
+                         float(info["flops"]))
+    except (KeyError, TypeError, ValueError) as err:
+        raise MoofaInputError(f"not a search result ({type(err).__name__}: {err})", file=path) from None
+
+
+def run_from_infos(label: str, infos: Iterable[Mapping[str, Any]], where: str | Path = "<results>") -> Run:
+    """A :class:`Run` from info.json dicts (each with ``constraint``)."""
+    rows = [_row(info, int(info["constraint"]), Path(where)) for info in infos]
+    if not rows:
+        raise MoofaInputError("no search results", file=where)
+    return Run(label, tuple(sorted(rows, key=lambda r: r.constraint)))
+
+
+def read_run(res_dir: str | Path, label: str | None = None) -> Run:
+    """Read every ``constraint_<int>/info.json`` under ``res_dir``; the label defaults to the
+    ``model`` recorded in the results, else the folder name. MoofaInputError if there is none."""
+    res_dir = Path(res_dir)
+    if not res_dir.is_dir():
+        raise MoofaInputError("results folder not found", file=res_dir)
+    infos, models = [], set()
+    for sub in sorted(res_dir.iterdir()):
+        m = _DIR_RE.match(sub.name)
+        if not m or not (sub / INFO_NAME).is_file():
+            continue
+        info = read_json(sub / INFO_NAME)
+        info.setdefault("constraint", int(m.group(1)))
+        infos.append(info)
+        if info.get("model"):
+            models.add(str(info["model"]))
+    if not infos:
+        raise MoofaInputError(f"no constraint_<int>/{INFO_NAME} results in this folder", file=res_dir)
+    if label is None:
+        label = models.pop() if len(models) == 1 else res_dir.name
+    return run_from_infos(label, infos, res_dir)
+
+
+# ---------------------------------------------------------------------------------------- tables
+def format_constraint(c: int) -> str:
+    """``325000`` -> ``325k``; other values with thousands separators."""
+    return f"{c // 1000}k" if c % 1000 == 0 else f"{c:,}"
+
+
+def _pct(x: float | None) -> str:
+    return "" if x is None else f"{100 * x:.2f}"
+
+
+def _cell(row: ResultRow | None) -> str:
+    if row is None:
+        return "-"
+    star = "*" if row.predicted else ""
+    return f"{_pct(row.top1)}{star} / {row.peak_memory:,} / {row.mflops:,.0f}"
+
+
+def _by_constraint(runs: Sequence[Run]) -> tuple[list[int], list[dict[int, ResultRow]]]:
+    maps = [{r.constraint: r for r in run.rows} for run in runs]
+    return sorted({c for m in maps for c in m}), maps
+
+
+def summary_markdown(runs: Sequence[Run], title: str | None = None) -> str:
+    """Table 1 layout: ``| Constraint | <label> | ... |`` with cells
+    ``top-1 % / memory peak / MFLOPs``."""
+    constraints, maps = _by_constraint(runs)
+    lines = [f"# {title or 'Best subnet per peak-memory constraint'}", "",
+             ("Cells: top-1 (%) / memory peak (elements) / MFLOPs (MMACs). "
+              "`*` = accuracy predicted by the accuracy predictor (subnet not evaluated)."), "",
+             "| Constraint | " + " | ".join(r.label for r in runs) + " |",
+             "|---|" + "---|" * len(runs)]
+    for c in constraints:
+        lines.append(f"| < {format_constraint(c)} | " + " | ".join(_cell(m.get(c)) for m in maps) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def summary_csv(runs: Sequence[Run]) -> str:
+    """Wide CSV: ``constraint`` then per run ``<label> top1_percent``, ``<label> accuracy_source``
+    (real | predicted), ``<label> predicted_top1_percent``, ``<label> peak_memory`` (elements),
+    ``<label> mflops`` (MMACs). Missing cells are empty."""
+    constraints, maps = _by_constraint(runs)
+    fields = ("top1_percent", "accuracy_source", "predicted_top1_percent", "peak_memory", "mflops")
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["constraint"] + [f"{r.label} {f}" for r in runs for f in fields])
+    for c in constraints:
+        row: list[Any] = [c]
+        for m in maps:
+            r = m.get(c)
+            if r is None:
+                row += [""] * len(fields)
+            else:
+                row += [_pct(r.top1), "predicted" if r.predicted else "real", _pct(r.predicted_top1),
+                        r.peak_memory, f"{r.mflops:.4f}"]
+        w.writerow(row)
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------------------------------ plot
+def plot_accuracy_vs_constraint(runs: Sequence[Run], path_stem: str | Path,
+                                title: str | None = None) -> list[Path]:
+    """Left: top-1 (%) against the constraint (thousands of elements), one line per run (dashed
+    when predicted). Right: the found subnet's peak memory against the constraint, with the
+    constraint itself dotted. Writes ``<stem>.png`` and ``<stem>.pdf`` atomically."""
+    stem = Path(path_stem)
+    fig = Figure(figsize=(11, 4.2))
+    ax_acc, ax_mem = fig.subplots(1, 2)
+    all_c = sorted({r.constraint for run in runs for r in run.rows})
+    for run in runs:
+        xs = [r.constraint / 1e3 for r in run.rows]
+        label = run.label + (" (predicted)" if run.is_predicted else "")
+        style = "--" if run.is_predicted else "-"
+        ax_acc.plot(xs, [100 * r.top1 if r.top1 is not None else math.nan for r in run.rows],
+                    style, marker="o", label=label)
+        ax_mem.plot(xs, [r.peak_memory / 1e3 for r in run.rows], style, marker="o", label=run.label)
+    ax_mem.plot([c / 1e3 for c in all_c], [c / 1e3 for c in all_c], ":", color="grey",
+                label="constraint")
+    ax_acc.set_ylabel("top-1 (%)")
+    ax_mem.set_ylabel("peak memory of the found subnet (k elements)")
+    for ax in (ax_acc, ax_mem):
+        ax.set_xlabel("peak-memory constraint (k elements)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax_acc.set_title("Accuracy of the best subnet under each constraint", fontsize=10)
+    ax_mem.set_title("Peak memory of the best subnet", fontsize=10)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return save_figure(fig, stem)
+
+
+# ---------------------------------------------------------------------------------------- writers
+def write_tables(runs: Sequence[Run], out_dir: str | Path, title: str | None = None) -> list[Path]:
+    """``summary.csv``, ``summary.md`` and the accuracy plot of ``runs`` in ``out_dir``."""
+    if not runs:
+        raise MoofaInputError("no results to summarise")
+    labels = [r.label for r in runs]
+    if len(set(labels)) != len(labels):
+        raise MoofaInputError("labels must differ (give --labels)", key="labels", value=labels)
+    out = Path(out_dir)
+    return [atomic_write_text(out / SUMMARY_CSV, summary_csv(runs)),
+            atomic_write_text(out / SUMMARY_MD, summary_markdown(runs, title)),
+            *plot_accuracy_vs_constraint(runs, out / SUMMARY_PLOT, title)]
+
+
+def write_summary(res_dir: str | Path, run: Run | None = None) -> list[Path]:
+    """Summary of one sweep (``run``, default: every result folder under ``res_dir``), written
+    into ``res_dir``."""
+    run = run or read_run(res_dir)
+    return write_tables([run], res_dir, f"Best subnet per peak-memory constraint ({run.label})")
+
+
+def compare(dirs: Iterable[str | Path], labels: Sequence[str] | None = None,
+            out_dir: str | Path = ".") -> list[Path]:
+    """One comparison table and plot over several sweeps (e.g. OFA vs MOOFA), one column per
+    run; labels default to each run's model name."""
+    dirs = list(dirs)
+    if labels is not None and len(labels) != len(dirs):
+        raise MoofaInputError(f"got {len(labels)} labels for {len(dirs)} result folders",
+                              key="labels", value=list(labels))
+    runs = [read_run(d, labels[i] if labels else None) for i, d in enumerate(dirs)]
+    return write_tables(runs, out_dir, "Best subnet per peak-memory constraint")

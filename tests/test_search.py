@@ -1,0 +1,344 @@
+"""Search and evaluation (issue 6): evolutionary search quality and feasibility, reproducibility,
+infeasible constraints, eval/search outputs end to end (1 and 2 processes), export, tables."""
+from __future__ import annotations
+
+import csv
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import REFERENCE, ROOT, needs_reference
+from tiny import make_tiny_project
+
+from moofa.config import last_task_args, load_config
+from moofa.distributed import SingleBackend
+from moofa.efficiency import count_params, flops, memory_bounds, peak_memory, peak_memory_batch
+from moofa.errors import CheckpointError, InfeasibleConstraintError
+from moofa.models import build_supernet
+from moofa.models.layers import count_parameters
+from moofa.models.spec import SubnetConfig, get_model_spec
+from moofa.predictor import AccuracyPredictor, ArchEncoder
+from moofa.search.evolution import (
+    EvolutionFinder,
+    SearchSettings,
+    check_constraints,
+    random_search_baseline,
+    single_thread,
+)
+from moofa.search.export import load_exported, onnx_available
+
+OFA_PREDICTOR = REFERENCE / "ofa_imagenet_acc_predictor.pth.tar"
+TABLE_CONSTRAINTS = [325_000, 350_000, 400_000, 450_000, 500_000, 600_000, 700_000, 800_000]
+TEST_GENERATIONS = 100  # the full 500 are timed in benchmarks/bench_search.py
+TINY_CONSTRAINTS = [9000, 16000]
+
+
+def _random_predictor(model, seed: int = 0, **kw) -> AccuracyPredictor:
+    torch.manual_seed(seed)
+    return AccuracyPredictor(model, hidden_size=32, n_layers=2, base_acc=0.5, **kw).eval()
+
+
+# ----------------------------------------------------------------------------- search quality
+@needs_reference
+def test_ofa_search_fits_and_beats_10000_random_subnets():
+    pred = AccuracyPredictor.load(OFA_PREDICTOR, "OFA", device="cpu")
+    finder = EvolutionFinder("OFA", pred.predict, SearchSettings(population_size=100,
+                                                                 generations=TEST_GENERATIONS))
+    with single_thread():
+        for c in TABLE_CONSTRAINTS:
+            res = finder.search(c)
+            best = res.best
+            assert best.peak <= c and peak_memory("OFA", best.config) == best.peak
+            assert best.accuracy == pytest.approx(float(pred.predict([best.config])[0]), abs=1e-6)
+            assert res.history == sorted(res.history) and res.history[-1] == best.accuracy
+            assert res.n_scored == 100 * (TEST_GENERATIONS + 1)
+            base = random_search_baseline("OFA", pred.predict, c, 10_000, np.random.default_rng(c))
+            assert base.peak <= c
+            assert best.accuracy >= base.accuracy, (c, best.accuracy, base.accuracy)
+
+
+def test_every_candidate_fits_and_compofa_keeps_its_coupling():
+    """All scored configs (initial, mutants, crossovers, repairs) fit the constraint, also at the
+    exact minimum of MOOFA_V3 (299,520: SPEC 4.3), and CompOFA candidates keep e = f(d)."""
+    for model, c in (("MOOFA_V3", 299_520), ("MOOFA_V3", 400_000), ("CompOFA", 420_000)):
+        spec = get_model_spec(model)
+        pred = _random_predictor(model)
+        seen: list[SubnetConfig] = []
+
+        def predict(cs, pred=pred, seen=seen):
+            seen.extend(cs)
+            return pred.predict(cs)
+
+        res = EvolutionFinder(model, predict, SearchSettings(population_size=20, generations=15)).search(c)
+        assert len(seen) == res.n_scored == 20 * 16
+        assert (peak_memory_batch(model, seen) <= c).all()
+        assert res.best.accuracy == max(float(a) for a in pred.predict(seen))
+        if spec.compound:
+            for cfg in seen:
+                assert all(cfg.e[i] == spec.compound_expand(cfg.d[i // 4]) for i in range(20))
+
+
+def test_children_are_bounded_and_fall_back_to_parents_when_nothing_else_fits():
+    """An efficiency model under which only the initial population fits: every child exhausts its
+    draws and its repair, then becomes a copy of a parent; the search still ends."""
+    pred = _random_predictor("OFA")
+    initial: set = set()
+
+    def efficiency(cs):
+        if not initial:  # the first call scores the initial population
+            initial.update(cs)
+        return np.where([c in initial for c in cs], peak_memory_batch("OFA", cs), 10**9)
+
+    scored: list = []
+
+    def predict(cs):
+        scored.extend(cs)
+        return pred.predict(cs)
+
+    s = SearchSettings(population_size=12, generations=4, max_tries=3)
+    res = EvolutionFinder("OFA", predict, s, efficiency=efficiency).search(500_000)
+    assert len(scored) == 12 * 5 and all(c in initial for c in scored)
+    # children identical to a parent fit; every other one took 3 draws, a repair, a fallback
+    assert res.stats.repaired == 0 and 12 <= res.stats.fallback <= 12 * 4
+    assert res.stats.draws <= 3 * 12 * 4
+    assert res.best.config in initial
+
+
+def test_same_seed_same_result_and_constraint_seeding():
+    pred = _random_predictor("OFA")
+    settings = SearchSettings(population_size=20, generations=10, seed=7)
+    a = EvolutionFinder("OFA", pred.predict, settings)
+    b = EvolutionFinder("OFA", pred.predict, settings)
+    r1, r2 = a.search(500_000), b.search(500_000)
+    a.search(700_000)  # another constraint in between must not change the next result
+    r3 = a.search(500_000)
+    for r in (r2, r3):
+        assert r.best.config == r1.best.config and r.history == r1.history
+    other = EvolutionFinder("OFA", pred.predict, SearchSettings(population_size=20, generations=10,
+                                                                seed=8)).search(500_000)
+    assert other.history != r1.history
+
+
+def test_constraint_below_minimum_is_rejected_with_the_minimum():
+    lo = memory_bounds("MOOFA_V3")[0]
+    assert lo == 299_520
+    assert check_constraints("MOOFA_V3", [lo, 500_000]) == lo
+    with pytest.raises(InfeasibleConstraintError, match="299,520"):
+        check_constraints("MOOFA_V3", [lo - 1])
+    with pytest.raises(InfeasibleConstraintError, match="262,912"):
+        EvolutionFinder("OFA", lambda cs: np.zeros(len(cs))).search(262_911)
+
+
+def test_cli_infeasible_constraint_exits_2(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"args": {"model": "OFA"}, "search_config": {
+        "constraints": [200_000, 400_000], "evaluate": False, "res_dir": str(tmp_path / "s"),
+        "acc_predictor_checkpoint": str(tmp_path / "missing.pth.tar")}}))
+    proc = subprocess.run([sys.executable, str(ROOT / "eval_and_search.py"), "--config", str(cfg),
+                           "--mode", "search"], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "262,912" in lines[0]
+    assert "200,000" in lines[0] and str(cfg) in lines[0]
+    assert not (tmp_path / "s").exists()
+
+
+# ------------------------------------------------------------------------- tiny end to end
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny project with a random-init supernet, its teacher and a random predictor."""
+    root = tmp_path_factory.mktemp("tiny_search")
+    project = make_tiny_project(root)
+    spec = get_model_spec("TINY", project.model_config_path)
+    args = project.config["args"]
+    torch.manual_seed(0)
+    net = build_supernet(spec, n_classes=4)
+    Path(args["checkpoint"]).parent.mkdir(parents=True)
+    torch.save({"state_dict": net.state_dict()}, args["checkpoint"])
+    teacher_file = Path(args["teacher_path"]) / "checkpoint" / "model_best.pth.tar"
+    teacher_file.parent.mkdir(parents=True)
+    torch.save({"state_dict": net.build_teacher().state_dict()}, teacher_file)
+    _random_predictor(spec).save(project.config["search_config"]["acc_predictor_checkpoint"])
+    from moofa.data import ensure_dataset
+    ensure_dataset(last_task_args(load_config(project.config_path)))
+    return project, spec
+
+
+def _write(project, tag: str, **search) -> None:
+    # test batch = 4 x 2 = 8 images: 5 batches of the 40 test images, 3 timed after 2 warm-up ones
+    project.write(args=dict(base_batch_size=2), search_config=dict(constraints=TINY_CONSTRAINTS, res_dir=str(project.root / f"search_{tag}"),
+                                     **search),
+                  subnet_config=dict(res_dir=str(project.root / f"eval_{tag}"), random_sample=True))
+
+
+def _read_all(project, tag: str) -> dict:
+    out = {c: json.loads((project.root / f"search_{tag}" / f"constraint_{c}" / "info.json").read_text())
+           for c in TINY_CONSTRAINTS}
+    for key, name in (("supernet", "subnet"), ("teacher", "teacher")):
+        out[key] = json.loads((project.root / f"eval_{tag}" / name / "info.json").read_text())
+    return out
+
+
+def _run_all(project, tag: str, nproc: int) -> dict:
+    """Search with evaluation, eval of a random supernet subnet, eval of the teacher."""
+    _write(project, tag)
+    project.run("eval_and_search.py", "--mode", "search", nproc=nproc)
+    project.run("eval_and_search.py", "--mode", "eval", "--model", "supernet", nproc=nproc)
+    project.write(args=dict(base_batch_size=2), subnet_config=dict(
+        res_dir=str(project.root / f"eval_{tag}"), name="teacher", random_sample=False))
+    project.run("eval_and_search.py", "--mode", "eval", "--model", "teacher", nproc=nproc)
+    return _read_all(project, tag)
+
+
+SEARCH_FIELDS = {"predicted_accuracy", "real_accuracy", "peak_memory", "config", "memory_history", "flops",
+                 "avg_forward_time", "model", "constraint", "params", "top5", "n_images"}
+EVAL_FIELDS = {"accuracy", "top5", "peak_memory", "memory_history", "flops", "params", "avg_forward_time",
+               "config"}
+
+
+def _check_outputs(project, spec, tag: str, info: dict) -> None:
+    n_val = 4 * 10
+    for c in TINY_CONSTRAINTS:
+        d, r = project.root / f"search_{tag}" / f"constraint_{c}", info[c]
+        assert SEARCH_FIELDS <= set(r)
+        cfg = SubnetConfig.from_dict(r["config"])
+        assert r["peak_memory"] == peak_memory(spec, cfg) == max(r["memory_history"]) <= c
+        assert r["flops"] == pytest.approx(flops(spec, cfg, 4)) and r["params"] == count_params(spec, cfg, 4)
+        assert 0 <= r["real_accuracy"] <= r["top5"] <= 1 and r["n_images"] == n_val
+        assert r["avg_forward_time"] > 0
+        for name in ("memory_histogram.png", "subnet.png", "subnet.pth.tar"):
+            assert (d / name).stat().st_size > 0, name
+        exported = load_exported(d / "subnet.pth.tar")
+        assert count_parameters(exported) == r["params"]
+    rows = list(csv.DictReader((project.root / f"search_{tag}" / "summary.csv").open()))
+    assert [int(x["constraint"]) for x in rows] == TINY_CONSTRAINTS
+    assert [float(x["TINY top1_percent"]) for x in rows] == \
+        [round(100 * info[c]["real_accuracy"], 2) for c in TINY_CONSTRAINTS]
+    md = (project.root / f"search_{tag}" / "summary.md").read_text()
+    assert "| < 9k |" in md and "| < 16k |" in md
+    assert (project.root / f"search_{tag}" / "accuracy_vs_constraint.png").is_file()
+    # eval supernet: the random arch drawn with manual_seed 0 is what was measured and reported
+    drawn = ArchEncoder(spec).random_sample(random.Random(0))
+    arch = SubnetConfig(drawn.ks, drawn.e, drawn.d, 32)
+    for key, expect in (("supernet", arch), ("teacher", spec.max_config(32))):
+        r = info[key]
+        assert EVAL_FIELDS <= set(r) and SubnetConfig.from_dict(r["config"]) == expect
+        assert r["peak_memory"] == peak_memory(spec, expect) and r["flops"] == pytest.approx(flops(spec, expect, 4))
+        assert 0 <= r["accuracy"] <= 1 and r["n_images"] == n_val
+    assert (project.root / f"eval_{tag}" / "subnet" / "subnet.png").is_file()
+    assert (project.root / f"eval_{tag}" / "teacher" / "memory_histogram.png").is_file()
+
+
+@pytest.mark.slow
+def test_tiny_search_and_eval_one_process(tiny):
+    project, spec = tiny
+    info = _run_all(project, "p1", nproc=1)
+    _check_outputs(project, spec, "p1", info)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_tiny_search_and_eval_two_processes_match_one(tiny):
+    project, spec = tiny
+    one = _read_all(project, "p1") if (project.root / "eval_p1" / "teacher").is_dir() else \
+        _run_all(project, "p1", nproc=1)
+    two = _run_all(project, "p2", nproc=2)
+    _check_outputs(project, spec, "p2", two)
+    for c in TINY_CONSTRAINTS:
+        for key in ("config", "predicted_accuracy", "peak_memory", "real_accuracy", "top5", "n_images"):
+            assert two[c][key] == one[c][key], (c, key)
+    for key in ("supernet", "teacher"):
+        for field in ("config", "accuracy", "top5", "n_images"):
+            assert two[key][field] == one[key][field], (key, field)
+
+
+def test_predictor_only_search_resumes_without_data_or_checkpoint(tmp_path):
+    project = make_tiny_project(tmp_path)
+    spec = get_model_spec("TINY", project.model_config_path)
+    _random_predictor(spec).save(project.config["search_config"]["acc_predictor_checkpoint"])
+    _write(project, "pred", evaluate=False)
+    cfg = load_config(project.config_path)
+    from moofa.search.sweep import run_search
+    infos = run_search(cfg, spec, SingleBackend("cpu"))
+    assert not Path(cfg["args"]["data_path"]).exists() and not Path(cfg["args"]["checkpoint"]).exists()
+    assert [i["real_accuracy"] for i in infos] == [None, None]
+    files = [project.root / "search_pred" / f"constraint_{c}" / "info.json" for c in TINY_CONSTRAINTS]
+    stamps = [f.stat().st_mtime_ns for f in files]
+    again = run_search(cfg, spec, SingleBackend("cpu"))
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+    assert [i["config"] for i in again] == [i["config"] for i in infos]
+    run_search(cfg, spec, SingleBackend("cpu"), overwrite=True)
+    assert [f.stat().st_mtime_ns for f in files] != stamps
+    md = (project.root / "search_pred" / "summary.md").read_text()
+    assert md.count("* / ") == len(TINY_CONSTRAINTS)  # predicted accuracies are marked
+
+
+# ---------------------------------------------------------------------------------- export
+@pytest.mark.parametrize("model", ["TINY", "TINY_OFA"])
+def test_exported_subnet_reloads_alone_with_the_supernet_logits(tmp_path, model):
+    project = make_tiny_project(tmp_path, model=model)
+    spec = get_model_spec(model, project.model_config_path)
+    torch.manual_seed(1)
+    net = build_supernet(spec, n_classes=4)
+    for m in net.modules():  # non-trivial BN statistics, as after re-calibration
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    cfg = ArchEncoder(spec).random_sample(random.Random(3))
+    from moofa.search.export import export_subnet
+    paths = export_subnet(net, cfg, tmp_path / "out" / "subnet.pth.tar")
+    x = torch.randn(4, 3, cfg.image_size, cfg.image_size)
+    net.eval()
+    net.set_subnet(cfg)
+    with torch.no_grad():
+        expected = net(x)
+    del net
+    loaded = load_exported(paths[0])
+    with torch.no_grad():
+        assert torch.equal(loaded(x), expected)
+    assert loaded.subnet_config == cfg
+    if onnx_available():
+        from onnx.reference import ReferenceEvaluator
+        assert paths[1].suffix == ".onnx"
+        got = ReferenceEvaluator(str(paths[1])).run(None, {"image": x.numpy()})[0]
+        np.testing.assert_allclose(got, expected.numpy(), rtol=1e-4, atol=1e-5)
+    else:
+        assert len(paths) == 1
+    torch.save({"state_dict": {}}, tmp_path / "plain.pth.tar")
+    with pytest.raises(CheckpointError, match="not a moofa subnet export"):
+        load_exported(tmp_path / "plain.pth.tar")
+
+
+# ---------------------------------------------------------------------------------- tables
+def _fake_run(res_dir: Path, model: str, rows: list[tuple[int, float | None, float, int, float]]) -> None:
+    for c, real, pred, peak, mflops in rows:
+        d = res_dir / f"constraint_{c}"
+        d.mkdir(parents=True)
+        (d / "info.json").write_text(json.dumps({"predicted_accuracy": pred, "real_accuracy": real,
+                                                 "peak_memory": peak, "flops": mflops, "model": model,
+                                                 "constraint": c}))
+
+
+def test_summary_compares_runs_in_table_1_layout(tmp_path):
+    # Appendix C values for two of the paper's columns
+    _fake_run(tmp_path / "OFA", "OFA", [(325000, 0.7081, 0.70, 262912, 146.0), (400000, 0.7098, 0.71, 330816, 163.0)])
+    _fake_run(tmp_path / "MOOFA", "MOOFA_V3", [(325000, None, 0.7213, 305280, 422.0),
+                                              (700000, 0.7655, 0.76, 696192, 1007.0)])
+    from moofa.cli.eval_and_search import main
+    assert main(["--mode", "summary", "--results", str(tmp_path / "OFA"), str(tmp_path / "MOOFA"),
+                 "--labels", "MIT OFA", "MOOFA", "--output", str(tmp_path / "cmp")]) == 0
+    md = (tmp_path / "cmp" / "summary.md").read_text().splitlines()
+    assert "| Constraint | MIT OFA | MOOFA |" in md
+    assert "| < 325k | 70.81 / 262,912 / 146 | 72.13* / 305,280 / 422 |" in md
+    assert "| < 400k | 70.98 / 330,816 / 163 | - |" in md
+    assert "| < 700k | - | 76.55 / 696,192 / 1,007 |" in md
+    rows = list(csv.DictReader((tmp_path / "cmp" / "summary.csv").open()))
+    assert [r["constraint"] for r in rows] == ["325000", "400000", "700000"]
+    assert rows[0]["MOOFA accuracy_source"] == "predicted" and rows[0]["MIT OFA top1_percent"] == "70.81"
+    assert (tmp_path / "cmp" / "accuracy_vs_constraint.png").stat().st_size > 0
