@@ -1,0 +1,430 @@
+"""Training recipe of the accuracy predictor and the ``train_moofa_predictor.py`` entry point.
+
+Recipe (all seeded; fixes SPEC 5.3 / 10 item 38):
+
+1. Split the dataset with ``train_test_split(test_size=test_fraction, random_state=seed)`` over
+   the file order: the test split is only used for the reported metrics.
+2. For ensemble member ``m`` (seed ``seed * 1000 + m``), hold out ``val_fraction`` of the training
+   split (``train_test_split(random_state=seed * 1000 + m)``) for best-epoch selection.
+3. Inputs: the one-hot encoding plus the extra features (log MMACs, log peak elements),
+   normalised with the training split's mean/std. Target: accuracy fraction; ``base_acc`` = mean
+   training accuracy.
+4. Adam, MSE, ``epochs`` epochs with cosine (per step), ReduceLROnPlateau on the validation loss
+   (per epoch) or a constant learning rate; the weights of the epoch with the lowest validation
+   loss are kept.
+5. A member whose validation RMSE exceeds 1.5 x the members' median (a collapsed run) is
+   dropped; the prediction is the mean over the remaining members. Metrics on the test split:
+   RMSE and MAE in percentage points, Pearson correlation, Kendall's tau.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from scipy.stats import kendalltau
+from sklearn.model_selection import train_test_split
+
+from moofa.errors import ConfigError
+from moofa.models.spec import ModelSpec, get_model_spec
+from moofa.predictor.dataset import PredictorDataset, read_dataset
+from moofa.predictor.mlp import EXTRA_FEATURES, AccuracyMLP, AccuracyPredictor, auto_device
+
+log = logging.getLogger(__name__)
+
+SCHEDULES = ("cosine", "plateau", "constant")
+TRAIN_THREADS = 1  # intra-op CPU threads while training (see cpu_threads)
+COLLAPSE_FACTOR = 1.5  # a member whose validation RMSE exceeds 1.5 x the median is dropped
+
+
+@dataclass(frozen=True)
+class PredictorRecipe:
+    """Hyper-parameters of :func:`train_predictor`; also the keys of the config section
+    ``predictor_config`` (all optional; the device comes from ``args.device``)."""
+
+    hidden_size: int = 400          # units per hidden layer (reference: 400)
+    n_layers: int = 3               # hidden layers (reference: 3)
+    ensemble: int = 5               # ensemble members, averaged
+    epochs: int = 30                # passes over each member's fit split
+    lr: float = 1e-2                # Adam learning rate (peak of the cosine schedule)
+    lr_schedule: str = "cosine"     # cosine (per step) | plateau (per epoch, x0.5, patience 5) | constant
+    weight_decay: float = 1e-5      # Adam L2 weight decay (coupled, per step)
+    batch_size: int = 32            # subnets per step
+    val_fraction: float = 0.1       # fraction of the training split held out per member
+    test_fraction: float = 0.2      # fraction of the dataset held out for the reported metrics
+    extra_features: bool = True     # add log MMACs and log peak elements (normalised) as inputs
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """Names of the extra inputs (see :data:`moofa.predictor.mlp.EXTRA_FEATURES`)."""
+        return tuple(EXTRA_FEATURES) if self.extra_features else ()
+
+    @classmethod
+    def from_config(cls, section: "Mapping[str, Any] | None", where: str = "predictor_config"
+                    ) -> "PredictorRecipe":
+        """Build from a config section; unknown keys and bad values raise :class:`ConfigError`
+        naming ``where.key`` and the value."""
+        if section is None:
+            return cls()
+        if not isinstance(section, Mapping):
+            raise ConfigError("must be a mapping", key=where, value=section)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(section) - known)
+        if unknown:
+            raise ConfigError(f"unknown key (known: {', '.join(sorted(known))})",
+                              key=f"{where}.{unknown[0]}")
+        values: dict[str, Any] = {}
+        for key, raw in section.items():
+            try:
+                values[key] = _coerce(raw, getattr(cls, key))
+            except (TypeError, ValueError):
+                raise ConfigError(f"must be of type {type(getattr(cls, key)).__name__}",
+                                  key=f"{where}.{key}", value=raw) from None
+        recipe = cls(**values)
+        try:
+            recipe.check()
+        except ValueError as err:
+            key, _, msg = str(err).partition(": ")
+            raise ConfigError(msg, key=f"{where}.{key}") from None
+        return recipe
+
+    def check(self) -> "PredictorRecipe":
+        """ValueError ``"<key>: <reason>"`` for the first out-of-range value."""
+        for key in ("hidden_size", "n_layers", "ensemble", "epochs", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr: must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay: must be >= 0, got {self.weight_decay}")
+        if self.lr_schedule not in SCHEDULES:
+            raise ValueError(f"lr_schedule: must be one of {', '.join(SCHEDULES)}, got "
+                             f"{self.lr_schedule!r}")
+        for key in ("val_fraction", "test_fraction"):
+            if not 0 < getattr(self, key) < 1:
+                raise ValueError(f"{key}: must be in (0, 1), got {getattr(self, key)}")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(f"test_fraction: val_fraction + test_fraction must be < 1, got "
+                             f"{self.val_fraction} + {self.test_fraction}")
+        return self
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _coerce(raw: Any, default: Any) -> Any:
+    """Convert a YAML value to the type of ``default`` (no bools for numbers, no fractional
+    ints)."""
+    if isinstance(default, bool):
+        if not isinstance(raw, bool):
+            raise TypeError
+        return raw
+    if isinstance(raw, bool):
+        raise TypeError
+    if isinstance(default, int):
+        if isinstance(raw, float) and not raw.is_integer():
+            raise ValueError
+        if not isinstance(raw, (int, float)):
+            raise TypeError
+        return int(raw)
+    if isinstance(default, float):
+        if not isinstance(raw, (int, float)):
+            raise TypeError
+        return float(raw)
+    if not isinstance(raw, str):
+        raise TypeError
+    return raw
+
+
+# ------------------------------------------------------------------------------------ metrics
+def regression_metrics(real: Sequence[float], pred: Sequence[float]) -> dict[str, float]:
+    """RMSE and MAE in percentage points, Pearson correlation and Kendall's tau of accuracy
+    fractions ``pred`` against ``real``."""
+    r = np.asarray(real, dtype=np.float64)
+    p = np.asarray(pred, dtype=np.float64)
+    if r.shape != p.shape or r.ndim != 1 or r.size < 2:
+        raise ValueError(f"need two equal-length 1-D arrays of >= 2 values, got {r.shape}, {p.shape}")
+    diff = p - r
+    const = np.ptp(p) == 0 or np.ptp(r) == 0
+    return {
+        "rmse_pp": float(100.0 * math.sqrt(np.mean(diff * diff))),
+        "mae_pp": float(100.0 * np.mean(np.abs(diff))),
+        "pearson": float("nan") if const else float(np.corrcoef(r, p)[0, 1]),
+        "kendall_tau": float("nan") if const else float(kendalltau(r, p)[0]),
+    }
+
+
+def split_indices(n: int, seed: int, test_fraction: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) indices: scikit-learn ``train_test_split`` of ``range(n)`` with
+    ``random_state=seed`` (the reference's split for seed 0)."""
+    tr, te = train_test_split(np.arange(n), test_size=test_fraction, random_state=seed)
+    return np.asarray(tr), np.asarray(te)
+
+
+# ----------------------------------------------------------------------------------- training
+@dataclass
+class MemberResult:
+    """Outcome of one member: the epoch kept (0-based) and its validation RMSE (pp)."""
+
+    best_epoch: int
+    val_rmse_pp: float
+
+
+def _make_scheduler(opt: torch.optim.Optimizer, recipe: PredictorRecipe, steps: int) -> Any:
+    if recipe.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
+    if recipe.lr_schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.5, patience=5)
+    return None
+
+
+def fit_member(member: AccuracyMLP, x: torch.Tensor, y: torch.Tensor, fit_idx: np.ndarray,
+               val_idx: np.ndarray, recipe: PredictorRecipe, seed: int) -> MemberResult:
+    """Train one member on ``x[fit_idx]`` and keep the weights with the lowest MSE on
+    ``x[val_idx]`` (targets: accuracy fractions)."""
+    dev = x.device
+    fit_t = torch.as_tensor(fit_idx, dtype=torch.long, device=dev)
+    xv, yv = x[torch.as_tensor(val_idx, dtype=torch.long, device=dev)], \
+        y[torch.as_tensor(val_idx, dtype=torch.long, device=dev)]
+    params = [p for p in member.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    n = len(fit_idx)
+    bs = recipe.batch_size
+    n_batches = (n + bs - 1) // bs
+    sched = _make_scheduler(opt, recipe, recipe.epochs * n_batches)
+    gen = torch.Generator().manual_seed(seed)
+    best_loss, best_epoch = math.inf, -1
+    best_state = {k: v.detach().clone() for k, v in member.state_dict().items()}
+    for epoch in range(recipe.epochs):
+        member.train()
+        order = fit_t[torch.randperm(n, generator=gen).to(dev)]
+        for b in range(n_batches):
+            idx = order[b * bs:(b + 1) * bs]
+            opt.zero_grad(set_to_none=True)
+            loss = torch.mean((member(x[idx]) - y[idx]) ** 2)
+            loss.backward()
+            opt.step()
+            if recipe.lr_schedule == "cosine":
+                sched.step()
+        member.eval()
+        with torch.no_grad():
+            val_loss = float(torch.mean((member(xv) - yv) ** 2))
+        if recipe.lr_schedule == "plateau":
+            sched.step(val_loss)
+        if val_loss < best_loss:  # NaN never wins
+            best_loss, best_epoch = val_loss, epoch
+            best_state = {k: v.detach().clone() for k, v in member.state_dict().items()}
+    member.load_state_dict(best_state)
+    member.eval()
+    return MemberResult(best_epoch, 100.0 * math.sqrt(best_loss) if best_epoch >= 0 else math.nan)
+
+
+@contextmanager
+def cpu_threads(n: int, device: torch.device) -> Iterator[None]:
+    """Run the block with ``n`` intra-op CPU threads (restored afterwards) when ``device`` is the
+    CPU. The predictor's matrices (batch 32 x 400) are too small to gain from threads, and on a
+    busy machine extra threads slow training by 10-100x (measured: 4 epochs 0.6-1.8 s with one
+    thread, 18-68 s with two on a 2-core machine under load)."""
+    if device.type != "cpu":
+        yield
+        return
+    prev = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
+
+
+def fit_predictor(predictor: AccuracyPredictor, feats: np.ndarray, acc: np.ndarray,
+                  train_idx: np.ndarray, seed: int, recipe: PredictorRecipe,
+                  progress: "Callable[[int, MemberResult], None] | None" = None
+                  ) -> list[MemberResult]:
+    """Train every member of ``predictor`` on its device, each re-initialised from
+    ``seed * 1000 + m``, on ``feats[train_idx]`` / ``acc[train_idx]`` (fractions)."""
+    dev = predictor.device
+    x = torch.as_tensor(feats, dtype=torch.float32, device=dev)
+    y = torch.as_tensor(acc, dtype=torch.float32, device=dev)
+    base = float(np.mean(acc[train_idx]))
+    results = []
+    for m in range(len(predictor.members)):
+        mseed = (seed * 1000 + m) % 2**32
+        fit_idx, val_idx = train_test_split(np.asarray(train_idx), test_size=recipe.val_fraction,
+                                            random_state=mseed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(mseed)
+            member = AccuracyMLP(predictor.n_inputs, predictor.hidden_size, predictor.n_layers,
+                                 base_acc=base)
+        member = member.to(dev)
+        res = fit_member(member, x, y, fit_idx, val_idx, recipe, mseed)
+        predictor.members[m] = member
+        results.append(res)
+        if progress is not None:
+            progress(m, res)
+    return results
+
+
+def drop_collapsed(predictor: AccuracyPredictor, results: list[MemberResult],
+                   factor: float = COLLAPSE_FACTOR) -> list[int]:
+    """Remove members whose validation RMSE is not finite or exceeds ``factor`` x the members'
+    median (a collapsed run, SPEC 5.3); needs >= 3 members. Returns the removed indices."""
+    vals = np.array([r.val_rmse_pp for r in results], dtype=np.float64)
+    if len(vals) < 3 or not np.isfinite(vals).any():
+        return []
+    limit = factor * float(np.nanmedian(vals))
+    bad = [i for i, v in enumerate(vals) if not np.isfinite(v) or v > limit]
+    if bad:
+        log.warning("dropping collapsed ensemble member(s) %s (validation RMSE %s pp > %.3f pp)",
+                    bad, [round(float(vals[i]), 3) for i in bad], limit)
+        predictor.members = torch.nn.ModuleList(m for i, m in enumerate(predictor.members)
+                                                if i not in bad)
+    return bad
+
+
+def train_predictor(dataset: PredictorDataset, model: "str | ModelSpec | None" = None,
+                    seed: int = 0, recipe: "PredictorRecipe | None" = None,
+                    train_idx: "Sequence[int] | None" = None,
+                    test_idx: "Sequence[int] | None" = None,
+                    device: "str | torch.device | None" = None,
+                    model_configs: "str | Path | None" = None,
+                    progress: "Callable[[int, MemberResult], None] | None" = None
+                    ) -> tuple[AccuracyPredictor, dict[str, Any]]:
+    """Train a predictor on ``dataset`` and measure it on the held-out test split.
+
+    Without ``train_idx``/``test_idx`` the split is ``split_indices(len(dataset), seed,
+    recipe.test_fraction)``. ``device``: None/"auto" = CUDA when present, else CPU. Returns the
+    predictor (on that device, eval mode) and metrics: ``rmse_pp``, ``mae_pp`` (percentage
+    points), ``pearson``, ``kendall_tau`` on the test split, plus ``n_train``, ``n_test``,
+    ``seed``, ``member_val_rmse_pp``, ``member_best_epoch``, ``dropped_members`` (collapsed
+    members removed by :func:`drop_collapsed`) and ``seconds``.
+    """
+    recipe = (recipe or PredictorRecipe()).check()
+    spec = get_model_spec(model if model is not None else dataset.model, model_configs)
+    if train_idx is None or test_idx is None:
+        tr, te = split_indices(len(dataset), seed, recipe.test_fraction)
+        train_idx = tr if train_idx is None else train_idx
+        test_idx = te if test_idx is None else test_idx
+    train_idx, test_idx = np.asarray(train_idx), np.asarray(test_idx)
+    t0 = time.perf_counter()
+    predictor = AccuracyPredictor(spec, recipe.hidden_size, recipe.n_layers, recipe.ensemble,
+                                  recipe.feature_names)
+    raw = predictor.raw_extra(dataset.configs, dataset.known())
+    predictor.fit_feature_norm(raw[train_idx])
+    known = {n: raw[:, j] for j, n in enumerate(predictor.extra_features)}
+    feats = predictor.features(dataset.configs, known)
+    predictor.to(auto_device(device))
+    with cpu_threads(TRAIN_THREADS, predictor.device):
+        results = fit_predictor(predictor, feats, dataset.accuracies, train_idx, seed, recipe,
+                                progress)
+    dropped = drop_collapsed(predictor, results)
+    predictor.eval()
+    pred = predictor.predict_features(feats[test_idx])
+    metrics: dict[str, Any] = regression_metrics(dataset.accuracies[test_idx], pred)
+    metrics.update(
+        n_train=int(len(train_idx)), n_test=int(len(test_idx)), seed=int(seed),
+        member_val_rmse_pp=[r.val_rmse_pp for r in results],
+        member_best_epoch=[r.best_epoch for r in results],
+        dropped_members=dropped,
+        seconds=time.perf_counter() - t0,
+    )
+    predictor.info = {"seed": int(seed), "n_train": int(len(train_idx)),
+                      "test_rmse_pp": metrics["rmse_pp"], "test_kendall_tau": metrics["kendall_tau"],
+                      "test_pearson": metrics["pearson"], "dataset": str(dataset.source),
+                      **{f"recipe.{k}": v for k, v in recipe.as_dict().items()}}
+    return predictor, metrics
+
+
+# ---------------------------------------------------------------------------------------- CLI
+def format_metrics(metrics: Mapping[str, Any], model: str) -> str:
+    """Human-facing table of test metrics (RMSE/MAE in percentage points)."""
+    rows = [
+        ("model", model),
+        ("seed", str(metrics.get("seed", ""))),
+        ("train / test subnets", f"{metrics['n_train']} / {metrics['n_test']}"),
+        ("test RMSE (percentage points)", f"{metrics['rmse_pp']:.4f}"),
+        ("test MAE (percentage points)", f"{metrics['mae_pp']:.4f}"),
+        ("test Pearson correlation", f"{metrics['pearson']:.4f}"),
+        ("test Kendall tau", f"{metrics['kendall_tau']:.4f}"),
+        ("members' validation RMSE (pp)",
+         " ".join(f"{v:.3f}" for v in metrics.get("member_val_rmse_pp", []))),
+        ("training time (s)", f"{metrics.get('seconds', 0.0):.1f}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _get(cfg: Mapping[str, Any], path: str, section: str, key: str) -> Any:
+    """``cfg[section][key]``; ConfigError naming the file and dotted key when missing/null."""
+    sec = cfg.get(section)
+    if not isinstance(sec, Mapping) or sec.get(key) is None:
+        raise ConfigError("missing key", file=path, key=f"{section}.{key}")
+    return sec[key]
+
+
+def main(argv: "Sequence[str] | None" = None) -> int:
+    """``train_moofa_predictor.py --config C [--output PNG] [--model_config_path P]``."""
+    from moofa.cli.common import ArgParser
+
+    parser = ArgParser(prog="train_moofa_predictor.py",
+                       description="Train the accuracy predictor on a predictor dataset and "
+                                   "report test RMSE (pp), Pearson and Kendall's tau.")
+    parser.add_argument("--config", required=True, help="YAML config (args, search_config, "
+                        "optional predictor_config)")
+    parser.add_argument("--output", default=None, help="scatter plot of predicted vs real "
+                        "accuracy on the test split (PNG)")
+    parser.add_argument("--model_config_path", default=None, help="model_configs.yaml")
+    args = parser.parse_args(argv)
+
+    from moofa.config import load_config
+    from moofa.predictor.plots import check_image_path, plot_predictions
+
+    if args.output:
+        check_image_path(args.output)  # fail before training, not after
+    cfg = load_config(args.config, args.model_config_path)
+    model = _get(cfg, args.config, "args", "model")
+    seed = cfg["args"].get("manual_seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError("must be an integer", file=args.config, key="args.manual_seed", value=seed)
+    device = cfg["args"].get("device", "auto")
+    data_path = _get(cfg, args.config, "search_config", "acc_dataset_path")
+    ckpt_path = _get(cfg, args.config, "search_config", "acc_predictor_checkpoint")
+    try:
+        recipe = PredictorRecipe.from_config(cfg.get("predictor_config"))
+    except ConfigError as err:
+        raise ConfigError(str(err), file=args.config) from None
+    try:
+        spec = get_model_spec(model, args.model_config_path)
+    except ValueError as err:
+        raise ConfigError(str(err), file=args.config, key="args.model") from None
+
+    dataset = read_dataset(data_path, spec)
+    log.info("predictor dataset %s: %d subnets of %s", data_path, len(dataset), spec.name)
+
+    def progress(m: int, res: MemberResult) -> None:
+        log.info("member %d/%d: best epoch %d, validation RMSE %.4f pp", m + 1,
+                 recipe.ensemble, res.best_epoch + 1, res.val_rmse_pp)
+
+    predictor, metrics = train_predictor(dataset, spec, seed, recipe, device=device,
+                                         progress=progress)
+    out = predictor.save(ckpt_path)
+    print(format_metrics(metrics, spec.name))
+    print(f"checkpoint: {out}")
+    if args.output:
+        _, test_idx = split_indices(len(dataset), seed, recipe.test_fraction)
+        real = dataset.accuracies[test_idx]
+        pred = predictor.predict_features(
+            predictor.features([dataset.configs[i] for i in test_idx],
+                               {k: v[test_idx] for k, v in dataset.known().items()}))
+        print(f"plot: {plot_predictions(real, pred, args.output)}")
+    return 0
+
+
+__all__ = ["PredictorRecipe", "MemberResult", "regression_metrics", "split_indices", "fit_member",
+           "fit_predictor", "drop_collapsed", "train_predictor", "format_metrics", "cpu_threads",
+           "main"]
