@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Train the accuracy predictor: python train_moofa_predictor.py --config C [--output PNG]
 [--model_config_path P] (see moofa.predictor.training)."""
 from moofa.cli.common import run_cli

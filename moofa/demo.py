@@ -1,0 +1,670 @@
+"""``python -m moofa.demo`` (what ``make demo`` runs): the whole MOOFA pipeline on CPU, in minutes.
+
+For each demo model (``MOOFA`` and its ``OFA`` baseline: ``configs/demo_<label>.yaml`` with the
+scaled-down supernets of ``configs/demo_model_configs.yaml``) it runs the top-level scripts as a
+user would type them, one process per stage::
+
+    train.py --step teacher                                  (the teacher)
+    eval_and_search.py --mode eval --model teacher           (its test accuracy)
+    train.py --step kernel/depth/expand --phase P            (progressive shrinking: k1, d1-2, e1-2)
+    create_moofa_predictor_dataset.py                        (predictor dataset)
+    train_moofa_predictor.py --output scatter.png            (accuracy predictor)
+    eval_and_search.py --mode search                         (search + evaluation per budget)
+
+then the OFA-vs-MOOFA comparison (``eval_and_search.py --mode summary``: ``summary/summary.md``,
+``summary.csv``, ``accuracy_vs_constraint.png``) and a memory-histogram figure; it checks the
+acceptance criteria
+(teacher accuracy well above chance, positive Kendall's tau of the predictor, every found subnet
+within its budget) and prints the per-stage times and the summary table.
+
+The embedded ``digits`` dataset is written once as an ImageFolder under the run folder. The models'
+stage chains run side by side, each process with ``cores / chains`` CPU threads. Rerunning
+resumes: a stage whose outputs exist is reused; a killed stage is simply run again and its script
+resumes (train.py from its per-phase checkpoint, the dataset from its JSON Lines file); once a
+stage runs, the later stages of its chain run too. Each stage's output goes to
+``<out>/<label>/logs/<stage>.log``; per-stage wall and CPU seconds are printed at the end.
+
+``--quick`` is the same pipeline at a toy size (a small synthetic dataset, one epoch per phase,
+a few subnets) for tests; its results mean nothing.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from moofa.cli.common import ArgParser, run_cli
+from moofa.errors import MoofaInputError
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = ROOT / "configs"
+MODEL_CONFIGS = CONFIG_DIR / "demo_model_configs.yaml"
+LABELS: tuple[str, ...] = ("MOOFA", "OFA")
+DEFAULT_OUT = Path("demo_runs")
+QUICK_OUT = DEFAULT_OUT / "quick"
+PATH_PREFIX = "demo_runs/"          # the shipped demo configs' path prefix, rewritten to --out
+STATE_NAME = "demo.json"            # <out>/demo.json: mode of the run folder
+SUMMARY_NAME = "demo_summary.json"  # <out>/demo_summary.json: stages, times, checks
+STAGES_NAME = "demo_stages.json"    # <out>/<label>/demo_stages.json: finished stages
+STAGE_TIMEOUT_S = 4 * 3600          # one stage never runs longer than this
+MIN_TEACHER_ACCURACY = 0.30         # acceptance: the teacher's test top-1 (fraction) is above this
+
+# Keys holding paths (section, key); values starting with PATH_PREFIX are moved under --out.
+PATH_KEYS: tuple[tuple[str, str], ...] = (
+    ("args", "path"), ("args", "teacher_path"), ("args", "checkpoint"), ("args", "data_path"),
+    ("subnet_config", "res_dir"), ("search_config", "res_dir"), ("search_config", "acc_dataset_path"),
+    ("search_config", "acc_predictor_checkpoint"), ("dataset_config", "output"))
+
+# --quick: the same pipeline at a toy size (seconds per stage). Merged over each demo config.
+_QUICK_PHASE = {"n_epochs": 1, "base_lr": 1.0e-3, "warmup_epochs": 0, "warmup_lr": 0.0, "dynamic_batch_size": 1}
+QUICK_OVERRIDES: dict[str, Any] = {
+    "args": {"dataset": "synthetic", "data_path": "demo_runs/data/synthetic/",
+             "synthetic": {"n_classes": 4, "train_per_class": 24, "val_per_class": 8,
+                           "image_size": 32, "difficulty": 0.2, "seed": 0},
+             "base_batch_size": 48, "valid_size": 16, "bn_calib_images": 32, "bn_calib_batch_size": 32},
+    "args_per_task": {name: dict(_QUICK_PHASE, base_lr=(5.0e-3 if name == "teacher" else 1.0e-3))
+                      for name in ("teacher", "kernel_1", "depth_1", "depth_2", "expand_1", "expand_2")},
+    "subnet_config": {"image_size": 32},
+    "dataset_config": {"n_samples": 6, "n_bins": 2, "save_interval": 3},
+    "predictor_config": {"hidden_size": 16, "n_layers": 2, "ensemble": 1, "epochs": 5, "batch_size": 4,
+                         "val_fraction": 0.2, "test_fraction": 0.34},
+    "search_config": {"population_size": 6, "generations": 2},
+}
+
+
+# ------------------------------------------------------------------------------------- configs
+def deep_update(base: dict, new: Mapping[str, Any]) -> dict:
+    """Merge ``new`` into ``base`` section-wise (nested mappings merged, other values replaced)."""
+    for key, value in new.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            deep_update(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
+    return base
+
+
+def _relocate(value: Any, out: Path) -> Any:
+    if isinstance(value, str) and value.startswith(PATH_PREFIX):
+        return str((out / value[len(PATH_PREFIX):]).resolve()) + ("/" if value.endswith("/") else "")
+    return value
+
+
+def demo_config(label: str, out: Path, quick: bool = False) -> dict:
+    """The raw YAML of ``configs/demo_<label>.yaml`` with ``--quick`` overrides merged and every
+    ``demo_runs/...`` path moved under ``out`` (absolute)."""
+    src = CONFIG_DIR / f"demo_{label}.yaml"
+    try:
+        raw = yaml.safe_load(src.read_text())
+    except OSError as err:
+        raise MoofaInputError(f"cannot read the demo config ({err.strerror})", file=src) from None
+    if quick:
+        deep_update(raw, QUICK_OVERRIDES)
+    for section, key in PATH_KEYS:
+        sec = raw.get(section)
+        if isinstance(sec, dict) and key in sec:
+            sec[key] = _relocate(sec[key], out)
+    return raw
+
+
+def write_demo_configs(out: Path, labels: Sequence[str], quick: bool) -> dict[str, Path]:
+    """Write ``<out>/configs/demo_<label>.yaml`` for each label (validated with
+    :func:`moofa.config.load_config`); returns their paths."""
+    from moofa.config import load_config
+
+    paths = {}
+    for label in labels:
+        path = out / "configs" / f"demo_{label}.yaml"
+        how = " with the --quick overrides" if quick else ""
+        text = f"# Written by python -m moofa.demo from configs/demo_{label}.yaml{how}; paths under {out.resolve()}.\n"
+        text += yaml.safe_dump(demo_config(label, out, quick), sort_keys=False)
+        _atomic_write(path, text)
+        load_config(path, MODEL_CONFIGS)
+        paths[label] = path
+    return paths
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# -------------------------------------------------------------------------------------- stages
+@dataclass
+class Stage:
+    """One process of the pipeline: ``python <script> <args>`` run from the repository root."""
+
+    label: str
+    name: str
+    script: str
+    args: list[str]
+    outputs: list[Path]
+
+    def argv(self) -> list[str]:
+        return [sys.executable, str(ROOT / self.script), *self.args]
+
+    def shown(self) -> str:
+        """The command as a user types it from the repository root (paths shortened)."""
+        return shlex.join(["python", self.script, *(_short(Path(a)) if os.sep in a else a for a in self.args)])
+
+
+def _short(path: Path) -> str:
+    """``path`` relative to the working directory when it lies below it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def scatter_path(cfg: Mapping[str, Any]) -> Path:
+    """Where the predictor's scatter plot goes: next to its checkpoint."""
+    return Path(cfg["search_config"]["acc_predictor_checkpoint"]).parent / "scatter.png"
+
+
+def pipeline_stages(label: str, config: Path, cfg: Mapping[str, Any]) -> list[Stage]:
+    """The stages of one model, in order; ``cfg`` is ``config`` loaded with
+    :func:`moofa.config.load_config`."""
+    from moofa.config import search_constraints
+    from moofa.search.results import INFO_NAME, constraint_dir
+    from moofa.training.checkpoint import PHASE_ORDER, final_phase_file
+
+    args, sc = cfg["args"], cfg["search_config"]
+    common = ["--config", str(config)]
+    mc = ["--model_config_path", str(MODEL_CONFIGS)]
+
+    def stage(name: str, script: str, extra: list[str], outputs: list[Path]) -> Stage:
+        return Stage(label, name, script, [*common, *extra, *mc], outputs)
+
+    stages = [stage("teacher", "train.py", ["--step", "teacher"],
+                    [Path(args["teacher_path"]) / "checkpoint" / "model_best.pth.tar"]),
+              stage("teacher_eval", "eval_and_search.py", ["--mode", "eval", "--model", "teacher"],
+                    [teacher_info_path(cfg)])]
+    for step in (s for s in PHASE_ORDER if s in cfg["tasks"]):
+        for phase in range(1, int(cfg["tasks_phases"][step]) + 1):
+            stages.append(stage(f"{step}_{phase}", "train.py", ["--step", step, "--phase", str(phase)],
+                                [final_phase_file(args["path"], step, phase)]))
+    stages.append(stage("dataset", "create_moofa_predictor_dataset.py", [], [Path(cfg["dataset_config"]["output"])]))
+    stages.append(stage("predictor", "train_moofa_predictor.py", ["--output", str(scatter_path(cfg))],
+                        [Path(sc["acc_predictor_checkpoint"]), scatter_path(cfg)]))
+    stages.append(stage("search", "eval_and_search.py", ["--mode", "search"],
+                        [constraint_dir(sc["res_dir"], c) / INFO_NAME for c in search_constraints(cfg)]))
+    return stages
+
+
+def teacher_info_path(cfg: Mapping[str, Any]) -> Path:
+    """``info.json`` of ``eval_and_search.py --mode eval --model teacher``."""
+    sc = cfg["subnet_config"]
+    return Path(sc["res_dir"]) / sc["name"] / "info.json"
+
+
+def summary_stage(out: Path, cfgs: Mapping[str, Mapping[str, Any]]) -> Stage:
+    """The comparison of every model's search results (``--mode summary``)."""
+    dirs = [str(cfg["search_config"]["res_dir"]) for cfg in cfgs.values()]
+    outdir = out / "summary"
+    return Stage("summary", "summary", "eval_and_search.py",
+                 ["--mode", "summary", "--results", *dirs, "--labels", *cfgs, "--output", str(outdir)],
+                 [outdir / "summary.md"])
+
+
+@dataclass
+class StageResult:
+    label: str
+    stage: str
+    status: str            # "ran", "reused", "failed" or "not run"
+    seconds: float = 0.0
+    returncode: int | None = None
+    log: str = ""
+    command: str = ""
+    cpu_seconds: float = 0.0   # user + system CPU time of the stage's process
+
+
+class StageBook:
+    """``<out>/<label>/demo_stages.json``: the stages that finished, with the config they ran
+    with (a changed config makes every stage run again; the scripts still reuse what fits)."""
+
+    def __init__(self, path: Path, config_text: str) -> None:
+        self.path = path
+        self.config_sha = hashlib.sha256(config_text.encode()).hexdigest()[:16]
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            data = {}
+        self.done: dict[str, dict] = data.get("stages", {}) if data.get("config_sha") == self.config_sha else {}
+
+    def is_done(self, stage: Stage) -> bool:
+        return stage.name in self.done and all(p.exists() for p in stage.outputs)
+
+    def mark(self, stage: Stage, seconds: float) -> None:
+        self.done[stage.name] = {"seconds": round(seconds, 2), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+        _atomic_write(self.path, json.dumps({"config_sha": self.config_sha, "stages": self.done}, indent=1) + "\n")
+
+
+# -------------------------------------------------------------------------------------- runner
+class Runner:
+    """Runs stage chains (one per model) side by side; stops every chain after a failure."""
+
+    def __init__(self, out: Path, threads: int, say: Callable[[str], None], tick: Callable[[], None]) -> None:
+        self.out, self.threads, self.say, self.tick = out, threads, say, tick
+        self.stop = threading.Event()
+        self._procs: set[subprocess.Popen] = set()
+        self._lock = threading.Lock()
+
+    def env(self) -> dict[str, str]:
+        n = str(self.threads)
+        return dict(os.environ, OMP_NUM_THREADS=n, MKL_NUM_THREADS=n, PYTHONUNBUFFERED="1",
+                    WANDB_MODE="offline", TQDM_MININTERVAL="5")
+
+    def run_chain(self, label: str, config: Path, stages: Sequence[Stage]) -> list[StageResult]:
+        book = StageBook(self.out / label / STAGES_NAME, config.read_text())
+        results = []
+        upstream_ran = False  # once a stage runs, every later stage runs too (its inputs changed)
+        for stage in stages:
+            if self.stop.is_set():
+                results.append(StageResult(label, stage.name, "not run", command=stage.shown()))
+                continue
+            if not upstream_ran and book.is_done(stage):
+                results.append(StageResult(label, stage.name, "reused", book.done[stage.name]["seconds"],
+                                           command=stage.shown()))
+                self.say(f"[{label}] {stage.name}: done earlier, reused")
+                self.tick()
+                continue
+            upstream_ran = True
+            res = self.run_stage(stage)
+            results.append(res)
+            if res.status != "ran":
+                self.stop.set()
+                continue
+            book.mark(stage, res.seconds)
+            self.tick()
+        return results
+
+    def run_stage(self, stage: Stage) -> StageResult:
+        log = self.out / stage.label / "logs" / f"{stage.name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        shown = stage.shown()
+        self.say(f"[{stage.label}] {stage.name}: {shown}")
+        t0 = time.time()
+        with open(log, "a") as fh:
+            fh.write(f"\n$ {shown}\n# {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+            fh.flush()
+            proc = subprocess.Popen(stage.argv(), cwd=ROOT, env=self.env(), stdout=fh,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            with self._lock:
+                self._procs.add(proc)
+            try:
+                rc, cpu = self._wait(proc, t0)
+            finally:
+                with self._lock:
+                    self._procs.discard(proc)
+        seconds = time.time() - t0
+        status = "ran" if rc == 0 else "failed"
+        self.say(f"[{stage.label}] {stage.name}: {'finished' if rc == 0 else f'FAILED (exit {rc})'} "
+                 f"in {seconds:.1f} s ({cpu:.1f} CPU s)")
+        return StageResult(stage.label, stage.name, status, seconds, rc, str(log), shown, round(cpu, 2))
+
+    def _wait(self, proc: subprocess.Popen, t0: float) -> tuple[int, float]:
+        """Wait for ``proc`` (terminating it when another chain failed or the stage timed out);
+        returns its exit status and the CPU seconds it used (user + system, from ``wait4``)."""
+        stopping_since = None
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid == proc.pid:
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                return proc.returncode, usage.ru_utime + usage.ru_stime
+            if stopping_since is None and (self.stop.is_set() or time.time() - t0 > STAGE_TIMEOUT_S):
+                self.stop.set()
+                stopping_since = time.time()
+                proc.terminate()
+            elif stopping_since is not None and time.time() - stopping_since > 30:
+                proc.kill()
+            time.sleep(0.2)
+
+    def terminate_all(self) -> None:
+        """Stop every running stage process (only the ones this runner started)."""
+        self.stop.set()
+        with self._lock:
+            procs = list(self._procs)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+
+
+# -------------------------------------------------------------------------------------- checks
+def teacher_accuracy(cfg: Mapping[str, Any]) -> float | None:
+    """The teacher's test top-1 (fraction) measured by ``eval_and_search.py --mode eval --model
+    teacher`` (its ``info.json``)."""
+    try:
+        value = json.loads(teacher_info_path(cfg).read_text()).get("accuracy")
+    except (OSError, ValueError):
+        return None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def predictor_metrics(cfg: Mapping[str, Any]) -> dict[str, float]:
+    """Test metrics stored in the predictor checkpoint's ``info`` (Kendall's tau, RMSE in pp)."""
+    import torch
+
+    path = Path(cfg["search_config"]["acc_predictor_checkpoint"])
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, ValueError):
+        return {}
+    info = ckpt.get("info", {}) if isinstance(ckpt, dict) else {}
+    return {k: float(info[k]) for k in ("test_kendall_tau", "test_pearson", "test_rmse_pp")
+            if isinstance(info.get(k), (int, float))}
+
+
+def budget_rows(label: str, cfg: Mapping[str, Any], model_configs: Path = MODEL_CONFIGS) -> list[dict]:
+    """One row per search budget: the found subnet's peak (from info.json and recomputed with
+    :func:`moofa.efficiency.peak_memory`), accuracies and whether it fits."""
+    from moofa.config import search_constraints
+    from moofa.efficiency import peak_memory
+    from moofa.models.spec import get_model_spec
+    from moofa.search.results import INFO_NAME, constraint_dir
+
+    spec = get_model_spec(cfg["args"]["model"], model_configs)
+    rows = []
+    for c in search_constraints(cfg):
+        path = constraint_dir(cfg["search_config"]["res_dir"], c) / INFO_NAME
+        try:
+            info = json.loads(path.read_text())
+        except (OSError, ValueError):
+            rows.append({"label": label, "constraint": c, "info": str(path), "ok": False})
+            continue
+        recomputed = int(peak_memory(spec, info["config"]))
+        rows.append({"label": label, "constraint": c, "info": str(path), "peak_memory": int(info["peak_memory"]),
+                     "recomputed_peak": recomputed, "real_accuracy": info.get("real_accuracy"),
+                     "predicted_accuracy": info.get("predicted_accuracy"), "flops": info.get("flops"),
+                     "image_size": info["config"].get("image_size"),
+                     "ok": int(info["peak_memory"]) == recomputed <= c})
+    return rows
+
+
+@dataclass
+class Checks:
+    """Acceptance criteria of the demo (fractions; Kendall's tau in [-1, 1])."""
+
+    teacher_accuracy: dict[str, float | None] = field(default_factory=dict)
+    kendall_tau: dict[str, float | None] = field(default_factory=dict)
+    budgets: list[dict] = field(default_factory=list)
+
+    def failures(self, quick: bool) -> list[str]:
+        """What fails. Budgets always count; accuracy and tau only in the full demo (the
+        --quick run trains for one epoch on toy data)."""
+        bad = [f"{r['label']}: subnet for budget {r['constraint']:,} has peak {r.get('peak_memory')} "
+               f"(recomputed {r.get('recomputed_peak')}) or no info.json ({r['info']})"
+               for r in self.budgets if not r["ok"]]
+        if not quick:
+            bad += [f"{k}: teacher test top-1 {_pct(v)} is not above {_pct(MIN_TEACHER_ACCURACY)}"
+                    for k, v in self.teacher_accuracy.items() if v is None or v <= MIN_TEACHER_ACCURACY]
+            bad += [f"{k}: predictor test Kendall tau {v} is not positive"
+                    for k, v in self.kendall_tau.items() if v is None or not v > 0]
+        return bad
+
+
+def _n_classes(cfg: Mapping[str, Any]) -> int:
+    """Number of class folders of the dataset's ``train/``."""
+    train = Path(cfg["args"]["data_path"]) / "train"
+    return max(1, sum(1 for p in train.iterdir() if p.is_dir())) if train.is_dir() else 1
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f}%"
+
+
+def collect_checks(cfgs: Mapping[str, Mapping[str, Any]]) -> Checks:
+    checks = Checks()
+    for label, cfg in cfgs.items():
+        checks.teacher_accuracy[label] = teacher_accuracy(cfg)
+        checks.kendall_tau[label] = predictor_metrics(cfg).get("test_kendall_tau")
+        checks.budgets += budget_rows(label, cfg)
+    return checks
+
+
+# ------------------------------------------------------------------------------------- figures
+def plot_memory_histograms(cfgs: Mapping[str, Mapping[str, Any]], out_stem: Path,
+                           constraint: int | None = None) -> list[Path]:
+    """Side-by-side memory histograms (elements per layer, in execution order) of the subnets the
+    search found for one budget (default: the smallest common one), with the budget drawn."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
+
+    from moofa.config import search_constraints
+    from moofa.search.results import INFO_NAME, constraint_dir, save_figure
+
+    common = sorted(set.intersection(*(set(search_constraints(c)) for c in cfgs.values())))
+    if not common:
+        return []
+    c = constraint if constraint is not None else common[0]
+    infos = {}
+    for label, cfg in cfgs.items():
+        path = constraint_dir(cfg["search_config"]["res_dir"], c) / INFO_NAME
+        if path.is_file():
+            infos[label] = json.loads(path.read_text())
+    if not infos:
+        return []
+    fig = Figure(figsize=(5.0 * len(infos), 3.6))
+    axes = fig.subplots(1, len(infos), sharey=True, squeeze=False)[0]
+    for ax, (label, info) in zip(axes, infos.items()):
+        hist = info["memory_history"]
+        peak = max(hist)
+        colours = ["#c0392b" if v == peak else "#2e86c1" for v in hist]
+        ax.bar(range(1, len(hist) + 1), hist, color=colours, width=0.85)
+        ax.axhline(c, color="black", linestyle="--", linewidth=1, label=f"budget {c:,}")
+        cfg = info["config"]
+        ax.set_title(f"{label}: {info.get('model', '')}, R={cfg['image_size']}, peak {peak:,}", fontsize=9)
+        ax.set_xlabel("layer (execution order)")
+        ax.legend(loc="upper right", fontsize=8)
+    axes[0].set_ylabel("memory (elements: input + output + weights)")
+    axes[0].yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    fig.suptitle(f"Per-layer memory of the best subnet under a {c:,}-element budget", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, out_stem)
+
+
+# ---------------------------------------------------------------------------------------- main
+def build_parser() -> ArgParser:
+    p = ArgParser(prog="python -m moofa.demo",
+                  description="Run the whole MOOFA pipeline (teacher, progressive shrinking, predictor "
+                  "dataset, predictor, memory-constrained search, OFA-vs-MOOFA comparison) on the embedded "
+                  "digits dataset. Rerun to resume; finished stages are reused.")
+    p.add_argument("--out", default=None, help=f"run folder (default {DEFAULT_OUT}/, with --quick {QUICK_OUT}/)")
+    p.add_argument("--quick", action="store_true", help="toy size (synthetic data, one epoch per phase), for tests")
+    p.add_argument("--models", nargs="+", choices=LABELS, default=list(LABELS), metavar="MODEL",
+                   help=f"which demo models to run ({', '.join(LABELS)}; default both)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="model chains run at once (default: one per model, at most one per CPU core)")
+    return p
+
+
+def _check_mode(out: Path, quick: bool) -> None:
+    """A run folder holds one kind of run: refuse to mix --quick and full results."""
+    path = out / STATE_NAME
+    mode = "quick" if quick else "full"
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text()).get("mode")
+        except ValueError:
+            old = None
+        if old not in (None, mode):
+            raise MoofaInputError(f"holds a {old} demo run, not a {mode} one; choose another --out or delete it",
+                                  file=out, key="--out")
+    _atomic_write(path, json.dumps({"mode": mode}) + "\n")
+
+
+def _threads_per_process(jobs: int) -> int:
+    return max(1, min(4, (os.cpu_count() or 1) // jobs))
+
+
+def _time_table(results: Sequence[StageResult]) -> str:
+    """Per-stage wall and CPU seconds, one column per model."""
+    labels = list(dict.fromkeys(r.label for r in results))
+    names = list(dict.fromkeys(r.stage for r in results))
+    cell = {(r.label, r.stage): r for r in results}
+    width = 22
+    lines = ["stage (wall s / CPU s)" + "".join(f"{lab:>{width}}" for lab in labels)]
+    for name in names:
+        row = f"{name:<22}"
+        for lab in labels:
+            r = cell.get((lab, name))
+            txt = "-" if r is None else {"ran": f"{r.seconds:.1f} / {r.cpu_seconds:.1f}", "reused": "reused",
+                                          "failed": "FAILED", "not run": "not run"}[r.status]
+            row += f"{txt:>{width}}"
+        lines.append(row)
+    ran = [[r for r in results if r.label == lab and r.status == "ran"] for lab in labels]
+    lines.append(f"{'total':<22}" + "".join(
+        f"{f'{sum(r.seconds for r in rs):.1f} / {sum(r.cpu_seconds for r in rs):.1f}':>{width}}" for rs in ran))
+    return "\n".join(lines)
+
+
+def run_demo(out: Path, labels: Sequence[str], quick: bool = False, jobs: int | None = None,
+             echo: Callable[[str], None] = print) -> dict:
+    """Run (or resume) the demo in ``out``; returns the summary written to ``<out>/demo_summary.json``.
+    Raises :class:`MoofaInputError` for bad input; a failed stage is reported in the summary."""
+    from tqdm import tqdm
+
+    from moofa.config import load_config, task_args
+    from moofa.data.datasets import ensure_dataset
+
+    t_start = time.time()
+    labels = list(dict.fromkeys(labels))
+    out.mkdir(parents=True, exist_ok=True)
+    _check_mode(out, quick)
+    paths = write_demo_configs(out, labels, quick)
+    cfgs = {label: load_config(paths[label], MODEL_CONFIGS) for label in labels}
+    echo(f"demo ({'quick' if quick else 'full'}): models {', '.join(labels)}; run folder {out.resolve()}")
+
+    t0 = time.time()
+    for root in dict.fromkeys(cfg["args"]["data_path"] for cfg in cfgs.values()):
+        cfg = next(c for c in cfgs.values() if c["args"]["data_path"] == root)
+        ensure_dataset(task_args(cfg, "teacher"))
+        echo(f"dataset {cfg['args']['dataset']}: {root}")
+    data_seconds = time.time() - t0
+
+    chains = {label: pipeline_stages(label, paths[label], cfgs[label]) for label in labels}
+    jobs = max(1, min(jobs or len(labels), len(labels), os.cpu_count() or 1))
+    threads = _threads_per_process(jobs)
+    total = sum(len(s) for s in chains.values()) + 1
+    bar = tqdm(total=total, desc="demo stages", unit="stage", dynamic_ncols=True)
+    lock = threading.Lock()
+
+    def say(msg: str) -> None:
+        with lock:
+            tqdm.write(f"{time.strftime('%H:%M:%S')} {msg}")
+
+    def tick() -> None:
+        with lock:
+            bar.update(1)
+
+    runner = Runner(out, threads, say, tick)
+    say(f"{len(labels)} chain(s), {jobs} at a time, {threads} CPU thread(s) per process; "
+        f"stage logs in {_short(out)}/<model>/logs/")
+    try:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            futures = [pool.submit(runner.run_chain, label, paths[label], chains[label]) for label in labels]
+            results = [r for f in futures for r in f.result()]
+        if not any(r.status == "failed" for r in results):
+            results.append(runner.run_stage(summary_stage(out, cfgs)))
+            if results[-1].status == "ran":
+                tick()
+    except KeyboardInterrupt:
+        runner.terminate_all()
+        raise
+    finally:
+        bar.close()
+
+    summary: dict[str, Any] = {"mode": "quick" if quick else "full", "out": str(out.resolve()),
+                               "models": labels, "configs": {k: str(v) for k, v in paths.items()},
+                               "data_seconds": round(data_seconds, 2)}
+    failed = [r for r in results if r.status == "failed"]
+    if failed:
+        summary.update(ok=False, stages=[asdict(r) for r in results],
+                       failures=[f"{r.label} {r.stage}: exit {r.returncode}, log {r.log}" for r in failed],
+                       seconds=round(time.time() - t_start, 1))
+        _atomic_write(out / SUMMARY_NAME, json.dumps(summary, indent=1) + "\n")
+        echo("\n" + _time_table(results))
+        for r in failed:
+            echo(f"\n{r.label} {r.stage} failed (exit {r.returncode}); last lines of {r.log}:")
+            echo(_tail(Path(r.log)))
+        return summary
+
+    summary_dir = out / "summary"
+    figures = plot_memory_histograms(cfgs, summary_dir / "memory_histograms")
+    checks = collect_checks(cfgs)
+    failures = checks.failures(quick)
+    summary.update(ok=not failures, failures=failures, stages=[asdict(r) for r in results],
+                   checks=asdict(checks), figures=[str(p) for p in figures],
+                   seconds=round(time.time() - t_start, 1))
+    _atomic_write(out / SUMMARY_NAME, json.dumps(summary, indent=1) + "\n")
+    echo(_report(out, labels, cfgs, results, checks, failures, data_seconds, summary["seconds"],
+                 (summary_dir / "summary.md").read_text()))
+    return summary
+
+
+def _tail(path: Path, n: int = 25) -> str:
+    try:
+        lines = path.read_text(errors="replace").replace("\r", "\n").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join(lines[-n:])
+
+
+def _report(out: Path, labels: Sequence[str], cfgs: Mapping[str, Mapping[str, Any]],
+            results: Sequence[StageResult], checks: Checks, failures: Sequence[str],
+            data_seconds: float, seconds: float, table: str) -> str:
+    o = _short(out)
+    lines = ["", "=" * 100, "Per-stage times (the models' chains ran side by side):",
+             _time_table(results), f"dataset preparation {data_seconds:.1f} s; demo wall time {seconds:.1f} s", "",
+             "Results:"]
+    for label in labels:
+        cfg = cfgs[label]
+        lines += [f"  {label} ({cfg['args']['model']}):",
+                  f"    teacher            {_short(Path(cfg['args']['teacher_path']))}",
+                  f"    supernet phases    {_short(Path(cfg['args']['path']) / 'checkpoint')}",
+                  f"    predictor dataset  {_short(Path(cfg['dataset_config']['output']))}",
+                  (f"    predictor          {_short(Path(cfg['search_config']['acc_predictor_checkpoint']))}"
+                   f" (scatter plot {_short(scatter_path(cfg))})"),
+                  f"    search results     {_short(Path(cfg['search_config']['res_dir']))}/constraint_<budget>/"]
+    lines += [(f"  comparison           {o}/summary/ (summary.md, summary.csv, accuracy_vs_constraint.png, "
+               "memory_histograms.png)"), f"  stage logs           {o}/<model>/logs/", "", "Checks:"]
+    for label in labels:
+        tau = checks.kendall_tau.get(label)
+        n_classes = _n_classes(cfgs[label])
+        lines.append(f"  {label}: teacher test top-1 {_pct(checks.teacher_accuracy.get(label))} "
+                     f"(chance {_pct(1 / n_classes)}), predictor test Kendall tau "
+                     + ("n/a" if tau is None else f"{tau:+.3f}"))
+    for r in checks.budgets:
+        if "peak_memory" in r:
+            lines.append(f"  {r['label']}: budget {r['constraint']:>7,} -> peak {r['peak_memory']:>7,} elements "
+                         f"at R={r['image_size']}, measured top-1 {_pct(r['real_accuracy'])}"
+                         f" {'OK' if r['ok'] else 'OVER BUDGET'}")
+    lines += ["  all checks passed" if not failures else "  FAILED: " + "; ".join(failures), "",
+              "Best subnet per peak-memory budget (top-1 % / peak memory in elements / MMACs):", "", table]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    if ns.jobs is not None and ns.jobs < 1:
+        raise MoofaInputError("must be >= 1", key="--jobs", value=ns.jobs)
+    out = Path(ns.out) if ns.out else (QUICK_OUT if ns.quick else DEFAULT_OUT)
+    summary = run_demo(out, ns.models, ns.quick, ns.jobs)
+    return 0 if summary["ok"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))
