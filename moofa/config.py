@@ -34,11 +34,8 @@ their meaning; ``search_config.max_constraint``/``min_constraint`` may be given 
 from __future__ import annotations
 
 import copy
-import json
 import math
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -47,6 +44,7 @@ import numpy as np
 import yaml
 
 from moofa.errors import ConfigError
+from moofa.io import write_json
 from moofa.models.spec import ModelSpec, SubnetConfig, load_model_configs, norm_expand
 
 STEPS: tuple[str, ...] = ("kernel", "depth", "expand")
@@ -678,25 +676,10 @@ def search_constraints(cfg: Mapping) -> list[int]:
     return sorted({int(round(float(v))) for v in values})
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_resolved_config(cfg: Mapping, run_dir: str | Path) -> Path:
     """Write the resolved config as JSON to ``<run_dir>/resolved_config.json`` (atomic)."""
     path = Path(run_dir) / RESOLVED_CONFIG_NAME
-    _atomic_write_text(path, json.dumps(cfg, indent=2) + "\n")
+    write_json(path, cfg)
     return path
 
 

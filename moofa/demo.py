@@ -48,6 +48,7 @@ import yaml
 
 from moofa.cli.common import ArgParser, run_cli
 from moofa.errors import MoofaInputError
+from moofa.io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs"
@@ -130,17 +131,10 @@ def write_demo_configs(out: Path, labels: Sequence[str], quick: bool) -> dict[st
         how = " with the --quick overrides" if quick else ""
         text = f"# Written by python -m moofa.demo from configs/demo_{label}.yaml{how}; paths under {out.resolve()}.\n"
         text += yaml.safe_dump(demo_config(label, out, quick), sort_keys=False)
-        _atomic_write(path, text)
+        atomic_write_text(path, text)
         load_config(path, MODEL_CONFIGS)
         paths[label] = path
     return paths
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # -------------------------------------------------------------------------------------- stages
@@ -250,7 +244,7 @@ class StageBook:
 
     def mark(self, stage: Stage, seconds: float) -> None:
         self.done[stage.name] = {"seconds": round(seconds, 2), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
-        _atomic_write(self.path, json.dumps({"config_sha": self.config_sha, "stages": self.done}, indent=1) + "\n")
+        atomic_write_text(self.path, json.dumps({"config_sha": self.config_sha, "stages": self.done}, indent=1) + "\n")
 
 
 # -------------------------------------------------------------------------------------- runner
@@ -444,7 +438,8 @@ def plot_memory_histograms(cfgs: Mapping[str, Mapping[str, Any]], out_stem: Path
     from matplotlib.ticker import FuncFormatter
 
     from moofa.config import search_constraints
-    from moofa.search.results import INFO_NAME, constraint_dir, save_figure
+    from moofa.io import save_figure
+    from moofa.search.results import INFO_NAME, constraint_dir
 
     common = sorted(set.intersection(*(set(search_constraints(c)) for c in cfgs.values())))
     if not common:
@@ -503,7 +498,7 @@ def _check_mode(out: Path, quick: bool) -> None:
         if old not in (None, mode):
             raise MoofaInputError(f"holds a {old} demo run, not a {mode} one; choose another --out or delete it",
                                   file=out, key="--out")
-    _atomic_write(path, json.dumps({"mode": mode}) + "\n")
+    atomic_write_text(path, json.dumps({"mode": mode}) + "\n")
 
 
 def _threads_per_process(jobs: int) -> int:
@@ -595,7 +590,7 @@ def run_demo(out: Path, labels: Sequence[str], quick: bool = False, jobs: int | 
         summary.update(ok=False, stages=[asdict(r) for r in results],
                        failures=[f"{r.label} {r.stage}: exit {r.returncode}, log {r.log}" for r in failed],
                        seconds=round(time.time() - t_start, 1))
-        _atomic_write(out / SUMMARY_NAME, json.dumps(summary, indent=1) + "\n")
+        atomic_write_text(out / SUMMARY_NAME, json.dumps(summary, indent=1) + "\n")
         echo("\n" + _time_table(results))
         for r in failed:
             echo(f"\n{r.label} {r.stage} failed (exit {r.returncode}); last lines of {r.log}:")
@@ -609,7 +604,7 @@ def run_demo(out: Path, labels: Sequence[str], quick: bool = False, jobs: int | 
     summary.update(ok=not failures, failures=failures, stages=[asdict(r) for r in results],
                    checks=asdict(checks), figures=[str(p) for p in figures],
                    seconds=round(time.time() - t_start, 1))
-    _atomic_write(out / SUMMARY_NAME, json.dumps(summary, indent=1) + "\n")
+    atomic_write_text(out / SUMMARY_NAME, json.dumps(summary, indent=1) + "\n")
     echo(_report(out, labels, cfgs, results, checks, failures, data_seconds, summary["seconds"],
                  (summary_dir / "summary.md").read_text()))
     return summary

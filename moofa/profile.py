@@ -13,13 +13,19 @@ exit status 2.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
 from moofa.cli.common import ArgParser, run_cli
-from moofa.efficiency import (MemoryOptions, count_params, flops, memory_layers, plot_memory_histogram)
+from moofa.efficiency import (
+    MemoryOptions,
+    count_params,
+    flops,
+    memory_layers,
+    plot_memory_histogram,
+)
 from moofa.errors import ConfigError, MoofaInputError
+from moofa.io import write_json
 from moofa.models.spec import SubnetConfig, get_model_spec
 
 
@@ -110,9 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   labels=[l.name for l in layers], unit=unit)
     report = {"model": spec.name, "config": cfg.to_dict(), "peak_memory": peak, "unit": unit,
               "mmacs": mmacs, "params": params, "layers": [l._asdict() for l in layers]}
-    tmp = out / ".profile.json.tmp"
-    tmp.write_text(json.dumps(report, indent=1))
-    os.replace(tmp, out / "profile.json")
+    write_json(out / "profile.json", report, indent=1)
     print("wrote " + ", ".join(str(p) for p in [*paths, out / "profile.json"]))
     return 0
 

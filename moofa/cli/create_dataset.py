@@ -45,7 +45,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from moofa.data import DataProvider
     from moofa.distributed import init_backend
     from moofa.models import build_supernet, load_weights
-    from moofa.predictor.create import SubnetMeter, check_bins, output_paths, prepare, run_plan
+    from moofa.predictor.create import (
+        SubnetMeter,
+        check_bins,
+        output_paths,
+        prepare,
+        run_plan,
+    )
 
     output_paths(dc["output"])  # bad output path: the same error on every rank, before any work
     check_bins(spec, dc)

@@ -17,9 +17,16 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import ImageFolder
 
 from moofa.data.datasets import ensure_dataset
-from moofa.data.samplers import (SUB_SEED, DistributedSubsetSampler, ElasticResolutionBatchSampler, ShardSampler,
-                                 evenly_spaced,
-                                 calibration_indices, candidate_sizes, split_train_valid)
+from moofa.data.samplers import (
+    SUB_SEED,
+    DistributedSubsetSampler,
+    ElasticResolutionBatchSampler,
+    ShardSampler,
+    calibration_indices,
+    candidate_sizes,
+    evenly_spaced,
+    split_train_valid,
+)
 from moofa.data.transforms import test_transform, train_transform
 from moofa.errors import MoofaInputError
 

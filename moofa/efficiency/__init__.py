@@ -1,13 +1,28 @@
 """Efficiency models (SPEC 4): exact analytic peak memory (elements), a forward-hook profiler
 that checks it, MACs (MMACs) and parameter counts, exact feasibility bounds with
 constraint-aware sampling, and the memory histogram plot."""
-from moofa.efficiency.bounds import (StageChoices, count_feasible, feasible_fraction,
-                                     feasible_resolutions, memory_bounds, memory_range_table,
-                                     repair_config, sample_feasible, stage_choices)
+from moofa.efficiency.bounds import (
+                                     StageChoices,
+                                     count_feasible,
+                                     feasible_fraction,
+                                     feasible_resolutions,
+                                     memory_bounds,
+                                     memory_range_table,
+                                     repair_config,
+                                     sample_feasible,
+                                     stage_choices,
+)
 from moofa.efficiency.flops import count_params, flops, flops_batch, macs
 from moofa.efficiency.hooks import measure_peak_memory
-from moofa.efficiency.memory import (DEFAULT_OPTIONS, LayerMemory, MemoryOptions, memory_histogram,
-                                     memory_layers, peak_memory, peak_memory_batch)
+from moofa.efficiency.memory import (
+                                     DEFAULT_OPTIONS,
+                                     LayerMemory,
+                                     MemoryOptions,
+                                     memory_histogram,
+                                     memory_layers,
+                                     peak_memory,
+                                     peak_memory_batch,
+)
 from moofa.efficiency.plots import plot_memory_histogram
 
 __all__ = ["MemoryOptions", "DEFAULT_OPTIONS", "LayerMemory", "peak_memory", "peak_memory_batch",

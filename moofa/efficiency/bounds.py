@@ -26,7 +26,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from moofa.efficiency.layout import ChoiceTable, resolve
-from moofa.efficiency.memory import DEFAULT_OPTIONS, MemoryOptions, memory_table, peak_memory
+from moofa.efficiency.memory import (
+    DEFAULT_OPTIONS,
+    MemoryOptions,
+    memory_table,
+    peak_memory,
+)
 from moofa.errors import InfeasibleConstraintError
 from moofa.models.spec import N_STAGES, ModelSpec, SubnetConfig, get_model_spec
 

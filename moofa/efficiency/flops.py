@@ -14,9 +14,23 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from moofa.efficiency.layout import (ChoiceTable, build_table, config_arrays, geometry, out_side,
-                                     reduce_batch, reduce_single, resolve)
-from moofa.models.spec import ModelSpec, SubnetConfig, get_model_spec, mid_channels, se_channels
+from moofa.efficiency.layout import (
+    ChoiceTable,
+    build_table,
+    config_arrays,
+    geometry,
+    out_side,
+    reduce_batch,
+    reduce_single,
+    resolve,
+)
+from moofa.models.spec import (
+    ModelSpec,
+    SubnetConfig,
+    get_model_spec,
+    mid_channels,
+    se_channels,
+)
 
 
 def _block_macs(cin: int, cout: int, mid: int, k: int, has_ib: bool, se: bool, h: int, ho: int) -> int:

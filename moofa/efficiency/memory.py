@@ -16,8 +16,17 @@ from typing import Any, Iterable, Mapping, NamedTuple
 
 import numpy as np
 
-from moofa.efficiency.layout import (ChoiceTable, Geometry, build_table, config_arrays, geometry,
-                                     out_side, reduce_batch, reduce_single, resolve)
+from moofa.efficiency.layout import (
+    ChoiceTable,
+    Geometry,
+    build_table,
+    config_arrays,
+    geometry,
+    out_side,
+    reduce_batch,
+    reduce_single,
+    resolve,
+)
 from moofa.models.spec import ModelSpec, SubnetConfig, get_model_spec, mid_channels
 
 

@@ -1,12 +1,13 @@
 """Per-layer memory histogram plot (PNG and PDF)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
+
+from moofa.io import save_figure
 
 
 def plot_memory_histogram(hist: Sequence[int], path_stem: str | Path, constraint: float | None = None,
@@ -49,11 +50,4 @@ def plot_memory_histogram(hist: Sequence[int], path_stem: str | Path, constraint
                  fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    written = []
-    for ext in ("png", "pdf"):
-        final = stem.with_name(f"{stem.name}.{ext}")
-        tmp = stem.with_name(f".{stem.name}.tmp.{ext}")
-        fig.savefig(tmp, dpi=150 if ext == "png" else None)
-        os.replace(tmp, final)
-        written.append(final)
-    return written
+    return save_figure(fig, stem)

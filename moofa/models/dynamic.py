@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from moofa.models.layers import (MBConvLayer, SEModule, build_activation, global_avg_pool)
+from moofa.models.layers import MBConvLayer, SEModule, build_activation, global_avg_pool
 from moofa.models.spec import mid_channels, se_channels
 
 

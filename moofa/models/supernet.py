@@ -13,9 +13,21 @@ import torch.nn as nn
 
 from moofa.errors import CheckpointError
 from moofa.models.dynamic import DynamicMBConvLayer
-from moofa.models.layers import (MobileNetV3, ResidualBlock, head_forward, init_weights, set_bn_param,
-                                 stem_modules)
-from moofa.models.spec import N_STAGES, ModelSpec, SubnetConfig, get_model_spec, norm_expand
+from moofa.models.layers import (
+    MobileNetV3,
+    ResidualBlock,
+    head_forward,
+    init_weights,
+    set_bn_param,
+    stem_modules,
+)
+from moofa.models.spec import (
+    N_STAGES,
+    ModelSpec,
+    SubnetConfig,
+    get_model_spec,
+    norm_expand,
+)
 
 CONSTRAINT_TYPES = {"kernel_size": "ks", "expand_ratio": "e", "depth": "d"}
 

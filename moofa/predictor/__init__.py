@@ -1,12 +1,24 @@
 """Accuracy predictor: the reference encoding, MLP ensemble, dataset files and training recipe
 (SPEC 5, CONTRACT "Files")."""
-from moofa.predictor.dataset import (PredictorDataset, RestrictedUnpickler, append_records,
-                                     load_restricted_pickle, make_record, read_dataset, read_jsonl,
-                                     read_pickle, repair_tail)
+from moofa.predictor.dataset import (
+    PredictorDataset,
+    RestrictedUnpickler,
+    append_records,
+    load_restricted_pickle,
+    make_record,
+    read_dataset,
+    read_jsonl,
+    read_pickle,
+    repair_tail,
+)
 from moofa.predictor.encoder import ArchEncoder
 from moofa.predictor.mlp import EXTRA_FEATURES, AccuracyMLP, AccuracyPredictor
-from moofa.predictor.training import (PredictorRecipe, regression_metrics, split_indices,
-                                      train_predictor)
+from moofa.predictor.training import (
+    PredictorRecipe,
+    regression_metrics,
+    split_indices,
+    train_predictor,
+)
 
 
 def plot_predictions(*args, **kwargs):  # thin lazy wrapper

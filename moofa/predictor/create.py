@@ -71,9 +71,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import pickle
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -82,8 +80,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from moofa.efficiency import count_feasible, flops, memory_bounds, peak_memory, sample_feasible
+from moofa.efficiency import (
+    count_feasible,
+    flops,
+    memory_bounds,
+    peak_memory,
+    sample_feasible,
+)
 from moofa.errors import MoofaInputError
+from moofa.io import atomic_open
 from moofa.models.bn_calibration import set_running_statistics
 from moofa.models.spec import ModelSpec, SubnetConfig
 from moofa.predictor.dataset import append_records, make_record, read_jsonl, repair_tail
@@ -239,17 +244,8 @@ def write_reference_pickle(jsonl: Path, target: Path, spec: ModelSpec) -> int:
            "accuracies": [float(a) for a in data.accuracies],
            "features": [np.asarray(f) for f in features],
            "efficiencies": [float(peak_memory(spec, c)) for c in data.configs]}
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            pickle.dump(obj, fh, protocol=4)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(target, "wb") as fh:
+        pickle.dump(obj, fh, protocol=4)
     return len(data)
 
 

@@ -26,8 +26,6 @@ Extra input ``j`` is ``(transform_j(x_j) - mean_j) / std_j`` with the transforms
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -36,6 +34,7 @@ import torch
 import torch.nn as nn
 
 from moofa.errors import CheckpointError
+from moofa.io import atomic_save
 from moofa.models.spec import ModelSpec, SubnetConfig
 from moofa.predictor.encoder import ArchEncoder, ConfigLike
 
@@ -273,19 +272,7 @@ class AccuracyPredictor(nn.Module):
         ``reference_format=True`` writes the reference's plain state dict (one member only)."""
         path = Path(path)
         obj = self.reference_state_dict() if reference_format else self.checkpoint()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                torch.save(obj, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return path
+        return atomic_save(obj, path)
 
     @classmethod
     def load(cls, path: "str | Path", model: "str | ModelSpec | ArchEncoder",

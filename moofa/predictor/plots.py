@@ -2,12 +2,12 @@
 tau)."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from moofa.io import atomic_path
 
 
 def check_image_path(path: "str | Path") -> Path:
@@ -50,16 +50,8 @@ def plot_predictions(real: Sequence[float], pred: Sequence[float], path: "str | 
         ax.set_title(title)
         path = check_image_path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fmt = path.suffix.lstrip(".").lower()
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            fig.savefig(tmp, format=fmt)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=path.suffix.lstrip(".").lower())
     finally:
         plt.close(fig)
     return path

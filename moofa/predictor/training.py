@@ -34,7 +34,12 @@ from sklearn.model_selection import train_test_split
 from moofa.errors import ConfigError
 from moofa.models.spec import ModelSpec, get_model_spec
 from moofa.predictor.dataset import PredictorDataset, read_dataset
-from moofa.predictor.mlp import EXTRA_FEATURES, AccuracyMLP, AccuracyPredictor, auto_device
+from moofa.predictor.mlp import (
+    EXTRA_FEATURES,
+    AccuracyMLP,
+    AccuracyPredictor,
+    auto_device,
+)
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Patch
 
 from moofa.efficiency.layout import geometry, out_side
+from moofa.io import save_figure
 from moofa.models.spec import ModelSpec, SubnetConfig, get_model_spec, norm_expand
-from moofa.search.results import save_figure
 
 KERNEL_COLOURS = {1: "#008000", 3: "#0076c5", 5: "#f7ad28", 7: "#991400"}
 GREY, STAGE_PANEL = "#d9d9d9", "#f0f0f0"

@@ -24,12 +24,19 @@ from typing import Any
 
 from moofa.config import last_task_args
 from moofa.data import DataProvider
+from moofa.io import write_json
 from moofa.models import load_weights
 from moofa.models.bn_calibration import set_running_statistics
 from moofa.models.spec import ModelSpec, SubnetConfig
 from moofa.predictor.encoder import ArchEncoder
-from moofa.search.report import UNITS, draw_subnet_plots, load_supernet, new_supernet, subnet_report
-from moofa.search.results import INFO_NAME, write_json
+from moofa.search.report import (
+    UNITS,
+    draw_subnet_plots,
+    load_supernet,
+    new_supernet,
+    subnet_report,
+)
+from moofa.search.results import INFO_NAME
 from moofa.training.evaluate import evaluate, evaluate_subnet
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 from torch import nn
 
 from moofa.errors import CheckpointError
+from moofa.io import atomic_path, atomic_save
 from moofa.models.layers import LinearLayer, MobileNetV3
 from moofa.models.spec import ModelSpec, SubnetConfig, model_spec_from_entry
 from moofa.models.supernet import Supernet, load_checkpoint_file
@@ -72,11 +72,7 @@ def export_subnet(supernet: Supernet, cfg: SubnetConfig, path: str | Path,
     n_classes, dropout, momentum, eps = _head_settings(supernet)
     data = {"format": EXPORT_FORMAT, "state_dict": net.state_dict(),
             "config": export_config(spec, cfg, n_classes, dropout, momentum, eps)}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(data, tmp)
-    os.replace(tmp, path)
+    path = atomic_save(data, path)
     written = [path]
     if with_onnx:
         onnx_path = export_onnx(net, cfg.image_size, path.with_suffix("").with_suffix(".onnx"))
@@ -94,16 +90,15 @@ def export_onnx(net: nn.Module, image_size: int, path: str | Path) -> Path | Non
     import onnx
 
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
     net = net.cpu().eval()
     dummy = torch.zeros(1, 3, int(image_size), int(image_size))
-    with warnings.catch_warnings():  # the TorchScript exporter needs no onnxscript; it warns that
-        warnings.simplefilter("ignore", DeprecationWarning)  # torch.export is the new default
-        torch.onnx.export(net, (dummy,), str(tmp), input_names=["image"], output_names=["logits"],
-                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-                          opset_version=17, dynamo=False)
-    onnx.checker.check_model(str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        with warnings.catch_warnings():  # the TorchScript exporter needs no onnxscript; it warns
+            warnings.simplefilter("ignore", DeprecationWarning)  # that torch.export is the default
+            torch.onnx.export(net, (dummy,), str(tmp), input_names=["image"], output_names=["logits"],
+                              dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+                              opset_version=17, dynamo=False)
+        onnx.checker.check_model(str(tmp))
     return path
 
 

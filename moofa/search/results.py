@@ -13,9 +13,7 @@ import csv
 import io
 import json
 import math
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from moofa.errors import MoofaInputError
+from moofa.io import atomic_write_text, save_figure
 
 INFO_NAME = "info.json"
 SUMMARY_CSV, SUMMARY_MD, SUMMARY_PLOT = "summary.csv", "summary.md", "accuracy_vs_constraint"
@@ -32,29 +31,6 @@ _DIR_RE = re.compile(r"^constraint_(\d+)$")
 
 
 # ------------------------------------------------------------------------------------------ files
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def write_json(path: str | Path, data: Mapping[str, Any]) -> Path:
-    """Atomic JSON write (indent 2)."""
-    return atomic_write_text(path, json.dumps(data, indent=2) + "\n")
-
-
 def read_json(path: str | Path) -> dict:
     """Read a JSON object; MoofaInputError naming the file when missing or malformed."""
     path = Path(path)
@@ -67,24 +43,6 @@ def read_json(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise MoofaInputError("expected a JSON object", file=path)
     return data
-
-
-def save_figure(fig: Figure, path_stem: str | Path, dpi: int = 150) -> list[Path]:
-    """Save ``fig`` as ``<stem>.png`` (``dpi``) and ``<stem>.pdf``, each atomically."""
-    stem = Path(path_stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    written = []
-    for ext in ("png", "pdf"):
-        final = stem.with_name(f"{stem.name}.{ext}")
-        tmp = stem.with_name(f".{stem.name}.tmp.{ext}")
-        try:
-            fig.savefig(tmp, dpi=dpi if ext == "png" else None, format=ext)
-            os.replace(tmp, final)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-        written.append(final)
-    return written
 
 
 def constraint_dir(res_dir: str | Path, constraint: float) -> Path:

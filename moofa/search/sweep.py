@@ -23,10 +23,28 @@ from typing import Any
 
 from moofa.config import last_task_args, search_constraints
 from moofa.errors import ConfigError
+from moofa.io import write_json
 from moofa.models.spec import ModelSpec, SubnetConfig
-from moofa.search.evolution import EvolutionFinder, SearchResult, SearchSettings, check_constraints
-from moofa.search.report import UNITS, draw_subnet_plots, expected_n_classes, load_supernet, subnet_report
-from moofa.search.results import INFO_NAME, constraint_dir, read_json, run_from_infos, write_json, write_summary
+from moofa.search.evolution import (
+    EvolutionFinder,
+    SearchResult,
+    SearchSettings,
+    check_constraints,
+)
+from moofa.search.report import (
+    UNITS,
+    draw_subnet_plots,
+    expected_n_classes,
+    load_supernet,
+    subnet_report,
+)
+from moofa.search.results import (
+    INFO_NAME,
+    constraint_dir,
+    read_json,
+    run_from_infos,
+    write_summary,
+)
 
 log = logging.getLogger(__name__)
 EXPORT_NAME = "subnet.pth.tar"

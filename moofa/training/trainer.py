@@ -18,16 +18,27 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from moofa.config import (phase_constraints, save_resolved_config, task_args, validate_model,
-                          validation_subnets)
+from moofa.config import (
+    phase_constraints,
+    save_resolved_config,
+    task_args,
+    validate_model,
+    validation_subnets,
+)
 from moofa.data.provider import DataProvider
 from moofa.errors import CheckpointError, ConfigError
+from moofa.io import atomic_save
 from moofa.models.bn_calibration import set_running_statistics
 from moofa.models.layers import MobileNetV3
 from moofa.models.spec import ModelSpec
 from moofa.models.supernet import build_supernet, load_checkpoint_file, load_weights
-from moofa.training.checkpoint import (atomic_save, final_phase_file, phase_name, predecessor, rng_state,
-                                       set_rng_state)
+from moofa.training.checkpoint import (
+    final_phase_file,
+    phase_name,
+    predecessor,
+    rng_state,
+    set_rng_state,
+)
 from moofa.training.evaluate import evaluate
 from moofa.training.logger import RunLogger
 from moofa.training.losses import distillation_loss
