@@ -229,21 +229,21 @@ class Supernet(nn.Module):
         matrices (absent from static checkpoints) may be missing. Unexpected or mis-shaped keys
         raise :class:`~moofa.errors.CheckpointError` listing the first of each.
         """
-        remapped = remap_state_dict(state_dict, self.state_dict())
         own = self.state_dict()
+        remapped, unexpected = remap_state_dict(state_dict, own)
         missing = [k for k in own if k not in remapped and not k.endswith("num_batches_tracked")]
         if strict:
             missing = [k for k in missing if not k.endswith("_matrix")]
         else:
             missing = []
-        check_fit(remapped["__unexpected__"], missing, remapped, own)
-        remapped.pop("__unexpected__")
+        check_fit(unexpected, missing, remapped, own)
         return super().load_state_dict(remapped, strict=False, assign=assign)
 
 
-def remap_state_dict(source: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]) -> dict:
+def remap_state_dict(source: Mapping[str, torch.Tensor],
+                     target: Mapping[str, torch.Tensor]) -> tuple[dict, list[str]]:
     """Map ``source`` keys onto ``target`` keys by SPEC 1.7's rules; keys that map nowhere are
-    listed under ``"__unexpected__"``."""
+    returned as the second item."""
     out: dict[str, Any] = {}
     unexpected: list[str] = []
     rules_remove = ((".bn.bn.", ".bn."), (".conv.conv.weight", ".conv.weight"), (".linear.linear.", ".linear."))
@@ -258,8 +258,7 @@ def remap_state_dict(source: Mapping[str, torch.Tensor], target: Mapping[str, to
                 break
         else:
             unexpected.append(key)
-    out["__unexpected__"] = unexpected
-    return out
+    return out, unexpected
 
 
 def check_fit(unexpected: list[str], missing: list[str], source: Mapping[str, Any],
