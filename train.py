@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Progressive-shrinking training: ``python train.py --config C --step S [--phase P]``."""
+"""Progressive-shrinking training: ``python train.py --config C --step S [--phase P]``; fine-tuning
+of a found subnet: ``python train.py --config C --step finetune --subnet <constraint folder | subnet.pth.tar>``."""
 from moofa.cli.common import run_cli
 from moofa.cli.train import main
 

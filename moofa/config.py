@@ -258,7 +258,7 @@ PHASE_SCHEMA: dict[str, Field] = {
     "base_lr": Field(None, _num(0.0, lo_open=True), "learning rate per process (x number of processes)"),
     "warmup_epochs": Field(0, _NONNEG_INT, "extra linear-warmup epochs"),
     "warmup_lr": Field(0.0, _num(0.0), "learning rate at the start of the warmup (not scaled)"),
-    "dynamic_batch_size": Field(1, _POS_INT, "subnets sampled per training step"),
+    "dynamic_batch_size": Field(1, _POS_INT, "subnets sampled per training step (not used by finetune)"),
 }
 
 # SPEC 3.5: (n_epochs, base_lr, warmup_epochs, warmup_lr, dynamic_batch_size)
@@ -272,7 +272,13 @@ REFERENCE_PHASES: dict[str, dict[str, Any]] = {
         "expand_2": (120, 2.5e-4, 5, 7.5e-5, 4),
     }.items()
 }
-_PHASE_NAME = re.compile(r"^(?:teacher|(kernel|depth|expand)(?:_([1-9][0-9]*))?)$")
+FINETUNE = "finetune"  # train.py --step finetune: the found static subnet, not a supernet phase
+# Defaults of args_per_task.finetune (not in the reference, which has no fine-tuning). OFA publishes
+# its specialised subnets "finetune@25" (25 epochs); the learning rate and warmup are those of the
+# reference's 25-epoch phases (depth_1, expand_1): low, because the subnet is already trained and
+# distillation from the teacher continues. dynamic_batch_size is ignored (one static network).
+FINETUNE_DEFAULTS: dict[str, Any] = dict(zip(PHASE_SCHEMA, (25, 2.5e-4, 0, 2.5e-5, 1)))
+_PHASE_NAME = re.compile(r"^(?:teacher|finetune|(kernel|depth|expand)(?:_([1-9][0-9]*))?)$")
 
 SUBNET_SCHEMA: dict[str, Field] = {
     "random_sample": Field(False, _bool(), "eval: sample a random subnet instead of the given one"),
@@ -480,7 +486,7 @@ def _phase_entry(ctx: _Ctx, name: str, raw: Any) -> dict:
     data = ctx.mapping(raw, key)
     valid = list(PHASE_SCHEMA) + [k for k in ARGS_SCHEMA]
     ctx.unknown(data, valid, key)
-    ref = REFERENCE_PHASES.get(name, {})
+    ref = FINETUNE_DEFAULTS if name == FINETUNE else REFERENCE_PHASES.get(name, {})
     out: dict[str, Any] = {}
     for pname, field in PHASE_SCHEMA.items():
         if pname in data:
@@ -508,8 +514,8 @@ def _args_per_task(ctx: _Ctx, raw: Any, tasks: list[str], phases: dict[str, int]
     out = {}
     for name, entry in data.items():
         if not _PHASE_NAME.match(name):
-            raise ctx.error(f"args_per_task.{name}", "unknown entry (valid: teacher, <step> or "
-                            f"<step>_<phase> with step one of {', '.join(STEPS)})", entry)
+            raise ctx.error(f"args_per_task.{name}", "unknown entry (valid: teacher, finetune, <step> "
+                            f"or <step>_<phase> with step one of {', '.join(STEPS)})", entry)
         out[name] = _phase_entry(ctx, name, entry)
     needed = ["teacher"] + [f"{s}_{p}" for s in tasks for p in range(1, phases[s] + 1)]
     for name in needed:
@@ -629,9 +635,15 @@ def validate_model(cfg: dict, model_config_path: str | Path) -> ModelSpec:
 def task_args(cfg: Mapping, step: str, phase: int | None = None) -> dict:
     """``args`` updated with ``args_per_task["<step>_<phase>"]`` (falling back to
     ``args_per_task["<step>"]``), or with ``args_per_task["teacher"]`` for the teacher (SPEC 3.1).
-    ``step`` must be ``teacher`` or in ``tasks``; ``phase`` in 1..tasks_phases[step]."""
+    ``step`` must be ``teacher`` or in ``tasks``; ``phase`` in 1..tasks_phases[step]. For
+    ``finetune`` (no phase): ``args_per_task["finetune"]``, or :data:`FINETUNE_DEFAULTS` when the
+    config has no such entry."""
     ctx = _Ctx(cfg.get("_path", "<config>"))
     apt = cfg["args_per_task"]
+    if step == FINETUNE:
+        out = copy.deepcopy(dict(cfg["args"]))
+        out.update(copy.deepcopy(apt.get(FINETUNE, FINETUNE_DEFAULTS)))
+        return out
     if step == "teacher":
         names = ["teacher"]
     else:
@@ -653,10 +665,12 @@ def task_args(cfg: Mapping, step: str, phase: int | None = None) -> dict:
 
 def last_task_args(cfg: Mapping) -> dict:
     """``args`` updated with the last ``args_per_task`` entry (dataset creation and search, SPEC
-    6.1 / 7.1)."""
+    6.1 / 7.1). The ``finetune`` entry is skipped wherever it is written: it configures only the
+    fine-tuning of a found subnet, never the supernet those scripts read."""
     out = copy.deepcopy(dict(cfg["args"]))
-    if cfg["args_per_task"]:
-        out.update(copy.deepcopy(list(cfg["args_per_task"].values())[-1]))
+    entries = [v for k, v in cfg["args_per_task"].items() if k != FINETUNE]
+    if entries:
+        out.update(copy.deepcopy(entries[-1]))
     return out
 
 

@@ -106,6 +106,15 @@ def config_reference_markdown(heading_level: int = 3) -> str:
                       "|---" * (len(C.PHASE_SCHEMA) + 1) + "|"]
             lines += [f"| `{name}` | " + " | ".join(format_default(row[k]) for k in C.PHASE_SCHEMA) + " |"
                       for name, row in C.REFERENCE_PHASES.items()]
+            lines += ["", (f"Entry `{C.FINETUNE}` (`train.py --step finetune`, not in the reference) is optional; "
+                           "its defaults, also for keys a given entry leaves out: "
+                           + ", ".join(f"{k} {format_default(v)}" for k, v in C.FINETUNE_DEFAULTS.items()
+                                       if k != "dynamic_batch_size")
+                           + ". OFA's specialised subnets are fine-tuned for 25 epochs (\"finetune@25\"); the "
+                           "learning rate is that of the reference's 25-epoch phases, low because the subnet is "
+                           "already trained. The entry may override any `args` key (e.g. `kd_ratio`, "
+                           "`validation_frequency`); it is never the \"last entry\" that dataset creation and "
+                           "search read.")]
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 

@@ -1,4 +1,5 @@
-"""``train.py``: one launch of progressive-shrinking training (SPEC 3.1, 9.3).
+"""``train.py``: one launch of progressive-shrinking training (SPEC 3.1, 9.3), or the fine-tuning
+of a found subnet (``--step finetune --subnet``, :mod:`moofa.training.finetune`).
 
 Run as a plain process, under ``horovodrun -np N`` or under ``torchrun --nproc_per_node N``.
 """
@@ -7,8 +8,9 @@ from __future__ import annotations
 from typing import Sequence
 
 from moofa.cli.common import ArgParser
-from moofa.config import load_config
+from moofa.config import FINETUNE, load_config
 from moofa.distributed import init_backend
+from moofa.errors import MoofaInputError
 from moofa.models.spec import DEFAULT_MODEL_CONFIGS
 from moofa.training.checkpoint import PHASE_ORDER
 from moofa.training.trainer import train_step
@@ -16,22 +18,44 @@ from moofa.training.trainer import train_step
 
 def build_parser() -> ArgParser:
     p = ArgParser(prog="train.py", description="Train the teacher, then the supernet phase by phase "
-                  "(kernel 1, depth 1-2, expand 1-2). A killed run resumes when restarted with the same command.")
+                  "(kernel 1, depth 1-2, expand 1-2); after the search, fine-tune a found subnet "
+                  "(--step finetune --subnet). A killed run resumes when restarted with the same command.")
     p.add_argument("--config", required=True, help="run config YAML (configs/*.yaml)")
-    p.add_argument("--step", required=True, choices=["teacher", *PHASE_ORDER], help="what to train")
-    p.add_argument("--phase", type=int, default=None, help="phase of the step (1..tasks_phases[step]); not for teacher")
+    p.add_argument("--step", required=True, choices=["teacher", *PHASE_ORDER, FINETUNE], help="what to train")
+    p.add_argument("--phase", type=int, default=None,
+                   help="phase of the step (1..tasks_phases[step]); not for teacher and finetune")
+    p.add_argument("--subnet", default=None,
+                   help="finetune only: a search result folder (constraint_<int>/, the arch of its info.json "
+                   "cut from args.checkpoint) or an exported subnet.pth.tar; output in finetuned/ next to it")
     p.add_argument("--model_config_path", default=str(DEFAULT_MODEL_CONFIGS), help="model_configs.yaml")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.step == FINETUNE and args.subnet is None:
+        raise MoofaInputError("--step finetune needs --subnet <constraint folder | subnet.pth.tar>", key="--subnet")
+    if args.step != FINETUNE and args.subnet is not None:
+        raise MoofaInputError(f"--subnet is only for --step finetune, not {args.step}", key="--subnet",
+                              value=args.subnet)
+    if args.step == FINETUNE and args.phase is not None:
+        raise MoofaInputError("--step finetune has no phases", key="--phase", value=args.phase)
     cfg = load_config(args.config, args.model_config_path)
     backend = init_backend(cfg["args"]["device"])
     try:
-        result = train_step(cfg, args.step, args.phase, backend, args.model_config_path)
+        if args.step == FINETUNE:
+            from moofa.training.finetune import finetune
+
+            result = finetune(cfg, args.subnet, backend, args.model_config_path)
+        else:
+            result = train_step(cfg, args.step, args.phase, backend, args.model_config_path)
     finally:
         backend.shutdown()
     if backend.is_main and not result.already_done:
         print(f"{result.phase}: {result.epochs} epochs, best validation top-1 {100 * result.best_acc:.2f}%")
+        if result.info is not None:
+            i = result.info
+            print(f"test top-1 on {i['n_test_images']:,} images: {100 * i['test_top1_before']:.2f}% before, "
+                  f"{100 * i['test_top1_after']:.2f}% after fine-tuning; peak memory {i['peak_memory']:,} "
+                  f"elements, {i['flops']:.1f} MMACs")
     return 0

@@ -15,6 +15,7 @@ also written as ONNX (input ``image`` N x 3 x R x R, output ``logits``, dynamic 
 """
 from __future__ import annotations
 
+import copy
 import importlib.util
 import logging
 import warnings
@@ -68,13 +69,22 @@ def export_subnet(supernet: Supernet, cfg: SubnetConfig, path: str | Path,
     spec = supernet.spec
     cfg = SubnetConfig.from_dict(cfg).validate(spec)
     supernet.set_subnet(cfg)
-    net = supernet.get_active_subnet().cpu().eval()
-    n_classes, dropout, momentum, eps = _head_settings(supernet)
-    data = {"format": EXPORT_FORMAT, "state_dict": net.state_dict(),
+    return export_static(supernet.get_active_subnet(), spec, cfg, path, with_onnx)
+
+
+def export_static(net: nn.Module, spec: ModelSpec, cfg: SubnetConfig, path: str | Path,
+                  with_onnx: bool = True) -> list[Path]:
+    """Write the static network ``net`` (arch ``cfg`` of ``spec``, e.g. a fine-tuned subnet) in
+    the export format (atomic; a CPU copy of its weights), plus ONNX as :func:`export_subnet`."""
+    cfg = SubnetConfig.from_dict(cfg).validate(spec)
+    n_classes, dropout, momentum, eps = _head_settings(net)
+    state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+    data = {"format": EXPORT_FORMAT, "state_dict": state,
             "config": export_config(spec, cfg, n_classes, dropout, momentum, eps)}
     path = atomic_save(data, path)
     written = [path]
     if with_onnx:
+        net = copy.deepcopy(net).cpu().eval()  # the caller's network stays where and as it is
         onnx_path = export_onnx(net, cfg.image_size, path.with_suffix("").with_suffix(".onnx"))
         if onnx_path is not None:
             written.append(onnx_path)
@@ -134,4 +144,5 @@ def load_exported(path: str | Path, map_location: str | torch.device = "cpu") ->
         raise CheckpointError(f"weights do not fit the exported arch ({str(err).splitlines()[0]})",
                               file=path) from None
     net.subnet_config = cfg  # type: ignore[attr-defined]  # the exported arch (ks, e, d, image_size)
+    net.model_spec = spec  # type: ignore[attr-defined]  # the model it was cut from (as exported)
     return net.to(map_location).eval()

@@ -33,6 +33,7 @@ from moofa.models.layers import MobileNetV3
 from moofa.models.spec import ModelSpec
 from moofa.models.supernet import build_supernet, load_checkpoint_file, load_weights
 from moofa.training.checkpoint import (
+    PHASE_ORDER,
     final_phase_file,
     phase_name,
     predecessor,
@@ -74,6 +75,7 @@ class StepResult:
     resumed_from: int | None = None
     already_done: bool = False
     history: list[dict] = field(default_factory=list)
+    info: dict | None = None   # what the launch wrote besides weights (fine-tuning: its info.json)
 
 
 def seed_everything(seed: int) -> None:
@@ -134,6 +136,25 @@ class Trainer:
         if self.use_cuda:
             torch.backends.cudnn.benchmark = True
 
+    # ------------------------------------------------------------------------- launch kinds
+    @property
+    def elastic(self) -> bool:
+        """Whether training samples subnets of the supernet (the kernel, depth and expand phases);
+        false for the teacher and for fine-tuning a static subnet (moofa.training.finetune)."""
+        return self.step in PHASE_ORDER
+
+    def completed(self) -> bool:
+        """Whether this launch's output exists already (then :meth:`run` trains nothing)."""
+        return self.elastic and self.files.final.is_file()
+
+    def finish(self) -> dict | None:
+        """Write the launch's output after the last epoch (called on every rank): a phase's final
+        weights, the next phase's input. Returns what goes into ``StepResult.info``."""
+        if self.elastic and self.backend.is_main:
+            atomic_save({"state_dict": self.net.state_dict()}, self.files.final)
+            self.log.info(f"Wrote {self.files.final}")
+        return None
+
     # ------------------------------------------------------------------------------ set-up
     def _teacher_file(self) -> Path:
         return _require(Path(self.args["teacher_path"]) / "checkpoint" / "model_best.pth.tar",
@@ -169,7 +190,7 @@ class Trainer:
 
     def setup(self) -> tuple[int, float, int | None]:
         """Weights, optimizer and resume state; returns (start epoch, best accuracy, resumed from)."""
-        if self.step != "teacher":
+        if self.elastic:
             self.constraints = phase_constraints(self.spec, self.step, self.phase, self.cfg["tasks_phases"])
             for key, ctype in (("ks", "kernel_size"), ("e", "expand_ratio"), ("d", "depth")):
                 self.supernet.set_constraint(self.constraints[key], ctype)
@@ -192,7 +213,7 @@ class Trainer:
             start, best, resumed = int(state["epoch"]) + 1, float(state["best_acc"]), int(state["epoch"]) + 1
             self.log.info(f"Resumed {self.name} from {self.files.state} at epoch {start} "
                           f"(best top-1 {100 * best:.2f}%)")
-        dbs = 1 if self.step == "teacher" else int(self.args["dynamic_batch_size"])
+        dbs = int(self.args["dynamic_batch_size"]) if self.elastic else 1
         self.dbs = dbs
         self.optimizer = self.backend.distributed_optimizer(
             opt, self.net.named_parameters(), backward_passes_per_step=dbs,
@@ -227,7 +248,7 @@ class Trainer:
                     soft = self.teacher(images).float()
             self.optimizer.zero_grad()
             for j in range(self.dbs):
-                if self.step != "teacher":
+                if self.elastic:
                     random.seed(subnet_seed(epoch * n_batches + i, j, self.backend.rank if independent else 0))
                     self.supernet.sample_active_subnet()
                 with self._autocast():
@@ -280,7 +301,7 @@ class Trainer:
         (self.files.state.parent / "latest.txt").write_text(str(self.files.state) + "\n")
 
     def run(self) -> StepResult:
-        if self.step != "teacher" and self.files.final.is_file():
+        if self.completed():
             self.log.info(f"{self.name} is already complete ({self.files.final}); nothing to do")
             return StepResult(self.name, self.n_epochs, 0.0, already_done=True)
         start, best, resumed = self.setup()
@@ -314,12 +335,10 @@ class Trainer:
                           + (f"val top-1 {100 * metrics['val_acc']:.2f}% " if "val_acc" in metrics else "")
                           + f"({metrics['seconds']:.1f}s)")
             history.append(metrics)
-        if self.step != "teacher" and self.backend.is_main:
-            atomic_save({"state_dict": self.net.state_dict()}, self.files.final)
-            self.log.info(f"Wrote {self.files.final}")
+        info = self.finish()
         self.backend.barrier()
         self.log.close()
-        return StepResult(self.name, self.n_epochs, best, resumed, history=history)
+        return StepResult(self.name, self.n_epochs, best, resumed, history=history, info=info)
 
 
 def train_step(cfg: Mapping[str, Any], step: str, phase: int | None, backend: Any,

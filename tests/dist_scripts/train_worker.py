@@ -1,5 +1,6 @@
-"""Run one training phase with the library's Trainer under torchrun/horovodrun and dump, per
-rank, what the test compares: a checksum of every weight and the subnets sampled."""
+"""Run one training phase with the library's Trainer (or, with step ``finetune``, the fine-tuning
+of the subnet given in place of the phase) under torchrun/horovodrun and dump, per rank, what the
+tests compare: a checksum of every weight and the subnets sampled."""
 import hashlib
 import json
 import sys
@@ -8,23 +9,25 @@ from pathlib import Path
 
 from moofa.config import load_config
 from moofa.distributed import init_backend
+from moofa.training.finetune import FinetuneTrainer
 from moofa.training.trainer import Trainer
 
 config, model_configs, step, phase, out = sys.argv[1:6]
 cfg = load_config(config, model_configs)
 backend = init_backend("cpu")
-trainer = Trainer(cfg, step, int(phase), backend, model_configs)
 sampled = []
-original = trainer.supernet.sample_active_subnet
+if step == "finetune":  # "phase" is the --subnet argument; there is no supernet to sample from
+    trainer = FinetuneTrainer(cfg, phase, backend, model_configs)
+else:
+    trainer = Trainer(cfg, step, int(phase), backend, model_configs)
+    original = trainer.supernet.sample_active_subnet
 
+    def recording_sample(*a, **k):
+        cfg_ = original(*a, **k)
+        sampled.append(cfg_)
+        return cfg_
 
-def recording_sample(*a, **k):
-    cfg_ = original(*a, **k)
-    sampled.append(cfg_)
-    return cfg_
-
-
-trainer.supernet.sample_active_subnet = recording_sample
+    trainer.supernet.sample_active_subnet = recording_sample
 trainer.run()
 digest = hashlib.sha256()
 for name, t in trainer.net.state_dict().items():
