@@ -10,12 +10,14 @@ user would type them, one process per stage::
     create_moofa_predictor_dataset.py                        (predictor dataset)
     train_moofa_predictor.py --output scatter.png            (accuracy predictor)
     eval_and_search.py --mode search                         (search + evaluation per budget)
+    train.py --step finetune --subnet <tightest budget>      (fine-tuning of that subnet)
 
 then the OFA-vs-MOOFA comparison (``eval_and_search.py --mode summary``: ``summary/summary.md``,
 ``summary.csv``, ``accuracy_vs_constraint.png``) and a memory-histogram figure; it checks the
 acceptance criteria
 (teacher accuracy well above chance, positive Kendall's tau of the predictor, every found subnet
-within its budget) and prints the per-stage times and the summary table.
+within its budget, the fine-tuned subnet's test top-1 not lower than before fine-tuning by more than
+:data:`FINETUNE_TOLERANCE`) and prints the per-stage times and the summary table.
 
 The embedded ``digits`` dataset is written once as an ImageFolder under the run folder. The models'
 stage chains run side by side, each process with ``cores / chains`` CPU threads. Rerunning
@@ -62,6 +64,9 @@ SUMMARY_NAME = "demo_summary.json"  # <out>/demo_summary.json: stages, times, ch
 STAGES_NAME = "demo_stages.json"    # <out>/<label>/demo_stages.json: finished stages
 STAGE_TIMEOUT_S = 4 * 3600          # one stage never runs longer than this
 MIN_TEACHER_ACCURACY = 0.30         # acceptance: the teacher's test top-1 (fraction) is above this
+# acceptance: fine-tuning may not lower the test top-1 by more than the test set's noise (fraction;
+# one percentage point on the 360 test digits is under 4 images)
+FINETUNE_TOLERANCE = 0.01
 
 # Keys holding paths (section, key); values starting with PATH_PREFIX are moved under --out.
 PATH_KEYS: tuple[tuple[str, str], ...] = (
@@ -77,7 +82,8 @@ QUICK_OVERRIDES: dict[str, Any] = {
                            "image_size": 32, "difficulty": 0.2, "seed": 0},
              "base_batch_size": 48, "valid_size": 16, "bn_calib_images": 32, "bn_calib_batch_size": 32},
     "args_per_task": {name: dict(_QUICK_PHASE, base_lr=(5.0e-3 if name == "teacher" else 1.0e-3))
-                      for name in ("teacher", "kernel_1", "depth_1", "depth_2", "expand_1", "expand_2")},
+                      for name in ("teacher", "kernel_1", "depth_1", "depth_2", "expand_1", "expand_2",
+                                   "finetune")},
     "subnet_config": {"image_size": 32},
     "dataset_config": {"n_samples": 6, "n_bins": 2, "save_interval": 3},
     "predictor_config": {"hidden_size": 16, "n_layers": 2, "ensemble": 1, "epochs": 5, "batch_size": 4,
@@ -196,7 +202,18 @@ def pipeline_stages(label: str, config: Path, cfg: Mapping[str, Any]) -> list[St
                         [Path(sc["acc_predictor_checkpoint"]), scatter_path(cfg)]))
     stages.append(stage("search", "eval_and_search.py", ["--mode", "search"],
                         [constraint_dir(sc["res_dir"], c) / INFO_NAME for c in search_constraints(cfg)]))
+    tight = finetune_folder(cfg)
+    stages.append(stage("finetune", "train.py", ["--step", "finetune", "--subnet", str(tight)],
+                        [tight / "finetuned" / INFO_NAME]))
     return stages
+
+
+def finetune_folder(cfg: Mapping[str, Any]) -> Path:
+    """The search result folder the demo fine-tunes: the tightest budget's."""
+    from moofa.config import search_constraints
+    from moofa.search.results import constraint_dir
+
+    return constraint_dir(cfg["search_config"]["res_dir"], min(search_constraints(cfg)))
 
 
 def teacher_info_path(cfg: Mapping[str, Any]) -> Path:
@@ -395,6 +412,7 @@ class Checks:
     teacher_accuracy: dict[str, float | None] = field(default_factory=dict)
     kendall_tau: dict[str, float | None] = field(default_factory=dict)
     budgets: list[dict] = field(default_factory=list)
+    finetune: list[dict] = field(default_factory=list)
 
     def failures(self, quick: bool) -> list[str]:
         """What fails. Budgets always count; accuracy and tau only in the full demo (the
@@ -407,6 +425,10 @@ class Checks:
                     for k, v in self.teacher_accuracy.items() if v is None or v <= MIN_TEACHER_ACCURACY]
             bad += [f"{k}: predictor test Kendall tau {v} is not positive"
                     for k, v in self.kendall_tau.items() if v is None or not v > 0]
+            bad += [f"{r['label']}: fine-tuning lowered the test top-1 of the budget {r['constraint']:,} subnet "
+                    f"from {_pct(r.get('before'))} to {_pct(r.get('after'))} (more than "
+                    f"{100 * FINETUNE_TOLERANCE:g} pp) or wrote no info.json ({r['info']})"
+                    for r in self.finetune if not r["ok"]]
         return bad
 
 
@@ -426,7 +448,25 @@ def collect_checks(cfgs: Mapping[str, Mapping[str, Any]]) -> Checks:
         checks.teacher_accuracy[label] = teacher_accuracy(cfg)
         checks.kendall_tau[label] = predictor_metrics(cfg).get("test_kendall_tau")
         checks.budgets += budget_rows(label, cfg)
+        checks.finetune.append(finetune_row(label, cfg))
     return checks
+
+
+def finetune_row(label: str, cfg: Mapping[str, Any]) -> dict:
+    """The fine-tuned tightest-budget subnet: test top-1 before and after (fractions, measured on
+    the whole test split), epochs, and whether it stayed within :data:`FINETUNE_TOLERANCE`."""
+    from moofa.config import search_constraints
+
+    path = finetune_folder(cfg) / "finetuned" / "info.json"
+    row: dict[str, Any] = {"label": label, "constraint": min(search_constraints(cfg)), "info": str(path)}
+    try:
+        info = json.loads(path.read_text())
+        row.update(before=float(info["test_top1_before"]), after=float(info["test_top1_after"]),
+                   n_images=int(info["n_test_images"]), epochs=int(info["epochs"]),
+                   peak_memory=int(info["peak_memory"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return dict(row, ok=False)
+    return dict(row, ok=row["after"] >= row["before"] - FINETUNE_TOLERANCE)
 
 
 # ------------------------------------------------------------------------------------- figures
@@ -633,7 +673,8 @@ def _report(out: Path, labels: Sequence[str], cfgs: Mapping[str, Mapping[str, An
                   f"    predictor dataset  {_short(Path(cfg['dataset_config']['output']))}",
                   (f"    predictor          {_short(Path(cfg['search_config']['acc_predictor_checkpoint']))}"
                    f" (scatter plot {_short(scatter_path(cfg))})"),
-                  f"    search results     {_short(Path(cfg['search_config']['res_dir']))}/constraint_<budget>/"]
+                  f"    search results     {_short(Path(cfg['search_config']['res_dir']))}/constraint_<budget>/",
+                  f"    fine-tuned subnet  {_short(finetune_folder(cfg) / 'finetuned')}/"]
     lines += [(f"  comparison           {o}/summary/ (summary.md, summary.csv, accuracy_vs_constraint.png, "
                "memory_histograms.png)"), f"  stage logs           {o}/<model>/logs/", "", "Checks:"]
     for label in labels:
@@ -647,6 +688,11 @@ def _report(out: Path, labels: Sequence[str], cfgs: Mapping[str, Mapping[str, An
             lines.append(f"  {r['label']}: budget {r['constraint']:>7,} -> peak {r['peak_memory']:>7,} elements "
                          f"at R={r['image_size']}, measured top-1 {_pct(r['real_accuracy'])}"
                          f" {'OK' if r['ok'] else 'OVER BUDGET'}")
+    for r in checks.finetune:
+        if "after" in r:
+            lines.append(f"  {r['label']}: budget {r['constraint']:>7,} subnet, {r['epochs']} fine-tuning epoch(s): test "
+                         f"top-1 {_pct(r['before'])} before -> {_pct(r['after'])} after ({r['n_images']:,} test "
+                         f"images) {'OK' if r['ok'] else 'LOWER BY MORE THAN ' + f'{100 * FINETUNE_TOLERANCE:g} pp'}")
     lines += ["  all checks passed" if not failures else "  FAILED: " + "; ".join(failures), "",
               "Best subnet per peak-memory budget (top-1 % / peak memory in elements / MMACs):", "", table]
     return "\n".join(lines)

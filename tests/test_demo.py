@@ -25,6 +25,7 @@ from moofa.data.datasets import ensure_dataset
 from moofa.docs import BEGIN, END, config_reference_markdown
 from moofa.efficiency import flops, memory_bounds, peak_memory
 from moofa.models.spec import get_model_spec
+from moofa.search.export import load_exported
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -65,7 +66,8 @@ def test_quick_demo_writes_every_output(quick_demo):
             ckpt = Path(args["path"]) / "checkpoint" / f"checkpoint-{phase}.pth.tar"
             assert ckpt.is_file(), ckpt
             assert "state_dict" in torch.load(ckpt, map_location="cpu", weights_only=True)
-        assert {(label, s) for s in ("teacher", "teacher_eval", *PHASES, "dataset", "predictor", "search")} <= ran
+        assert {(label, s) for s in ("teacher", "teacher_eval", *PHASES, "dataset", "predictor", "search",
+                                     "finetune")} <= ran
         assert (out / label / "logs" / "teacher.log").is_file()
 
         # predictor dataset: the requested number of records, each peak and MMACs recomputed
@@ -93,6 +95,14 @@ def test_quick_demo_writes_every_output(quick_demo):
             assert (folder / "memory_histogram.png").is_file()
             assert len(list(folder.glob("*.png"))) >= 2  # histogram + architecture diagram
 
+        # the tightest budget's subnet, fine-tuned: export + info.json with before/after test top-1
+        tight = res / f"constraint_{min(constraints)}"
+        ft = json.loads((tight / "finetuned" / "info.json").read_text())
+        searched = json.loads((tight / "info.json").read_text())
+        assert ft["test_top1_before"] == pytest.approx(searched["real_accuracy"], abs=1.01 / searched["n_images"])
+        assert ft["config"] == searched["config"] and ft["epochs"] == 1 and ft["n_test_images"] == searched["n_images"]
+        assert load_exported(tight / "finetuned" / "subnet.pth.tar").subnet_config.to_dict() == ft["config"]
+
     # the comparison: both models, every budget, and the plots
     table = (out / "summary" / "summary.md").read_text()
     assert "| Constraint | MOOFA | OFA |" in table
@@ -102,6 +112,10 @@ def test_quick_demo_writes_every_output(quick_demo):
         assert (out / "summary" / name).stat().st_size > 0
     rows = summary["checks"]["budgets"]
     assert len(rows) == 8 and all(r["ok"] and r["peak_memory"] <= r["constraint"] for r in rows)
+    ft_rows = summary["checks"]["finetune"]
+    assert [(r["label"], r["constraint"]) for r in ft_rows] == [("MOOFA", 20000), ("OFA", 20000)]
+    assert all(0.0 <= r["before"] <= 1.0 and 0.0 <= r["after"] <= 1.0 for r in ft_rows)
+    assert "before ->" in log and "1 fine-tuning epoch(s)" in log
     assert "Per-stage times" in log and "Best subnet per peak-memory budget" in log
 
 
@@ -257,6 +271,8 @@ def test_readme_recipe_commands_run_as_written(tmp_path, monkeypatch):
         mode = getattr(ns, "mode", None)
         step = getattr(ns, "step", None)
         seen.add((launcher, script, step or mode, getattr(ns, "phase", None), getattr(ns, "model", None)))
+        if step == "finetune":
+            assert ns.subnet and "constraint_" in ns.subnet, command
         if mode == "summary":
             assert ns.results and ns.labels and len(ns.results) == len(ns.labels) and ns.output, command
             continue
@@ -278,6 +294,7 @@ def test_readme_recipe_commands_run_as_written(tmp_path, monkeypatch):
             assert (launcher, "train.py", step, int(p), None) in seen, (launcher, phase)
         assert (launcher, "create_moofa_predictor_dataset.py", None, None, None) in seen
         assert (launcher, "eval_and_search.py", "search", None, None) in seen
+        assert (launcher, "train.py", "finetune", None, None) in seen
     scripts = {s[1] for s in seen}
     assert "train_moofa_predictor.py" in scripts
     assert ("python", "eval_and_search.py", "summary", None, None) in seen
