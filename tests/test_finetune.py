@@ -43,9 +43,18 @@ def _digest(state_dict) -> str:
     return h.hexdigest()
 
 
-def _ft_cmd(project, subnet: Path) -> list[str]:
-    return [PYTHON, str(ROOT / "train.py"), "--config", str(project.config_path), "--model_config_path",
+def _ft_cmd(project, subnet: Path, config: Path | None = None) -> list[str]:
+    return [PYTHON, str(ROOT / "train.py"), "--config", str(config or project.config_path), "--model_config_path",
             str(project.model_config_path), "--step", "finetune", "--subnet", str(subnet)]
+
+
+def _short_config(project, folder: Path) -> Path:
+    """The project's config with a one-epoch fine-tuning (the module's config stays as it is)."""
+    raw = yaml.safe_load(project.config_path.read_text())
+    raw["args_per_task"]["finetune"] = {"n_epochs": 1, "base_lr": 0.01, "warmup_epochs": 0, "warmup_lr": 0.0}
+    path = folder / "short.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +135,7 @@ def test_killed_finetune_resumes_to_the_same_weights(searched, tmp_path):
     done = len(log.read_text().splitlines())
     assert 2 <= done < 4 and not (other / "finetuned" / "info.json").exists()
     r = project.run("train.py", "--step", "finetune", "--subnet", str(other / "subnet.pth.tar"))
-    assert f"Resumed finetune from" in r.stderr and f"at epoch {done}" in r.stderr
+    assert "Resumed finetune from" in r.stderr and f"at epoch {done}" in r.stderr
     ref = torch.load(folder / "finetuned" / "subnet.pth.tar", weights_only=True)["state_dict"]
     got = torch.load(other / "finetuned" / "subnet.pth.tar", weights_only=True)["state_dict"]
     assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
@@ -141,7 +150,10 @@ def test_constraint_folder_form_and_changed_inputs(searched, tmp_path):
     g = tmp_path / "constraint_12345"
     shutil.copytree(folder, g)
     old = json.loads((g / "finetuned" / "info.json").read_text())
-    r = project.run("train.py", "--step", "finetune", "--subnet", str(g))
+    config = _short_config(project, tmp_path)
+    r = subprocess.run(_ft_cmd(project, g, config), cwd=project.root, capture_output=True, text=True,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
     assert "moved it to" in r.stderr
     assert json.loads((g / "finetuned.previous-1" / "info.json").read_text()) == old
     info = json.loads((g / "finetuned" / "info.json").read_text())
@@ -206,7 +218,8 @@ def _launch(launcher: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def two_process_results(searched, tmp_path_factory):
+def two_process_results():
+    """Rank 0's weight digest per launcher, filled by the two-process tests."""
     return {}
 
 
@@ -216,10 +229,7 @@ def test_two_processes_finetune_to_identical_weights(searched, two_process_resul
     if launcher == "horovod":
         pytest.importorskip("horovod.torch", reason="Horovod is built by `make test` (scripts/install_horovod.sh)")
     project, _, _, _, folder, _, _ = searched
-    config = tmp_path / "config.yaml"  # a shorter run; the module's config stays as it is
-    raw = yaml.safe_load(project.config_path.read_text())
-    raw["args_per_task"]["finetune"] = {"n_epochs": 1, "base_lr": 0.01, "warmup_epochs": 0, "warmup_lr": 0.0}
-    config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    config = _short_config(project, tmp_path)
     shutil.copy(folder / "subnet.pth.tar", tmp_path / "subnet.pth.tar")
     out = tmp_path / "ranks"
     worker = ROOT / "tests" / "dist_scripts" / "train_worker.py"

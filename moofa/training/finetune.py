@@ -51,7 +51,7 @@ from moofa.models.bn_calibration import set_running_statistics
 from moofa.models.layers import MobileNetV3
 from moofa.models.spec import ModelSpec, SubnetConfig
 from moofa.models.supernet import load_weights
-from moofa.search.export import EXPORT_FORMAT, export_static, load_exported
+from moofa.search.export import export_static, load_exported
 from moofa.search.report import UNITS, new_supernet, subnet_report
 from moofa.search.results import INFO_NAME, read_json
 from moofa.training.evaluate import EvalResult, evaluate
@@ -322,4 +322,4 @@ def finetune(cfg: Mapping[str, Any], subnet: str | Path, backend: Any, model_con
     return FinetuneTrainer(cfg, subnet, backend, model_config_path).run()
 
 
-__all__ = ["FinetuneTrainer", "SubnetSource", "finetune", "sha256_file", "EXPORT_FORMAT", "OUT_NAME"]
+__all__ = ["FinetuneTrainer", "SubnetSource", "finetune", "sha256_file", "OUT_NAME"]
