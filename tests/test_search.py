@@ -180,7 +180,7 @@ def _write(project, tag: str, **search) -> None:
 def _read_all(project, tag: str) -> dict:
     out = {c: json.loads((project.root / f"search_{tag}" / f"constraint_{c}" / "info.json").read_text())
            for c in TINY_CONSTRAINTS}
-    for key, name in (("supernet", "subnet"), ("teacher", "teacher")):
+    for key, name in (("supernet", "subnet"), ("teacher", "subnet_teacher")):
         out[key] = json.loads((project.root / f"eval_{tag}" / name / "info.json").read_text())
     return out
 
@@ -190,8 +190,8 @@ def _run_all(project, tag: str, nproc: int) -> dict:
     _write(project, tag)
     project.run("eval_and_search.py", "--mode", "search", nproc=nproc)
     project.run("eval_and_search.py", "--mode", "eval", "--model", "supernet", nproc=nproc)
-    project.write(args=dict(base_batch_size=2), subnet_config=dict(
-        res_dir=str(project.root / f"eval_{tag}"), name="teacher", random_sample=False))
+    project.write(args=dict(base_batch_size=2), subnet_config=dict(  # same name: own folder
+        res_dir=str(project.root / f"eval_{tag}"), random_sample=False))
     project.run("eval_and_search.py", "--mode", "eval", "--model", "teacher", nproc=nproc)
     return _read_all(project, tag)
 
@@ -232,7 +232,7 @@ def _check_outputs(project, spec, tag: str, info: dict) -> None:
         assert r["peak_memory"] == peak_memory(spec, expect) and r["flops"] == pytest.approx(flops(spec, expect, 4))
         assert 0 <= r["accuracy"] <= 1 and r["n_images"] == n_val
     assert (project.root / f"eval_{tag}" / "subnet" / "subnet.png").is_file()
-    assert (project.root / f"eval_{tag}" / "teacher" / "memory_histogram.png").is_file()
+    assert (project.root / f"eval_{tag}" / "subnet_teacher" / "memory_histogram.png").is_file()
 
 
 @pytest.mark.slow
@@ -246,7 +246,7 @@ def test_tiny_search_and_eval_one_process(tiny):
 @pytest.mark.distributed
 def test_tiny_search_and_eval_two_processes_match_one(tiny):
     project, spec = tiny
-    one = _read_all(project, "p1") if (project.root / "eval_p1" / "teacher").is_dir() else \
+    one = _read_all(project, "p1") if (project.root / "eval_p1" / "subnet_teacher").is_dir() else \
         _run_all(project, "p1", nproc=1)
     two = _run_all(project, "p2", nproc=2)
     _check_outputs(project, spec, "p2", two)

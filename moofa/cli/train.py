@@ -21,6 +21,9 @@ def build_parser() -> ArgParser:
     p.add_argument("--step", required=True, choices=["teacher", *PHASE_ORDER], help="what to train")
     p.add_argument("--phase", type=int, default=None, help="phase of the step (1..tasks_phases[step]); not for teacher")
     p.add_argument("--model_config_path", default=str(DEFAULT_MODEL_CONFIGS), help="model_configs.yaml")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete this phase's checkpoints and train it again from its start (default: "
+                   "resume; a phase trained with other settings or inputs is an error)")
     return p
 
 
@@ -29,7 +32,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = load_config(args.config, args.model_config_path)
     backend = init_backend(cfg["args"]["device"])
     try:
-        result = train_step(cfg, args.step, args.phase, backend, args.model_config_path)
+        result = train_step(cfg, args.step, args.phase, backend, args.model_config_path,
+                            overwrite=args.overwrite)
     finally:
         backend.shutdown()
     if backend.is_main and not result.already_done:

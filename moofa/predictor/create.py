@@ -463,9 +463,8 @@ class SubnetMeter:
         if image_size not in self._loaders:
             p = self.provider
             ds = Subset(p.test_loader(image_size).dataset, self.indices)
-            self._loaders[image_size] = DataLoader(ds, batch_size=p.test_batch_size, shuffle=False,
-                                                   num_workers=p.n_worker, pin_memory=p.pin_memory,
-                                                   persistent_workers=p.n_worker > 0)
+            self._loaders[image_size] = p.loader(ds, batch_size=p.test_batch_size, shuffle=False,
+                                                 persistent_workers=p.n_worker > 0)
         return self._loaders[image_size]
 
     def accuracy(self, cfg: SubnetConfig) -> float:
