@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 FULL_HASH_BYTES = 1 << 30   # files up to 1 GiB are hashed whole (about 2 s per GiB)
 HEAD_BYTES = 1 << 22        # larger files: 4 MiB from the start and from the end
 NOT_COMPARED = frozenset({"path"})  # fingerprint keys shown in messages, never compared
-_CACHE: dict[tuple, dict] = {}
 
 
 def _digest(path: Path, size: int) -> tuple[str, str]:
@@ -46,8 +45,7 @@ def _digest(path: Path, size: int) -> tuple[str, str]:
 
 def file_fingerprint(path: str | Path | None) -> dict[str, Any] | None:
     """``{"path", "size", "sha256"}`` of a file (bytes; see the module docstring for large
-    files), None for None. Cached per (path, size, mtime) within the process. A missing file
-    raises :class:`MoofaInputError` naming it."""
+    files), None for None. A missing file raises :class:`MoofaInputError` naming it."""
     if path is None:
         return None
     p = Path(path)
@@ -57,14 +55,11 @@ def file_fingerprint(path: str | Path | None) -> dict[str, Any] | None:
         raise MoofaInputError(f"cannot read ({err.strerror})", file=p) from None
     if not p.is_file():
         raise MoofaInputError("is a folder, not a file", file=p)
-    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _CACHE:
-        kind, digest = _digest(p, st.st_size)
-        fp: dict[str, Any] = {"path": str(p), "size": int(st.st_size), kind: digest}
-        if kind != "sha256":
-            fp["mtime_ns"] = int(st.st_mtime_ns)
-        _CACHE[key] = fp
-    return dict(_CACHE[key], path=str(p))
+    kind, digest = _digest(p, st.st_size)
+    fp: dict[str, Any] = {"path": str(p), "size": int(st.st_size), kind: digest}
+    if kind != "sha256":
+        fp["mtime_ns"] = int(st.st_mtime_ns)
+    return fp
 
 
 def normalise(obj: Any) -> Any:

@@ -55,11 +55,13 @@ def _owner() -> dict[str, Any]:
 class OutputLock:
     """``with OutputLock(folder, what):`` holds ``folder`` for this process (folder created).
 
-    ``what`` names the job in messages (e.g. ``"search"``). Re-entrant within one process."""
+    ``what`` names the job in messages (e.g. ``"search"``); ``name`` is the lock file's name
+    (several outputs in one folder each get their own). Re-entrant within one process."""
 
-    def __init__(self, folder: str | Path, what: str = "run", key: str | None = None) -> None:
+    def __init__(self, folder: str | Path, what: str = "run", key: str | None = None,
+                 name: str = LOCK_NAME) -> None:
         self.folder, self.what, self.key = Path(folder), what, key
-        self.path = self.folder / LOCK_NAME
+        self.path = self.folder / name
         self.held = False
 
     def _read(self) -> dict | None:

@@ -258,6 +258,39 @@ def test_tiny_search_and_eval_two_processes_match_one(tiny):
             assert two[key][field] == one[key][field], (key, field)
 
 
+TIMING = ("search_seconds", "avg_forward_time")
+
+
+def _results(project, tag: str) -> tuple[dict, str]:
+    res = project.root / f"search_{tag}"
+    infos = {c: {k: v for k, v in json.loads((res / f"constraint_{c}" / "info.json").read_text()).items()
+                 if k not in TIMING} for c in TINY_CONSTRAINTS}
+    return infos, (res / "summary.csv").read_text()
+
+
+def test_search_killed_at_three_moments_ends_equal_to_an_uninterrupted_run(tiny):
+    """SIGKILL at start-up (the lock is taken), while the first constraint writes its outputs, and
+    during the second constraint; the rerun completes: every info.json (timings aside) and the
+    summary equal an uninterrupted run's."""
+    project, _ = tiny
+    _write(project, "ref", export=False)
+    project.run("eval_and_search.py", "--mode", "search")
+    expected = _results(project, "ref")
+    _write(project, "kill", export=False)
+    res = project.root / "search_kill"
+    first = res / f"constraint_{TINY_CONSTRAINTS[0]}"
+    moments = [lambda: (res / ".moofa.lock").is_file(), lambda: first.is_dir(),
+               lambda: (first / "info.json").is_file()]
+    for i, when in enumerate(moments):
+        assert project.kill_when("eval_and_search.py", "--mode", "search", when=when), \
+            f"run {i} ended before its kill"
+    assert not (res / f"constraint_{TINY_CONSTRAINTS[1]}" / "info.json").exists()
+    rerun = project.run("eval_and_search.py", "--mode", "search")
+    assert "taking over the stale lock" in rerun.stderr and "already done with the same inputs" in rerun.stderr
+    assert _results(project, "kill") == expected
+    assert not list(res.rglob(".*.tmp*")) and not (res / ".moofa.lock").exists()
+
+
 def test_predictor_only_search_resumes_without_data_or_checkpoint(tmp_path):
     project = make_tiny_project(tmp_path)
     spec = get_model_spec("TINY", project.model_config_path)

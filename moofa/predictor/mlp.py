@@ -335,16 +335,16 @@ class AccuracyPredictor(nn.Module):
                     "members"):
             if key not in obj:
                 raise CheckpointError("missing key in predictor checkpoint", file=path, key=key)
-        recorded = obj.get("model")
-        if recorded is not None and recorded != encoder.spec.name:
-            raise CheckpointError(f"predictor was trained for model {recorded!r}, not "
-                                  f"{encoder.spec.name!r}", file=path, key="model", value=recorded)
         lists = {k: [float(x) for x in v] for k, v in dict(obj["encoder"]).items()}
         mine = {k: [float(x) for x in v] for k, v in encoder.lists.items()}
         if lists != mine:
             raise CheckpointError(f"encoder lists do not match model {encoder.spec.name!r} "
                                   f"({mine}); trained for model {obj.get('model')!r}",
                                   file=path, key="encoder", value=lists)
+        recorded = obj.get("model")  # the lists agree; so do OFA's and MOOFA_V1's, the names not
+        if recorded is not None and recorded != encoder.spec.name:
+            raise CheckpointError(f"predictor was trained for model {recorded!r}, not "
+                                  f"{encoder.spec.name!r}", file=path, key="model", value=recorded)
         members = list(obj["members"])
         if not members:
             raise CheckpointError("no ensemble members", file=path, key="members")

@@ -139,6 +139,14 @@ def subnet_seed(global_step: int, j: int, rank: int = 0) -> int:
 _LOG = logging.getLogger("moofa.training")
 
 
+def resolution_note(spec: ModelSpec, candidates: list[int]) -> str:
+    """What ``args.continuous_size: true`` means at run time (said once per launch)."""
+    return (f"args.continuous_size: true: training on {len(candidates)} resolutions "
+            f"{candidates[0]}..{candidates[-1]} (every multiple of 4 px), not only the model's "
+            f"{list(spec.image_sizes)}; the reference never did (it ignored the key): set it to false "
+            "to train as the reference did")
+
+
 class Trainer:
     """State of one launch; see :func:`train_step`."""
 
@@ -189,10 +197,7 @@ class Trainer:
         if self.use_cuda:
             torch.backends.cudnn.benchmark = True
         if a.get("continuous_size") and backend.is_main:
-            sizes = self.provider.candidates
-            _LOG.warning(f"[{self.name}] args.continuous_size: true: training on {len(sizes)} resolutions "
-                          f"{sizes[0]}..{sizes[-1]} (every 4 px), not only the model's {list(self.spec.image_sizes)}; "
-                          "the reference never did (it ignored the key): set it to false to reproduce it")
+            _LOG.warning("[%s] %s", self.name, resolution_note(self.spec, self.provider.candidates))
 
     # ------------------------------------------------------------------------------ set-up
     def _teacher_file(self) -> Path:
