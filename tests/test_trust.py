@@ -38,6 +38,7 @@ from moofa.training.trainer import resolution_note
 from tiny import make_tiny_project
 
 CONSTRAINTS = [9000, 16000]
+TINY_DATASET = {"n_samples": 2, "n_bins": 1, "eval_images": 8, "min_memory": 1000, "max_memory": 40000}
 
 
 def _cli(main, project, *args: str, capsys) -> tuple[int, list[str]]:
@@ -219,9 +220,7 @@ def test_phase_whose_input_weights_changed_is_not_skipped(trained, capsys, tmp_p
 
 
 def test_dataset_resumed_with_other_inputs_does_not_append(tmp_path, capsys):
-    project = make_tiny_project(tmp_path, dataset_config={"n_samples": 2, "n_bins": 1,
-                                                          "eval_images": 8, "min_memory": 1000,
-                                                          "max_memory": 40000},
+    project = make_tiny_project(tmp_path, dataset_config=TINY_DATASET,
                                 args={"bn_calib_images": 16, "bn_calib_batch_size": 16})
     ckpt = _with_checkpoint(project)
     out = Path(project.config["search_config"]["acc_dataset_path"])
@@ -297,7 +296,7 @@ def test_unwritable_output_is_an_error_before_any_work(tmp_path, capsys, what):
         rc, err = _cli(search_main, project, "--mode", "eval", "--model", "supernet", capsys=capsys)
     elif what == "dataset":
         _with_checkpoint(project)
-        project.write(dataset_config={"output": where + "/d.jsonl"})
+        project.write(dataset_config=dict(TINY_DATASET, output=where + "/d.jsonl"))
         rc, err = _cli(create_main, project, capsys=capsys)
     else:
         project.write(args={"teacher_path": where})
