@@ -34,6 +34,7 @@ their meaning; ``search_config.max_constraint``/``min_constraint`` may be given 
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import re
 from dataclasses import dataclass
@@ -51,6 +52,8 @@ STEPS: tuple[str, ...] = ("kernel", "depth", "expand")
 STEP_ORDER = STEPS  # the hard-coded progressive-shrinking order (SPEC 3.4)
 DATASETS: tuple[str, ...] = ("imagenet", "imagenette", "digits", "synthetic")
 RESOLVED_CONFIG_NAME = "resolved_config.json"
+_LOG = logging.getLogger("moofa.config")
+_WARNED: set = set()
 
 
 class _Bad(Exception):
@@ -249,6 +252,9 @@ ARGS_SCHEMA: dict[str, Field] = {
     "average_subnet_losses": Field(False, _bool(), "divide the loss by dynamic_batch_size (SPEC 10.29)"),
     "bn_calib_images": Field(2000, _POS_INT, "training images used for BN re-calibration"),
     "bn_calib_batch_size": Field(200, _POS_INT, "batch size of BN re-calibration (images)"),
+    "corrupt_images": Field("skip", _choice("skip", "error"),
+                            "an image in train/ or val/ that does not decode: skip (path logged, count per "
+                            "epoch in the log and log.jsonl) or error (exit 2 naming the file)"),
     "synthetic": Field(None, lambda v: v, "generator settings of dataset synthetic", SYNTHETIC_SCHEMA),
     "digits": Field(None, lambda v: v, "writer settings of dataset digits", DIGITS_SCHEMA),
 }
@@ -625,6 +631,11 @@ def validate_model(cfg: dict, model_config_path: str | Path) -> ModelSpec:
         msg = str(err)
         key = msg.split(":", 1)[0]
         raise ctx.error(f"subnet_config.{key}", msg.split(":", 1)[-1].strip()) from None
+    if int(sc["image_size"]) not in spec.image_sizes and (ctx.path, sc["image_size"]) not in _WARNED:
+        _WARNED.add((ctx.path, sc["image_size"]))  # once per process (validate_model runs twice)
+        _LOG.warning("%s: subnet_config.image_size %s is not one of %s's resolutions %s; the supernet "
+                     "was not trained at it, so eval accuracy there is not comparable", ctx.path,
+                     sc["image_size"], spec.name, list(spec.image_sizes))
     return spec
 
 

@@ -218,8 +218,9 @@ def finetune_folder(cfg: Mapping[str, Any]) -> Path:
 
 def teacher_info_path(cfg: Mapping[str, Any]) -> Path:
     """``info.json`` of ``eval_and_search.py --mode eval --model teacher``."""
-    sc = cfg["subnet_config"]
-    return Path(sc["res_dir"]) / sc["name"] / "info.json"
+    from moofa.search.eval_mode import eval_output_dir
+
+    return eval_output_dir(cfg, "teacher") / "info.json"
 
 
 def summary_stage(out: Path, cfgs: Mapping[str, Mapping[str, Any]]) -> Stage:

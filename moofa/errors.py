@@ -35,3 +35,21 @@ class CheckpointError(MoofaInputError):
 
 class InfeasibleConstraintError(MoofaInputError):
     """A memory constraint that no subnet of the model can meet."""
+
+
+def on_main_rank(backend: Any, fn: Any) -> Any:
+    """Run ``fn()`` on rank 0 only and broadcast its result; bad input found there
+    (:class:`MoofaInputError`) is raised on every rank, so no rank waits forever for rank 0.
+    ``backend`` needs ``is_main`` and ``broadcast_object``; None means one process."""
+    if backend is None:
+        return fn()
+    result, error = None, None
+    if backend.is_main:
+        try:
+            result = fn()
+        except MoofaInputError as err:
+            error = str(err)
+    result, error = backend.broadcast_object((result, error), 0)
+    if error is not None:
+        raise MoofaInputError(error)
+    return result

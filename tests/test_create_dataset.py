@@ -324,6 +324,27 @@ def test_killed_run_resumes_without_loss_or_duplicates(tiny, single_run) -> None
     assert recs == single_run[1]  # the same subnets and accuracies as the uninterrupted run
 
 
+def test_killed_at_three_moments_ends_equal_to_an_uninterrupted_run(tiny, single_run) -> None:
+    """SIGKILL while planning (the lock is taken, nothing measured), after 3 and after 7 records;
+    the rerun after the third kill completes the file: the same records as the uninterrupted run
+    (the stale lock of each killed run is taken over)."""
+    out = tiny.project.root / "killed3.jsonl"
+    lock = out.parent / f".{out.name}.lock"
+    tiny.project.write(dataset_config={"output": str(out)})
+
+    def n_records() -> int:
+        return len(out.read_text().splitlines()) if out.is_file() else 0
+
+    moments = [lambda: lock.is_file(), lambda: n_records() >= 3, lambda: n_records() >= 7]
+    for i, when in enumerate(moments):
+        assert tiny.project.kill_when(SCRIPT, when=when), f"run {i} ended before its kill"
+        assert lock.is_file()  # left behind by the kill
+    assert 7 <= n_records() < N_SAMPLES
+    rerun = tiny.project.run(SCRIPT)
+    assert "taking over the stale lock" in rerun.stderr
+    assert _records(out) == single_run[1] and not lock.exists()
+
+
 # ------------------------------------------------------------------------------------------------
 # Bad input: one error line, exit 2
 

@@ -180,7 +180,7 @@ def _write(project, tag: str, **search) -> None:
 def _read_all(project, tag: str) -> dict:
     out = {c: json.loads((project.root / f"search_{tag}" / f"constraint_{c}" / "info.json").read_text())
            for c in TINY_CONSTRAINTS}
-    for key, name in (("supernet", "subnet"), ("teacher", "teacher")):
+    for key, name in (("supernet", "subnet"), ("teacher", "subnet_teacher")):
         out[key] = json.loads((project.root / f"eval_{tag}" / name / "info.json").read_text())
     return out
 
@@ -190,8 +190,8 @@ def _run_all(project, tag: str, nproc: int) -> dict:
     _write(project, tag)
     project.run("eval_and_search.py", "--mode", "search", nproc=nproc)
     project.run("eval_and_search.py", "--mode", "eval", "--model", "supernet", nproc=nproc)
-    project.write(args=dict(base_batch_size=2), subnet_config=dict(
-        res_dir=str(project.root / f"eval_{tag}"), name="teacher", random_sample=False))
+    project.write(args=dict(base_batch_size=2), subnet_config=dict(  # same name: own folder
+        res_dir=str(project.root / f"eval_{tag}"), random_sample=False))
     project.run("eval_and_search.py", "--mode", "eval", "--model", "teacher", nproc=nproc)
     return _read_all(project, tag)
 
@@ -232,7 +232,7 @@ def _check_outputs(project, spec, tag: str, info: dict) -> None:
         assert r["peak_memory"] == peak_memory(spec, expect) and r["flops"] == pytest.approx(flops(spec, expect, 4))
         assert 0 <= r["accuracy"] <= 1 and r["n_images"] == n_val
     assert (project.root / f"eval_{tag}" / "subnet" / "subnet.png").is_file()
-    assert (project.root / f"eval_{tag}" / "teacher" / "memory_histogram.png").is_file()
+    assert (project.root / f"eval_{tag}" / "subnet_teacher" / "memory_histogram.png").is_file()
 
 
 @pytest.mark.slow
@@ -246,7 +246,7 @@ def test_tiny_search_and_eval_one_process(tiny):
 @pytest.mark.distributed
 def test_tiny_search_and_eval_two_processes_match_one(tiny):
     project, spec = tiny
-    one = _read_all(project, "p1") if (project.root / "eval_p1" / "teacher").is_dir() else \
+    one = _read_all(project, "p1") if (project.root / "eval_p1" / "subnet_teacher").is_dir() else \
         _run_all(project, "p1", nproc=1)
     two = _run_all(project, "p2", nproc=2)
     _check_outputs(project, spec, "p2", two)
@@ -256,6 +256,39 @@ def test_tiny_search_and_eval_two_processes_match_one(tiny):
     for key in ("supernet", "teacher"):
         for field in ("config", "accuracy", "top5", "n_images"):
             assert two[key][field] == one[key][field], (key, field)
+
+
+TIMING = ("search_seconds", "avg_forward_time")
+
+
+def _results(project, tag: str) -> tuple[dict, str]:
+    res = project.root / f"search_{tag}"
+    infos = {c: {k: v for k, v in json.loads((res / f"constraint_{c}" / "info.json").read_text()).items()
+                 if k not in TIMING} for c in TINY_CONSTRAINTS}
+    return infos, (res / "summary.csv").read_text()
+
+
+def test_search_killed_at_three_moments_ends_equal_to_an_uninterrupted_run(tiny):
+    """SIGKILL at start-up (the lock is taken), while the first constraint writes its outputs, and
+    during the second constraint; the rerun completes: every info.json (timings aside) and the
+    summary equal an uninterrupted run's."""
+    project, _ = tiny
+    _write(project, "ref", export=False)
+    project.run("eval_and_search.py", "--mode", "search")
+    expected = _results(project, "ref")
+    _write(project, "kill", export=False)
+    res = project.root / "search_kill"
+    first = res / f"constraint_{TINY_CONSTRAINTS[0]}"
+    moments = [lambda: (res / ".moofa.lock").is_file(), lambda: first.is_dir(),
+               lambda: (first / "info.json").is_file()]
+    for i, when in enumerate(moments):
+        assert project.kill_when("eval_and_search.py", "--mode", "search", when=when), \
+            f"run {i} ended before its kill"
+    assert not (res / f"constraint_{TINY_CONSTRAINTS[1]}" / "info.json").exists()
+    rerun = project.run("eval_and_search.py", "--mode", "search")
+    assert "taking over the stale lock" in rerun.stderr and "already done with the same inputs" in rerun.stderr
+    assert _results(project, "kill") == expected
+    assert not list(res.rglob(".*.tmp*")) and not (res / ".moofa.lock").exists()
 
 
 def test_predictor_only_search_resumes_without_data_or_checkpoint(tmp_path):

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import copy
 import os
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -94,6 +96,30 @@ class TinyProject:
         if check and proc.returncode != 0:
             raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
         return proc
+
+
+    def kill_when(self, script: str, *args: str, when: Callable[[], bool], timeout: float = 300) -> bool:
+        """Start a top-level script with this project's config and SIGKILL it as soon as
+        ``when()`` holds (polled every 10 ms). Returns True when it was killed, False when it
+        ended first."""
+        cmd = [PYTHON, str(ROOT / script), "--config", str(self.config_path),
+               "--model_config_path", str(self.model_config_path), *args]
+        env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_MODE="offline", OMP_NUM_THREADS="1")
+        proc = subprocess.Popen(cmd, cwd=self.root, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + timeout
+            while proc.poll() is None and time.monotonic() < deadline:
+                if when():
+                    proc.send_signal(signal.SIGKILL)
+                    proc.wait(30)
+                    return True
+                time.sleep(0.01)
+            return False
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def free_port() -> int:

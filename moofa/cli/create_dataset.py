@@ -8,12 +8,13 @@ and how a killed run resumes (run the same command again).
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 from moofa.cli.common import ArgParser
 from moofa.config import last_task_args, load_config, validate_model
-from moofa.errors import CheckpointError, ConfigError
+from moofa.errors import CheckpointError, ConfigError, on_main_rank
+from moofa.io import check_writable, clean_stale_temps, require_file
+from moofa.lock import OutputLock
 from moofa.models.spec import DEFAULT_MODEL_CONFIGS
 
 
@@ -24,6 +25,9 @@ def build_parser() -> ArgParser:
                   "them to the predictor dataset (JSON Lines). Rerun the same command to resume.")
     p.add_argument("--config", required=True, help="run config YAML (args, dataset_config, search_config)")
     p.add_argument("--model_config_path", default=str(DEFAULT_MODEL_CONFIGS), help="model_configs.yaml")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the existing dataset and measure it again (default: resume; records "
+                   "measured with another checkpoint or settings are an error)")
     return p
 
 
@@ -37,8 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if checkpoint is None:
         raise ConfigError("dataset creation needs the trained supernet's weights (null given)",
                           file=where, key="args.checkpoint")
-    if not Path(checkpoint).is_file():
-        raise CheckpointError("checkpoint file not found (args.checkpoint)", file=checkpoint)
+    require_file(checkpoint, "checkpoint file", "args.checkpoint", CheckpointError)
     dc = dict(cfg["dataset_config"])
 
     # Imports that pull in torch and the data stack wait until the cheap checks passed.
@@ -48,15 +51,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     from moofa.predictor.create import (
         SubnetMeter,
         check_bins,
+        check_recipe,
+        dataset_recipe,
         output_paths,
         prepare,
+        recipe_path,
         run_plan,
     )
 
-    output_paths(dc["output"])  # bad output path: the same error on every rank, before any work
+    paths = output_paths(dc["output"])  # bad output path: the same error on every rank, before any work
     check_bins(spec, dc)
     backend = init_backend(args["device"])
+    lock = OutputLock(paths.jsonl.parent, "dataset creation", key="dataset_config.output",
+                      name=f".{paths.jsonl.name}.lock")
+
+    def take_output() -> None:  # writable, ours, tidy, same inputs: before any long work
+        check_writable(paths.jsonl.parent, "dataset_config.output")
+        lock.acquire()
+        clean_stale_temps([p for p in (paths.pickle, paths.jsonl, recipe_path(paths)) if p])
+        check_recipe(paths, dataset_recipe(spec, dc, args), ns.overwrite)
+
     try:
+        on_main_rank(backend, take_output)
         plan = prepare(spec, dc, backend)
         provider = DataProvider(args, spec.image_sizes, rank=0, world_size=1)
         supernet = build_supernet(spec, provider.n_classes, dropout=args["dropout"],
@@ -73,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 provider.root, int(args["bn_calib_images"]), checkpoint)
         summary = run_plan(plan, meter, backend, provider.n_classes, log_interval=int(dc["save_interval"]))
     finally:
+        lock.release()
         backend.shutdown()
     if backend.is_main:
         state = "complete" if summary.complete else "INCOMPLETE (see the warnings above)"

@@ -33,7 +33,8 @@ def build_parser() -> ArgParser:
                    help="eval mode: the supernet's subnet_config subnet or the teacher (required for eval)")
     p.add_argument("--model_config_path", default=str(DEFAULT_MODEL_CONFIGS), help="model_configs.yaml")
     p.add_argument("--overwrite", action="store_true",
-                   help="search: redo constraints whose results already exist (default: resume)")
+                   help="search: redo constraints whose results already exist (default: resume; a result "
+                   "computed from other inputs is an error naming what changed)")
     p.add_argument("--results", nargs="+", metavar="DIR", help="summary: search result folders (res_dir)")
     p.add_argument("--labels", nargs="+", metavar="LABEL", help="summary: column labels (default: model names)")
     p.add_argument("--output", metavar="DIR", help="summary: output folder (default: the first results folder)")

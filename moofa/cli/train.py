@@ -28,6 +28,9 @@ def build_parser() -> ArgParser:
                    help="finetune only: a search result folder (constraint_<int>/, the arch of its info.json "
                    "cut from args.checkpoint) or an exported subnet.pth.tar; output in finetuned/ next to it")
     p.add_argument("--model_config_path", default=str(DEFAULT_MODEL_CONFIGS), help="model_configs.yaml")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete this phase's checkpoints and train it again from its start (default: "
+                   "resume; a phase trained with other settings or inputs is an error)")
     return p
 
 
@@ -46,9 +49,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.step == FINETUNE:
             from moofa.training.finetune import finetune
 
-            result = finetune(cfg, args.subnet, backend, args.model_config_path)
+            result = finetune(cfg, args.subnet, backend, args.model_config_path, overwrite=args.overwrite)
         else:
-            result = train_step(cfg, args.step, args.phase, backend, args.model_config_path)
+            result = train_step(cfg, args.step, args.phase, backend, args.model_config_path,
+                                overwrite=args.overwrite)
     finally:
         backend.shutdown()
     if backend.is_main and not result.already_done:

@@ -6,14 +6,21 @@ augmentation at that size. Validation loader: the held-out training images (``va
 the test transform, or the test loader when ``valid_size`` is null. Test loader: ``val/``, sharded
 in unpadded shards when there are several processes (exact all-reduced counts). BN-calibration batches: a fixed
 subset of the training folder, augmented deterministically, cached per resolution.
+
+Corrupt images: an image file that does not decode (truncated JPEG, not an image) is dropped
+from its batch by every loader of the provider; its path is logged once and
+:attr:`DataProvider.bad_images` counts the drops (the trainer reports the count per epoch). With
+``args.corrupt_images: error`` the first such file stops the run instead (exit 2 naming it). The
+decision is made in the main process, so it works with any number of loader workers.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.datasets import ImageFolder
 
 from moofa.data.datasets import ensure_dataset
@@ -32,6 +39,67 @@ from moofa.errors import MoofaInputError
 
 IMAGENETTE_IMAGENET_IDS = (0, 217, 482, 491, 497, 566, 569, 571, 574, 701)
 _MASK63 = (1 << 63) - 1
+log = logging.getLogger("moofa.data")
+
+
+class BadImage(NamedTuple):
+    """What a dataset item is when its file does not decode: the path and the reason."""
+
+    path: str
+    reason: str
+
+
+class BadImageLog:
+    """Corrupt images met by a provider's loaders (main process): logged once per path,
+    counted per occurrence; ``fatal`` raises :class:`MoofaInputError` naming the first one."""
+
+    def __init__(self, fatal: bool = False) -> None:
+        self.fatal = fatal
+        self.paths: set[str] = set()
+        self.count = 0
+
+    def report(self, bad: Sequence[BadImage]) -> None:
+        for item in bad:
+            path, reason = item
+            if self.fatal:
+                raise MoofaInputError(f"corrupt image ({reason}); set args.corrupt_images: skip to "
+                                      "skip such files", file=path, key="args.corrupt_images")
+            self.count += 1
+            if path not in self.paths:
+                self.paths.add(path)
+                log.warning("skipping corrupt image %s (%s)", path, reason)
+
+    def take(self) -> int:
+        """Images dropped since the last call."""
+        n, self.count = self.count, 0
+        return n
+
+
+def collate_skipping(batch: list) -> tuple:
+    """``(images, labels, bad)``: the good items collated (None when there is none) and the
+    :class:`BadImage` items."""
+    bad = [b for b in batch if isinstance(b, BadImage)]
+    good = [b for b in batch if not isinstance(b, BadImage)]
+    if not good:
+        return None, None, bad
+    images, labels = default_collate(good)
+    return images, labels, bad
+
+
+class SkippingLoader(DataLoader):
+    """A DataLoader yielding ``(images, labels)`` without the corrupt images, which it hands to
+    ``bad_images`` (:class:`BadImageLog`); a batch of only corrupt images is left out."""
+
+    def __init__(self, *args: Any, bad_images: BadImageLog, **kw: Any) -> None:
+        super().__init__(*args, collate_fn=collate_skipping, **kw)
+        self.bad_images = bad_images
+
+    def __iter__(self) -> Iterator:  # type: ignore[override]
+        for images, labels, bad in super().__iter__():
+            if bad:
+                self.bad_images.report(bad)
+            if images is not None:
+                yield images, labels
 
 
 def use_cuda(device: str = "auto") -> bool:
@@ -64,7 +132,10 @@ class ResolutionDataset(Dataset):
     def __getitem__(self, item: int | tuple[int, int]):
         idx, size = item if isinstance(item, tuple) else (item, self.default_size)
         path, target = self.folder.samples[idx]
-        img = self.folder.loader(path)
+        try:
+            img = self.folder.loader(path)
+        except (OSError, ValueError, SyntaxError) as err:  # PIL's UnidentifiedImageError is an OSError
+            return BadImage(str(path), f"{type(err).__name__}: {' '.join(str(err).split())[:160]}")
         tf = self.make_transform(size)
         if self.item_seed is None:
             x = tf(img)
@@ -73,6 +144,25 @@ class ResolutionDataset(Dataset):
                 torch.manual_seed(((self.item_seed * 1000003 + size) * 1000003 + idx) & _MASK63)
                 x = tf(img)
         return x, (self.label_map[target] if self.label_map is not None else target)
+
+
+def class_mismatch(root: Path, train: Sequence[str], val: Sequence[str], limit: int = 5) -> str:
+    """One line on how the class folders of ``root/train`` and ``root/val`` differ."""
+    only_t = [c for c in train if c not in set(val)]
+    only_v = [c for c in val if c not in set(train)]
+
+    def show(names: list[str]) -> str:
+        return ", ".join(repr(n) for n in names[:limit]) + (f" and {len(names) - limit} more"
+                                                           if len(names) > limit else "")
+
+    parts = [f"{root / 'train'} has {len(train)} class folders and {root / 'val'} has {len(val)}"]
+    if only_t:
+        parts.append(f"only in train/: {show(only_t)}")
+    if only_v:
+        parts.append(f"only in val/: {show(only_v)}")
+    if not only_t and not only_v:
+        parts.append("the same names in another order")
+    return "train/ and val/ must hold the same class folders: " + "; ".join(parts)
 
 
 class DataProvider:
@@ -93,9 +183,9 @@ class DataProvider:
         self.train_folder = self._folder("train")
         self.test_folder = self._folder("val")
         if self.train_folder.classes != self.test_folder.classes:
-            raise MoofaInputError(f"train/ and val/ have different class folders "
-                                  f"({len(self.train_folder.classes)} vs {len(self.test_folder.classes)})",
-                                  key="args.data_path", value=str(self.root))
+            raise MoofaInputError(class_mismatch(self.root, self.train_folder.classes,
+                                                 self.test_folder.classes), key="args.data_path",
+                                  value=str(self.root))
         dataset = self.args["dataset"]
         self.label_map = IMAGENETTE_IMAGENET_IDS if dataset == "imagenette" else None
         if self.label_map is not None and len(self.train_folder.classes) != len(self.label_map):
@@ -112,6 +202,7 @@ class DataProvider:
         self.test_batch_size = 4 * self.train_batch_size
         self.n_worker = int(self.args.get("n_worker", 0))
         self.pin_memory = use_cuda(self.args.get("device", "auto"))
+        self.bad_images = BadImageLog(fatal=self.args.get("corrupt_images", "skip") == "error")
         self.candidates = candidate_sizes(self.image_sizes, bool(self.args.get("continuous_size", False)))
         self._train_loader: DataLoader | None = None
         self._valid: dict[int, DataLoader] = {}
@@ -135,7 +226,13 @@ class DataProvider:
         return ResolutionDataset(folder, make_tf, size, self.label_map, item_seed)
 
     def _loader(self, dataset: Dataset, **kw: Any) -> DataLoader:
-        return DataLoader(dataset, num_workers=self.n_worker, pin_memory=self.pin_memory, **kw)
+        return SkippingLoader(dataset, num_workers=self.n_worker, pin_memory=self.pin_memory,
+                              bad_images=self.bad_images, **kw)
+
+    def loader(self, dataset: Dataset, **kw: Any) -> DataLoader:
+        """A loader of ``dataset`` (a view of this provider's folders) with the provider's
+        workers, pinning and corrupt-image handling; ``kw`` as for DataLoader."""
+        return self._loader(dataset, **kw)
 
     # -- loaders ---------------------------------------------------------------------------------
     @property
@@ -196,8 +293,7 @@ class DataProvider:
         if size not in self._calib:
             idx = calibration_indices(len(self.train_folder), int(self.args.get("bn_calib_images", 2000)))
             ds = self._view(self.train_folder, self._train_tf, size, item_seed=SUB_SEED)
-            loader = DataLoader(torch.utils.data.Subset(ds, idx),
-                                batch_size=int(self.args.get("bn_calib_batch_size", 200)), shuffle=False,
-                                num_workers=self.n_worker, pin_memory=self.pin_memory)
+            loader = self._loader(torch.utils.data.Subset(ds, idx),
+                                  batch_size=int(self.args.get("bn_calib_batch_size", 200)), shuffle=False)
             self._calib[size] = [images for images, _ in loader]
         return self._calib[size]

@@ -277,9 +277,9 @@ def check_fit(unexpected: list[str], missing: list[str], source: Mapping[str, An
 def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Read a ``{"state_dict": ...}`` (or plain state-dict) checkpoint with ``weights_only=True``.
     Missing or corrupt files raise CheckpointError naming the path."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError("checkpoint file not found", file=path)
+    from moofa.io import require_file
+
+    path = require_file(path, "checkpoint file", error=CheckpointError)
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # corrupt, truncated or not a torch file

@@ -58,6 +58,16 @@ Files
     ``save_interval`` is the interval of the progress log lines: records are appended as soon as
     they are measured.
 
+Inputs (no stale resume)
+    Beside the dataset, ``<name>.recipe.json`` records what its records are measured with
+    (:func:`dataset_recipe`): the model, the supernet checkpoint by content, the evaluation
+    subset, the BN re-calibration and data settings, the bins and the seed. A run that finds
+    existing records with another recipe stops with exit 2 naming what changed;
+    ``--overwrite`` deletes the dataset and starts it again. ``n_samples`` and
+    ``max_attempts`` are not part of it: raising them extends the dataset. Records without a
+    recipe (written by an older version, or merged by hand) are kept with a warning. The output
+    is locked while a run writes it (a second run stops with exit 2 naming the first).
+
 Resume
     The output is append-only (:func:`moofa.predictor.dataset.append_records`, fsync per call).
     At start rank 0 cuts off a partial last line left by a kill (with a warning), reads the
@@ -88,6 +98,16 @@ from moofa.efficiency import (
     sample_feasible,
 )
 from moofa.errors import MoofaInputError
+from moofa.fingerprint import (
+    change_message,
+    data_identity,
+    file_fingerprint,
+    model_identity,
+    normalise,
+    read_fingerprint,
+    same,
+    write_fingerprint,
+)
 from moofa.io import atomic_open
 from moofa.models.bn_calibration import set_running_statistics
 from moofa.models.spec import ModelSpec, SubnetConfig
@@ -230,6 +250,48 @@ def output_paths(output: str | Path) -> OutputPaths:
                               "beside it) and would be overwritten; move it or choose another path",
                               file=paths.pickle, key=OUTPUT_KEY)
     return paths
+
+
+def recipe_path(paths: OutputPaths) -> Path:
+    """``<dataset>.recipe.json`` beside the JSON Lines file."""
+    return paths.jsonl.with_name(paths.jsonl.stem + ".recipe.json")
+
+
+RECIPE_DATASET_KEYS = ("min_memory", "max_memory", "n_bins", "eval_images", "seed")
+RECIPE_ARGS_KEYS = ("bn_calib_images", "bn_calib_batch_size", "bn_eps", "bn_momentum",
+                    "dy_conv_scaling_mode")
+
+
+def dataset_recipe(spec: ModelSpec, dc: Mapping[str, Any], args: Mapping[str, Any]) -> dict[str, Any]:
+    """What the records' values depend on (see "Inputs" in the module docstring)."""
+    return normalise({"model_spec": model_identity(spec), "checkpoint": file_fingerprint(args["checkpoint"]),
+                      "dataset_config": {k: dc[k] for k in RECIPE_DATASET_KEYS},
+                      "args": {k: args.get(k) for k in RECIPE_ARGS_KEYS}, "data": data_identity(args)})
+
+
+def check_recipe(paths: OutputPaths, recipe: Mapping[str, Any], overwrite: bool = False) -> None:
+    """Refuse to extend records measured with another recipe (MoofaInputError naming the file
+    and what changed); ``overwrite`` deletes the dataset (and its reference copy) first. Writes
+    the recipe when the dataset is new."""
+    side = recipe_path(paths)
+    if overwrite:
+        for p in (paths.jsonl, paths.pickle, side):
+            if p is not None and p.is_file():
+                p.unlink()
+                LOG.info("--overwrite: removed %s", p)
+    has_records = paths.jsonl.is_file() and paths.jsonl.stat().st_size > 0
+    if has_records and not side.is_file():
+        LOG.warning("%s records no recipe (no %s): cannot check that its records were measured with "
+                    "this checkpoint and settings; new records are appended", paths.jsonl, side.name)
+        return
+    recorded = read_fingerprint(side)
+    if has_records and not same(recorded, recipe):
+        raise MoofaInputError(change_message(
+            f"the {paths.jsonl.name} records", recorded, recipe,
+            "rerun with --overwrite to measure the dataset again, or choose another dataset_config.output"),
+            file=paths.jsonl)
+    if not has_records:
+        write_fingerprint(side, recipe)
 
 
 def write_reference_pickle(jsonl: Path, target: Path, spec: ModelSpec) -> int:
@@ -463,9 +525,8 @@ class SubnetMeter:
         if image_size not in self._loaders:
             p = self.provider
             ds = Subset(p.test_loader(image_size).dataset, self.indices)
-            self._loaders[image_size] = DataLoader(ds, batch_size=p.test_batch_size, shuffle=False,
-                                                   num_workers=p.n_worker, pin_memory=p.pin_memory,
-                                                   persistent_workers=p.n_worker > 0)
+            self._loaders[image_size] = p.loader(ds, batch_size=p.test_batch_size, shuffle=False,
+                                                 persistent_workers=p.n_worker > 0)
         return self._loaders[image_size]
 
     def accuracy(self, cfg: SubnetConfig) -> float:

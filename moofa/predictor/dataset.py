@@ -61,6 +61,19 @@ class PredictorDataset:
                                 self.peak_memory[idx], self.flops[idx], self.source,
                                 None if self.features is None else self.features[idx])
 
+    def deduplicated(self, spec: ModelSpec) -> tuple["PredictorDataset", int]:
+        """The dataset without repeated subnets (same network: inactive blocks ignored, same
+        resolution), keeping each one's first record, and how many records were removed.
+        Repeats would sit on both sides of a train/test split and inflate the test metrics."""
+        seen: set = set()
+        keep = []
+        for i, c in enumerate(self.configs):
+            key = c.canonical(spec)
+            if key not in seen:
+                seen.add(key)
+                keep.append(i)
+        return (self if len(keep) == len(self) else self.subset(keep)), len(self) - len(keep)
+
     def known(self) -> dict[str, np.ndarray]:
         """Efficiency columns by extra-feature name (NaN = not in the file)."""
         return {"peak_memory": self.peak_memory, "flops": self.flops}

@@ -21,6 +21,13 @@ Checkpoint formats (both load with ``torch.load(weights_only=True)``):
        "members": [state dict of AccuracyMLP, ...],    # reference keys; input n_dim + n_extra
        "info": {str: int | float | str}}               # free-form (metrics, recipe), optional
 
+Model check: a moofa-predictor-v1 file records its model; loading it for another model is a
+:class:`CheckpointError` even when the encoder lists agree (OFA and MOOFA_V1 share them). A
+reference file is a bare state dict that records no model: it loads whenever the input size fits
+(OFA's and MOOFA_V3's encoders both have 124 inputs), and :attr:`AccuracyPredictor.recorded_model`
+is None so that callers can warn; a reference file wrapped as ``{"state_dict": ..., "model":
+name}`` is checked like ours.
+
 Extra input ``j`` is ``(transform_j(x_j) - mean_j) / std_j`` with the transforms of
 :data:`EXTRA_FEATURES` (natural log of MMACs and of elements).
 """
@@ -34,7 +41,7 @@ import torch
 import torch.nn as nn
 
 from moofa.errors import CheckpointError
-from moofa.io import atomic_save
+from moofa.io import atomic_save, require_file
 from moofa.models.spec import ModelSpec, SubnetConfig
 from moofa.predictor.encoder import ArchEncoder, ConfigLike
 
@@ -150,6 +157,7 @@ class AccuracyPredictor(nn.Module):
         self.register_buffer("feature_mean", torch.zeros(n_extra, dtype=torch.float64))
         self.register_buffer("feature_std", torch.ones(n_extra, dtype=torch.float64))
         self.info: dict[str, Any] = {}
+        self.recorded_model: str | None = self.spec.name  # the model its file names (None: none)
 
     # ------------------------------------------------------------------------------ properties
     @property
@@ -281,9 +289,7 @@ class AccuracyPredictor(nn.Module):
         """Load a reference or moofa-predictor-v1 checkpoint for ``model`` (always with
         ``weights_only=True``). A missing, unreadable or mismatching file raises
         :class:`CheckpointError` naming the path (the reference silently stayed random)."""
-        path = Path(path)
-        if not path.is_file():
-            raise CheckpointError("predictor checkpoint not found", file=path)
+        path = require_file(path, "predictor checkpoint", error=CheckpointError)
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # any unpickling failure is a bad file
@@ -300,6 +306,13 @@ class AccuracyPredictor(nn.Module):
     @classmethod
     def _from_reference(cls, obj: Any, encoder: ArchEncoder, path: Path) -> "AccuracyPredictor":
         sd = obj.get("state_dict", obj) if isinstance(obj, Mapping) else obj
+        named = None
+        if isinstance(obj, Mapping) and sd is not obj:
+            named = next((obj[k] for k in ("model", "model_name", "net") if isinstance(obj.get(k), str)),
+                         None)
+            if named is not None and named != encoder.spec.name:
+                raise CheckpointError(f"predictor was trained for model {named!r}, not "
+                                      f"{encoder.spec.name!r}", file=path, key="model", value=named)
         if not isinstance(sd, Mapping):
             raise CheckpointError("not a predictor checkpoint", file=path, value=type(sd).__name__)
         try:
@@ -312,6 +325,7 @@ class AccuracyPredictor(nn.Module):
                                   key="layers.0.0.weight", value=n_in)
         pred = cls(encoder, hidden, n_layers, n_members=1)
         cls._load_member(pred.members[0], sd, path, "state_dict")
+        pred.recorded_model = named
         return pred
 
     @classmethod
@@ -327,6 +341,10 @@ class AccuracyPredictor(nn.Module):
             raise CheckpointError(f"encoder lists do not match model {encoder.spec.name!r} "
                                   f"({mine}); trained for model {obj.get('model')!r}",
                                   file=path, key="encoder", value=lists)
+        recorded = obj.get("model")  # the lists agree; so do OFA's and MOOFA_V1's, the names not
+        if recorded is not None and recorded != encoder.spec.name:
+            raise CheckpointError(f"predictor was trained for model {recorded!r}, not "
+                                  f"{encoder.spec.name!r}", file=path, key="model", value=recorded)
         members = list(obj["members"])
         if not members:
             raise CheckpointError("no ensemble members", file=path, key="members")
@@ -345,6 +363,7 @@ class AccuracyPredictor(nn.Module):
         for i, (member, sd) in enumerate(zip(pred.members, members)):
             cls._load_member(member, sd, path, f"members[{i}]")
         pred.info = dict(obj.get("info", {}))
+        pred.recorded_model = None if recorded is None else str(recorded)
         return pred
 
     @staticmethod

@@ -2,8 +2,11 @@
 
 Recipe (all seeded; fixes SPEC 5.3 / 10 item 38):
 
-1. Split the dataset with ``train_test_split(test_size=test_fraction, random_state=seed)`` over
-   the file order: the test split is only used for the reported metrics.
+1. Remove repeated subnets (keeping the first record of each), then split the dataset with
+   ``train_test_split(test_size=test_fraction, random_state=seed)`` over the file order: the
+   test split is only used for the reported metrics. A dataset too small for the splits (fewer
+   than :data:`MIN_TEST` test, :data:`MIN_VAL` validation or :data:`MIN_FIT` fitting subnets) is
+   refused, naming the minimum (:func:`min_records`).
 2. For ensemble member ``m`` (seed ``seed * 1000 + m``), hold out ``val_fraction`` of the training
    split (``train_test_split(random_state=seed * 1000 + m)``) for best-epoch selection.
 3. Inputs: the one-hot encoding plus the extra features (log MMACs, log peak elements),
@@ -31,7 +34,7 @@ import torch
 from scipy.stats import kendalltau
 from sklearn.model_selection import train_test_split
 
-from moofa.errors import ConfigError
+from moofa.errors import ConfigError, MoofaInputError
 from moofa.models.spec import ModelSpec, get_model_spec
 from moofa.predictor.dataset import PredictorDataset, read_dataset
 from moofa.predictor.mlp import (
@@ -46,6 +49,8 @@ log = logging.getLogger(__name__)
 SCHEDULES = ("cosine", "plateau", "constant")
 TRAIN_THREADS = 1  # intra-op CPU threads while training (see cpu_threads)
 COLLAPSE_FACTOR = 1.5  # a member whose validation RMSE exceeds 1.5 x the median is dropped
+MIN_TEST, MIN_VAL, MIN_FIT = 2, 1, 2  # smallest splits that give metrics and a best epoch
+FEW_TEST = 20  # below this many test subnets the metrics are flagged as rough
 
 
 @dataclass(frozen=True)
@@ -170,6 +175,50 @@ def split_indices(n: int, seed: int, test_fraction: float = 0.2) -> tuple[np.nda
     ``random_state=seed`` (the reference's split for seed 0)."""
     tr, te = train_test_split(np.arange(n), test_size=test_fraction, random_state=seed)
     return np.asarray(tr), np.asarray(te)
+
+
+def split_sizes(n: int, recipe: PredictorRecipe) -> dict[str, int]:
+    """Subnets per split for ``n`` records (scikit-learn's rounding: test and validation
+    sizes are rounded up): ``test``, ``train``, ``val`` (per member), ``fit``."""
+    test = math.ceil(recipe.test_fraction * n)
+    train = n - test
+    val = math.ceil(recipe.val_fraction * train)
+    return {"test": test, "train": train, "val": val, "fit": train - val}
+
+
+def _big_enough(sizes: Mapping[str, int]) -> bool:
+    return sizes["test"] >= MIN_TEST and sizes["val"] >= MIN_VAL and sizes["fit"] >= MIN_FIT
+
+
+def min_records(recipe: PredictorRecipe) -> int:
+    """The fewest records whose splits are all large enough for ``recipe``'s fractions."""
+    for n in range(1, 100_000):  # bounded; the fractions are < 1, so a size is found early
+        if _big_enough(split_sizes(n, recipe)):
+            return n
+    raise ValueError("predictor_config: fractions leave no room for the splits")
+
+
+def check_dataset_size(n: int, recipe: PredictorRecipe, where: Any = None) -> dict[str, int]:
+    """The split sizes of ``n`` records; MoofaInputError naming the minimum when too small."""
+    sizes = split_sizes(n, recipe)
+    if not _big_enough(sizes):
+        raise MoofaInputError(
+            f"{n} distinct subnet(s) are too few for the predictor's splits (test_fraction "
+            f"{recipe.test_fraction:g}, val_fraction {recipe.val_fraction:g} need at least "
+            f"{min_records(recipe)}: {MIN_TEST} test, {MIN_VAL} validation and {MIN_FIT} fitting "
+            "subnets); measure more with create_moofa_predictor_dataset.py", file=where)
+    if sizes["test"] < FEW_TEST:
+        log.warning("only %d test subnet(s): the reported metrics are rough", sizes["test"])
+    return sizes
+
+
+def deduplicate(dataset: PredictorDataset, spec: ModelSpec) -> PredictorDataset:
+    """``dataset`` without repeated subnets (logged with their count)."""
+    out, removed = dataset.deduplicated(spec)
+    if removed:
+        log.warning("removed %d duplicate record(s) of %s (same subnet measured again); %d distinct "
+                    "subnets remain", removed, dataset.source or "the dataset", len(out))
+    return out
 
 
 # ----------------------------------------------------------------------------------- training
@@ -302,8 +351,9 @@ def train_predictor(dataset: PredictorDataset, model: "str | ModelSpec | None" =
                     ) -> tuple[AccuracyPredictor, dict[str, Any]]:
     """Train a predictor on ``dataset`` and measure it on the held-out test split.
 
-    Without ``train_idx``/``test_idx`` the split is ``split_indices(len(dataset), seed,
-    recipe.test_fraction)``. ``device``: None/"auto" = CUDA when present, else CPU. Returns the
+    Without ``train_idx``/``test_idx`` repeated subnets are removed first (:func:`deduplicate`),
+    the size is checked (:func:`check_dataset_size`) and the split is
+    ``split_indices(len(dataset), seed, recipe.test_fraction)``. ``device``: None/"auto" = CUDA when present, else CPU. Returns the
     predictor (on that device, eval mode) and metrics: ``rmse_pp``, ``mae_pp`` (percentage
     points), ``pearson``, ``kendall_tau`` on the test split, plus ``n_train``, ``n_test``,
     ``seed``, ``member_val_rmse_pp``, ``member_best_epoch``, ``dropped_members`` (collapsed
@@ -311,6 +361,9 @@ def train_predictor(dataset: PredictorDataset, model: "str | ModelSpec | None" =
     """
     recipe = (recipe or PredictorRecipe()).check()
     spec = get_model_spec(model if model is not None else dataset.model, model_configs)
+    if train_idx is None and test_idx is None:
+        dataset = deduplicate(dataset, spec)
+        check_dataset_size(len(dataset), recipe, dataset.source or None)
     if train_idx is None or test_idx is None:
         tr, te = split_indices(len(dataset), seed, recipe.test_fraction)
         train_idx = tr if train_idx is None else train_idx
@@ -410,6 +463,8 @@ def main(argv: "Sequence[str] | None" = None) -> int:
 
     dataset = read_dataset(data_path, spec)
     log.info("predictor dataset %s: %d subnets of %s", data_path, len(dataset), spec.name)
+    dataset = deduplicate(dataset, spec)  # before the split; the plot below uses the same one
+    check_dataset_size(len(dataset), recipe, data_path)
 
     def progress(m: int, res: MemberResult) -> None:
         log.info("member %d/%d: best epoch %d, validation RMSE %.4f pp", m + 1,
@@ -430,6 +485,7 @@ def main(argv: "Sequence[str] | None" = None) -> int:
     return 0
 
 
-__all__ = ["PredictorRecipe", "MemberResult", "regression_metrics", "split_indices", "fit_member",
+__all__ = ["PredictorRecipe", "MemberResult", "split_sizes", "min_records", "check_dataset_size",
+           "deduplicate", "regression_metrics", "split_indices", "fit_member",
            "fit_predictor", "drop_collapsed", "train_predictor", "format_metrics", "cpu_threads",
            "main"]

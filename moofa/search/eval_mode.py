@@ -11,8 +11,12 @@ from; the reference's eval read ``checkpoint.pth.tar``, SPEC 10 item 24), BN re-
 evaluated at ``subnet_config.image_size``.
 
 Accuracy counts are all-reduced over ranks; forward time is synchronised after warm-up. Rank 0
-always writes ``<subnet_config.res_dir>/<subnet_config.name>/info.json`` (the arch dict actually
-evaluated, not the YAML) and, with ``draw_graphs``, the memory histogram and architecture plots.
+always writes ``info.json`` (the arch dict actually evaluated, not the YAML) and, with
+``draw_graphs``, the memory histogram and architecture plots, into
+``<subnet_config.res_dir>/<subnet_config.name>/`` for the supernet and
+``<subnet_config.res_dir>/<subnet_config.name>_teacher/`` for the teacher, so that the two never
+overwrite each other (:func:`eval_output_dir`). The folder is checked writable before the model
+is loaded.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ from typing import Any
 
 from moofa.config import last_task_args
 from moofa.data import DataProvider
-from moofa.io import write_json
+from moofa.io import check_writable, write_json
 from moofa.models import load_weights
 from moofa.models.bn_calibration import set_running_statistics
 from moofa.models.spec import ModelSpec, SubnetConfig
@@ -61,6 +65,14 @@ def teacher_checkpoint(args: Mapping[str, Any]) -> Path:
     return Path(args["teacher_path"]) / TEACHER_FILE
 
 
+def eval_output_dir(cfg: Mapping[str, Any], which: str = "supernet") -> Path:
+    """Where ``--mode eval --model <which>`` writes: ``<res_dir>/<name>`` (supernet) or
+    ``<res_dir>/<name>_teacher`` (teacher)."""
+    sc = cfg["subnet_config"]
+    name = str(sc["name"]) + ("_teacher" if which == "teacher" else "")
+    return Path(sc["res_dir"]) / name
+
+
 def run_eval(cfg: Mapping[str, Any], spec: ModelSpec, backend: Any, which: str = "supernet") -> dict:
     """Evaluate the supernet's configured subnet or the teacher; returns the info dict (every
     rank); rank 0 writes it."""
@@ -68,6 +80,9 @@ def run_eval(cfg: Mapping[str, Any], spec: ModelSpec, backend: Any, which: str =
         raise ValueError(f"which: expected 'supernet' or 'teacher', got {which!r}")
     args = last_task_args(cfg)
     sc = cfg["subnet_config"]
+    out = eval_output_dir(cfg, which)
+    if backend.is_main:
+        check_writable(out, "subnet_config.res_dir")
     provider = DataProvider(args, spec.image_sizes, backend.rank, backend.size)
     n = provider.n_classes
     if which == "supernet":
@@ -91,7 +106,6 @@ def run_eval(cfg: Mapping[str, Any], spec: ModelSpec, backend: Any, which: str =
             "network": which, "checkpoint": source, "random_sample": bool(sc["random_sample"]),
             "units": UNITS}
     if backend.is_main:
-        out = Path(sc["res_dir"]) / sc["name"]
         if sc["draw_graphs"]:
             draw_subnet_plots(spec, arch, out, report, n, accuracy=res.top1)
         write_json(out / INFO_NAME, info)

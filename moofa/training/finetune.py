@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,8 +46,9 @@ import torch.nn as nn
 
 from moofa.config import FINETUNE, task_args, validate_model
 from moofa.data.provider import DataProvider
-from moofa.errors import CheckpointError, ConfigError, MoofaInputError
-from moofa.io import write_json
+from moofa.errors import CheckpointError, ConfigError, MoofaInputError, on_main_rank
+from moofa.io import check_writable, clean_stale_temps, write_json
+from moofa.lock import OutputLock
 from moofa.models.bn_calibration import set_running_statistics
 from moofa.models.layers import MobileNetV3
 from moofa.models.spec import ModelSpec, SubnetConfig
@@ -112,7 +114,7 @@ class FinetuneTrainer(Trainer):
     """One launch of ``train.py --step finetune``; see the module docstring."""
 
     def __init__(self, cfg: Mapping[str, Any], subnet: str | Path, backend: Any,
-                 model_config_path: str | Path) -> None:
+                 model_config_path: str | Path, overwrite: bool = False) -> None:
         self.cfg, self.step, self.phase, self.backend = cfg, FINETUNE, None, backend
         self.name = FINETUNE
         self.args = task_args(cfg, FINETUNE)
@@ -139,7 +141,20 @@ class FinetuneTrainer(Trainer):
         self.n_epochs = int(a["warmup_epochs"]) + int(a["n_epochs"])
         self.init_lr = float(a["base_lr"]) * backend.size
         self.fingerprint, self.inputs = self._inputs()
-        moved = self._claim_folder() if backend.is_main else None
+        # the lock sits beside finetuned/, which _claim_folder may move aside
+        self.lock = OutputLock(out.parent, "train.py --step finetune", key="--subnet",
+                               name=".moofa-finetune.lock")
+
+        def take_folder() -> Path | None:  # writable, ours, tidy: before any long work
+            self.lock.acquire()
+            if overwrite and out.exists():
+                shutil.rmtree(out)
+            check_writable(out / "logs", "--subnet")
+            moved = self._claim_folder()
+            clean_stale_temps(folders=[out], recursive=True)
+            return moved
+
+        moved = on_main_rank(backend, take_folder)
         backend.barrier()
         self.log = RunLogger(out, backend.is_main, self.name, cfg.get("wandb"), self.args)
         if moved is not None:
@@ -218,6 +233,11 @@ class FinetuneTrainer(Trainer):
         return moved
 
     # ------------------------------------------------------------------------ Trainer hooks
+    def check_recipe(self, overwrite: bool = False) -> bool:
+        """The inputs were checked by content when the folder was claimed (another fine-tuning's
+        folder was moved aside): finished means our info.json is there."""
+        return self.completed()
+
     def completed(self) -> bool:
         if not (self.files.final.is_file() and (self.source.out_dir / EXPORT_NAME).is_file()):
             return False
@@ -316,10 +336,12 @@ def _eval_dict(res: EvalResult) -> dict:
     return {"top1": res.top1, "top5": res.top5, "loss": res.loss, "n_images": res.n_images}
 
 
-def finetune(cfg: Mapping[str, Any], subnet: str | Path, backend: Any, model_config_path: str | Path):
+def finetune(cfg: Mapping[str, Any], subnet: str | Path, backend: Any, model_config_path: str | Path,
+             overwrite: bool = False):
     """Run one launch of ``train.py --step finetune --subnet <subnet>``; returns the StepResult
-    (``info`` = the info.json written, None when it was already complete)."""
-    return FinetuneTrainer(cfg, subnet, backend, model_config_path).run()
+    (``info`` = the info.json written, None when it was already complete). ``overwrite``
+    fine-tunes again from the start."""
+    return FinetuneTrainer(cfg, subnet, backend, model_config_path, overwrite).run()
 
 
 __all__ = ["FinetuneTrainer", "SubnetSource", "finetune", "sha256_file", "OUT_NAME"]

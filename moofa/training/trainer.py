@@ -4,9 +4,19 @@ phases, with distillation, elastic resolution, validation, resumable checkpoints
 One function, :func:`train_step`, runs one launch (``train.py --step S --phase P``); the teacher
 and the supernet phases differ only in the network trained, the subnet sampling and the
 validation set.
+
+Recipe check: a launch records its recipe (:func:`phase_recipe`: the task args that shape the
+weights, the model, the effective learning rate and, by content, the weights it starts and
+distils from) in ``recipe.json`` beside the phase's resume state before its first epoch. A rerun
+that finds the phase finished, or resumes it, with another recipe stops with exit 2 naming what
+changed; ``overwrite=True`` (``train.py --overwrite``) deletes the phase's files and trains it
+again. Files written before recipes were recorded are reused with a warning. Each launch also
+holds a lock on the phase's folder (a second launch of the same phase stops with exit 2) and
+removes temporary files of checkpoint writes a killed launch left.
 """
 from __future__ import annotations
 
+import logging
 import random
 import time
 from dataclasses import dataclass, field
@@ -26,8 +36,18 @@ from moofa.config import (
     validation_subnets,
 )
 from moofa.data.provider import DataProvider
-from moofa.errors import CheckpointError, ConfigError
-from moofa.io import atomic_save
+from moofa.errors import CheckpointError, ConfigError, on_main_rank
+from moofa.fingerprint import (
+    change_message,
+    file_fingerprint,
+    model_identity,
+    normalise,
+    read_fingerprint,
+    same,
+    write_fingerprint,
+)
+from moofa.io import atomic_save, check_writable, clean_stale_temps, require_file
+from moofa.lock import OutputLock
 from moofa.models.bn_calibration import set_running_statistics
 from moofa.models.layers import MobileNetV3
 from moofa.models.spec import ModelSpec
@@ -47,6 +67,12 @@ from moofa.training.optim import build_optimizer, set_lr
 from moofa.training.schedule import learning_rate
 
 
+RECIPE_NAME = "recipe.json"
+# args that do not change the trained weights (where and how fast, not what)
+NOT_RECIPE_ARGS = ("device", "n_worker", "print_frequency", "checkpoint", "path", "teacher_path",
+                   "corrupt_images")
+
+
 @dataclass
 class PhaseFiles:
     """Where one launch reads and writes (SPEC 3.4 layout, per-phase resume state)."""
@@ -55,6 +81,17 @@ class PhaseFiles:
     state: Path   # resume state: epoch, best_acc, optimizer, RNG, state_dict
     best: Path    # {state_dict} of the best validation epoch
     final: Path   # {state_dict} written when the phase ends (the next phase's input)
+
+    @property
+    def recipe(self) -> Path:
+        """``recipe.json`` beside the resume state: what the phase is trained from."""
+        return self.state.parent / RECIPE_NAME
+
+    @property
+    def owned(self) -> list[Path]:
+        """Every file of this phase (``--overwrite`` removes them)."""
+        return list(dict.fromkeys([self.state, self.best, self.final, self.recipe,
+                                   self.state.parent / "latest.txt"]))
 
     @classmethod
     def of(cls, args: Mapping[str, Any], step: str, phase: int | None) -> "PhaseFiles":
@@ -92,15 +129,24 @@ def _command_hint(cfg: Mapping[str, Any], step: str, phase: int | None) -> str:
 
 
 def _require(path: Path, what: str, hint: str) -> Path:
-    if not path.is_file():
-        raise CheckpointError(f"missing {what}; produce it with `{hint}`", file=path)
-    return path
+    return require_file(path, what, error=CheckpointError, hint=f"; produce it with `{hint}`")
 
 
 def subnet_seed(global_step: int, j: int, rank: int = 0) -> int:
     """The reference's per-subnet seed: decimal concatenation of the global step, 3-digit j and a
     3-digit rank field (0 unless ranks sample independently)."""
     return int(f"{global_step}{j:03d}{rank:03d}")
+
+
+_LOG = logging.getLogger("moofa.training")
+
+
+def resolution_note(spec: ModelSpec, candidates: list[int]) -> str:
+    """What ``args.continuous_size: true`` means at run time (said once per launch)."""
+    return (f"args.continuous_size: true: training on {len(candidates)} resolutions "
+            f"{candidates[0]}..{candidates[-1]} (every multiple of 4 px), not only the model's "
+            f"{list(spec.image_sizes)}; the reference never did (it ignored the key): set it to false "
+            "to train as the reference did")
 
 
 class Trainer:
@@ -121,6 +167,23 @@ class Trainer:
         self.name = phase_name(step, phase)
         self.files = PhaseFiles.of(self.args, step, phase)
         self.device = backend.device
+        self.lock = OutputLock(self.files.state.parent, f"train.py --step {step}"
+                               + ("" if self.phase is None else f" --phase {phase}"))
+
+        def take_folder() -> None:  # writable, ours, tidy: before any long work
+            key = "args.teacher_path" if step == "teacher" else "args.path"
+            check_writable(self.files.run_dir / "logs", key)
+            self.lock.acquire()
+            clean_stale_temps(self.files.owned)
+
+        on_main_rank(backend, take_folder)
+        try:
+            self._init_rest(cfg, step, backend)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _init_rest(self, cfg: Mapping[str, Any], step: str, backend: Any) -> None:
         self.log = RunLogger(self.files.run_dir, backend.is_main, self.name, cfg.get("wandb"), self.args)
         seed_everything(int(self.args["manual_seed"]))
         self.provider = DataProvider(self.args, self.spec.image_sizes, backend.rank, backend.size)
@@ -135,6 +198,8 @@ class Trainer:
         self.use_cuda = self.device.type == "cuda"
         if self.use_cuda:
             torch.backends.cudnn.benchmark = True
+        if a.get("continuous_size") and backend.is_main:
+            _LOG.warning("[%s] %s", self.name, resolution_note(self.spec, self.provider.candidates))
 
     # ------------------------------------------------------------------------- launch kinds
     @property
@@ -300,8 +365,77 @@ class Trainer:
             atomic_save({"state_dict": sd}, self.files.best)
         (self.files.state.parent / "latest.txt").write_text(str(self.files.state) + "\n")
 
-    def run(self) -> StepResult:
-        if self.completed():
+    # ------------------------------------------------------------------------------- recipe
+    def _init_source(self) -> Path | None:
+        """The weights a fresh run of this phase starts from (None: random, the teacher)."""
+        if self.step == "teacher":
+            return None
+        prev = predecessor(self.step, self.phase, list(self.cfg["tasks"]), self.cfg["tasks_phases"])
+        if prev is None:
+            return Path(self.args["teacher_path"]) / "checkpoint" / "model_best.pth.tar"
+        return final_phase_file(self.args["path"], *prev)
+
+    def recipe(self, recorded: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """What this phase's weights are computed from (JSON-normalised): the phase, the model,
+        the task args except :data:`NOT_RECIPE_ARGS`, the effective initial learning rate, the
+        phase structure and, by content, the initial and the distillation teacher's weights. An
+        input file that no longer exists takes its ``recorded`` value (it cannot be checked)."""
+        files = {"init": self._init_source()}
+        if self.step != "teacher" and float(self.args["kd_ratio"]) > 0:
+            files["kd_teacher"] = Path(self.args["teacher_path"]) / "checkpoint" / "model_best.pth.tar"
+        out: dict[str, Any] = {
+            "phase": self.name, "model_spec": model_identity(self.spec),
+            "args": {k: v for k, v in sorted(self.args.items()) if k not in NOT_RECIPE_ARGS},
+            "init_lr": self.init_lr, "tasks": list(self.cfg["tasks"]),
+            "tasks_phases": dict(self.cfg["tasks_phases"])}
+        for key, path in files.items():
+            if path is not None and path.is_file():
+                out[key] = file_fingerprint(path)
+            else:
+                out[key] = (recorded or {}).get(key) if path is not None else None
+        return normalise(out)
+
+    def check_recipe(self, overwrite: bool = False) -> bool:
+        """Compare the recorded recipe with this launch's (rank 0, before any work): True when the
+        phase is finished with the same recipe (nothing to do). Another recipe raises
+        :class:`CheckpointError` (exit 2) naming what changed; ``overwrite`` removes the phase's
+        files first. A fresh phase gets its recipe written."""
+        f = self.files
+        if overwrite:
+            removed = [p for p in f.owned if p.is_file()]
+            for p in removed:
+                p.unlink()
+            if removed:
+                self.log.info(f"--overwrite: removed {', '.join(str(p) for p in removed)}")
+        recorded = read_fingerprint(f.recipe)
+        current = self.recipe(recorded)
+        finished = self.step != "teacher" and f.final.is_file()
+        if self.step == "teacher" and f.state.is_file():
+            finished = int(load_checkpoint_file(f.state).get("epoch", -1)) + 1 >= self.n_epochs
+        exists = finished or f.state.is_file()
+        if exists and not f.recipe.is_file():
+            _LOG.warning("%s records no recipe (written by an older version): cannot check that it "
+                         "was trained with these settings", f.final if finished else f.state)
+            return finished
+        if exists and not same(recorded, current):
+            verb = "finished" if finished else "resumable"
+            raise CheckpointError(change_message(
+                f"the {verb} phase {self.name}", recorded, current,
+                f"rerun with --overwrite to train {self.name} again from its start (or restore the "
+                "settings)"), file=f.recipe)
+        if not exists:
+            write_fingerprint(f.recipe, current, phase=self.name)
+        return finished
+
+    def run(self, overwrite: bool = False) -> StepResult:
+        try:
+            return self._run(overwrite)
+        finally:
+            self.lock.release()
+
+    def _run(self, overwrite: bool) -> StepResult:
+        finished = on_main_rank(self.backend, lambda: self.check_recipe(overwrite))
+        if finished and self.step != "teacher":
             self.log.info(f"{self.name} is already complete ({self.files.final}); nothing to do")
             return StepResult(self.name, self.n_epochs, 0.0, already_done=True)
         start, best, resumed = self.setup()
@@ -328,12 +462,17 @@ class Trainer:
                                f"(best {100 * best:.3f}%), Train top-1 {metrics['train_top1']:.3f}%, "
                                f"Train loss {metrics['train_loss']:.4f}\t{entries}")
             self.save_state(epoch, best, is_best)
-            metrics.update(epoch=epoch + 1, seconds=round(time.time() - t0, 2))
+            skipped = self.backend.allreduce_sum_(
+                torch.tensor([float(self.provider.bad_images.take())], dtype=torch.float64))
+            metrics.update(epoch=epoch + 1, seconds=round(time.time() - t0, 2),
+                           skipped_images=int(skipped[0].item()))
             self.log.record(**metrics)
             self.log.info(f"epoch {epoch + 1}/{self.n_epochs} loss {metrics['train_loss']:.4f} "
                           f"train top-1 {metrics['train_top1']:.2f}% "
                           + (f"val top-1 {100 * metrics['val_acc']:.2f}% " if "val_acc" in metrics else "")
-                          + f"({metrics['seconds']:.1f}s)")
+                          + f"({metrics['seconds']:.1f}s)"
+                          + (f", skipped {metrics['skipped_images']} corrupt image(s) (paths in the "
+                             "warnings above)" if metrics["skipped_images"] else ""))
             history.append(metrics)
         info = self.finish()
         self.backend.barrier()
@@ -342,6 +481,7 @@ class Trainer:
 
 
 def train_step(cfg: Mapping[str, Any], step: str, phase: int | None, backend: Any,
-               model_config_path: str | Path) -> StepResult:
-    """Run one launch of ``train.py`` (teacher, or one phase of kernel/depth/expand)."""
-    return Trainer(cfg, step, phase, backend, model_config_path).run()
+               model_config_path: str | Path, overwrite: bool = False) -> StepResult:
+    """Run one launch of ``train.py`` (teacher, or one phase of kernel/depth/expand);
+    ``overwrite`` trains the phase again from its start (see the module docstring)."""
+    return Trainer(cfg, step, phase, backend, model_config_path).run(overwrite)
