@@ -149,8 +149,8 @@ class FinetuneTrainer(Trainer):
             self.lock.acquire()
             if overwrite and out.exists():
                 shutil.rmtree(out)
+            moved = self._claim_folder()  # before anything is created in out
             check_writable(out / "logs", "--subnet")
-            moved = self._claim_folder()
             clean_stale_temps(folders=[out], recursive=True)
             return moved
 
