@@ -27,10 +27,12 @@ from moofa.io import write_json
 from moofa.models.spec import ModelSpec, SubnetConfig
 from moofa.search.evolution import (
     EvolutionFinder,
+    Individual,
     SearchResult,
     SearchSettings,
     check_constraints,
 )
+from moofa.search.robust import FitnessSettings, RobustFitness
 from moofa.search.report import (
     UNITS,
     draw_subnet_plots,
@@ -50,26 +52,54 @@ log = logging.getLogger(__name__)
 EXPORT_NAME = "subnet.pth.tar"
 
 
-def load_search_predictor(cfg: Mapping[str, Any], spec: ModelSpec):
+def load_search_predictor(cfg: Mapping[str, Any], spec: ModelSpec, n_classes: int | None = None):
     """The accuracy predictor of ``search_config.acc_predictor_checkpoint`` on the CPU (the
-    search scores batches of at most population_size configs, too small to gain from a GPU)."""
+    search scores batches of at most population_size configs, too small to gain from a GPU).
+    Its FLOPs input uses the class count it was trained with (recorded in our checkpoints); a
+    checkpoint that does not record it uses ``n_classes`` (the run's data), as dataset creation
+    did."""
     from moofa.predictor import AccuracyPredictor
 
     path = cfg["search_config"]["acc_predictor_checkpoint"]
     if not path:
         raise ConfigError("no accuracy predictor checkpoint given", file=cfg.get("_path"),
                           key="search_config.acc_predictor_checkpoint")
-    return AccuracyPredictor.load(path, spec, device="cpu")
+    pred = AccuracyPredictor.load(path, spec, device="cpu")
+    if n_classes is not None and "flops" in pred.extra_features:
+        if not getattr(pred, "n_classes_recorded", False):
+            pred.n_classes = int(n_classes)
+        elif pred.n_classes != n_classes:
+            log.warning("%s was trained with the FLOPs of a %d-class network, the data has %d "
+                        "classes; the search keeps the predictor's %d", path, pred.n_classes,
+                        n_classes, pred.n_classes)
+    return pred
+
+
+def load_measured(cfg: Mapping[str, Any], spec: ModelSpec):
+    """The measured subnets of ``search_config.acc_dataset_path`` (None, with a warning, when
+    the file does not exist: the robust fitness then only subtracts the ensemble spread)."""
+    from moofa.predictor.dataset import read_dataset
+
+    path = Path(cfg["search_config"]["acc_dataset_path"])
+    if not path.exists():
+        log.warning("no predictor dataset at %s: the search cannot check its predictions against "
+                    "measured subnets (search_config.acc_dataset_path)", path)
+        return None
+    return read_dataset(path, spec)
 
 
 def fingerprint(cfg: Mapping[str, Any], spec: ModelSpec, constraint: int,
                 settings: SearchSettings, args: Mapping[str, Any]) -> dict[str, Any]:
     """What identifies one constraint's result (JSON-normalised), for resuming."""
-    sc = cfg["search_config"]
+    sc, dc = cfg["search_config"], cfg["dataset_config"]
     fp = {"model": spec.name, "constraint": constraint, "settings": settings.to_dict(),
           "predictor": str(sc["acc_predictor_checkpoint"]), "evaluate": bool(sc["evaluate"]),
           "checkpoint": str(args.get("checkpoint")) if sc["evaluate"] else None,
-          "export": bool(sc["export"])}
+          "export": bool(sc["export"]),
+          "fitness": FitnessSettings.from_config(sc).to_dict(),
+          "dataset": str(sc["acc_dataset_path"]) if sc["fitness"] == "robust" else None,
+          "rerank": ({"top_k": int(sc["rerank_top_k"]), "split": dc["eval_split"],
+                      "eval_images": dc["eval_images"]} if sc["evaluate"] else None)}
     return json.loads(json.dumps(fp))
 
 
@@ -83,38 +113,84 @@ def _done(info_path: Path, fp: Mapping[str, Any]) -> dict | None:
     return info if info.get("fingerprint") == fp else None
 
 
+class _Context:
+    """What the constraints of one sweep share (on every rank; search state on rank 0)."""
+
+    def __init__(self, cfg: Mapping[str, Any], spec: ModelSpec, backend: Any) -> None:
+        sc = cfg["search_config"]
+        self.cfg, self.spec, self.backend, self.sc = cfg, spec, backend, sc
+        self.settings = SearchSettings.from_config(sc)
+        self.fitness_settings = FitnessSettings.from_config(sc)
+        self.args = last_task_args(cfg)
+        self.evaluate = bool(sc["evaluate"])
+        self.top_k = int(sc["rerank_top_k"])
+        self.supernet = self.provider = self.meter = None
+        if self.evaluate:
+            from moofa.data import DataProvider
+            from moofa.predictor.create import SubnetMeter
+
+            self.provider = DataProvider(self.args, spec.image_sizes, backend.rank, backend.size)
+            self.supernet = load_supernet(spec, self.args, self.provider.n_classes).to(backend.device)
+            self.n_classes = self.provider.n_classes
+            whole = self.provider if backend.size == 1 else \
+                DataProvider(self.args, spec.image_sizes, 0, 1)
+            dc = cfg["dataset_config"]
+            self.meter = SubnetMeter(self.supernet, whole, dc["eval_images"], dc["eval_split"])
+        else:
+            self.n_classes = expected_n_classes(self.args)
+            if sc["export"] and backend.is_main:
+                log.info("predictor-only search: no supernet weights, so the found subnets are not exported")
+        self.predictor = load_search_predictor(cfg, spec, self.n_classes)
+        measured = load_measured(cfg, spec) if self.fitness_settings.robust else None
+        self.fitness = RobustFitness(self.predictor, measured, self.fitness_settings)
+        self.finder = EvolutionFinder(spec, self.fitness, self.settings)
+        self.selection_measured: dict[tuple, float] = {}  # canonical config -> selection top-1
+        self.new_records: list[dict] = []
+
+    def key(self, config: SubnetConfig) -> tuple:
+        c = config.canonical(self.spec)
+        return (c.ks, c.e, c.d, c.image_size)
+
+    def dataset_accuracy(self, config: SubnetConfig) -> float | None:
+        """The dataset's (or this sweep's) selection measurement of ``config``, if any."""
+        k = self.key(config)
+        if k in self.selection_measured:
+            return self.selection_measured[k]
+        if self.fitness.has_data:
+            est = self.fitness([config])
+            if est.measured[0]:
+                return float(est.mean[0])
+        return None
+
+
 def run_search(cfg: Mapping[str, Any], spec: ModelSpec, backend: Any,
                overwrite: bool = False) -> list[dict]:
     """Run the sweep; returns the info dicts (on every rank)."""
     sc = cfg["search_config"]
     constraints = search_constraints(cfg)
     check_constraints(spec, constraints, file=cfg.get("_path"))
-    settings = SearchSettings.from_config(sc)
-    args = last_task_args(cfg)
-    predictor = load_search_predictor(cfg, spec)
-    evaluate = bool(sc["evaluate"])
-    supernet = provider = None
-    if evaluate:
-        from moofa.data import DataProvider
-
-        provider = DataProvider(args, spec.image_sizes, backend.rank, backend.size)
-        supernet = load_supernet(spec, args, provider.n_classes).to(backend.device)
-        n_classes = provider.n_classes
-    else:
-        n_classes = expected_n_classes(args)
-        if sc["export"] and backend.is_main:
-            log.info("predictor-only search: no supernet weights, so the found subnets are not exported")
-    finder = EvolutionFinder(spec, predictor.predict, settings)
+    ctx = _Context(cfg, spec, backend)
     res_dir = Path(sc["res_dir"])
     if backend.is_main:
-        log.info("search %s: %d constraints %s, population %d, %d generations, seed %d, %s",
-                 spec.name, len(constraints), [f"{c:,}" for c in constraints],
-                 settings.population_size, settings.generations, settings.seed,
-                 "with evaluation" if evaluate else "predictor only")
-    infos = []
-    for c in constraints:
-        infos.append(_one_constraint(cfg, spec, c, settings, args, finder, supernet, provider,
-                                     n_classes, backend, overwrite))
+        s = ctx.settings
+        log.info("search %s: %d constraints %s, population %d, %d generations, seed %d, fitness %s "
+                 "(%d measured subnets), %s", spec.name, len(constraints), [f"{c:,}" for c in constraints],
+                 s.population_size, s.generations, s.seed, sc["fitness"], len(ctx.fitness.configs),
+                 f"re-ranking the top {ctx.top_k} by measurement on {ctx.meter.description}"
+                 if ctx.evaluate else "predictor only")
+    infos: list[dict] = []
+    for c in constraints:  # ascending: each budget starts from the previous answer
+        infos.append(_one_constraint(ctx, c, infos[-1] if infos else None, overwrite))
+    if backend.is_main and ctx.new_records and sc["append_measurements"]:
+        from moofa.predictor.dataset import append_records
+
+        path = Path(sc["acc_dataset_path"])
+        if path.suffix.lower() == ".jsonl":
+            n = append_records(path, ctx.new_records, spec)
+            log.info("appended %d re-ranking measurement(s) to %s (retrain the predictor and search "
+                     "again for the next round)", n, path)
+        else:
+            log.warning("re-ranking measurements not appended: %s is not a .jsonl dataset", path)
     if backend.is_main:
         run = run_from_infos(spec.name, infos, res_dir)
         for p in write_summary(res_dir, run):
@@ -123,33 +199,133 @@ def run_search(cfg: Mapping[str, Any], spec: ModelSpec, backend: Any,
     return infos
 
 
-def _one_constraint(cfg: Mapping[str, Any], spec: ModelSpec, c: int, settings: SearchSettings,
-                    args: Mapping[str, Any], finder: EvolutionFinder, supernet: Any, provider: Any,
-                    n_classes: int, backend: Any, overwrite: bool) -> dict:
-    sc = cfg["search_config"]
-    out = constraint_dir(sc["res_dir"], c)
-    fp = fingerprint(cfg, spec, c, settings, args)
-    previous = None if overwrite or not backend.is_main else _done(out / INFO_NAME, fp)
-    previous = backend.broadcast_object(previous)
+def monotone_answer(previous: Individual | None, found: Individual) -> Individual:
+    """The answer under a budget given the previous (smaller) budget's answer, which also fits:
+    the found subnet only when neither its fitness nor its predicted accuracy is lower."""
+    if previous is None:
+        return found
+    if found.accuracy >= previous.accuracy and found.predicted >= previous.predicted:
+        return found
+    return previous
+
+
+def _measure(ctx: _Context, configs: list[SubnetConfig]) -> list[float]:
+    """Selection-split top-1 of ``configs``, batched across ranks: in round t rank k measures
+    config t * world + k on the whole selection subset (no reduction needed)."""
+    b = ctx.backend
+    out: list[float] = []
+    for start in range(0, len(configs), b.size):
+        mine = start + b.rank
+        acc = ctx.meter.accuracy(configs[mine]) if mine < len(configs) else None
+        out += [a for a in b.allgather_object(acc) if a is not None]
+    return out[:len(configs)]
+
+
+def _rerank(ctx: _Context, c: int, found: Individual, top: list[Individual],
+            previous: Mapping[str, Any] | None, baseline: Mapping[str, Any] | None
+            ) -> tuple[SubnetConfig, list[dict]]:
+    """Measure the top candidates on the selection split; return the best measured config among
+    them, the previous budget's answer and the best measured subnet of the dataset, and the
+    measured rows."""
+    pool: list[tuple[SubnetConfig, float | None, dict]] = []
+    seen: set = set()
+
+    def add(cfg: SubnetConfig, row: dict) -> None:
+        k = ctx.key(cfg)
+        if k not in seen:
+            seen.add(k)
+            pool.append((cfg, ctx.dataset_accuracy(cfg), row))
+
     if previous is not None:
+        add(SubnetConfig.from_dict(previous["config"]), {"source": "previous budget's answer"})
+    if baseline is not None:
+        add(SubnetConfig.from_dict(baseline["config"]), {"source": "best measured subnet of the dataset"})
+    for ind in [found] + top[:ctx.top_k]:
+        add(ind.config, {"source": "search", "predicted_accuracy": ind.predicted,
+                         "predicted_std": ind.std, "fitness": ind.accuracy})
+    todo = [i for i, (_, acc, _) in enumerate(pool) if acc is None]
+    measured = _measure(ctx, [pool[i][0] for i in todo])
+    for i, acc in zip(todo, measured):
+        cfg = pool[i][0]
+        pool[i] = (cfg, acc, pool[i][2])
+        ctx.selection_measured[ctx.key(cfg)] = acc
+        from moofa.predictor.create import subnet_record
+
+        ctx.new_records.append(subnet_record(ctx.spec, cfg, acc, ctx.n_classes))
+    rows = []
+    for i, (cfg, acc, row) in enumerate(pool):
+        rows.append(dict(row, config=cfg.to_dict(), selection_accuracy=acc, newly_measured=i in todo))
+    best = max(range(len(pool)), key=lambda i: (pool[i][1], -i))  # ties: the earlier entry
+    return pool[best][0], rows
+
+
+def _baseline(ctx: _Context, c: int) -> dict | None:
+    i = ctx.fitness.best_measured(c)
+    if i is None:
+        return None
+    cfg = ctx.fitness.configs[i]
+    return {"config": cfg.to_dict(), "peak_memory": int(ctx.fitness.peaks[i]),
+            "dataset_accuracy": float(ctx.fitness.accuracies[i]), "real_accuracy": None}
+
+
+def _one_constraint(ctx: _Context, c: int, previous: Mapping[str, Any] | None, overwrite: bool) -> dict:
+    cfg, spec, backend, sc = ctx.cfg, ctx.spec, ctx.backend, ctx.sc
+    out = constraint_dir(sc["res_dir"], c)
+    fp = fingerprint(cfg, spec, c, ctx.settings, ctx.args)
+    fp["previous"] = None if previous is None else previous["config"]
+    fp = json.loads(json.dumps(fp))
+    done = None if overwrite or not backend.is_main else _done(out / INFO_NAME, fp)
+    done = backend.broadcast_object(done)
+    if done is not None:
         if backend.is_main:
             log.info("constraint %s: already done (%s), skipping", f"{c:,}", out / INFO_NAME)
-        return previous
-    result = finder.search(c, progress=True) if backend.is_main else None
+        for row in done.get("rerank", []):
+            if row.get("selection_accuracy") is not None:
+                ctx.selection_measured[ctx.key(SubnetConfig.from_dict(row["config"]))] = row["selection_accuracy"]
+        return done
+    result = None
+    if backend.is_main:
+        seeds = []
+        if previous is not None:
+            seeds = [SubnetConfig.from_dict(previous["config"])] + \
+                [SubnetConfig.from_dict(t["config"]) for t in previous.get("candidates", [])]
+        result = ctx.finder.search(c, progress=True, seeds=seeds, top_k=max(ctx.top_k, 10))
     result = SearchResult.from_dict(backend.broadcast_object(result.to_dict() if result else None))
-    best = result.best
-    info: dict[str, Any] = {"predicted_accuracy": best.accuracy, "real_accuracy": None,
-                            "peak_memory": int(best.peak), "config": best.config.to_dict()}
-    report = subnet_report(spec, best.config, n_classes)
-    if not report["peak_memory"] == best.peak <= c:
-        raise RuntimeError(f"search returned a subnet with peak {best.peak} over the constraint {c}")
+    prev_ind = None if previous is None else Individual.from_dict(previous["answer"])
+    answer = monotone_answer(prev_ind, result.best)
+    baseline = _baseline(ctx, c)
+    rerank: list[dict] = []
+    chosen = answer.config
     evaluation = None
-    if supernet is not None:
+    if ctx.evaluate:
         from moofa.training.evaluate import evaluate_subnet
 
-        evaluation = evaluate_subnet(supernet, best.config, provider, backend, split="test",
+        if ctx.top_k > 0:
+            chosen, rerank = _rerank(ctx, c, answer, result.top, previous, baseline)
+        evaluation = evaluate_subnet(ctx.supernet, chosen, ctx.provider, backend, split="test",
                                      time_forward=True)
-        info["real_accuracy"] = evaluation.top1
+        if baseline is not None:
+            base_cfg = SubnetConfig.from_dict(baseline["config"])
+            baseline["real_accuracy"] = evaluation.top1 if ctx.key(base_cfg) == ctx.key(chosen) else \
+                evaluate_subnet(ctx.supernet, base_cfg, ctx.provider, backend, split="test").top1
+    est = ctx.fitness([chosen])
+    report = subnet_report(spec, chosen, ctx.n_classes)
+    if not report["peak_memory"] <= c:
+        raise RuntimeError(f"search returned a subnet with peak {report['peak_memory']} over the constraint {c}")
+    selection = ctx.dataset_accuracy(chosen) if ctx.evaluate else None
+    info: dict[str, Any] = {
+        "predicted_accuracy": float(est.mean[0]), "real_accuracy": evaluation.top1 if evaluation else None,
+        "peak_memory": int(report["peak_memory"]), "config": chosen.to_dict(),
+        "predicted_std": float(est.std[0]), "predicted_source": _predicted_source(ctx, est),
+        "selection_accuracy": selection,
+        "images": _images(ctx, evaluation), "baseline": baseline,
+        "answer": answer.to_dict() if ctx.key(chosen) == ctx.key(answer.config) else
+        Individual(float(est.fitness[0]), chosen, int(report["peak_memory"]), float(est.mean[0]),
+                   float(est.std[0]), float(est.distance[0]), bool(est.measured[0])).to_dict(),
+        "candidates": [t.to_dict() for t in result.top[:max(ctx.top_k, 10)]],
+        "rerank": rerank, "fitness": ctx.fitness.describe(),
+        "distance_to_data": None if est.distance[0] == float("inf") else float(est.distance[0]),
+    }
     info.update({"memory_history": report["memory_history"], "flops": report["flops"],
                  "avg_forward_time": evaluation.avg_forward_time if evaluation else None,
                  "model": spec.name, "constraint": c, "params": report["params"],
@@ -159,10 +335,35 @@ def _one_constraint(cfg: Mapping[str, Any], spec: ModelSpec, c: int, settings: S
                  "history": result.history, "operator_stats": result.to_dict()["stats"],
                  "units": UNITS, "fingerprint": fp})
     if backend.is_main:
-        _write_outputs(spec, info, report, out, supernet, bool(sc["export"]), n_classes, c)
+        _write_outputs(spec, info, report, out, ctx.supernet, bool(sc["export"]), ctx.n_classes, c)
         _log_result(info)
     backend.barrier()
     return info
+
+
+def _predicted_source(ctx: _Context, est: Any) -> str:
+    if est.measured[0]:
+        return f"measured: the subnet's accuracy in {ctx.sc['acc_dataset_path']} (selection images)"
+    if not ctx.fitness_settings.robust:
+        return f"predicted: raw output of {ctx.sc['acc_predictor_checkpoint']} (fitness: reference)"
+    return (f"predicted: {ctx.sc['acc_predictor_checkpoint']} calibrated by the measured subnets of "
+            f"{ctx.sc['acc_dataset_path']} (+- predicted_std)")
+
+
+def _images(ctx: _Context, evaluation: Any) -> dict[str, Any]:
+    """Which images each measured number of info.json comes from."""
+    out: dict[str, Any] = {"selection_accuracy": None, "real_accuracy": None,
+                           "baseline.dataset_accuracy": "the dataset's images (dataset_config.eval_split)"}
+    if ctx.meter is not None:
+        out["selection_accuracy"] = {"split": ctx.meter.split, "n_images": len(ctx.meter.indices),
+                                     "description": ctx.meter.description}
+        out["baseline.dataset_accuracy"] = out["selection_accuracy"]
+    if evaluation is not None:
+        out["real_accuracy"] = {"split": "test", "n_images": int(evaluation.n_images),
+                                "description": f"{evaluation.n_images:,} images of the test split "
+                                               f"{ctx.provider.root / 'val'}"}
+        out["baseline.real_accuracy"] = out["real_accuracy"]
+    return out
 
 
 def _write_outputs(spec: ModelSpec, info: dict, report: Mapping[str, Any], out: Path, supernet: Any,
@@ -178,8 +379,13 @@ def _write_outputs(spec: ModelSpec, info: dict, report: Mapping[str, Any], out: 
 
 def _log_result(info: Mapping[str, Any]) -> None:
     real = info["real_accuracy"]
-    measured = (f", measured top-1 {100 * real:.2f}% on {info['n_images']:,} images, "
+    measured = (f", measured top-1 {100 * real:.2f}% on {info['n_images']:,} test images, "
                 f"{1e3 * info['avg_forward_time']:.1f} ms/batch") if real is not None else ""
-    log.info("constraint %s: predicted top-1 %.2f%%, peak %s elements, %.1f MMACs, %.1f s search%s",
-             f"{info['constraint']:,}", 100 * info["predicted_accuracy"], f"{info['peak_memory']:,}",
-             info["flops"], info["search_seconds"], measured)
+    base = info.get("baseline")
+    if base is not None:
+        measured += f"; best subnet already measured: {100 * base['dataset_accuracy']:.2f}% (dataset)"
+        if base.get("real_accuracy") is not None:
+            measured += f", {100 * base['real_accuracy']:.2f}% on the test images"
+    log.info("constraint %s: predicted top-1 %.2f%% +- %.2f, peak %s elements, %.1f MMACs, %.1f s search%s",
+             f"{info['constraint']:,}", 100 * info["predicted_accuracy"], 100 * info["predicted_std"],
+             f"{info['peak_memory']:,}", info["flops"], info["search_seconds"], measured)
