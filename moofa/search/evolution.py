@@ -389,6 +389,40 @@ class EvolutionFinder:
                             time.perf_counter() - t0, s, stats, archive.best())
 
 
+def monotone_answer(previous: Individual | None, found: Individual) -> Individual:
+    """The answer under a budget given the previous (smaller) budget's answer, which also fits:
+    the found subnet only when neither its fitness nor its predicted accuracy is lower, so both
+    never drop as the budget grows."""
+    if previous is None:
+        return found
+    if found.accuracy >= previous.accuracy and found.predicted >= previous.predicted:
+        return found
+    return previous
+
+
+def search_budget(finder: EvolutionFinder, constraint: float, previous: Individual | None = None,
+                  previous_top: Sequence[Individual] = (), top_k: int = 10,
+                  progress: bool = False) -> tuple[SearchResult, Individual]:
+    """One budget of a sweep: the search seeded with the previous (smaller) budget's answer and
+    candidates, and the monotone answer (:func:`monotone_answer`)."""
+    seeds = [] if previous is None else [previous.config] + [t.config for t in previous_top]
+    result = finder.search(constraint, progress=progress, seeds=seeds, top_k=top_k)
+    return result, monotone_answer(previous, result.best)
+
+
+def search_sweep(finder: EvolutionFinder, constraints: Iterable[float], top_k: int = 10,
+                 progress: bool = False) -> list[tuple[SearchResult, Individual]]:
+    """Search every constraint in ascending order, each starting from the previous answer
+    (what ``eval_and_search.py --mode search`` does without evaluation)."""
+    out: list[tuple[SearchResult, Individual]] = []
+    previous, top = None, []
+    for c in sorted(constraints):
+        result, previous = search_budget(finder, c, previous, top, top_k, progress)
+        top = result.top
+        out.append((result, previous))
+    return out
+
+
 class _TopK:
     """The ``k`` best distinct (canonical config) unmeasured individuals offered so far."""
 

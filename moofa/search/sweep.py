@@ -31,6 +31,7 @@ from moofa.search.evolution import (
     SearchResult,
     SearchSettings,
     check_constraints,
+    search_budget,
 )
 from moofa.search.robust import FitnessSettings, RobustFitness
 from moofa.search.report import (
@@ -199,16 +200,6 @@ def run_search(cfg: Mapping[str, Any], spec: ModelSpec, backend: Any,
     return infos
 
 
-def monotone_answer(previous: Individual | None, found: Individual) -> Individual:
-    """The answer under a budget given the previous (smaller) budget's answer, which also fits:
-    the found subnet only when neither its fitness nor its predicted accuracy is lower."""
-    if previous is None:
-        return found
-    if found.accuracy >= previous.accuracy and found.predicted >= previous.predicted:
-        return found
-    return previous
-
-
 def _measure(ctx: _Context, configs: list[SubnetConfig]) -> list[float]:
     """Selection-split top-1 of ``configs``, batched across ranks: in round t rank k measures
     config t * world + k on the whole selection subset (no reduction needed)."""
@@ -283,16 +274,17 @@ def _one_constraint(ctx: _Context, c: int, previous: Mapping[str, Any] | None, o
             if row.get("selection_accuracy") is not None:
                 ctx.selection_measured[ctx.key(SubnetConfig.from_dict(row["config"]))] = row["selection_accuracy"]
         return done
-    result = None
+    payload = None
     if backend.is_main:
-        seeds = []
+        prev_ind = prev_top = None
         if previous is not None:
-            seeds = [SubnetConfig.from_dict(previous["config"])] + \
-                [SubnetConfig.from_dict(t["config"]) for t in previous.get("candidates", [])]
-        result = ctx.finder.search(c, progress=True, seeds=seeds, top_k=max(ctx.top_k, 10))
-    result = SearchResult.from_dict(backend.broadcast_object(result.to_dict() if result else None))
-    prev_ind = None if previous is None else Individual.from_dict(previous["answer"])
-    answer = monotone_answer(prev_ind, result.best)
+            prev_ind = Individual.from_dict(previous["answer"])
+            prev_top = [Individual.from_dict(t) for t in previous.get("candidates", [])]
+        result, answer = search_budget(ctx.finder, c, prev_ind, prev_top or [], max(ctx.top_k, 10),
+                                       progress=True)
+        payload = (result.to_dict(), answer.to_dict())
+    payload = backend.broadcast_object(payload)
+    result, answer = SearchResult.from_dict(payload[0]), Individual.from_dict(payload[1])
     baseline = _baseline(ctx, c)
     rerank: list[dict] = []
     chosen = answer.config
