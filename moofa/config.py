@@ -311,7 +311,7 @@ SEARCH_SCHEMA: dict[str, Field] = {
                      "robust = trust region, calibration and pessimism around the measured subnets of "
                      "acc_dataset_path (docs/search.md); reference = the raw predictor (the reference)"),
     "trust_radius": Field(4.0, _num(0.0), "robust: genes a candidate may differ from its nearest measured subnet"),
-    "pessimism": Field(1.0, _num(0.0), "robust: standard deviations subtracted from the calibrated prediction"),
+    "pessimism": Field(0.5, _num(0.0), "robust: standard deviations subtracted from the calibrated prediction"),
     "neighbours": Field(5, _POS_INT, "robust: nearest measured subnets whose residuals calibrate a prediction"),
     "distance_uncertainty_pp": Field(0.15, _num(0.0), "robust: uncertainty added per gene of distance to the data, pp"),
     "bound_margin_pp": Field(0.5, _num(0.0), "robust: predictions are capped at the best measured accuracy + this, pp"),

@@ -46,7 +46,7 @@ class FitnessSettings:
 
     fitness: str = "robust"
     trust_radius: float = 4.0             # genes from the nearest measured subnet
-    pessimism: float = 1.0                # standard deviations subtracted
+    pessimism: float = 0.5                # standard deviations subtracted
     neighbours: int = 5                   # measured subnets used for calibration
     distance_uncertainty_pp: float = 0.15  # pp of uncertainty per gene of distance
     bound_margin_pp: float = 0.5          # pp above the best measured accuracy a prediction may reach
