@@ -173,7 +173,7 @@ def tiny(tmp_path_factory):
 def _write(project, tag: str, **search) -> None:
     # test batch = 4 x 2 = 8 images: 5 batches of the 40 test images, 3 timed after 2 warm-up ones
     project.write(args=dict(base_batch_size=2), search_config=dict(constraints=TINY_CONSTRAINTS, res_dir=str(project.root / f"search_{tag}"),
-                                     **search),
+                                     append_measurements=False, **search),
                   subnet_config=dict(res_dir=str(project.root / f"eval_{tag}"), random_sample=True))
 
 
@@ -216,6 +216,14 @@ def _check_outputs(project, spec, tag: str, info: dict) -> None:
             assert (d / name).stat().st_size > 0, name
         exported = load_exported(d / "subnet.pth.tar")
         assert count_parameters(exported) == r["params"]
+        # selection on the 40 held-out training images, report on the 40 test images
+        assert r["images"]["real_accuracy"]["split"] == "test" and r["images"]["real_accuracy"]["n_images"] == n_val
+        assert r["images"]["selection_accuracy"]["split"] == "selection"
+        assert r["images"]["selection_accuracy"]["n_images"] == 40
+        measured = [row["selection_accuracy"] for row in r["rerank"]]
+        assert measured and r["selection_accuracy"] == max(measured)
+        assert SubnetConfig.from_dict(r["config"]) in [SubnetConfig.from_dict(row["config"]) for row in r["rerank"]]
+        assert r["predicted_std"] >= 0 and r["predicted_source"].startswith("predicted")
     rows = list(csv.DictReader((project.root / f"search_{tag}" / "summary.csv").open()))
     assert [int(x["constraint"]) for x in rows] == TINY_CONSTRAINTS
     assert [float(x["TINY top1_percent"]) for x in rows] == \

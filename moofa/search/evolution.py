@@ -423,6 +423,13 @@ def search_sweep(finder: EvolutionFinder, constraints: Iterable[float], top_k: i
     return out
 
 
+def _network_key(cfg: SubnetConfig, blocks_per_stage: int) -> tuple:
+    """(ks, e of the active blocks, d, image_size): equal for configs of the same network (a
+    cheaper :meth:`SubnetConfig.canonical`)."""
+    active = [s * blocks_per_stage + j for s, n in enumerate(cfg.d) for j in range(n)]
+    return (tuple(cfg.ks[i] for i in active), tuple(cfg.e[i] for i in active), cfg.d, cfg.image_size)
+
+
 class _TopK:
     """The ``k`` best distinct (canonical config) unmeasured individuals offered so far."""
 
@@ -437,8 +444,7 @@ class _TopK:
         for ind in individuals:
             if ind.measured or ind.accuracy <= self.threshold:
                 continue
-            c = ind.config.canonical(self.spec)
-            key = (c.ks, c.e, c.d, c.image_size)
+            key = _network_key(ind.config, self.spec.blocks_per_stage)
             old = self.items.get(key)
             if old is not None and old.accuracy >= ind.accuracy:
                 continue

@@ -38,6 +38,7 @@ from moofa.predictor.dataset import PredictorDataset
 
 FITNESS_MODES = ("robust", "reference")
 OUTSIDE_PENALTY = 1.0  # fitness units (fraction = 100 pp) per gene beyond the trust radius
+CACHE_SIZE = 500_000   # scored networks kept (about 100 bytes each); cleared when full
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,7 @@ class RobustFitness:
         self.spec: ModelSpec = predictor.spec
         self.settings = settings or FitnessSettings()
         self.n_dim = predictor.encoder.n_dim
+        self._cache: dict[bytes, tuple] = {}
         self.configs: list[SubnetConfig] = []
         self.accuracies = np.zeros(0)
         if measured is not None and len(measured) and self.settings.robust:
@@ -151,7 +153,25 @@ class RobustFitness:
         return self.predictor.predict_members(feats)
 
     def __call__(self, configs: Sequence[SubnetConfig]) -> Estimates:
+        """Estimates of a batch; configs already scored (same one-hot encoding, i.e. the same
+        network) are served from a cache (the evolution revisits many)."""
         configs = list(configs)
+        onehot = self.predictor.encoder.encode_batch(configs)
+        keys = [row.tobytes() for row in onehot.astype(np.uint8)]
+        todo = [i for i, k in enumerate(keys) if k not in self._cache]
+        if todo:
+            fresh = self._estimate([configs[i] for i in todo])
+            if len(self._cache) > CACHE_SIZE:
+                self._cache.clear()
+            cols = (fresh.fitness, fresh.mean, fresh.std, fresh.raw, fresh.distance, fresh.measured)
+            for j, i in enumerate(todo):
+                self._cache[keys[i]] = tuple(c[j] for c in cols)
+        rows = [self._cache[k] for k in keys]
+        f, m, s, r, d, meas = (np.array(c) for c in zip(*rows)) if rows else [np.zeros(0)] * 6
+        return Estimates(f.astype(np.float64), m.astype(np.float64), s.astype(np.float64),
+                         r.astype(np.float64), d.astype(np.float64), meas.astype(bool))
+
+    def _estimate(self, configs: list[SubnetConfig]) -> Estimates:
         n = len(configs)
         feats = self.predictor.features(configs)
         members = self._members(feats)
