@@ -71,6 +71,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.getLogger("moofa.create_dataset").info(
                 "accuracy: top-1 on %s, after BN re-calibration on %d training images; checkpoint %s",
                 meter.description, int(args["bn_calib_images"]), checkpoint)
+            if dc["eval_images"] is not None and len(meter.indices) < dc["eval_images"]:
+                logging.getLogger("moofa.create_dataset").warning(
+                    "only %d selection images (args.valid_size) for dataset_config.eval_images %d: "
+                    "set args.valid_size (OFA holds out 10,000) or eval_split: test (the reference)",
+                    len(meter.indices), dc["eval_images"])
         summary = run_plan(plan, meter, backend, provider.n_classes, log_interval=int(dc["save_interval"]))
     finally:
         backend.shutdown()
