@@ -9,7 +9,18 @@
    supernet, extract the static subnet (``get_active_subnet``) and run it with forward hooks
    (``measure_peak_memory``). Same seed, so both must find the same subnet; prints the ratio.
 
+3. Quality (issue 10): the default robust sweep (``search_config`` defaults: population 100,
+   500 generations, budgets ascending, each starting from the previous answer) with the reference
+   OFA predictor and its dataset, and with our predictor trained by the recipe of
+   ``train_moofa_predictor.py`` on the same dataset (``--ours CKPT`` to reuse a checkpoint). Per
+   budget: the reported predicted top-1 (± sd), the best measured subnet that fits, the gap, the
+   distance in genes to the data; then the checks of issue 10 acceptance 1/2 and wall and CPU
+   seconds. ``--holdout`` adds an honest judge: a predictor trained on a random half of the data
+   searches with that half as its measured data, and an ensemble trained on the other half judges
+   the found subnets and that half's best measured subnet.
+
     python benchmarks/bench_search.py [--models OFA] [--threads 1] [--skip-reference]
+    python benchmarks/bench_search.py --quality-only [--ours CKPT] [--holdout]
 """
 from __future__ import annotations
 
@@ -95,6 +106,86 @@ def reference_settings(model: str, constraint: int, population: int, generations
         raise SystemExit("the two efficiency models disagree")
 
 
+REF_DATA = REF / "ofa_imagenet_predictor_dataset.jsonl"
+
+
+def quality(label: str, predictor: AccuracyPredictor, data, generations: int, population: int,
+            constraints: list[int], judge: AccuracyPredictor | None = None) -> dict:
+    """Robust sweep of ``predictor`` with ``data`` as measured subnets; prints one row a budget."""
+    from moofa.search.evolution import search_sweep
+    from moofa.search.robust import FitnessSettings, RobustFitness
+
+    fitness = RobustFitness(predictor, data, FitnessSettings())
+    finder = EvolutionFinder("OFA", fitness, SearchSettings(population_size=population,
+                                                            generations=generations))
+    best_all = float(fitness.accuracies.max())
+    print(f"\n{label}: population {population}, {generations} generations, robust fitness "
+          f"(defaults), {len(fitness.configs)} measured subnets (best {100 * best_all:.2f} %)")
+    head = (f"{'budget':>8} {'predicted %':>14} {'best measured %':>15} {'gain pp':>8} {'dist':>5} "
+            f"{'measured?':>9} {'R':>4} {'seconds':>8}")
+    if judge is not None:
+        head += f" {'judge found':>11} {'judge base':>10} {'judged gain':>11}"
+    print(head)
+    w0, c0 = time.perf_counter(), time.process_time()
+    rows = search_sweep(finder, constraints, top_k=10)
+    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    gains, judged, preds = [], [], []
+    for (res, ans), c in zip(rows, sorted(constraints)):
+        base = float(fitness.accuracies[fitness.best_measured(c)])
+        gain = ans.predicted - base
+        gains.append(gain)
+        preds.append(ans.predicted)
+        line = (f"{c // 1000:>7}k {100 * ans.predicted:>8.2f} ± {100 * ans.std:.2f} {100 * base:>15.2f} "
+                f"{100 * gain:>+8.2f} {ans.distance:>5.0f} {str(ans.measured):>9} "
+                f"{ans.config.image_size:>4} {res.seconds:>8.2f}")
+        if judge is not None:
+            jf, jb = judge.predict([ans.config, fitness.configs[fitness.best_measured(c)]])
+            judged.append(jf - jb)
+            line += f" {100 * jf:>11.2f} {100 * jb:>10.2f} {100 * (jf - jb):>+11.2f}"
+        print(line)
+    over = max(preds) - best_all
+    mono = all(b >= a - 1e-12 for a, b in zip(preds, preds[1:]))
+    print(f"max predicted - best measured: {100 * over:+.2f} pp (goal <= +1.00: {'met' if over <= 0.01 else 'NOT met'}); "
+          f"monotone: {mono}; mean gain on the best measured that fits {100 * np.mean(gains):+.2f} pp, "
+          f"worst {100 * min(gains):+.2f} pp (goal mean >= +0.30, none < 0: "
+          f"{'met' if np.mean(gains) >= 0.003 and min(gains) >= 0 else 'NOT met'})")
+    if judged:
+        print(f"judged on the other half: mean {100 * np.mean(judged):+.2f} pp, worst {100 * min(judged):+.2f} pp "
+              "over that half's best measured subnet")
+    print(f"time: {wall:.1f} s wall, {cpu:.1f} s CPU for {len(constraints)} budgets "
+          f"(goal < 60 s: {'met' if wall < 60 else 'NOT met'})")
+    return {"gains": gains, "wall": wall, "cpu": cpu}
+
+
+def train_ours(data, seed: int = 0, label: str = "") -> AccuracyPredictor:
+    """Our predictor with the default recipe (what train_moofa_predictor.py trains)."""
+    from moofa.predictor.training import PredictorRecipe, train_predictor
+
+    pred, metrics = train_predictor(data, "OFA", seed=seed, recipe=PredictorRecipe(), device="cpu")
+    print(f"trained our predictor{label}: test RMSE {metrics['rmse_pp']:.3f} pp in {metrics['seconds']:.0f} s")
+    return pred
+
+
+def quality_records(args) -> None:
+    from moofa.predictor.dataset import read_dataset
+
+    data = read_dataset(REF_DATA, "OFA")
+    ref = AccuracyPredictor.load(PREDICTORS["OFA"], "OFA", device="cpu")
+    quality("reference OFA predictor + its dataset", ref, data, args.generations, args.population,
+            args.constraints)
+    ours = AccuracyPredictor.load(args.ours, "OFA", device="cpu") if args.ours else train_ours(data)
+    quality("our predictor (train_moofa_predictor.py recipe) + the same dataset", ours, data,
+            args.generations, args.population, args.constraints)
+    if args.holdout:
+        rng = np.random.default_rng(1)
+        perm = rng.permutation(len(data))
+        half_a, half_b = data.subset(perm[: len(data) // 2]), data.subset(perm[len(data) // 2:])
+        pa = train_ours(half_a, 0, " on half A")
+        judge = train_ours(half_b, 7, " on half B (judge)")
+        quality("holdout: our predictor + half A, judged by an ensemble trained on half B", pa,
+                half_a, args.generations, args.population, args.constraints, judge)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["OFA"])
@@ -108,16 +199,25 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the measured path")
     ap.add_argument("--device", default="auto", help="device of the measured path (auto: CUDA if present)")
     ap.add_argument("--skip-reference", action="store_true", help="skip the build-and-run comparison")
+    ap.add_argument("--quality-only", action="store_true", help="only the quality records (issue 10)")
+    ap.add_argument("--skip-quality", action="store_true", help="skip the quality records")
+    ap.add_argument("--ours", default=None, help="checkpoint of our OFA predictor (default: train one)")
+    ap.add_argument("--holdout", action="store_true", help="add the half/half judged record")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
     print(f"torch threads {torch.get_num_threads()} (the search itself runs torch on 1 thread)")
+    if args.quality_only:
+        quality_records(args)
+        return 0
     for model in args.models:
         sweep(model, args.population, args.generations, args.constraints)
     if not args.skip_reference:
         reference_settings(args.ref_model, args.ref_constraint, args.ref_population,
                            args.ref_generations, device)
+    if not args.skip_quality:
+        quality_records(args)
     return 0
 
 

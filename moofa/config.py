@@ -319,6 +319,17 @@ SEARCH_SCHEMA: dict[str, Field] = {
     "acc_predictor_checkpoint": Field("acc_predictor_checkpoints/MOOFA_acc.pth.tar", _str(nullable=True),
                                       "predictor checkpoint (output of training, input of search)"),
     "export": Field(True, _bool(), "export the found subnets"),
+    "fitness": Field("robust", _choice("robust", "reference"),
+                     "robust = trust region, calibration and pessimism around the measured subnets of "
+                     "acc_dataset_path (docs/search.md); reference = the raw predictor (the reference)"),
+    "trust_radius": Field(4.0, _num(0.0), "robust: genes a candidate may differ from its nearest measured subnet"),
+    "pessimism": Field(0.5, _num(0.0), "robust: standard deviations subtracted from the calibrated prediction"),
+    "neighbours": Field(5, _POS_INT, "robust: nearest measured subnets whose residuals calibrate a prediction"),
+    "distance_uncertainty_pp": Field(0.15, _num(0.0), "robust: uncertainty added per gene of distance to the data, pp"),
+    "bound_margin_pp": Field(0.5, _num(0.0), "robust: predictions are capped at the best measured accuracy + this, pp"),
+    "rerank_top_k": Field(10, _NONNEG_INT, "evaluate: candidates per budget measured on the selection split "
+                          "(dataset_config.eval_split) to choose the answer; 0 = no re-ranking"),
+    "append_measurements": Field(True, _bool(), "evaluate: append the re-ranking measurements to acc_dataset_path"),
 }
 
 DATASET_SCHEMA: dict[str, Field] = {
@@ -327,7 +338,10 @@ DATASET_SCHEMA: dict[str, Field] = {
     "max_memory": Field(800000, _POS_INT, "upper edge of the last memory bin, elements"),
     "n_bins": Field(15, _POS_INT, "equal-width memory bins"),
     "eval_images": Field(10000, _num(1, integer=True, nullable=True),
-                         "fixed evaluation subset of the test set (images); null = all"),
+                         "fixed evaluation subset of eval_split (images); null = all"),
+    "eval_split": Field("selection", _choice("selection", "test"),
+                        "images subnets are measured on for selection (this dataset, the search's re-ranking): "
+                        "selection = training images held out by args.valid_size (OFA); test = val/ (reference)"),
     "seed": Field(0, _INT, "sampling seed"),
     "max_attempts": Field(1000000, _POS_INT, "sampling attempts before giving up"),
     "save_interval": Field(10, _POS_INT, "progress log line every N subnets (records are appended as measured)"),

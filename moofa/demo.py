@@ -67,6 +67,7 @@ MIN_TEACHER_ACCURACY = 0.30         # acceptance: the teacher's test top-1 (frac
 # acceptance: fine-tuning may not lower the test top-1 by more than the test set's noise (fraction;
 # one percentage point on the 360 test digits is under 4 images)
 FINETUNE_TOLERANCE = 0.01
+MAX_BASELINE_DROP = 0.01            # acceptance: no answer is > 1 pp below the best measured subnet
 
 # Keys holding paths (section, key); values starting with PATH_PREFIX are moved under --out.
 PATH_KEYS: tuple[tuple[str, str], ...] = (
@@ -401,6 +402,7 @@ def budget_rows(label: str, cfg: Mapping[str, Any], model_configs: Path = MODEL_
         rows.append({"label": label, "constraint": c, "info": str(path), "peak_memory": int(info["peak_memory"]),
                      "recomputed_peak": recomputed, "real_accuracy": info.get("real_accuracy"),
                      "predicted_accuracy": info.get("predicted_accuracy"), "flops": info.get("flops"),
+                     "baseline_real_accuracy": (info.get("baseline") or {}).get("real_accuracy"),
                      "image_size": info["config"].get("image_size"),
                      "ok": int(info["peak_memory"]) == recomputed <= c})
     return rows
@@ -422,6 +424,7 @@ class Checks:
                f"(recomputed {r.get('recomputed_peak')}) or no info.json ({r['info']})"
                for r in self.budgets if not r["ok"]]
         if not quick:
+            bad += self.baseline_failures()
             bad += [f"{k}: teacher test top-1 {_pct(v)} is not above {_pct(MIN_TEACHER_ACCURACY)}"
                     for k, v in self.teacher_accuracy.items() if v is None or v <= MIN_TEACHER_ACCURACY]
             bad += [f"{k}: predictor test Kendall tau {v} is not positive"
@@ -430,6 +433,29 @@ class Checks:
                     f"from {_pct(r.get('before'))} to {_pct(r.get('after'))} (more than "
                     f"{100 * FINETUNE_TOLERANCE:g} pp) or wrote no info.json ({r['info']})"
                     for r in self.finetune if not r["ok"]]
+        return bad
+
+
+    def baseline_gaps(self) -> dict[str, list[float]]:
+        """Per model: found minus best already-measured subnet, both measured on the same test
+        images (fractions), one value a budget where both are known."""
+        out: dict[str, list[float]] = {}
+        for r in self.budgets:
+            if r.get("real_accuracy") is not None and r.get("baseline_real_accuracy") is not None:
+                out.setdefault(r["label"], []).append(r["real_accuracy"] - r["baseline_real_accuracy"])
+        return out
+
+    def baseline_failures(self) -> list[str]:
+        """The search's answers are on average no worse than the best subnet already measured, and
+        never more than MAX_BASELINE_DROP worse (on the same test images)."""
+        bad = []
+        for label, gaps in self.baseline_gaps().items():
+            if sum(gaps) / len(gaps) < 0:
+                bad.append(f"{label}: found subnets average {100 * sum(gaps) / len(gaps):+.2f} pp below "
+                           "the best already-measured subnets (test images)")
+            if min(gaps) < -MAX_BASELINE_DROP:
+                bad.append(f"{label}: a found subnet is {100 * min(gaps):+.2f} pp below the best "
+                           "already-measured subnet under its budget (test images)")
         return bad
 
 
@@ -688,12 +714,16 @@ def _report(out: Path, labels: Sequence[str], cfgs: Mapping[str, Mapping[str, An
         if "peak_memory" in r:
             lines.append(f"  {r['label']}: budget {r['constraint']:>7,} -> peak {r['peak_memory']:>7,} elements "
                          f"at R={r['image_size']}, measured top-1 {_pct(r['real_accuracy'])}"
+                         f" (best already-measured subnet {_pct(r.get('baseline_real_accuracy'))})"
                          f" {'OK' if r['ok'] else 'OVER BUDGET'}")
     for r in checks.finetune:
         if "after" in r:
             lines.append(f"  {r['label']}: budget {r['constraint']:>7,} subnet, {r['epochs']} fine-tuning epoch(s): test "
                          f"top-1 {_pct(r['before'])} before -> {_pct(r['after'])} after ({r['n_images']:,} test "
                          f"images) {'OK' if r['ok'] else 'LOWER BY MORE THAN ' + f'{100 * FINETUNE_TOLERANCE:g} pp'}")
+    for label, gaps in checks.baseline_gaps().items():
+        lines.append(f"  {label}: found minus best already-measured subnet on the test images: mean "
+                     f"{100 * sum(gaps) / len(gaps):+.2f} pp, worst {100 * min(gaps):+.2f} pp")
     lines += ["  all checks passed" if not failures else "  FAILED: " + "; ".join(failures), "",
               "Best subnet per peak-memory budget (top-1 % / peak memory in elements / MMACs):", "", table]
     return "\n".join(lines)

@@ -272,9 +272,15 @@ def test_meter_matches_evaluate_subnet(tiny, single_run) -> None:
     net = build_supernet(tiny.spec, provider.n_classes)
     load_weights(net, args["checkpoint"])
     meter = SubnetMeter(net, provider, None)
+    selection = SubnetMeter(net, provider, None, "selection")  # the held-out training images
     for r in single_run[1][:2]:
         c = SubnetConfig.from_dict(r)
         assert meter.accuracy(c) == evaluate_subnet(net, c, provider, None, split="test").top1
+        assert selection.accuracy(c) == evaluate_subnet(net, c, provider, None, split="valid").top1
+    # the dataset itself was measured on the selection split (the default eval_split)
+    strided = SubnetMeter(net, provider, EVAL_IMAGES, "selection")
+    c = SubnetConfig.from_dict(single_run[1][0])
+    assert strided.accuracy(c) == single_run[1][0]["accuracy"]
 
 
 @pytest.mark.distributed

@@ -26,6 +26,7 @@ from moofa.docs import BEGIN, END, config_reference_markdown
 from moofa.efficiency import flops, memory_bounds, peak_memory
 from moofa.models.spec import get_model_spec
 from moofa.search.export import load_exported
+from moofa.search.results import constraint_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -73,7 +74,17 @@ def test_quick_demo_writes_every_output(quick_demo):
         # predictor dataset: the requested number of records, each peak and MMACs recomputed
         spec = get_model_spec(args["model"], demo.MODEL_CONFIGS)
         records = [json.loads(line) for line in Path(cfg["dataset_config"]["output"]).read_text().splitlines()]
-        assert len(records) == cfg["dataset_config"]["n_samples"]
+        infos = [json.loads((constraint_dir(cfg["search_config"]["res_dir"], c) / "info.json").read_text())
+                 for c in search_constraints(cfg)]
+        new = [row for info in infos for row in info["rerank"] if row["newly_measured"]]
+        # the dataset's subnets, then the search's re-ranking measurements (appended for the next round)
+        assert len(records) == cfg["dataset_config"]["n_samples"] + len(new)
+        assert [r["accuracy"] for r in records[len(records) - len(new):]] == \
+            [row["selection_accuracy"] for row in new]
+        for info in infos:  # selection on held-out training images, the report on the test images
+            assert info["images"]["selection_accuracy"]["split"] == "selection"
+            assert info["images"]["real_accuracy"]["split"] == "test"
+            assert info["baseline"] is None or 0.0 <= info["baseline"]["real_accuracy"] <= 1.0
         for r in records:
             assert 0.0 <= r["accuracy"] <= 1.0
             assert r["peak_memory"] == peak_memory(spec, r)

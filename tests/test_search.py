@@ -173,7 +173,7 @@ def tiny(tmp_path_factory):
 def _write(project, tag: str, **search) -> None:
     # test batch = 4 x 2 = 8 images: 5 batches of the 40 test images, 3 timed after 2 warm-up ones
     project.write(args=dict(base_batch_size=2), search_config=dict(constraints=TINY_CONSTRAINTS, res_dir=str(project.root / f"search_{tag}"),
-                                     **search),
+                                     append_measurements=False, **search),
                   subnet_config=dict(res_dir=str(project.root / f"eval_{tag}"), random_sample=True))
 
 
@@ -216,6 +216,14 @@ def _check_outputs(project, spec, tag: str, info: dict) -> None:
             assert (d / name).stat().st_size > 0, name
         exported = load_exported(d / "subnet.pth.tar")
         assert count_parameters(exported) == r["params"]
+        # selection on the 40 held-out training images, report on the 40 test images
+        assert r["images"]["real_accuracy"]["split"] == "test" and r["images"]["real_accuracy"]["n_images"] == n_val
+        assert r["images"]["selection_accuracy"]["split"] == "selection"
+        assert r["images"]["selection_accuracy"]["n_images"] == 40
+        measured = [row["selection_accuracy"] for row in r["rerank"]]
+        assert measured and r["selection_accuracy"] == max(measured)
+        assert SubnetConfig.from_dict(r["config"]) in [SubnetConfig.from_dict(row["config"]) for row in r["rerank"]]
+        assert r["predicted_std"] >= 0 and r["predicted_source"].startswith("predicted")
     rows = list(csv.DictReader((project.root / f"search_{tag}" / "summary.csv").open()))
     assert [int(x["constraint"]) for x in rows] == TINY_CONSTRAINTS
     assert [float(x["TINY top1_percent"]) for x in rows] == \
@@ -375,3 +383,129 @@ def test_summary_compares_runs_in_table_1_layout(tmp_path):
     assert [r["constraint"] for r in rows] == ["325000", "400000", "700000"]
     assert rows[0]["MOOFA accuracy_source"] == "predicted" and rows[0]["MIT OFA top1_percent"] == "70.81"
     assert (tmp_path / "cmp" / "accuracy_vs_constraint.png").stat().st_size > 0
+
+
+# ------------------------------------------------------------------ robust fitness (issue 10)
+from moofa.predictor.dataset import PredictorDataset  # noqa: E402
+from moofa.search.evolution import search_sweep  # noqa: E402
+from moofa.search.robust import FitnessSettings, RobustFitness  # noqa: E402
+
+SMALL_BUDGETS = [330_000, 420_000, 600_000]
+
+
+def _measured_ofa(n: int = 60, seed: int = 0) -> PredictorDataset:
+    """``n`` random OFA subnets with a made-up 'measured' accuracy that grows with the network."""
+    enc = ArchEncoder("OFA")
+    rng = random.Random(seed)
+    cfgs = [enc.random_sample(rng) for _ in range(n)]
+    acc = np.array([0.5 + 0.002 * sum(c.ks[i] + c.e[i] for i in c.active_blocks(enc.spec))
+                    + 0.0004 * c.image_size for c in cfgs])
+    return PredictorDataset("OFA", cfgs, acc, peak_memory_batch("OFA", cfgs).astype(float),
+                            np.full(n, np.nan))
+
+
+def _gene_distance(spec, a: SubnetConfig, b: SubnetConfig) -> float:
+    """Independent count: differing (k, e) of blocks active in both, 1 per block active in only
+    one, 1 for a different resolution."""
+    act_a, act_b = set(a.active_blocks(spec)), set(b.active_blocks(spec))
+    d = float(a.image_size != b.image_size) + len(act_a ^ act_b)
+    for i in act_a & act_b:
+        d += (a.ks[i] != b.ks[i]) + (a.e[i] != b.e[i])
+    return d
+
+
+def test_robust_fitness_distance_calibration_and_measured_subnets():
+    data = _measured_ofa()
+    pred = _random_predictor("OFA", n_members=3)
+    fit = RobustFitness(pred, data, FitnessSettings())
+    spec = get_model_spec("OFA")
+    probe = [ArchEncoder("OFA").random_sample(random.Random(99 + i)) for i in range(8)]
+    est = fit(probe)
+    for j, cfg in enumerate(probe):
+        nearest = min(_gene_distance(spec, cfg, m) for m in data.configs)
+        assert est.distance[j] == nearest
+    # a measured subnet is scored by its measurement, exactly and without uncertainty
+    est = fit(data.configs[:5])
+    assert np.array_equal(est.mean, data.accuracies[:5]) and np.array_equal(est.fitness, data.accuracies[:5])
+    assert est.measured.all() and (est.std == 0).all()
+    # beyond the trust radius each extra gene costs a whole unit of fitness
+    far = fit(probe)
+    outside = far.distance > fit.settings.trust_radius
+    assert outside.any() and (far.fitness[outside] < 0).all()
+    # members' spread counts: std >= the spread of the three members
+    members = pred.predict_members(pred.features(probe))
+    assert (far.std >= members.std(axis=0) - 1e-12).all()
+    assert (far.mean <= data.accuracies.max() + fit.settings.bound_margin_pp / 100 + 1e-12).all()
+    ref = RobustFitness(pred, data, FitnessSettings(fitness="reference"))(probe)
+    assert np.allclose(ref.fitness, pred.predict(probe))
+
+
+def test_robust_sweep_is_monotone_bounded_and_never_below_the_measured():
+    data = _measured_ofa()
+    pred = _random_predictor("OFA", seed=3, n_members=2)
+    fit = RobustFitness(pred, data, FitnessSettings())
+    finder = EvolutionFinder("OFA", fit, SearchSettings(population_size=20, generations=15))
+    rows = search_sweep(finder, SMALL_BUDGETS, top_k=5)
+    preds = [ans.predicted for _, ans in rows]
+    fits = [ans.accuracy for _, ans in rows]
+    assert preds == sorted(preds) and fits == sorted(fits)
+    for (res, ans), c in zip(rows, SMALL_BUDGETS):
+        assert ans.peak == peak_memory("OFA", ans.config) <= c
+        best = fit.best_measured(c)
+        assert best is not None
+        assert ans.accuracy >= fit.accuracies[best] and ans.predicted >= fit.accuracies[best]
+        assert ans.predicted <= data.accuracies.max() + 0.005 + 1e-12
+        assert ans.distance <= fit.settings.trust_radius
+        assert len(res.top) <= 5 and not any(t.measured for t in res.top)
+    # the reference fitness walks away from the data (what the robust one prevents)
+    raw = EvolutionFinder("OFA", pred.predict, SearchSettings(population_size=20, generations=15))
+    far = RobustFitness(pred, data, FitnessSettings())([raw.search(600_000).best.config])
+    assert far.distance[0] > fit.settings.trust_radius
+
+
+@needs_reference
+def test_reference_predictor_sweep_stays_within_one_point_of_its_data():
+    """Issue 10 acceptance 1 at a reduced number of generations (the full run is benchmarked)."""
+    from moofa.predictor.dataset import read_dataset
+
+    data = read_dataset(REFERENCE / "ofa_imagenet_predictor_dataset.jsonl", "OFA")
+    pred = AccuracyPredictor.load(OFA_PREDICTOR, "OFA", device="cpu")
+    fit = RobustFitness(pred, data, FitnessSettings())
+    finder = EvolutionFinder("OFA", fit, SearchSettings(population_size=50, generations=30))
+    budgets = [325_000, 450_000, 800_000]
+    rows = search_sweep(finder, budgets)
+    preds = [ans.predicted for _, ans in rows]
+    assert preds == sorted(preds)
+    assert max(preds) <= data.accuracies.max() + 0.01
+    for (_, ans), c in zip(rows, budgets):
+        assert ans.predicted >= fit.accuracies[fit.best_measured(c)]
+
+
+def test_flops_input_uses_the_datasets_class_count(tmp_path):
+    pred = _random_predictor("OFA", extra_features=("flops", "peak_memory"), n_classes=10)
+    cfgs = [ArchEncoder("OFA").random_sample(random.Random(i)) for i in range(3)]
+    raw = pred.raw_extra(cfgs)
+    assert np.allclose(raw[:, 0], [flops("OFA", c, 10) for c in cfgs])
+    assert not np.allclose(raw[:, 0], [flops("OFA", c, 1000) for c in cfgs])
+    pred.save(tmp_path / "p.pth.tar")
+    back = AccuracyPredictor.load(tmp_path / "p.pth.tar", "OFA", device="cpu")
+    assert back.n_classes == 10 and np.allclose(back.predict(cfgs), pred.predict(cfgs))
+
+
+def test_selection_and_report_images_are_disjoint(tmp_path):
+    from moofa.data import DataProvider
+    from moofa.predictor.create import split_images
+    from test_data import make_args
+
+    args = make_args(tmp_path, valid_size=12)
+    p = DataProvider(args, [16])
+    _, sel, what = split_images(p, "selection", 5)
+    assert len(sel) == 5 and set(sel) <= set(p.valid_indices) and not set(sel) & set(p.train_indices)
+    assert "selection split" in what
+    view, _, _ = split_images(p, "selection", None)
+    assert view(16).folder is p.train_folder  # held-out *training* images, never val/
+    tview, test_idx, _ = split_images(p, "test", None)
+    assert tview(16).folder is p.test_folder and test_idx == list(range(len(p.test_folder)))
+    from moofa.errors import MoofaInputError
+    with pytest.raises(MoofaInputError, match="valid_size"):
+        split_images(DataProvider(make_args(tmp_path, valid_size=None), [16]), "selection", None)

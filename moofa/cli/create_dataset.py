@@ -21,7 +21,8 @@ from moofa.models.spec import DEFAULT_MODEL_CONFIGS
 def build_parser() -> ArgParser:
     p = ArgParser(prog="create_moofa_predictor_dataset.py",
                   description="Sample subnets of a trained supernet evenly over peak-memory bins, measure "
-                  "their accuracy (after BN re-calibration, on a fixed subset of the test split) and append "
+                  "their accuracy (after BN re-calibration, on a fixed subset of the selection split: training "
+                  "images held out by args.valid_size; dataset_config.eval_split) and append "
                   "them to the predictor dataset (JSON Lines). Rerun the same command to resume.")
     p.add_argument("--config", required=True, help="run config YAML (args, dataset_config, search_config)")
     p.add_argument("--model_config_path", default=str(DEFAULT_MODEL_CONFIGS), help="model_configs.yaml")
@@ -80,13 +81,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   kernel_transform=args["dy_conv_scaling_mode"] == 1)
         load_weights(supernet, checkpoint)
         supernet.to(backend.device)
-        meter = SubnetMeter(supernet, provider, dc["eval_images"])
+        meter = SubnetMeter(supernet, provider, dc["eval_images"], dc["eval_split"])
         if backend.is_main:
             import logging
             logging.getLogger("moofa.create_dataset").info(
-                "accuracy: top-1 on %d of %d test images (even stride over %s/val), after BN "
-                "re-calibration on %d training images; checkpoint %s", len(meter.indices), meter.n_test,
-                provider.root, int(args["bn_calib_images"]), checkpoint)
+                "accuracy: top-1 on %s, after BN re-calibration on %d training images; checkpoint %s",
+                meter.description, int(args["bn_calib_images"]), checkpoint)
+            if dc["eval_images"] is not None and len(meter.indices) < dc["eval_images"]:
+                logging.getLogger("moofa.create_dataset").warning(
+                    "only %d selection images (args.valid_size) for dataset_config.eval_images %d: "
+                    "set args.valid_size (OFA holds out 10,000) or eval_split: test (the reference)",
+                    len(meter.indices), dc["eval_images"])
         summary = run_plan(plan, meter, backend, provider.n_classes, log_interval=int(dc["save_interval"]))
     finally:
         lock.release()

@@ -29,12 +29,15 @@ Sampler
 
 Accuracy
     Top-1 fraction after BN re-calibration (SPEC 3.9) on the data provider's fixed calibration
-    subset at the subnet's resolution, on a fixed evaluation subset of the test split (``val/``):
-    the ``eval_images`` images at indices ``floor(i * N / eval_images)``, ``i = 0 ..
-    eval_images - 1``, of the ``N`` images in ImageFolder order (sorted by class, then file
-    name); all images when ``eval_images`` is null or at least ``N``. Because the folder is sorted
-    by class, this even stride takes the same share of every class. The subset does not depend
-    on any RNG or on the number of ranks (the reference measured a different 1/N shard per GPU).
+    subset at the subnet's resolution, on a fixed evaluation subset of ``dataset_config.eval_split``:
+    ``selection`` (default, OFA's protocol): the training images held out of supernet training by
+    ``args.valid_size``, so that the search's selection never sees the test images its result is
+    reported on; ``test`` (the reference's choice): the test split ``val/``. The subset is the
+    ``eval_images`` images at indices ``floor(i * N / eval_images)``, ``i = 0 .. eval_images - 1``,
+    of the split's ``N`` images (the test split in ImageFolder order, sorted by class, so the
+    stride takes the same share of every class; the held-out images in their fixed random order);
+    all of them when ``eval_images`` is null or at least ``N``. The subset does not depend on any
+    RNG or on the number of ranks (the reference measured a different 1/N shard per GPU).
 
 Ranks (why there are no shard files)
     The work is split by subnet, in rounds. Rank 0 reads the existing output, draws the candidate
@@ -257,8 +260,8 @@ def recipe_path(paths: OutputPaths) -> Path:
     return paths.jsonl.with_name(paths.jsonl.stem + ".recipe.json")
 
 
-RECIPE_DATASET_KEYS = ("min_memory", "max_memory", "n_bins", "eval_images", "seed")
-RECIPE_ARGS_KEYS = ("bn_calib_images", "bn_calib_batch_size", "bn_eps", "bn_momentum",
+RECIPE_DATASET_KEYS = ("min_memory", "max_memory", "n_bins", "eval_images", "eval_split", "seed")
+RECIPE_ARGS_KEYS = ("bn_calib_images", "bn_calib_batch_size", "bn_eps", "bn_momentum", "valid_size",
                     "dy_conv_scaling_mode")
 
 
@@ -499,6 +502,9 @@ def prepare(spec: ModelSpec, dc: Mapping[str, Any], backend: Any) -> Plan:
 # Measurement
 
 
+EVAL_SPLITS = ("selection", "test")
+
+
 def eval_subset_indices(n_images: int, eval_images: int | None) -> list[int]:
     """The fixed evaluation subset: ``floor(i * n_images / eval_images)`` for ``i <
     eval_images`` (every image when ``eval_images`` is None or >= ``n_images``)."""
@@ -507,24 +513,52 @@ def eval_subset_indices(n_images: int, eval_images: int | None) -> list[int]:
     return [i * n_images // int(eval_images) for i in range(int(eval_images))]
 
 
+def split_images(provider: Any, split: str, eval_images: int | None) -> tuple[Any, list[int], str]:
+    """``(view factory, indices, description)`` of the images subnets are measured on for
+    selection: ``split="selection"``: the training images held out of supernet training
+    (``args.valid_size``, OFA's protocol), with the test transform; ``split="test"`` (the
+    reference's choice): the test split ``val/``. ``eval_images`` evenly spaced of them."""
+    if split not in EVAL_SPLITS:
+        raise MoofaInputError(f"must be one of {', '.join(EVAL_SPLITS)}", key="dataset_config.eval_split",
+                              value=split)
+    if split == "test":
+        pool = list(range(len(provider.test_folder)))
+        view = lambda size: provider.test_loader(size).dataset  # noqa: E731
+        where = f"test split {provider.root / 'val'}"
+    else:
+        pool = list(provider.valid_indices)
+        if not pool:
+            raise MoofaInputError("the selection split is the training images held out by "
+                                  "args.valid_size, which is null; set args.valid_size or "
+                                  "dataset_config.eval_split: test (the reference's choice)",
+                                  key="dataset_config.eval_split", value=split)
+        view = lambda size: provider.valid_loader(size).dataset  # noqa: E731
+        where = (f"selection split: held-out training images of {provider.root / 'train'} "
+                 f"(args.valid_size {provider.args.get('valid_size')})")
+    idx = [pool[i] for i in eval_subset_indices(len(pool), eval_images)]
+    return view, idx, f"{len(idx):,} images of the {where}"
+
+
 class SubnetMeter:
     """Measures subnets of ``supernet`` within one process: BN re-calibration on ``provider``'s
-    calibration batches, then top-1 on the fixed evaluation subset (loaders cached per size).
-    ``provider`` must be a single-process provider (rank 0 of 1) so that its test split is whole."""
+    calibration batches, then top-1 on the fixed evaluation subset of ``split`` (see
+    :func:`split_images`; loaders cached per size). ``provider`` must be a single-process
+    provider (rank 0 of 1) so that its splits are whole."""
 
-    def __init__(self, supernet: torch.nn.Module, provider: Any, eval_images: int | None) -> None:
+    def __init__(self, supernet: torch.nn.Module, provider: Any, eval_images: int | None,
+                 split: str = "test") -> None:
         if getattr(provider, "world_size", 1) != 1:
             raise ValueError("provider: SubnetMeter needs a provider of world_size 1 (whole test split)")
-        self.supernet, self.provider = supernet, provider
+        self.supernet, self.provider, self.split = supernet, provider, split
         self.n_test = len(provider.test_folder)
-        self.indices = eval_subset_indices(self.n_test, eval_images)
+        self._view, self.indices, self.description = split_images(provider, split, eval_images)
         self._loaders: dict[int, DataLoader] = {}
 
     def loader(self, image_size: int) -> DataLoader:
         """The evaluation subset at ``image_size`` with the test transform."""
         if image_size not in self._loaders:
             p = self.provider
-            ds = Subset(p.test_loader(image_size).dataset, self.indices)
+            ds = Subset(self._view(image_size), self.indices)
             self._loaders[image_size] = p.loader(ds, batch_size=p.test_batch_size, shuffle=False,
                                                  persistent_workers=p.n_worker > 0)
         return self._loaders[image_size]

@@ -34,7 +34,7 @@ from moofa.models.spec import ModelSpec, SubnetConfig, get_model_spec
 from moofa.predictor.encoder import ArchEncoder
 
 REQUIRED_KEYS = ("ks", "e", "d", "image_size", "accuracy")
-OPTIONAL_KEYS = ("peak_memory", "flops", "model")
+OPTIONAL_KEYS = ("peak_memory", "flops", "model", "source")
 PICKLE_KEYS = ("configs", "accuracies", "features", "efficiencies")
 
 

@@ -19,6 +19,7 @@ Checkpoint formats (both load with ``torch.load(weights_only=True)``):
        "extra_features": ["flops", "peak_memory"],     # names from EXTRA_FEATURES, in input order
        "feature_norm": {"mean": tensor(n_extra), "std": tensor(n_extra)},  # float64, transformed
        "members": [state dict of AccuracyMLP, ...],    # reference keys; input n_dim + n_extra
+       "n_classes": 10,                                # classifier width of the FLOPs input, optional
        "info": {str: int | float | str}}               # free-form (metrics, recipe), optional
 
 Model check: a moofa-predictor-v1 file records its model; loading it for another model is a
@@ -27,6 +28,8 @@ reference file is a bare state dict that records no model: it loads whenever the
 (OFA's and MOOFA_V3's encoders both have 124 inputs), and :attr:`AccuracyPredictor.recorded_model`
 is None so that callers can warn; a reference file wrapped as ``{"state_dict": ..., "model":
 name}`` is checked like ours.
+``n_classes`` is the class count the FLOPs input is computed with (the dataset's, as in dataset
+creation); a checkpoint without it means 1,000 (ImageNet).
 
 Extra input ``j`` is ``(transform_j(x_j) - mean_j) / std_j`` with the transforms of
 :data:`EXTRA_FEATURES` (natural log of MMACs and of elements).
@@ -49,20 +52,20 @@ FORMAT = "moofa-predictor-v1"
 PREDICT_CHUNK = 8192
 
 
-def _flops_values(spec: ModelSpec, configs: Sequence[SubnetConfig]) -> np.ndarray:
-    """FLOPs of each config in MMACs (SPEC 4.6)."""
+def _flops_values(spec: ModelSpec, configs: Sequence[SubnetConfig], n_classes: int = 1000) -> np.ndarray:
+    """FLOPs of each config in MMACs (SPEC 4.6) of the network with ``n_classes`` outputs."""
     from moofa.efficiency import flops_batch  # lazy: only needed for extra inputs
-    return np.asarray(flops_batch(spec, list(configs)), dtype=np.float64)
+    return np.asarray(flops_batch(spec, list(configs), n_classes=int(n_classes)), dtype=np.float64)
 
 
-def _peak_values(spec: ModelSpec, configs: Sequence[SubnetConfig]) -> np.ndarray:
-    """Analytic peak memory of each config in elements (SPEC 4.2)."""
+def _peak_values(spec: ModelSpec, configs: Sequence[SubnetConfig], n_classes: int = 1000) -> np.ndarray:
+    """Analytic peak memory of each config in elements (SPEC 4.2; independent of the classes)."""
     from moofa.efficiency import peak_memory_batch
     return np.asarray(peak_memory_batch(spec, list(configs)), dtype=np.float64)
 
 
-# name -> (raw value function, transform applied before normalisation)
-EXTRA_FEATURES: dict[str, tuple[Callable[[ModelSpec, Sequence[SubnetConfig]], np.ndarray],
+# name -> (raw value function (spec, configs, n_classes), transform applied before normalisation)
+EXTRA_FEATURES: dict[str, tuple[Callable[..., np.ndarray],
                                 Callable[[np.ndarray], np.ndarray]]] = {
     "flops": (_flops_values, np.log),
     "peak_memory": (_peak_values, np.log),
@@ -144,8 +147,10 @@ class AccuracyPredictor(nn.Module):
 
     def __init__(self, model: "str | ModelSpec | ArchEncoder", hidden_size: int = 400,
                  n_layers: int = 3, n_members: int = 1, extra_features: Sequence[str] = (),
-                 base_acc: float = 0.0, model_configs: "str | Path | None" = None) -> None:
+                 base_acc: float = 0.0, model_configs: "str | Path | None" = None,
+                 n_classes: int = 1000) -> None:
         super().__init__()
+        self.n_classes = int(n_classes)  # classifier width of the FLOPs input (dataset's classes)
         self.encoder = model if isinstance(model, ArchEncoder) else ArchEncoder(model, model_configs)
         self.hidden_size, self.n_layers = int(hidden_size), int(n_layers)
         self.extra_features = check_extra_features(extra_features)
@@ -188,11 +193,11 @@ class AccuracyPredictor(nn.Module):
                 continue
             fn = EXTRA_FEATURES[name][0]
             if col is None:
-                out[:, j] = fn(self.spec, configs)
+                out[:, j] = fn(self.spec, configs, self.n_classes)
             else:
                 missing = np.flatnonzero(~np.isfinite(col))
                 col = col.copy()
-                col[missing] = fn(self.spec, [configs[i] for i in missing])
+                col[missing] = fn(self.spec, [configs[i] for i in missing], self.n_classes)
                 out[:, j] = col
         return out
 
@@ -243,6 +248,19 @@ class AccuracyPredictor(nn.Module):
         self.train(was_training)
         return np.concatenate(out) if out else np.zeros(0)
 
+    @torch.no_grad()
+    def predict_members(self, feats: np.ndarray) -> np.ndarray:
+        """Each member's predictions (fractions, float64 ``(n_members, N)``) for member inputs."""
+        was_training = self.training
+        self.eval()
+        out = []
+        for i in range(0, len(feats), PREDICT_CHUNK):
+            x = torch.as_tensor(np.asarray(feats[i:i + PREDICT_CHUNK]), dtype=torch.float32,
+                                device=self.device)
+            out.append(torch.stack([m(x) for m in self.members], dim=0).double().cpu().numpy())
+        self.train(was_training)
+        return np.concatenate(out, axis=1) if out else np.zeros((len(self.members), 0))
+
     def predict(self, configs: Iterable[ConfigLike],
                 known: "Mapping[str, np.ndarray] | None" = None) -> np.ndarray:
         """Predicted accuracy (fraction in [0, 1] scale, float64) of each config."""
@@ -272,6 +290,7 @@ class AccuracyPredictor(nn.Module):
                              "std": self.feature_std.detach().cpu().clone()},
             "members": [{k: v.detach().cpu().clone() for k, v in m.state_dict().items()}
                         for m in self.members],
+            "n_classes": self.n_classes,
             "info": _plain_info(self.info),
         }
 
@@ -350,7 +369,8 @@ class AccuracyPredictor(nn.Module):
             raise CheckpointError("no ensemble members", file=path, key="members")
         try:
             pred = cls(encoder, int(obj["hidden_size"]), int(obj["n_layers"]),
-                       n_members=len(members), extra_features=obj["extra_features"])
+                       n_members=len(members), extra_features=obj["extra_features"],
+                       n_classes=int(obj.get("n_classes", 1000)))
         except ValueError as err:
             raise CheckpointError(str(err), file=path) from None
         norm = obj["feature_norm"]
@@ -364,6 +384,7 @@ class AccuracyPredictor(nn.Module):
             cls._load_member(member, sd, path, f"members[{i}]")
         pred.info = dict(obj.get("info", {}))
         pred.recorded_model = None if recorded is None else str(recorded)
+        pred.n_classes_recorded = "n_classes" in obj  # older checkpoints: the search decides
         return pred
 
     @staticmethod

@@ -347,8 +347,8 @@ def train_predictor(dataset: PredictorDataset, model: "str | ModelSpec | None" =
                     test_idx: "Sequence[int] | None" = None,
                     device: "str | torch.device | None" = None,
                     model_configs: "str | Path | None" = None,
-                    progress: "Callable[[int, MemberResult], None] | None" = None
-                    ) -> tuple[AccuracyPredictor, dict[str, Any]]:
+                    progress: "Callable[[int, MemberResult], None] | None" = None,
+                    n_classes: int = 1000) -> tuple[AccuracyPredictor, dict[str, Any]]:
     """Train a predictor on ``dataset`` and measure it on the held-out test split.
 
     Without ``train_idx``/``test_idx`` repeated subnets are removed first (:func:`deduplicate`),
@@ -358,6 +358,10 @@ def train_predictor(dataset: PredictorDataset, model: "str | ModelSpec | None" =
     points), ``pearson``, ``kendall_tau`` on the test split, plus ``n_train``, ``n_test``,
     ``seed``, ``member_val_rmse_pp``, ``member_best_epoch``, ``dropped_members`` (collapsed
     members removed by :func:`drop_collapsed`) and ``seconds``.
+
+    ``n_classes``: classifier width of the FLOPs input (the dataset's class count, as in dataset
+    creation); the FLOPs input is always computed, never taken from the file, so that training and
+    search compute it identically (a file value computed otherwise is reported with a warning).
     """
     recipe = (recipe or PredictorRecipe()).check()
     spec = get_model_spec(model if model is not None else dataset.model, model_configs)
@@ -371,8 +375,9 @@ def train_predictor(dataset: PredictorDataset, model: "str | ModelSpec | None" =
     train_idx, test_idx = np.asarray(train_idx), np.asarray(test_idx)
     t0 = time.perf_counter()
     predictor = AccuracyPredictor(spec, recipe.hidden_size, recipe.n_layers, recipe.ensemble,
-                                  recipe.feature_names)
-    raw = predictor.raw_extra(dataset.configs, dataset.known())
+                                  recipe.feature_names, n_classes=n_classes)
+    raw = predictor.raw_extra(dataset.configs, {"peak_memory": dataset.peak_memory})
+    _check_file_flops(predictor, raw, dataset)
     predictor.fit_feature_norm(raw[train_idx])
     known = {n: raw[:, j] for j, n in enumerate(predictor.extra_features)}
     feats = predictor.features(dataset.configs, known)
@@ -396,6 +401,19 @@ def train_predictor(dataset: PredictorDataset, model: "str | ModelSpec | None" =
                       "test_pearson": metrics["pearson"], "dataset": str(dataset.source),
                       **{f"recipe.{k}": v for k, v in recipe.as_dict().items()}}
     return predictor, metrics
+
+
+def _check_file_flops(predictor: AccuracyPredictor, raw: np.ndarray, dataset: PredictorDataset) -> None:
+    """Warn when the dataset's ``flops`` values differ from the FLOPs input computed here (a file
+    written for another class count): the computed values are used."""
+    if "flops" not in predictor.extra_features:
+        return
+    col = raw[:, predictor.extra_features.index("flops")]
+    have = np.isfinite(dataset.flops)
+    if have.any() and not np.allclose(dataset.flops[have], col[have], rtol=1e-6, atol=1e-9):
+        log.warning("%s: its flops values differ from the FLOPs of a %d-class network; the "
+                    "predictor uses the computed ones (the search computes them the same way)",
+                    dataset.source, predictor.n_classes)
 
 
 # ---------------------------------------------------------------------------------------- CLI
@@ -465,22 +483,24 @@ def main(argv: "Sequence[str] | None" = None) -> int:
     log.info("predictor dataset %s: %d subnets of %s", data_path, len(dataset), spec.name)
     dataset = deduplicate(dataset, spec)  # before the split; the plot below uses the same one
     check_dataset_size(len(dataset), recipe, data_path)
+    from moofa.config import last_task_args
+    from moofa.search.report import expected_n_classes
+
+    n_classes = expected_n_classes(last_task_args(cfg))  # the FLOPs input's class count
 
     def progress(m: int, res: MemberResult) -> None:
         log.info("member %d/%d: best epoch %d, validation RMSE %.4f pp", m + 1,
                  recipe.ensemble, res.best_epoch + 1, res.val_rmse_pp)
 
     predictor, metrics = train_predictor(dataset, spec, seed, recipe, device=device,
-                                         progress=progress)
+                                         progress=progress, n_classes=n_classes)
     out = predictor.save(ckpt_path)
     print(format_metrics(metrics, spec.name))
     print(f"checkpoint: {out}")
     if args.output:
         _, test_idx = split_indices(len(dataset), seed, recipe.test_fraction)
         real = dataset.accuracies[test_idx]
-        pred = predictor.predict_features(
-            predictor.features([dataset.configs[i] for i in test_idx],
-                               {k: v[test_idx] for k, v in dataset.known().items()}))
+        pred = predictor.predict([dataset.configs[i] for i in test_idx])
         print(f"plot: {plot_predictions(real, pred, args.output)}")
     return 0
 

@@ -11,11 +11,16 @@ from moofa.search.evolution import (
                                     SearchResult,
                                     SearchSettings,
                                     check_constraints,
+                                    monotone_answer,
                                     random_configs,
                                     random_search_baseline,
+                                    search_budget,
+                                    search_sweep,
 )
+from moofa.search.robust import Estimates, FitnessSettings, RobustFitness
 from moofa.search.results import compare, read_run, write_summary
 
-__all__ = ["EvolutionFinder", "Individual", "OperatorStats", "SearchResult", "SearchSettings",
-           "check_constraints", "compare", "random_configs", "random_search_baseline", "read_run",
-           "write_summary"]
+__all__ = ["Estimates", "EvolutionFinder", "FitnessSettings", "Individual", "OperatorStats",
+           "RobustFitness", "SearchResult", "SearchSettings", "check_constraints", "compare",
+           "monotone_answer", "random_configs", "random_search_baseline", "read_run", "search_budget",
+           "search_sweep", "write_summary"]

@@ -13,6 +13,13 @@ One run per constraint C (peak memory, elements):
 3. the best individual over every scored config is returned, the last generation's children
    included (the reference never looked at them, SPEC 10 item 12).
 
+With a :class:`moofa.search.robust.RobustFitness` as the scorer, individuals carry its calibrated
+mean, uncertainty and distance to the measured data, and the initial population starts from the
+data: the ``seeds`` given (the previous budget's answer and candidates in a sweep), then the most
+accurate measured subnets that fit, filled up to ``population_size`` with their mutants (random
+feasible subnets only when neither exists). The ``top_k`` best distinct unmeasured candidates seen
+are kept (for re-ranking by measurement).
+
 Efficiency is the exact analytic peak memory (vectorised over a batch, SPEC 4.2) unless another
 efficiency function is given (the benchmark passes the reference's build-and-run measurement).
 A child over the constraint is re-drawn from the same parent(s) at most ``max_tries`` times in
@@ -45,6 +52,7 @@ from moofa.efficiency import (
 from moofa.errors import InfeasibleConstraintError
 from moofa.models.spec import ModelSpec, SubnetConfig, get_model_spec
 from moofa.predictor.encoder import ArchEncoder
+from moofa.search.robust import Estimates, RobustFitness
 
 Scorer = Callable[[list[SubnetConfig]], "np.ndarray | Sequence[float]"]
 
@@ -104,11 +112,36 @@ class SearchSettings:
 
 
 class Individual(NamedTuple):
-    """A scored subnet: predicted accuracy (fraction), config, peak memory (elements)."""
+    """A scored subnet: fitness (the predicted accuracy, fraction; the robust fitness when one is
+    used), config, peak memory (elements); with a robust fitness also the calibrated predicted
+    accuracy ``mean`` and its standard deviation ``std`` (fractions), the gene distance to the
+    nearest measured subnet and whether it is itself measured (then mean = its measurement)."""
 
     accuracy: float
     config: SubnetConfig
     peak: int
+    mean: float | None = None
+    std: float = 0.0
+    distance: float = float("inf")
+    measured: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"fitness": self.accuracy, "config": self.config.to_dict(), "peak_memory": int(self.peak),
+                "mean": self.accuracy if self.mean is None else self.mean, "std": self.std,
+                "distance": None if self.distance == float("inf") else self.distance,
+                "measured": self.measured}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Individual:
+        dist = d.get("distance")
+        return cls(float(d["fitness"]), SubnetConfig.from_dict(d["config"]), int(d["peak_memory"]),
+                   float(d["mean"]), float(d["std"]), float("inf") if dist is None else float(dist),
+                   bool(d["measured"]))
+
+    @property
+    def predicted(self) -> float:
+        """The predicted accuracy to report (calibrated mean when known, else the fitness)."""
+        return self.accuracy if self.mean is None else self.mean
 
 
 @dataclass
@@ -133,21 +166,26 @@ class SearchResult:
     seconds: float
     settings: SearchSettings
     stats: OperatorStats = field(default_factory=OperatorStats)
+    top: list[Individual] = field(default_factory=list)  # best distinct unmeasured, descending
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (what rank 0 broadcasts and what info.json records)."""
         return {"constraint": self.constraint, "predicted_accuracy": self.best.accuracy,
                 "config": self.best.config.to_dict(), "peak_memory": int(self.best.peak),
+                "best": self.best.to_dict(), "top": [t.to_dict() for t in self.top],
                 "history": list(self.history), "n_scored": self.n_scored, "seconds": self.seconds,
                 "settings": self.settings.to_dict(), "stats": asdict(self.stats)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SearchResult:
-        best = Individual(float(data["predicted_accuracy"]), SubnetConfig.from_dict(data["config"]),
-                          int(data["peak_memory"]))
+        if "best" in data:
+            best = Individual.from_dict(data["best"])
+        else:
+            best = Individual(float(data["predicted_accuracy"]), SubnetConfig.from_dict(data["config"]),
+                              int(data["peak_memory"]))
         return cls(int(data["constraint"]), best, list(data["history"]), int(data["n_scored"]),
                    float(data["seconds"]), SearchSettings(**data["settings"]),
-                   OperatorStats(**data["stats"]))
+                   OperatorStats(**data["stats"]), [Individual.from_dict(t) for t in data.get("top", [])])
 
 
 def check_constraints(model: str | ModelSpec, constraints: Iterable[float],
@@ -206,11 +244,25 @@ class EvolutionFinder:
         return np.asarray(self._efficiency(configs), dtype=np.int64).reshape(len(configs))
 
     def scores(self, configs: list[SubnetConfig]) -> np.ndarray:
-        """Predicted accuracy (fractions, float64) of a batch."""
-        acc = np.asarray(self._predict(configs), dtype=np.float64).reshape(len(configs))
+        """Fitness (predicted accuracy, fractions, float64) of a batch."""
+        out = self._predict(configs)
+        acc = np.asarray(out.fitness if isinstance(out, Estimates) else out,
+                         dtype=np.float64).reshape(len(configs))
         if not np.isfinite(acc).all():
             raise ValueError("predictor returned a non-finite accuracy")
         return acc
+
+    def individuals(self, configs: list[SubnetConfig], peaks: np.ndarray) -> list[Individual]:
+        """Score a batch of configs with their peaks (elements) into individuals."""
+        out = self._predict(configs)
+        if not isinstance(out, Estimates):
+            acc = np.asarray(out, dtype=np.float64).reshape(len(configs))
+            if not np.isfinite(acc).all():
+                raise ValueError("predictor returned a non-finite accuracy")
+            return [Individual(float(a), c, int(p)) for a, c, p in zip(acc, configs, peaks)]
+        return [Individual(float(out.fitness[i]), c, int(peaks[i]), float(out.mean[i]),
+                           float(out.std[i]), float(out.distance[i]), bool(out.measured[i]))
+                for i, c in enumerate(configs)]
 
     # -------------------------------------------------------------------------------- children
     def _children(self, make: Callable[[int], SubnetConfig], fallback: Callable[[int], Individual],
@@ -258,16 +310,50 @@ class EvolutionFinder:
             rng_np, stats)
         configs = mutants + crosses
         peaks = np.concatenate([mut_peaks, cross_peaks])
-        acc = self.scores(configs)
-        return [Individual(float(a), c, int(p)) for a, c, p in zip(acc, configs, peaks)]
+        return self.individuals(configs, peaks)
 
     # ---------------------------------------------------------------------------------- search
-    def search(self, constraint: float, progress: bool = False) -> SearchResult:
-        """Run the evolution under ``constraint`` (elements); deterministic for a given seed."""
+    def search(self, constraint: float, progress: bool = False, seeds: Sequence[SubnetConfig] = (),
+               top_k: int = 0) -> SearchResult:
+        """Run the evolution under ``constraint`` (elements); deterministic for a given seed.
+        ``seeds``: configs (fitting the constraint) that start the population; ``top_k``: how many
+        best distinct unmeasured candidates to return in ``SearchResult.top``."""
         with single_thread():
-            return self._search(constraint, progress)
+            return self._search(constraint, progress, list(seeds), int(top_k))
 
-    def _search(self, constraint: float, progress: bool) -> SearchResult:
+    def _initial(self, constraint: float, seeds: list[SubnetConfig], rng: random.Random,
+                 rng_np: np.random.Generator, stats: OperatorStats) -> tuple[list[SubnetConfig], np.ndarray]:
+        """The initial population: seeds, then measured subnets that fit, filled with their
+        mutants; uniform feasible samples when there is neither (see the module docstring)."""
+        s = self.settings
+        start = list(seeds)
+        fitness = self._predict if isinstance(self._predict, RobustFitness) else None
+        if fitness is not None:
+            start += [fitness.configs[i] for i in fitness.measured_fitting(constraint, s.population_size)]
+        if not start:
+            configs = sample_feasible(self.spec, constraint, rng_np, s.population_size, options=self.options)
+            return configs, self.peaks(configs)
+        unique: dict[tuple, SubnetConfig] = {}
+        for c in start:
+            k = c.canonical(self.spec)
+            unique.setdefault((k.ks, k.e, k.d, k.image_size), c)
+        configs = list(unique.values())[:s.population_size]
+        peaks = self.peaks(configs)
+        if (peaks > constraint).any():
+            raise ValueError("a seed of the initial population does not fit the constraint")
+        base = [Individual(0.0, c, int(p)) for c, p in zip(configs, peaks)]
+        n_fill = s.population_size - len(configs)
+        if n_fill > 0:
+            src = [rng.randrange(len(base)) for _ in range(n_fill)]
+            fill, fill_peaks = self._children(
+                lambda i: self.encoder.mutate(base[src[i]].config, s.arch_mutate_prob,
+                                              s.resolution_mutate_prob, rng),
+                lambda i: base[src[i]], n_fill, constraint, rng_np, stats)
+            configs, peaks = configs + fill, np.concatenate([peaks, fill_peaks])
+        return configs, peaks
+
+    def _search(self, constraint: float, progress: bool, seeds: list[SubnetConfig],
+                top_k: int) -> SearchResult:
         t0 = time.perf_counter()
         check_constraints(self.spec, [constraint], self.options, key="constraint")
         s = self.settings
@@ -275,12 +361,12 @@ class EvolutionFinder:
         rng_np = np.random.default_rng(seq.spawn(1)[0])
         rng = random.Random(int(seq.generate_state(1, dtype=np.uint64)[0]))
         stats = OperatorStats()
-        configs = sample_feasible(self.spec, constraint, rng_np, s.population_size, options=self.options)
-        peaks = self.peaks(configs)
+        configs, peaks = self._initial(constraint, seeds, rng, rng_np, stats)
         if (peaks > constraint).any():  # the sampler is exact; this guards a custom efficiency model
             raise RuntimeError("sample_feasible returned a config over the constraint")
-        acc = self.scores(configs)
-        population = [Individual(float(a), c, int(p)) for a, c, p in zip(acc, configs, peaks)]
+        population = self.individuals(configs, peaks)
+        archive = _TopK(top_k, self.spec)
+        archive.offer(population)
         best = max(population, key=lambda ind: ind.accuracy)
         history = [best.accuracy]
         n_scored = len(population)
@@ -289,6 +375,7 @@ class EvolutionFinder:
         for _ in range(s.generations):
             parents = sorted(population, key=lambda ind: -ind.accuracy)[:s.n_parents]
             children = self._generation(parents, constraint, rng, rng_np, stats)
+            archive.offer(children)
             n_scored += len(children)
             top = max(children, key=lambda ind: ind.accuracy)
             if top.accuracy > best.accuracy:
@@ -299,7 +386,77 @@ class EvolutionFinder:
             bar.update()
         bar.close()
         return SearchResult(int(round(constraint)), best, history, n_scored,
-                            time.perf_counter() - t0, s, stats)
+                            time.perf_counter() - t0, s, stats, archive.best())
+
+
+def monotone_answer(previous: Individual | None, found: Individual) -> Individual:
+    """The answer under a budget given the previous (smaller) budget's answer, which also fits:
+    the found subnet only when neither its fitness nor its predicted accuracy is lower, so both
+    never drop as the budget grows."""
+    if previous is None:
+        return found
+    if found.accuracy >= previous.accuracy and found.predicted >= previous.predicted:
+        return found
+    return previous
+
+
+def search_budget(finder: EvolutionFinder, constraint: float, previous: Individual | None = None,
+                  previous_top: Sequence[Individual] = (), top_k: int = 10,
+                  progress: bool = False) -> tuple[SearchResult, Individual]:
+    """One budget of a sweep: the search seeded with the previous (smaller) budget's answer and
+    candidates, and the monotone answer (:func:`monotone_answer`)."""
+    seeds = [] if previous is None else [previous.config] + [t.config for t in previous_top]
+    result = finder.search(constraint, progress=progress, seeds=seeds, top_k=top_k)
+    return result, monotone_answer(previous, result.best)
+
+
+def search_sweep(finder: EvolutionFinder, constraints: Iterable[float], top_k: int = 10,
+                 progress: bool = False) -> list[tuple[SearchResult, Individual]]:
+    """Search every constraint in ascending order, each starting from the previous answer
+    (what ``eval_and_search.py --mode search`` does without evaluation)."""
+    out: list[tuple[SearchResult, Individual]] = []
+    previous, top = None, []
+    for c in sorted(constraints):
+        result, previous = search_budget(finder, c, previous, top, top_k, progress)
+        top = result.top
+        out.append((result, previous))
+    return out
+
+
+def _network_key(cfg: SubnetConfig, blocks_per_stage: int) -> tuple:
+    """(ks, e of the active blocks, d, image_size): equal for configs of the same network (a
+    cheaper :meth:`SubnetConfig.canonical`)."""
+    active = [s * blocks_per_stage + j for s, n in enumerate(cfg.d) for j in range(n)]
+    return (tuple(cfg.ks[i] for i in active), tuple(cfg.e[i] for i in active), cfg.d, cfg.image_size)
+
+
+class _TopK:
+    """The ``k`` best distinct (canonical config) unmeasured individuals offered so far."""
+
+    def __init__(self, k: int, spec: ModelSpec) -> None:
+        self.k, self.spec = k, spec
+        self.items: dict[tuple, Individual] = {}
+        self.threshold = -float("inf")
+
+    def offer(self, individuals: Iterable[Individual]) -> None:
+        if self.k <= 0:
+            return
+        for ind in individuals:
+            if ind.measured or ind.accuracy <= self.threshold:
+                continue
+            key = _network_key(ind.config, self.spec.blocks_per_stage)
+            old = self.items.get(key)
+            if old is not None and old.accuracy >= ind.accuracy:
+                continue
+            self.items[key] = ind
+            if len(self.items) > self.k:
+                worst = min(self.items, key=lambda q: self.items[q].accuracy)
+                del self.items[worst]
+            if len(self.items) == self.k:
+                self.threshold = min(v.accuracy for v in self.items.values())
+
+    def best(self) -> list[Individual]:
+        return sorted(self.items.values(), key=lambda ind: -ind.accuracy)
 
 
 def random_configs(model: str | ModelSpec, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:

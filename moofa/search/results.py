@@ -6,6 +6,11 @@ memory peak / MFLOPs") and an accuracy-versus-constraint plot overlaying the run
 Units: accuracy is a fraction in info.json and percent (labelled) in the tables and plots; memory
 in elements; MFLOPs are MMACs. A cell's top-1 is the measured (real) accuracy when the run
 evaluated its subnets, else the predicted one, marked ``*``.
+
+Below Table 1, ``summary.md`` has one "search against its data" table per run: the predicted
+accuracy with its standard deviation, the measured accuracies and the images they were measured on,
+and as a baseline the best subnet that was already measured (in the predictor dataset) under the
+same budget, so a reader sees at which budgets the search beat the data it had.
 """
 from __future__ import annotations
 
@@ -62,6 +67,13 @@ class ResultRow:
     predicted_top1: float | None
     peak_memory: int
     mflops: float
+    predicted_std: float | None = None
+    selection_top1: float | None = None      # measured on the selection images
+    selection_images: str | None = None
+    test_images: str | None = None
+    baseline_dataset_top1: float | None = None  # best already-measured subnet under the budget
+    baseline_real_top1: float | None = None     # ... measured on the same test images
+    predicted_source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -80,11 +92,26 @@ def _row(info: Mapping[str, Any], constraint: int, path: Path) -> ResultRow:
     try:
         real, pred = info.get("real_accuracy"), info.get("predicted_accuracy")
         top1 = real if real is not None else pred
+        images = info.get("images") or {}
+        base = info.get("baseline") or {}
         return ResultRow(constraint, None if top1 is None else float(top1), real is None,
                          None if pred is None else float(pred), int(info["peak_memory"]),
-                         float(info["flops"]))
+                         float(info["flops"]), _opt(info.get("predicted_std")),
+                         _opt(info.get("selection_accuracy")), _describe(images.get("selection_accuracy")),
+                         _describe(images.get("real_accuracy")), _opt(base.get("dataset_accuracy")),
+                         _opt(base.get("real_accuracy")), info.get("predicted_source"))
     except (KeyError, TypeError, ValueError) as err:
         raise MoofaInputError(f"not a search result ({type(err).__name__}: {err})", file=path) from None
+
+
+def _opt(x: Any) -> float | None:
+    return None if x is None else float(x)
+
+
+def _describe(images: Any) -> str | None:
+    if not isinstance(images, Mapping):
+        return None
+    return f"{images.get('split')}, {int(images.get('n_images', 0)):,} images"
 
 
 def run_from_infos(label: str, infos: Iterable[Mapping[str, Any]], where: str | Path = "<results>") -> Run:
@@ -151,15 +178,59 @@ def summary_markdown(runs: Sequence[Run], title: str | None = None) -> str:
              "|---|" + "---|" * len(runs)]
     for c in constraints:
         lines.append(f"| < {format_constraint(c)} | " + " | ".join(_cell(m.get(c)) for m in maps) + " |")
+    for run in runs:
+        lines += ["", *against_data_markdown(run)]
     return "\n".join(lines) + "\n"
+
+
+def _pm(x: float | None, sd: float | None) -> str:
+    return "" if x is None else f"{100 * x:.2f}" + ("" if sd is None else f" ± {100 * sd:.2f}")
+
+
+def _delta(a: float | None, b: float | None) -> str:
+    return "" if a is None or b is None else f"{100 * (a - b):+.2f}"
+
+
+def against_data_markdown(run: Run) -> list[str]:
+    """The "search against its data" table of one run (see the module docstring)."""
+    rows = run.rows
+    sel = next((r.selection_images for r in rows if r.selection_images), None)
+    test = next((r.test_images for r in rows if r.test_images), None)
+    lines = [f"## {run.label}: the search against the data it had", "",
+             "predicted = the search's estimate (± one standard deviation; a measured subnet shows its "
+             "measurement); selection = measured on the images used to choose (" + (sel or "none") + "); "
+             "test = measured on the report images (" + (test or "not evaluated") + "); baseline = the "
+             "best subnet already in the predictor dataset under the budget (its dataset accuracy, and "
+             "its accuracy on the same test images). Accuracies in %.", "",
+             "| Budget | predicted | selection | test | baseline (dataset) | baseline (test) | test vs baseline (pp) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        real = None if r.predicted else r.top1
+        gap = _delta(real, r.baseline_real_top1) if real is not None else \
+            _delta(r.predicted_top1, r.baseline_dataset_top1) + (" (predicted)" if r.baseline_dataset_top1 is not None
+                                                                 and r.predicted_top1 is not None else "")
+        lines.append(f"| < {format_constraint(r.constraint)} | {_pm(r.predicted_top1, r.predicted_std)} | "
+                     f"{_pct(r.selection_top1)} | {_pct(real)} | {_pct(r.baseline_dataset_top1)} | "
+                     f"{_pct(r.baseline_real_top1)} | {gap} |")
+    measured = [(r.top1, r.baseline_real_top1) for r in rows if not r.predicted and r.baseline_real_top1 is not None]
+    if measured:
+        d = [a - b for a, b in measured]
+        lines += ["", f"On the test images the search's subnets are {100 * sum(d) / len(d):+.2f} pp from the "
+                  f"best already-measured subnet on average (worst {100 * min(d):+.2f} pp, {len(d)} budgets)."]
+    return lines
 
 
 def summary_csv(runs: Sequence[Run]) -> str:
     """Wide CSV: ``constraint`` then per run ``<label> top1_percent``, ``<label> accuracy_source``
     (real | predicted), ``<label> predicted_top1_percent``, ``<label> peak_memory`` (elements),
-    ``<label> mflops`` (MMACs). Missing cells are empty."""
+    ``<label> mflops`` (MMACs), ``<label> predicted_std_percent``, ``<label>
+    selection_top1_percent`` (measured on the selection images), ``<label>
+    baseline_dataset_top1_percent`` and ``<label> baseline_test_top1_percent`` (the best
+    already-measured subnet under the budget). Missing cells are empty."""
     constraints, maps = _by_constraint(runs)
-    fields = ("top1_percent", "accuracy_source", "predicted_top1_percent", "peak_memory", "mflops")
+    fields = ("top1_percent", "accuracy_source", "predicted_top1_percent", "peak_memory", "mflops",
+              "predicted_std_percent", "selection_top1_percent", "baseline_dataset_top1_percent",
+              "baseline_test_top1_percent")
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["constraint"] + [f"{r.label} {f}" for r in runs for f in fields])
@@ -171,7 +242,8 @@ def summary_csv(runs: Sequence[Run]) -> str:
                 row += [""] * len(fields)
             else:
                 row += [_pct(r.top1), "predicted" if r.predicted else "real", _pct(r.predicted_top1),
-                        r.peak_memory, f"{r.mflops:.4f}"]
+                        r.peak_memory, f"{r.mflops:.4f}", _pct(r.predicted_std), _pct(r.selection_top1),
+                        _pct(r.baseline_dataset_top1), _pct(r.baseline_real_top1)]
         w.writerow(row)
     return buf.getvalue()
 

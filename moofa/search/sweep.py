@@ -9,12 +9,14 @@ re-calibration (counts all-reduced, forward time synchronised) and rank 0 writes
 After the sweep rank 0 writes ``summary.csv``, ``summary.md`` and the accuracy plot.
 
 Resume: a constraint whose ``info.json`` records the same search is not searched again. The
-fingerprint (:func:`fingerprint`) holds the model, the constraint, the search settings, the
-predictor and (with evaluation) the supernet checkpoint *by content* (:mod:`moofa.fingerprint`),
-and the dataset and BN-calibration settings. When an existing result records another fingerprint
-the run stops at once with exit 2, naming what changed; ``overwrite=True``
-(``--overwrite``) redoes every constraint instead. With ``evaluate: false`` neither the supernet
-checkpoint nor the dataset is read, and ``real_accuracy`` is null.
+fingerprint (:func:`fingerprint`) holds the model, the constraint, the search and fitness
+settings, the predictor, the measured dataset of the robust fitness and (with evaluation) the
+supernet checkpoint *by content* (:mod:`moofa.fingerprint`), the data and BN-calibration settings,
+and the answer of the previous (smaller) budget that seeded this one. When an existing result
+records other inputs the run stops at once with exit 2, naming what changed; ``overwrite=True``
+(``--overwrite``) redoes every constraint instead. A result whose inputs agree but whose previous
+budget's answer differs (that budget was redone) is searched again. With ``evaluate: false``
+neither the supernet checkpoint nor the dataset is read, and ``real_accuracy`` is null.
 
 Before any work rank 0 checks ``res_dir`` writable, takes its lock (:class:`moofa.lock.OutputLock`:
 a second search into the same folder stops with exit 2 naming the first one's pid and host) and
@@ -36,10 +38,13 @@ from moofa.lock import OutputLock
 from moofa.models.spec import ModelSpec, SubnetConfig
 from moofa.search.evolution import (
     EvolutionFinder,
+    Individual,
     SearchResult,
     SearchSettings,
     check_constraints,
+    search_budget,
 )
+from moofa.search.robust import FitnessSettings, RobustFitness
 from moofa.search.report import (
     UNITS,
     draw_subnet_plots,
@@ -57,33 +62,69 @@ from moofa.search.results import (
 
 log = logging.getLogger(__name__)
 EXPORT_NAME = "subnet.pth.tar"
+RERANK_SOURCE = "search re-ranking"  # the ``source`` of the dataset rows a sweep appends
 
 
-def load_search_predictor(cfg: Mapping[str, Any], spec: ModelSpec):
+def load_search_predictor(cfg: Mapping[str, Any], spec: ModelSpec, n_classes: int | None = None):
     """The accuracy predictor of ``search_config.acc_predictor_checkpoint`` on the CPU (the
-    search scores batches of at most population_size configs, too small to gain from a GPU)."""
+    search scores batches of at most population_size configs, too small to gain from a GPU).
+    Its FLOPs input uses the class count it was trained with (recorded in our checkpoints); a
+    checkpoint that does not record it uses ``n_classes`` (the run's data), as dataset creation
+    did."""
     from moofa.predictor import AccuracyPredictor
 
     path = cfg["search_config"]["acc_predictor_checkpoint"]
     if not path:
         raise ConfigError("no accuracy predictor checkpoint given", file=cfg.get("_path"),
                           key="search_config.acc_predictor_checkpoint")
-    predictor = AccuracyPredictor.load(path, spec, device="cpu")
-    if predictor.recorded_model is None:
+    pred = AccuracyPredictor.load(path, spec, device="cpu")
+    if pred.recorded_model is None:
         log.warning("%s records no model (reference format): cannot check that it was trained for "
                     "%s; make sure it was (a predictor of another model with the same input size "
                     "loads but predicts nonsense)", path, spec.name)
-    return predictor
+    if n_classes is not None:
+        set_flops_classes(pred, n_classes)
+    return pred
+
+
+def set_flops_classes(pred: Any, n_classes: int) -> None:
+    """Give a checkpoint that does not record its FLOPs class count the data's ``n_classes``;
+    one that does keeps its own (with a warning when the data has another)."""
+    if "flops" not in pred.extra_features:
+        return
+    if not getattr(pred, "n_classes_recorded", False):
+        pred.n_classes = int(n_classes)
+    elif pred.n_classes != n_classes:
+        log.warning("the predictor was trained with the FLOPs of a %d-class network, the data has %d "
+                    "classes; the search keeps the predictor's %d", pred.n_classes, n_classes,
+                    pred.n_classes)
+
+
+def load_measured(cfg: Mapping[str, Any], spec: ModelSpec):
+    """The measured subnets of ``search_config.acc_dataset_path`` (None, with a warning, when
+    the file does not exist: the robust fitness then only subtracts the ensemble spread)."""
+    from moofa.predictor.dataset import read_dataset
+
+    path = Path(cfg["search_config"]["acc_dataset_path"])
+    if not path.exists():
+        log.warning("no predictor dataset at %s: the search cannot check its predictions against "
+                    "measured subnets (search_config.acc_dataset_path)", path)
+        return None
+    return read_dataset(path, spec)
 
 
 def search_inputs(cfg: Mapping[str, Any], spec: ModelSpec, args: Mapping[str, Any],
                   predictor: Any = None) -> dict[str, Any]:
     """The inputs of a sweep by content: the model, the predictor file (and the model it
-    records) and, with evaluation, the supernet checkpoint and the data settings."""
+    records), the measured dataset the robust fitness reads and, with evaluation, the supernet
+    checkpoint and the data settings."""
     sc = cfg["search_config"]
     pred = file_fingerprint(sc["acc_predictor_checkpoint"])
     pred["model"] = getattr(predictor, "recorded_model", None)
-    out: dict[str, Any] = {"model_spec": model_identity(spec), "predictor": pred}
+    out: dict[str, Any] = {"model_spec": model_identity(spec), "predictor": pred, "dataset": None}
+    data = Path(sc["acc_dataset_path"])
+    if sc["fitness"] == "robust" and data.is_file():
+        out["dataset"] = measured_identity(data)
     if sc["evaluate"]:
         ckpt = args.get("checkpoint")
         if ckpt:
@@ -94,20 +135,39 @@ def search_inputs(cfg: Mapping[str, Any], spec: ModelSpec, args: Mapping[str, An
     return out
 
 
+def measured_identity(path: Path) -> dict[str, Any]:
+    """The measured dataset by content, without the re-ranking rows a sweep appends to it
+    (:data:`RERANK_SOURCE`): the sweep's own appends do not make its finished results stale,
+    while any other change of the data does."""
+    import hashlib
+
+    h, n = hashlib.sha256(), 0
+    with open(path, "rb") as fh:
+        for line in fh:
+            if f'"source": "{RERANK_SOURCE}"'.encode() not in line:
+                h.update(line.rstrip(b"\r\n") + b"\n")
+                n += 1
+    return {"path": str(path), "records": n, "sha256": h.hexdigest()}
+
+
 def fingerprint(cfg: Mapping[str, Any], spec: ModelSpec, constraint: int,
                 settings: SearchSettings, args: Mapping[str, Any],
                 inputs: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """What identifies one constraint's result (JSON-normalised), for resuming: ``inputs`` is
-    :func:`search_inputs` (computed when None)."""
-    sc = cfg["search_config"]
+    :func:`search_inputs` (computed when None). The previous budget's answer is added per
+    constraint (key ``previous``)."""
+    sc, dc = cfg["search_config"], cfg["dataset_config"]
     inputs = search_inputs(cfg, spec, args) if inputs is None else inputs
     fp = {"model": spec.name, "constraint": constraint, "settings": settings.to_dict(),
-          "evaluate": bool(sc["evaluate"]), "export": bool(sc["export"]), **inputs}
+          "evaluate": bool(sc["evaluate"]), "export": bool(sc["export"]),
+          "fitness": FitnessSettings.from_config(sc).to_dict(),
+          "rerank": ({"top_k": int(sc["rerank_top_k"]), "split": dc["eval_split"],
+                      "eval_images": dc["eval_images"]} if sc["evaluate"] else None),
+          **inputs}
     return json.loads(json.dumps(fp))
 
 
 def _existing(info_path: Path) -> dict | None:
-    """The info.json of a finished constraint, None when absent or unreadable (redone)."""
     if not info_path.is_file():
         return None
     try:
@@ -116,24 +176,81 @@ def _existing(info_path: Path) -> dict | None:
         return None
 
 
-def finished_results(res_dir: str | Path, fps: Mapping[int, Mapping[str, Any]],
-                     overwrite: bool = False) -> dict[int, dict]:
-    """``{constraint: info}`` of the constraints already done with fingerprint ``fps[c]``.
-    A result with another fingerprint raises :class:`MoofaInputError` naming its file and what
-    changed, unless ``overwrite`` (then it is redone)."""
-    done = {}
+def check_finished(res_dir: str | Path, fps: Mapping[int, Mapping[str, Any]], overwrite: bool = False) -> None:
+    """Stop (:class:`MoofaInputError`, exit 2) when a finished result of ``res_dir`` records
+    other inputs than ``fps[c]`` (the previous budget's answer aside, which is derived), naming
+    its file and what changed; ``overwrite`` means every result is redone anyway."""
+    if overwrite:
+        return
     for c, fp in fps.items():
         path = constraint_dir(res_dir, c) / INFO_NAME
         info = _existing(path)
-        if info is None or overwrite:
+        if info is None:
             continue
-        if not same(info.get("fingerprint"), fp):
+        recorded = dict(info.get("fingerprint") or {})
+        recorded.pop("previous", None)
+        if not same(recorded, fp):
             raise MoofaInputError(change_message(
-                f"this search result (constraint {c:,})", info.get("fingerprint"), fp,
+                f"this search result (constraint {c:,})", recorded, fp,
                 "rerun with --overwrite to redo the search, or choose another search_config.res_dir"),
                 file=path)
-        done[c] = info
-    return done
+
+
+def _done(info_path: Path, fp: Mapping[str, Any]) -> dict | None:
+    info = _existing(info_path)
+    return info if info is not None and same(info.get("fingerprint"), fp) else None
+
+
+class _Context:
+    """What the constraints of one sweep share (on every rank; search state on rank 0)."""
+
+    def __init__(self, cfg: Mapping[str, Any], spec: ModelSpec, backend: Any, predictor: Any,
+                 inputs: Mapping[str, Any]) -> None:
+        sc = cfg["search_config"]
+        self.cfg, self.spec, self.backend, self.sc = cfg, spec, backend, sc
+        self.settings = SearchSettings.from_config(sc)
+        self.fitness_settings = FitnessSettings.from_config(sc)
+        self.args = last_task_args(cfg)
+        self.evaluate = bool(sc["evaluate"])
+        self.top_k = int(sc["rerank_top_k"])
+        self.supernet = self.provider = self.meter = None
+        if self.evaluate:
+            from moofa.data import DataProvider
+            from moofa.predictor.create import SubnetMeter
+
+            self.provider = DataProvider(self.args, spec.image_sizes, backend.rank, backend.size)
+            self.supernet = load_supernet(spec, self.args, self.provider.n_classes).to(backend.device)
+            self.n_classes = self.provider.n_classes
+            whole = self.provider if backend.size == 1 else \
+                DataProvider(self.args, spec.image_sizes, 0, 1)
+            dc = cfg["dataset_config"]
+            self.meter = SubnetMeter(self.supernet, whole, dc["eval_images"], dc["eval_split"])
+        else:
+            self.n_classes = expected_n_classes(self.args)
+            if sc["export"] and backend.is_main:
+                log.info("predictor-only search: no supernet weights, so the found subnets are not exported")
+        self.predictor, self.inputs = predictor, inputs
+        set_flops_classes(predictor, self.n_classes)  # the data's, once the data is read
+        measured = load_measured(cfg, spec) if self.fitness_settings.robust else None
+        self.fitness = RobustFitness(self.predictor, measured, self.fitness_settings)
+        self.finder = EvolutionFinder(spec, self.fitness, self.settings)
+        self.selection_measured: dict[tuple, float] = {}  # canonical config -> selection top-1
+        self.new_records: list[dict] = []
+
+    def key(self, config: SubnetConfig) -> tuple:
+        c = config.canonical(self.spec)
+        return (c.ks, c.e, c.d, c.image_size)
+
+    def dataset_accuracy(self, config: SubnetConfig) -> float | None:
+        """The dataset's (or this sweep's) selection measurement of ``config``, if any."""
+        k = self.key(config)
+        if k in self.selection_measured:
+            return self.selection_measured[k]
+        if self.fitness.has_data:
+            est = self.fitness([config])
+            if est.measured[0]:
+                return float(est.mean[0])
+        return None
 
 
 def run_search(cfg: Mapping[str, Any], spec: ModelSpec, backend: Any,
@@ -142,62 +259,53 @@ def run_search(cfg: Mapping[str, Any], spec: ModelSpec, backend: Any,
     sc = cfg["search_config"]
     constraints = search_constraints(cfg)
     check_constraints(spec, constraints, file=cfg.get("_path"))
-    settings = SearchSettings.from_config(sc)
-    args = last_task_args(cfg)
     res_dir = Path(sc["res_dir"])
     lock = OutputLock(res_dir, "search", key="search_config.res_dir")
+    args = last_task_args(cfg)
 
-    def take_folder() -> None:  # writable, ours, tidy: before any long work
+    def take_folder() -> dict[str, Any]:  # writable, ours, tidy, same inputs: before any long work
         lock.acquire()
         clean_stale_temps(folders=[res_dir], recursive=True)
+        inputs = search_inputs(cfg, spec, args, predictor)
+        settings = SearchSettings.from_config(sc)
+        check_finished(res_dir, {c: fingerprint(cfg, spec, c, settings, args, inputs)
+                                 for c in constraints}, overwrite)
+        return inputs
 
-    on_main_rank(backend, take_folder)
     try:
-        return _sweep(cfg, spec, backend, overwrite, constraints, settings, args)
+        # the FLOPs input's class count is the dataset's, as in dataset creation
+        predictor = load_search_predictor(cfg, spec, expected_n_classes(args))
+        inputs = on_main_rank(backend, take_folder)
+        return _sweep(cfg, spec, backend, overwrite, constraints, predictor, inputs)
     finally:
         lock.release()
 
 
 def _sweep(cfg: Mapping[str, Any], spec: ModelSpec, backend: Any, overwrite: bool,
-           constraints: list[int], settings: SearchSettings, args: Mapping[str, Any]) -> list[dict]:
+           constraints: list[int], predictor: Any, inputs: Mapping[str, Any]) -> list[dict]:
     sc = cfg["search_config"]
+    ctx = _Context(cfg, spec, backend, predictor, inputs)
     res_dir = Path(sc["res_dir"])
-    predictor = load_search_predictor(cfg, spec)
-
-    def check() -> tuple[dict, dict]:
-        inputs = search_inputs(cfg, spec, args, predictor)
-        fps = {c: fingerprint(cfg, spec, c, settings, args, inputs) for c in constraints}
-        return fps, finished_results(res_dir, fps, overwrite)
-
-    fps, done = on_main_rank(backend, check)  # before any long work
-    evaluate = bool(sc["evaluate"])
-    supernet = provider = None
-    if evaluate:
-        from moofa.data import DataProvider
-
-        provider = DataProvider(args, spec.image_sizes, backend.rank, backend.size)
-        supernet = load_supernet(spec, args, provider.n_classes).to(backend.device)
-        n_classes = provider.n_classes
-    else:
-        n_classes = expected_n_classes(args)
-        if sc["export"] and backend.is_main:
-            log.info("predictor-only search: no supernet weights, so the found subnets are not exported")
-    finder = EvolutionFinder(spec, predictor.predict, settings)
     if backend.is_main:
-        log.info("search %s: %d constraints %s, population %d, %d generations, seed %d, %s",
-                 spec.name, len(constraints), [f"{c:,}" for c in constraints],
-                 settings.population_size, settings.generations, settings.seed,
-                 "with evaluation" if evaluate else "predictor only")
-    infos = []
-    for c in constraints:
-        if c in done:
-            if backend.is_main:
-                log.info("constraint %s: already done with the same inputs (%s), skipping", f"{c:,}",
-                         constraint_dir(res_dir, c) / INFO_NAME)
-            infos.append(done[c])
-            continue
-        infos.append(_one_constraint(cfg, spec, c, fps[c], finder, supernet, provider,
-                                     n_classes, backend))
+        s = ctx.settings
+        log.info("search %s: %d constraints %s, population %d, %d generations, seed %d, fitness %s "
+                 "(%d measured subnets), %s", spec.name, len(constraints), [f"{c:,}" for c in constraints],
+                 s.population_size, s.generations, s.seed, sc["fitness"], len(ctx.fitness.configs),
+                 f"re-ranking the top {ctx.top_k} by measurement on {ctx.meter.description}"
+                 if ctx.evaluate else "predictor only")
+    infos: list[dict] = []
+    for c in constraints:  # ascending: each budget starts from the previous answer
+        infos.append(_one_constraint(ctx, c, infos[-1] if infos else None, overwrite))
+    if backend.is_main and ctx.new_records and sc["append_measurements"]:
+        from moofa.predictor.dataset import append_records
+
+        path = Path(sc["acc_dataset_path"])
+        if path.suffix.lower() == ".jsonl":
+            n = append_records(path, ctx.new_records, spec)
+            log.info("appended %d re-ranking measurement(s) to %s (retrain the predictor and search "
+                     "again for the next round)", n, path)
+        else:
+            log.warning("re-ranking measurements not appended: %s is not a .jsonl dataset", path)
     if backend.is_main:
         run = run_from_infos(spec.name, infos, res_dir)
         for p in write_summary(res_dir, run):
@@ -206,26 +314,124 @@ def _sweep(cfg: Mapping[str, Any], spec: ModelSpec, backend: Any, overwrite: boo
     return infos
 
 
-def _one_constraint(cfg: Mapping[str, Any], spec: ModelSpec, c: int, fp: Mapping[str, Any],
-                    finder: EvolutionFinder, supernet: Any, provider: Any,
-                    n_classes: int, backend: Any) -> dict:
-    sc = cfg["search_config"]
+def _measure(ctx: _Context, configs: list[SubnetConfig]) -> list[float]:
+    """Selection-split top-1 of ``configs``, batched across ranks: in round t rank k measures
+    config t * world + k on the whole selection subset (no reduction needed)."""
+    b = ctx.backend
+    out: list[float] = []
+    for start in range(0, len(configs), b.size):
+        mine = start + b.rank
+        acc = ctx.meter.accuracy(configs[mine]) if mine < len(configs) else None
+        out += [a for a in b.allgather_object(acc) if a is not None]
+    return out[:len(configs)]
+
+
+def _rerank(ctx: _Context, c: int, found: Individual, top: list[Individual],
+            previous: Mapping[str, Any] | None, baseline: Mapping[str, Any] | None
+            ) -> tuple[SubnetConfig, list[dict]]:
+    """Measure the top candidates on the selection split; return the best measured config among
+    them, the previous budget's answer and the best measured subnet of the dataset, and the
+    measured rows."""
+    pool: list[tuple[SubnetConfig, float | None, dict]] = []
+    seen: set = set()
+
+    def add(cfg: SubnetConfig, row: dict) -> None:
+        k = ctx.key(cfg)
+        if k not in seen:
+            seen.add(k)
+            pool.append((cfg, ctx.dataset_accuracy(cfg), row))
+
+    if previous is not None:
+        add(SubnetConfig.from_dict(previous["config"]), {"source": "previous budget's answer"})
+    if baseline is not None:
+        add(SubnetConfig.from_dict(baseline["config"]), {"source": "best measured subnet of the dataset"})
+    for ind in [found] + top[:ctx.top_k]:
+        add(ind.config, {"source": "search", "predicted_accuracy": ind.predicted,
+                         "predicted_std": ind.std, "fitness": ind.accuracy})
+    todo = [i for i, (_, acc, _) in enumerate(pool) if acc is None]
+    measured = _measure(ctx, [pool[i][0] for i in todo])
+    for i, acc in zip(todo, measured):
+        cfg = pool[i][0]
+        pool[i] = (cfg, acc, pool[i][2])
+        ctx.selection_measured[ctx.key(cfg)] = acc
+        from moofa.predictor.create import subnet_record
+
+        ctx.new_records.append(dict(subnet_record(ctx.spec, cfg, acc, ctx.n_classes), source=RERANK_SOURCE))
+    rows = []
+    for i, (cfg, acc, row) in enumerate(pool):
+        rows.append(dict(row, config=cfg.to_dict(), selection_accuracy=acc, newly_measured=i in todo))
+    best = max(range(len(pool)), key=lambda i: (pool[i][1], -i))  # ties: the earlier entry
+    return pool[best][0], rows
+
+
+def _baseline(ctx: _Context, c: int) -> dict | None:
+    i = ctx.fitness.best_measured(c)
+    if i is None:
+        return None
+    cfg = ctx.fitness.configs[i]
+    return {"config": cfg.to_dict(), "peak_memory": int(ctx.fitness.peaks[i]),
+            "dataset_accuracy": float(ctx.fitness.accuracies[i]), "real_accuracy": None}
+
+
+def _one_constraint(ctx: _Context, c: int, previous: Mapping[str, Any] | None, overwrite: bool) -> dict:
+    cfg, spec, backend, sc = ctx.cfg, ctx.spec, ctx.backend, ctx.sc
     out = constraint_dir(sc["res_dir"], c)
-    result = finder.search(c, progress=True) if backend.is_main else None
-    result = SearchResult.from_dict(backend.broadcast_object(result.to_dict() if result else None))
-    best = result.best
-    info: dict[str, Any] = {"predicted_accuracy": best.accuracy, "real_accuracy": None,
-                            "peak_memory": int(best.peak), "config": best.config.to_dict()}
-    report = subnet_report(spec, best.config, n_classes)
-    if not report["peak_memory"] == best.peak <= c:
-        raise RuntimeError(f"search returned a subnet with peak {best.peak} over the constraint {c}")
+    fp = fingerprint(cfg, spec, c, ctx.settings, ctx.args, ctx.inputs)
+    fp["previous"] = None if previous is None else previous["config"]
+    fp = json.loads(json.dumps(fp))
+    done = None if overwrite or not backend.is_main else _done(out / INFO_NAME, fp)
+    done = backend.broadcast_object(done)
+    if done is not None:
+        if backend.is_main:
+            log.info("constraint %s: already done (%s), skipping", f"{c:,}", out / INFO_NAME)
+        for row in done.get("rerank", []):
+            if row.get("selection_accuracy") is not None:
+                ctx.selection_measured[ctx.key(SubnetConfig.from_dict(row["config"]))] = row["selection_accuracy"]
+        return done
+    payload = None
+    if backend.is_main:
+        prev_ind = prev_top = None
+        if previous is not None:
+            prev_ind = Individual.from_dict(previous["answer"])
+            prev_top = [Individual.from_dict(t) for t in previous.get("candidates", [])]
+        result, answer = search_budget(ctx.finder, c, prev_ind, prev_top or [], max(ctx.top_k, 10),
+                                       progress=True)
+        payload = (result.to_dict(), answer.to_dict())
+    payload = backend.broadcast_object(payload)
+    result, answer = SearchResult.from_dict(payload[0]), Individual.from_dict(payload[1])
+    baseline = _baseline(ctx, c)
+    rerank: list[dict] = []
+    chosen = answer.config
     evaluation = None
-    if supernet is not None:
+    if ctx.evaluate:
         from moofa.training.evaluate import evaluate_subnet
 
-        evaluation = evaluate_subnet(supernet, best.config, provider, backend, split="test",
+        if ctx.top_k > 0:
+            chosen, rerank = _rerank(ctx, c, answer, result.top, previous, baseline)
+        evaluation = evaluate_subnet(ctx.supernet, chosen, ctx.provider, backend, split="test",
                                      time_forward=True)
-        info["real_accuracy"] = evaluation.top1
+        if baseline is not None:
+            base_cfg = SubnetConfig.from_dict(baseline["config"])
+            baseline["real_accuracy"] = evaluation.top1 if ctx.key(base_cfg) == ctx.key(chosen) else \
+                evaluate_subnet(ctx.supernet, base_cfg, ctx.provider, backend, split="test").top1
+    est = ctx.fitness([chosen])
+    report = subnet_report(spec, chosen, ctx.n_classes)
+    if not report["peak_memory"] <= c:
+        raise RuntimeError(f"search returned a subnet with peak {report['peak_memory']} over the constraint {c}")
+    selection = ctx.dataset_accuracy(chosen) if ctx.evaluate else None
+    info: dict[str, Any] = {
+        "predicted_accuracy": float(est.mean[0]), "real_accuracy": evaluation.top1 if evaluation else None,
+        "peak_memory": int(report["peak_memory"]), "config": chosen.to_dict(),
+        "predicted_std": float(est.std[0]), "predicted_source": _predicted_source(ctx, est),
+        "selection_accuracy": selection,
+        "images": _images(ctx, evaluation), "baseline": baseline,
+        "answer": answer.to_dict() if ctx.key(chosen) == ctx.key(answer.config) else
+        Individual(float(est.fitness[0]), chosen, int(report["peak_memory"]), float(est.mean[0]),
+                   float(est.std[0]), float(est.distance[0]), bool(est.measured[0])).to_dict(),
+        "candidates": [t.to_dict() for t in result.top[:max(ctx.top_k, 10)]],
+        "rerank": rerank, "fitness": ctx.fitness.describe(),
+        "distance_to_data": None if est.distance[0] == float("inf") else float(est.distance[0]),
+    }
     info.update({"memory_history": report["memory_history"], "flops": report["flops"],
                  "avg_forward_time": evaluation.avg_forward_time if evaluation else None,
                  "model": spec.name, "constraint": c, "params": report["params"],
@@ -235,10 +441,35 @@ def _one_constraint(cfg: Mapping[str, Any], spec: ModelSpec, c: int, fp: Mapping
                  "history": result.history, "operator_stats": result.to_dict()["stats"],
                  "units": UNITS, "fingerprint": fp})
     if backend.is_main:
-        _write_outputs(spec, info, report, out, supernet, bool(sc["export"]), n_classes, c)
+        _write_outputs(spec, info, report, out, ctx.supernet, bool(sc["export"]), ctx.n_classes, c)
         _log_result(info)
     backend.barrier()
     return info
+
+
+def _predicted_source(ctx: _Context, est: Any) -> str:
+    if est.measured[0]:
+        return f"measured: the subnet's accuracy in {ctx.sc['acc_dataset_path']} (selection images)"
+    if not ctx.fitness_settings.robust:
+        return f"predicted: raw output of {ctx.sc['acc_predictor_checkpoint']} (fitness: reference)"
+    return (f"predicted: {ctx.sc['acc_predictor_checkpoint']} calibrated by the measured subnets of "
+            f"{ctx.sc['acc_dataset_path']} (+- predicted_std)")
+
+
+def _images(ctx: _Context, evaluation: Any) -> dict[str, Any]:
+    """Which images each measured number of info.json comes from."""
+    out: dict[str, Any] = {"selection_accuracy": None, "real_accuracy": None,
+                           "baseline.dataset_accuracy": "the dataset's images (dataset_config.eval_split)"}
+    if ctx.meter is not None:
+        out["selection_accuracy"] = {"split": ctx.meter.split, "n_images": len(ctx.meter.indices),
+                                     "description": ctx.meter.description}
+        out["baseline.dataset_accuracy"] = out["selection_accuracy"]
+    if evaluation is not None:
+        out["real_accuracy"] = {"split": "test", "n_images": int(evaluation.n_images),
+                                "description": f"{evaluation.n_images:,} images of the test split "
+                                               f"{ctx.provider.root / 'val'}"}
+        out["baseline.real_accuracy"] = out["real_accuracy"]
+    return out
 
 
 def _write_outputs(spec: ModelSpec, info: dict, report: Mapping[str, Any], out: Path, supernet: Any,
@@ -254,8 +485,13 @@ def _write_outputs(spec: ModelSpec, info: dict, report: Mapping[str, Any], out: 
 
 def _log_result(info: Mapping[str, Any]) -> None:
     real = info["real_accuracy"]
-    measured = (f", measured top-1 {100 * real:.2f}% on {info['n_images']:,} images, "
+    measured = (f", measured top-1 {100 * real:.2f}% on {info['n_images']:,} test images, "
                 f"{1e3 * info['avg_forward_time']:.1f} ms/batch") if real is not None else ""
-    log.info("constraint %s: predicted top-1 %.2f%%, peak %s elements, %.1f MMACs, %.1f s search%s",
-             f"{info['constraint']:,}", 100 * info["predicted_accuracy"], f"{info['peak_memory']:,}",
-             info["flops"], info["search_seconds"], measured)
+    base = info.get("baseline")
+    if base is not None:
+        measured += f"; best subnet already measured: {100 * base['dataset_accuracy']:.2f}% (dataset)"
+        if base.get("real_accuracy") is not None:
+            measured += f", {100 * base['real_accuracy']:.2f}% on the test images"
+    log.info("constraint %s: predicted top-1 %.2f%% +- %.2f, peak %s elements, %.1f MMACs, %.1f s search%s",
+             f"{info['constraint']:,}", 100 * info["predicted_accuracy"], 100 * info["predicted_std"],
+             f"{info['peak_memory']:,}", info["flops"], info["search_seconds"], measured)
