@@ -53,11 +53,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_plan,
     )
 
+    from moofa.efficiency import MemoryOptions
+    from moofa.search.report import expected_n_classes
+
+    options = MemoryOptions.from_config(cfg, expected_n_classes(args))
     output_paths(dc["output"])  # bad output path: the same error on every rank, before any work
-    check_bins(spec, dc)
+    check_bins(spec, dc, options)
     backend = init_backend(args["device"])
     try:
-        plan = prepare(spec, dc, backend)
+        plan = prepare(spec, dc, backend, options)
         provider = DataProvider(args, spec.image_sizes, rank=0, world_size=1)
         supernet = build_supernet(spec, provider.n_classes, dropout=args["dropout"],
                                   bn_momentum=args["bn_momentum"], bn_eps=args["bn_eps"],

@@ -134,4 +134,5 @@ def load_exported(path: str | Path, map_location: str | torch.device = "cpu") ->
         raise CheckpointError(f"weights do not fit the exported arch ({str(err).splitlines()[0]})",
                               file=path) from None
     net.subnet_config = cfg  # type: ignore[attr-defined]  # the exported arch (ks, e, d, image_size)
+    net.model_spec = spec  # type: ignore[attr-defined]  # the supernet family it came from
     return net.to(map_location).eval()

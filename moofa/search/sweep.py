@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from moofa.config import last_task_args, search_constraints
+from moofa.efficiency import MemoryOptions
+from moofa.efficiency.limits import Limits, violations
 from moofa.errors import ConfigError
 from moofa.io import write_json
 from moofa.models.spec import ModelSpec, SubnetConfig
@@ -32,11 +34,11 @@ from moofa.search.evolution import (
     check_constraints,
 )
 from moofa.search.report import (
-    UNITS,
     draw_subnet_plots,
     expected_n_classes,
     load_supernet,
     subnet_report,
+    units,
 )
 from moofa.search.results import (
     INFO_NAME,
@@ -66,11 +68,30 @@ def fingerprint(cfg: Mapping[str, Any], spec: ModelSpec, constraint: int,
                 settings: SearchSettings, args: Mapping[str, Any]) -> dict[str, Any]:
     """What identifies one constraint's result (JSON-normalised), for resuming."""
     sc = cfg["search_config"]
+    formats = list(sc["export"])
     fp = {"model": spec.name, "constraint": constraint, "settings": settings.to_dict(),
           "predictor": str(sc["acc_predictor_checkpoint"]), "evaluate": bool(sc["evaluate"]),
           "checkpoint": str(args.get("checkpoint")) if sc["evaluate"] else None,
-          "export": bool(sc["export"])}
+          # the reference's memory model, no extra limit and the default formats keep the
+          # fingerprints that results written before these options existed carry
+          "export": bool(formats) if formats in ([], ["subnet", "onnx"]) else formats}
+    options = MemoryOptions.from_config(cfg)
+    if not options.is_reference:
+        fp["memory"] = options.to_dict()
+    if sc.get("max_mmacs") is not None or sc.get("max_params") is not None:
+        fp["limits"] = {"max_mmacs": sc.get("max_mmacs"), "max_params": sc.get("max_params")}
+    if deploys(cfg, constraint):
+        fp["deploy"] = dict(cfg["deploy"])
     return json.loads(json.dumps(fp))
+
+
+def deploys(cfg: Mapping[str, Any], constraint: float) -> bool:
+    """Whether the subnet of ``constraint`` gets the int8 ExecuTorch export (``executorch`` in
+    ``search_config.export`` and the constraint in ``deploy_constraints``, null = all)."""
+    sc = cfg["search_config"]
+    chosen = sc.get("deploy_constraints")
+    return "executorch" in sc["export"] and (chosen is None or
+                                             int(round(constraint)) in {int(round(c)) for c in chosen})
 
 
 def _done(info_path: Path, fp: Mapping[str, Any]) -> dict | None:
@@ -88,9 +109,14 @@ def run_search(cfg: Mapping[str, Any], spec: ModelSpec, backend: Any,
     """Run the sweep; returns the info dicts (on every rank)."""
     sc = cfg["search_config"]
     constraints = search_constraints(cfg)
-    check_constraints(spec, constraints, file=cfg.get("_path"))
-    settings = SearchSettings.from_config(sc)
     args = last_task_args(cfg)
+    check_constraints(spec, constraints, file=cfg.get("_path"),
+                      limits=Limits.from_config(cfg, expected_n_classes(args)))
+    if "executorch" in sc["export"] and sc["evaluate"]:
+        from moofa.deploy import require_executorch
+
+        require_executorch()  # before any search, not after the first one
+    settings = SearchSettings.from_config(sc)
     predictor = load_search_predictor(cfg, spec)
     evaluate = bool(sc["evaluate"])
     supernet = provider = None
@@ -104,17 +130,19 @@ def run_search(cfg: Mapping[str, Any], spec: ModelSpec, backend: Any,
         n_classes = expected_n_classes(args)
         if sc["export"] and backend.is_main:
             log.info("predictor-only search: no supernet weights, so the found subnets are not exported")
-    finder = EvolutionFinder(spec, predictor.predict, settings)
+    limits = Limits.from_config(cfg, n_classes)
+    finder = EvolutionFinder(spec, predictor.predict, settings, limits=limits)
     res_dir = Path(sc["res_dir"])
     if backend.is_main:
-        log.info("search %s: %d constraints %s, population %d, %d generations, seed %d, %s",
-                 spec.name, len(constraints), [f"{c:,}" for c in constraints],
+        log.info("search %s: %d constraints %s (%s), population %d, %d generations, seed %d, %s%s",
+                 spec.name, len(constraints), [f"{c:,}" for c in constraints], limits.options.describe(),
                  settings.population_size, settings.generations, settings.seed,
-                 "with evaluation" if evaluate else "predictor only")
+                 "with evaluation" if evaluate else "predictor only",
+                 f"; max_mmacs {limits.max_mmacs}, max_params {limits.max_params}" if limits.extra else "")
     infos = []
     for c in constraints:
         infos.append(_one_constraint(cfg, spec, c, settings, args, finder, supernet, provider,
-                                     n_classes, backend, overwrite))
+                                     n_classes, backend, overwrite, limits))
     if backend.is_main:
         run = run_from_infos(spec.name, infos, res_dir)
         for p in write_summary(res_dir, run):
@@ -125,7 +153,7 @@ def run_search(cfg: Mapping[str, Any], spec: ModelSpec, backend: Any,
 
 def _one_constraint(cfg: Mapping[str, Any], spec: ModelSpec, c: int, settings: SearchSettings,
                     args: Mapping[str, Any], finder: EvolutionFinder, supernet: Any, provider: Any,
-                    n_classes: int, backend: Any, overwrite: bool) -> dict:
+                    n_classes: int, backend: Any, overwrite: bool, limits: Limits | None = None) -> dict:
     sc = cfg["search_config"]
     out = constraint_dir(sc["res_dir"], c)
     fp = fingerprint(cfg, spec, c, settings, args)
@@ -140,9 +168,11 @@ def _one_constraint(cfg: Mapping[str, Any], spec: ModelSpec, c: int, settings: S
     best = result.best
     info: dict[str, Any] = {"predicted_accuracy": best.accuracy, "real_accuracy": None,
                             "peak_memory": int(best.peak), "config": best.config.to_dict()}
-    report = subnet_report(spec, best.config, n_classes)
-    if not report["peak_memory"] == best.peak <= c:
-        raise RuntimeError(f"search returned a subnet with peak {best.peak} over the constraint {c}")
+    limits = (limits or Limits(n_classes=n_classes)).with_memory(c)
+    report = subnet_report(spec, best.config, n_classes, limits.options)
+    if not report["peak_memory"] == best.peak <= c or violations(spec, best.config, limits):
+        raise RuntimeError(f"search returned a subnet over its limits: peak {best.peak} (constraint {c}), "
+                           f"{violations(spec, best.config, limits)}")
     evaluation = None
     if supernet is not None:
         from moofa.training.evaluate import evaluate_subnet
@@ -157,22 +187,38 @@ def _one_constraint(cfg: Mapping[str, Any], spec: ModelSpec, c: int, settings: S
                  "n_images": evaluation.n_images if evaluation else 0,
                  "search_seconds": result.seconds, "n_scored": result.n_scored,
                  "history": result.history, "operator_stats": result.to_dict()["stats"],
-                 "units": UNITS, "fingerprint": fp})
+                 "memory_unit": limits.options.unit, "memory_model": limits.options.to_dict(),
+                 "limits": limits.to_dict(), "units": units(limits.options), "fingerprint": fp})
     if backend.is_main:
-        _write_outputs(spec, info, report, out, supernet, bool(sc["export"]), n_classes, c)
+        _write_outputs(spec, info, report, out, supernet, list(sc["export"]), n_classes, c,
+                       cfg if deploys(cfg, c) else None)
         _log_result(info)
     backend.barrier()
     return info
 
 
 def _write_outputs(spec: ModelSpec, info: dict, report: Mapping[str, Any], out: Path, supernet: Any,
-                   export: bool, n_classes: int, c: int) -> None:
+                   formats: list[str], n_classes: int, c: int, deploy_cfg: Mapping[str, Any] | None) -> None:
+    """Plots, the exported files of ``formats`` and, last, info.json. With ``deploy_cfg`` (the
+    run config) the exported subnet also becomes int8/fp32 ExecuTorch programs in ``out``."""
     cfg = SubnetConfig.from_dict(info["config"])
     draw_subnet_plots(spec, cfg, out, report, n_classes, constraint=c, accuracy=info["real_accuracy"])
-    if export and supernet is not None:
+    if formats and supernet is not None:
         from moofa.search.export import export_subnet
 
-        info["export"] = [p.name for p in export_subnet(supernet, cfg, out / EXPORT_NAME)]
+        info["export"] = [p.name for p in export_subnet(supernet, cfg, out / EXPORT_NAME,
+                                                         with_onnx="onnx" in formats)]
+        if deploy_cfg is not None:
+            from moofa.deploy import DEPLOY_NAME, deploy_exported
+
+            dep = deploy_exported(out / EXPORT_NAME, deploy_cfg, out)
+            info["deploy"] = {k: dep[k] for k in ("int8_accuracy", "fp32_accuracy", "n_images", "pte_bytes",
+                                                  "runtime_memory_bytes", "fp32_pte_bytes",
+                                                  "fp32_runtime_memory_bytes", "analytic_peak_memory",
+                                                  "analytic_unit", "analytic_activations_elements")}
+            info["deploy"]["file"] = DEPLOY_NAME
+            info["int8_accuracy"] = dep["int8_accuracy"]
+            info["export"] += [n for n in ("subnet_int8.pte", "subnet_fp32.pte", DEPLOY_NAME)]
     write_json(out / INFO_NAME, info)
 
 
@@ -180,6 +226,10 @@ def _log_result(info: Mapping[str, Any]) -> None:
     real = info["real_accuracy"]
     measured = (f", measured top-1 {100 * real:.2f}% on {info['n_images']:,} images, "
                 f"{1e3 * info['avg_forward_time']:.1f} ms/batch") if real is not None else ""
-    log.info("constraint %s: predicted top-1 %.2f%%, peak %s elements, %.1f MMACs, %.1f s search%s",
+    if info.get("deploy"):
+        d = info["deploy"]
+        measured += (f", int8 top-1 {100 * d['int8_accuracy']:.2f}% (ExecuTorch), program "
+                     f"{d['pte_bytes']:,} bytes, planned activations {d['runtime_memory_bytes']:,} bytes")
+    log.info("constraint %s: predicted top-1 %.2f%%, peak %s %s, %.1f MMACs, %.1f s search%s",
              f"{info['constraint']:,}", 100 * info["predicted_accuracy"], f"{info['peak_memory']:,}",
-             info["flops"], info["search_seconds"], measured)
+             info.get("memory_unit", "elements"), info["flops"], info["search_seconds"], measured)
