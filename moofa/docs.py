@@ -89,7 +89,7 @@ def config_reference_markdown(heading_level: int = 3) -> str:
     lines: list[str] = []
     schemas = {"args": C.ARGS_SCHEMA, "subnet_config": C.SUBNET_SCHEMA, "search_config": C.SEARCH_SCHEMA,
                "dataset_config": C.DATASET_SCHEMA, "predictor_config": C.PREDICTOR_SCHEMA,
-               "wandb": C.WANDB_SCHEMA}
+               "wandb": C.WANDB_SCHEMA, "memory": C.MEMORY_SCHEMA, "deploy": C.DEPLOY_SCHEMA}
     for section in C.SECTIONS:
         lines += [f"{h} `{section}`", ""]
         if section in _SECTION_INTRO:
