@@ -567,6 +567,15 @@ def _check_search(ctx: _Ctx, sc: dict) -> None:
     if sc["parent_ratio"] * sc["population_size"] < 1:
         raise ctx.error("search_config.parent_ratio", "keeps no parent with this population_size",
                         sc["parent_ratio"])
+    if sc["deploy_constraints"] is not None:
+        if "executorch" not in sc["export"]:
+            raise ctx.error("search_config.deploy_constraints", "needs executorch in search_config.export",
+                            sc["deploy_constraints"])
+        sweep = search_constraints({"search_config": sc})
+        missing = [c for c in sc["deploy_constraints"] if int(round(c)) not in sweep]
+        if missing:
+            raise ctx.error("search_config.deploy_constraints", f"{missing[0]:g} is not one of the "
+                            f"search constraints {sweep}", sc["deploy_constraints"])
 
 
 def _check_dataset_config(ctx: _Ctx, dc: dict, sc: dict) -> None:

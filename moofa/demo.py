@@ -470,14 +470,15 @@ def plot_memory_histograms(cfgs: Mapping[str, Mapping[str, Any]], out_stem: Path
         peak = max(hist)
         colours = ["#c0392b" if v == peak else "#2e86c1" for v in hist]
         ax.bar(range(1, len(hist) + 1), hist, color=colours, width=0.85)
-        ax.axhline(c, color="black", linestyle="--", linewidth=1, label=f"budget {c:,}")
+        ax.axhline(c, color="black", linestyle="--", linewidth=1, label=f"budget {c:,} {info.get('memory_unit', 'elements')}")
         cfg = info["config"]
         ax.set_title(f"{label}: {info.get('model', '')}, R={cfg['image_size']}, peak {peak:,}", fontsize=9)
         ax.set_xlabel("layer (execution order)")
         ax.legend(loc="upper right", fontsize=8)
-    axes[0].set_ylabel("memory (elements: input + output + weights)")
+    unit = next(iter(infos.values())).get("memory_unit", "elements")
+    axes[0].set_ylabel("memory (elements: input + output + weights)" if unit == "elements" else f"memory ({unit})")
     axes[0].yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
-    fig.suptitle(f"Per-layer memory of the best subnet under a {c:,}-element budget", fontsize=10)
+    fig.suptitle(f"Per-layer memory of the best subnet under a {c:,}-{unit[:-1]} budget", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, out_stem)
 

@@ -89,6 +89,10 @@ def test_memory_section_validates_and_names_its_unit(tmp_path):
     assert cfg["search_config"]["export"] == ["subnet", "executorch"]
     lim = Limits.from_config(cfg, 10)
     assert (lim.max_mmacs, lim.max_params, lim.n_classes) == (300.0, 1_000_000, 10)
+    path.write_text(yaml.safe_dump({"search_config": {"constraints": [1000, 2000], "export": ["executorch"],
+                                                      "deploy_constraints": [1500]}}))
+    with pytest.raises(Exception, match=r"search_config.deploy_constraints: 1500 is not one of"):
+        load_config(path)
     path.write_text(yaml.safe_dump({"memory": {"bytes_per_element": 3}}))
     with pytest.raises(Exception, match=r"memory.bytes_per_element.*\(got 3\)"):
         load_config(path)

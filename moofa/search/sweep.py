@@ -5,8 +5,12 @@ minimum first), rank 0 runs the evolutionary search and broadcasts the result; w
 ``search_config.evaluate`` (default) every rank then evaluates the found subnet after BN
 re-calibration (counts all-reduced, forward time synchronised) and rank 0 writes
 ``<res_dir>/constraint_<int>/``: the memory histogram and architecture plots, the exported subnet
-(``subnet.pth.tar`` [+ ``subnet.onnx``], ``search_config.export``) and, last, ``info.json``.
+(``subnet.pth.tar`` [+ ``subnet.onnx``], ``search_config.export``; with ``executorch`` also
+``subnet_int8.pte``, ``subnet_fp32.pte`` and ``deploy.json`` from :mod:`moofa.deploy`, for the
+constraints of ``search_config.deploy_constraints``) and, last, ``info.json``.
 After the sweep rank 0 writes ``summary.csv``, ``summary.md`` and the accuracy plot.
+Budgets and peaks are in the unit of the ``memory:`` model (elements by default, else bytes);
+``search_config.max_mmacs`` / ``max_params`` are checked up front (exit 2 naming the limit).
 
 Resume: a constraint whose ``info.json`` records the same search (model, constraint, settings,
 predictor, evaluation, checkpoint) is not searched again; ``overwrite=True`` redoes it.
