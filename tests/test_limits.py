@@ -141,3 +141,14 @@ def test_cli_limit_below_its_minimum_exits_2_naming_it(tmp_path, capsys, search,
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and key in lines[0] and minimum in lines[0], lines
     assert str(tmp_path / "c.yaml") in lines[0] and not (tmp_path / "s").exists()
+
+
+def test_dataset_bins_are_in_the_memory_models_unit():
+    from moofa.efficiency import count_feasible
+    from moofa.predictor.create import memory_bins
+
+    spec = get_model_spec("MOOFA_V3")
+    lo, hi = memory_bounds(spec, options=ACTS)
+    bins = memory_bins(spec, lo, hi + 1, 4, ACTS)
+    assert sum(b.n_configs for b in bins) == count_feasible(spec, np.inf) > 0  # every config, once
+    assert [b.n_configs for b in bins] != [b.n_configs for b in memory_bins(spec, lo, hi + 1, 4)]
