@@ -64,7 +64,7 @@ def deployed(tmp_path_factory):
     Path(args["checkpoint"]).parent.mkdir(parents=True)
     torch.save({"state_dict": net.state_dict()}, args["checkpoint"])
     torch.manual_seed(0)
-    AccuracyPredictor(spec, hidden_size=16, n_layers=1, base_acc=0.5).eval().save(
+    AccuracyPredictor(spec, hidden_size=16, n_layers=2, base_acc=0.5).eval().save(
         project.config["search_config"]["acc_predictor_checkpoint"])
     project.write(search_config=dict(constraints=[CONSTRAINT], population_size=4, generations=1,
                                      export=["subnet", "executorch"]),
@@ -102,7 +102,9 @@ def test_int8_program_runs_in_the_runtime_agrees_with_pt2e_and_stays_within_3pp(
 
     _, spec, _, info, out, provider = deployed
     dep = json.loads((out / DEPLOY_NAME).read_text())
-    method = Runtime.get().load_program((out / INT8_NAME).read_bytes()).load_method("forward")
+    buffer = (out / INT8_NAME).read_bytes()
+    program = Runtime.get().load_program(buffer)  # kept alive while its method runs
+    method = program.load_method("forward")
     fp32 = load_exported(out / "subnet.pth.tar")
     r = fp32.subnet_config.image_size
     quantized, _ = quantize(fp32, r, calibration_batches(provider, r, CALIB))  # the same recipe, again
@@ -131,7 +133,9 @@ def test_fp32_program_equals_pytorch(deployed):
     _, _, _, _, out, _ = deployed
     net = load_exported(out / "subnet.pth.tar")
     r = net.subnet_config.image_size
-    method = Runtime.get().load_program((out / FP32_NAME).read_bytes()).load_method("forward")
+    buffer = (out / FP32_NAME).read_bytes()
+    program = Runtime.get().load_program(buffer)
+    method = program.load_method("forward")
     x = torch.randn(1, 3, r, r, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(method.execute([x])[0], net(x), rtol=1e-4, atol=1e-5)

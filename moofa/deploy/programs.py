@@ -127,7 +127,10 @@ class ProgramRunner:
         require_executorch()
         from executorch.runtime import Runtime
 
-        self.method = Runtime.get().load_program(buffer).load_method("forward")
+        # the method points into the program, which points into the buffer: keep all three alive
+        self.buffer = buffer
+        self.program = Runtime.get().load_program(buffer)
+        self.method = self.program.load_method("forward")
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         return self.method.execute([image.contiguous().float()])[0]
