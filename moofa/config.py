@@ -297,14 +297,32 @@ SUBNET_SCHEMA: dict[str, Field] = {
     "draw_graphs": Field(True, _bool(), "draw the architecture and the memory histogram"),
 }
 
+EXPORT_FORMATS: tuple[str, ...] = ("subnet", "onnx", "executorch")
+
+
+def _export_formats(v: Any) -> list[str]:
+    """``search_config.export``: true = [subnet, onnx] (the ONNX file only when onnx is
+    installed), false = [], or a list of EXPORT_FORMATS; onnx and executorch imply subnet."""
+    if isinstance(v, bool):
+        return ["subnet", "onnx"] if v else []
+    if not isinstance(v, list) or any(x not in EXPORT_FORMATS for x in v):
+        raise _Bad(f"must be true, false or a list of {', '.join(EXPORT_FORMATS)}")
+    return [f for f in EXPORT_FORMATS if f in v or (f == "subnet" and v)]
+
+
 _POS_NUM = _num(0.0, lo_open=True)
 SEARCH_SCHEMA: dict[str, Field] = {
     "N_constraint": Field(10, _POS_INT, "number of constraints of the sweep"),
-    "min_constraint": Field(300000, _POS_NUM, "one end of the sweep, elements (either order)"),
-    "max_constraint": Field(800000, _POS_NUM, "other end of the sweep, elements (either order)"),
+    "min_constraint": Field(300000, _POS_NUM, "one end of the sweep, in the memory unit (either order)"),
+    "max_constraint": Field(800000, _POS_NUM, "other end of the sweep, in the memory unit (either order)"),
     "constraint_start": Field(None, _num(0.0, lo_open=True, nullable=True), "overrides min/max_constraint"),
     "constraint_stop": Field(None, _num(0.0, lo_open=True, nullable=True), "overrides min/max_constraint"),
-    "constraints": Field(None, _list(_POS_NUM, nullable=True), "explicit list (elements); overrides the sweep"),
+    "constraints": Field(None, _list(_POS_NUM, nullable=True),
+                         "explicit list (memory unit: elements, or bytes with a memory: section); overrides the sweep"),
+    "max_mmacs": Field(None, _num(0.0, lo_open=True, nullable=True),
+                       "hard limit on MMACs of every found subnet (null = none)"),
+    "max_params": Field(None, _num(1, integer=True, nullable=True),
+                        "hard limit on parameters of the exported subnet, head included (Flash; null = none)"),
     "population_size": Field(100, _num(2, integer=True), "evolution population"),
     "generations": Field(500, _POS_INT, "evolution generations"),
     "mutation_ratio": Field(0.5, _num(0.0, 1.0, lo_open=True), "fraction of the population mutated"),
@@ -318,7 +336,11 @@ SEARCH_SCHEMA: dict[str, Field] = {
                               "predictor dataset file (JSON Lines; reference pickle accepted)"),
     "acc_predictor_checkpoint": Field("acc_predictor_checkpoints/MOOFA_acc.pth.tar", _str(nullable=True),
                                       "predictor checkpoint (output of training, input of search)"),
-    "export": Field(True, _bool(), "export the found subnets"),
+    "export": Field(["subnet", "onnx"], _export_formats,
+                    "true (= [subnet, onnx]), false, or a list of subnet, onnx, executorch "
+                    "(int8 + fp32 .pte and deploy.json; needs the deploy extra)"),
+    "deploy_constraints": Field(None, _list(_POS_NUM, nullable=True),
+                                "constraints whose subnets get the executorch export (null = all)"),
     "fitness": Field("robust", _choice("robust", "reference"),
                      "robust = trust region, calibration and pessimism around the measured subnets of "
                      "acc_dataset_path (docs/search.md); reference = the raw predictor (the reference)"),
@@ -334,8 +356,8 @@ SEARCH_SCHEMA: dict[str, Field] = {
 
 DATASET_SCHEMA: dict[str, Field] = {
     "n_samples": Field(2000, _POS_INT, "subnets in the predictor dataset"),
-    "min_memory": Field(250000, _POS_INT, "lower edge of the first memory bin, elements"),
-    "max_memory": Field(800000, _POS_INT, "upper edge of the last memory bin, elements"),
+    "min_memory": Field(250000, _POS_INT, "lower edge of the first memory bin, in the memory unit"),
+    "max_memory": Field(800000, _POS_INT, "upper edge of the last memory bin, in the memory unit"),
     "n_bins": Field(15, _POS_INT, "equal-width memory bins"),
     "eval_images": Field(10000, _num(1, integer=True, nullable=True),
                          "fixed evaluation subset of eval_split (images); null = all"),
@@ -364,6 +386,22 @@ PREDICTOR_SCHEMA: dict[str, Field] = {
     "extra_features": Field(True, _bool(), "add memory/FLOPs features to the encoding"),
 }
 
+# The memory model of every peak (dataset bins, budgets, bounds, eval, results, plots). The
+# defaults are the reference's count in elements; any other setting makes every peak and budget
+# bytes (moofa.efficiency.memory.MemoryOptions).
+MEMORY_SCHEMA: dict[str, Field] = {
+    "bytes_per_element": Field(1, _choice(1, 2, 4), "element size: 1 int8, 2 fp16, 4 fp32 (bytes)"),
+    "count_weights": Field(True, _bool(), "count the largest layer's weights; false = activations only"),
+    "count_head": Field(False, _bool(), "also count feature-mix layer and classifier"),
+    "inplace_depthwise": Field(False, _bool(), "the depthwise conv writes into its input buffer"),
+}
+
+# int8 deployment with ExecuTorch (python -m moofa.deploy, search_config.export: [executorch]).
+DEPLOY_SCHEMA: dict[str, Field] = {
+    "calibration_images": Field(256, _POS_INT, "training images (test transform) calibrating the int8 ranges"),
+    "per_channel": Field(True, _bool(), "per-channel symmetric int8 weights (false = per-tensor)"),
+}
+
 WANDB_SCHEMA: dict[str, Field] = {
     "use_wandb": Field(True, _bool(), "log to Weights & Biases on rank 0"),
     "project_name": Field("memory-optimized-once-for-all", _str(), "wandb project"),
@@ -373,10 +411,12 @@ DEFAULT_TASKS = ["kernel", "depth", "expand"]
 DEFAULT_TASKS_PHASES = {"kernel": 1, "depth": 2, "expand": 2}
 
 SECTIONS: tuple[str, ...] = ("args", "tasks", "tasks_phases", "args_per_task", "subnet_config",
-                             "search_config", "dataset_config", "predictor_config", "wandb")
+                             "search_config", "dataset_config", "predictor_config", "wandb",
+                             "memory", "deploy")
 _MAPPING_SECTIONS: dict[str, Mapping[str, Field]] = {
     "args": ARGS_SCHEMA, "subnet_config": SUBNET_SCHEMA, "search_config": SEARCH_SCHEMA,
     "dataset_config": DATASET_SCHEMA, "predictor_config": PREDICTOR_SCHEMA, "wandb": WANDB_SCHEMA,
+    "memory": MEMORY_SCHEMA, "deploy": DEPLOY_SCHEMA,
 }
 
 
@@ -553,6 +593,15 @@ def _check_search(ctx: _Ctx, sc: dict) -> None:
     if sc["parent_ratio"] * sc["population_size"] < 1:
         raise ctx.error("search_config.parent_ratio", "keeps no parent with this population_size",
                         sc["parent_ratio"])
+    if sc["deploy_constraints"] is not None:
+        if "executorch" not in sc["export"]:
+            raise ctx.error("search_config.deploy_constraints", "needs executorch in search_config.export",
+                            sc["deploy_constraints"])
+        sweep = search_constraints({"search_config": sc})
+        missing = [c for c in sc["deploy_constraints"] if int(round(c)) not in sweep]
+        if missing:
+            raise ctx.error("search_config.deploy_constraints", f"{missing[0]:g} is not one of the "
+                            f"search constraints {sweep}", sc["deploy_constraints"])
 
 
 def _check_dataset_config(ctx: _Ctx, dc: dict, sc: dict) -> None:

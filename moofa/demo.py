@@ -89,7 +89,8 @@ QUICK_OVERRIDES: dict[str, Any] = {
     "dataset_config": {"n_samples": 6, "n_bins": 2, "save_interval": 3},
     "predictor_config": {"hidden_size": 16, "n_layers": 2, "ensemble": 1, "epochs": 5, "batch_size": 4,
                          "val_fraction": 0.2, "test_fraction": 0.34},
-    "search_config": {"population_size": 6, "generations": 2},
+    "search_config": {"population_size": 6, "generations": 2,
+                      "export": True},  # no int8 lowering at toy size (tests stay fast)
 }
 
 
@@ -389,7 +390,11 @@ def budget_rows(label: str, cfg: Mapping[str, Any], model_configs: Path = MODEL_
     from moofa.models.spec import get_model_spec
     from moofa.search.results import INFO_NAME, constraint_dir
 
+    from moofa.efficiency import MemoryOptions
+    from moofa.search.sweep import deploys
+
     spec = get_model_spec(cfg["args"]["model"], model_configs)
+    options = MemoryOptions.from_config(cfg, _n_classes(cfg))
     rows = []
     for c in search_constraints(cfg):
         path = constraint_dir(cfg["search_config"]["res_dir"], c) / INFO_NAME
@@ -398,13 +403,18 @@ def budget_rows(label: str, cfg: Mapping[str, Any], model_configs: Path = MODEL_
         except (OSError, ValueError):
             rows.append({"label": label, "constraint": c, "info": str(path), "ok": False})
             continue
-        recomputed = int(peak_memory(spec, info["config"]))
+        recomputed = int(peak_memory(spec, info["config"], options))
+        deploy = info.get("deploy") or {}
+        wanted = deploys(cfg, c)
         rows.append({"label": label, "constraint": c, "info": str(path), "peak_memory": int(info["peak_memory"]),
                      "recomputed_peak": recomputed, "real_accuracy": info.get("real_accuracy"),
                      "predicted_accuracy": info.get("predicted_accuracy"), "flops": info.get("flops"),
                      "baseline_real_accuracy": (info.get("baseline") or {}).get("real_accuracy"),
-                     "image_size": info["config"].get("image_size"),
-                     "ok": int(info["peak_memory"]) == recomputed <= c})
+                     "image_size": info["config"].get("image_size"), "memory_unit": options.unit,
+                     "deployed": wanted, "int8_accuracy": deploy.get("int8_accuracy"),
+                     "pte_bytes": deploy.get("pte_bytes"),
+                     "ok": int(info["peak_memory"]) == recomputed <= c
+                     and (not wanted or deploy.get("int8_accuracy") is not None)})
     return rows
 
 
@@ -421,7 +431,8 @@ class Checks:
         """What fails. Budgets always count; accuracy and tau only in the full demo (the
         --quick run trains for one epoch on toy data)."""
         bad = [f"{r['label']}: subnet for budget {r['constraint']:,} has peak {r.get('peak_memory')} "
-               f"(recomputed {r.get('recomputed_peak')}) or no info.json ({r['info']})"
+               f"(recomputed {r.get('recomputed_peak')}), no info.json or no measured int8 top-1 "
+               f"({r['info']})"
                for r in self.budgets if not r["ok"]]
         if not quick:
             bad += self.baseline_failures()
@@ -526,14 +537,15 @@ def plot_memory_histograms(cfgs: Mapping[str, Mapping[str, Any]], out_stem: Path
         peak = max(hist)
         colours = ["#c0392b" if v == peak else "#2e86c1" for v in hist]
         ax.bar(range(1, len(hist) + 1), hist, color=colours, width=0.85)
-        ax.axhline(c, color="black", linestyle="--", linewidth=1, label=f"budget {c:,}")
+        ax.axhline(c, color="black", linestyle="--", linewidth=1, label=f"budget {c:,} {info.get('memory_unit', 'elements')}")
         cfg = info["config"]
         ax.set_title(f"{label}: {info.get('model', '')}, R={cfg['image_size']}, peak {peak:,}", fontsize=9)
         ax.set_xlabel("layer (execution order)")
         ax.legend(loc="upper right", fontsize=8)
-    axes[0].set_ylabel("memory (elements: input + output + weights)")
+    unit = next(iter(infos.values())).get("memory_unit", "elements")
+    axes[0].set_ylabel("memory (elements: input + output + weights)" if unit == "elements" else f"memory ({unit})")
     axes[0].yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
-    fig.suptitle(f"Per-layer memory of the best subnet under a {c:,}-element budget", fontsize=10)
+    fig.suptitle(f"Per-layer memory of the best subnet under a {c:,}-{unit[:-1]} budget", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, out_stem)
 
@@ -712,10 +724,12 @@ def _report(out: Path, labels: Sequence[str], cfgs: Mapping[str, Mapping[str, An
                      + ("n/a" if tau is None else f"{tau:+.3f}"))
     for r in checks.budgets:
         if "peak_memory" in r:
-            lines.append(f"  {r['label']}: budget {r['constraint']:>7,} -> peak {r['peak_memory']:>7,} elements "
-                         f"at R={r['image_size']}, measured top-1 {_pct(r['real_accuracy'])}"
-                         f" (best already-measured subnet {_pct(r.get('baseline_real_accuracy'))})"
-                         f" {'OK' if r['ok'] else 'OVER BUDGET'}")
+            int8 = (f", int8 top-1 {_pct(r['int8_accuracy'])} (ExecuTorch, {r['pte_bytes']:,} B program)"
+                    if r.get("int8_accuracy") is not None else "")
+            lines.append(f"  {r['label']}: budget {r['constraint']:>7,} -> peak {r['peak_memory']:>7,} "
+                         f"{r.get('memory_unit', 'elements')} at R={r['image_size']}, measured top-1 "
+                         f"{_pct(r['real_accuracy'])} (best already-measured subnet "
+                         f"{_pct(r.get('baseline_real_accuracy'))}){int8} {'OK' if r['ok'] else 'FAILED'}")
     for r in checks.finetune:
         if "after" in r:
             lines.append(f"  {r['label']}: budget {r['constraint']:>7,} subnet, {r['epochs']} fine-tuning epoch(s): test "
@@ -725,7 +739,8 @@ def _report(out: Path, labels: Sequence[str], cfgs: Mapping[str, Mapping[str, An
         lines.append(f"  {label}: found minus best already-measured subnet on the test images: mean "
                      f"{100 * sum(gaps) / len(gaps):+.2f} pp, worst {100 * min(gaps):+.2f} pp")
     lines += ["  all checks passed" if not failures else "  FAILED: " + "; ".join(failures), "",
-              "Best subnet per peak-memory budget (top-1 % / peak memory in elements / MMACs):", "", table]
+              "Best subnet per peak-memory budget (top-1 % / peak memory / MMACs; int8 programs below):", "",
+              table]
     return "\n".join(lines)
 
 

@@ -27,6 +27,10 @@ _SECTION_INTRO = {
     "dataset_config": "Balanced predictor-dataset creation (`create_moofa_predictor_dataset.py`).",
     "predictor_config": "Accuracy-predictor training (`train_moofa_predictor.py`).",
     "wandb": "Weights & Biases logging (rank 0 only; `WANDB_MODE=offline` works without an account).",
+    "memory": ("The peak-memory model used everywhere a peak is computed (dataset bins, search budgets, "
+               "bounds, eval, info.json, summaries, plots). The defaults are the reference's count in "
+               "elements; any other setting makes every peak and budget bytes, and files say so."),
+    "deploy": "int8 ExecuTorch deployment (`python -m moofa.deploy`, `search_config.export: [executorch]`).",
 }
 
 
@@ -85,7 +89,7 @@ def config_reference_markdown(heading_level: int = 3) -> str:
     lines: list[str] = []
     schemas = {"args": C.ARGS_SCHEMA, "subnet_config": C.SUBNET_SCHEMA, "search_config": C.SEARCH_SCHEMA,
                "dataset_config": C.DATASET_SCHEMA, "predictor_config": C.PREDICTOR_SCHEMA,
-               "wandb": C.WANDB_SCHEMA}
+               "wandb": C.WANDB_SCHEMA, "memory": C.MEMORY_SCHEMA, "deploy": C.DEPLOY_SCHEMA}
     for section in C.SECTIONS:
         lines += [f"{h} `{section}`", ""]
         if section in _SECTION_INTRO:

@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 inplace_depthwise=args.inplace_depthwise, n_classes=args.n_classes)
     except ValueError as err:
         raise ConfigError(str(err), file=args.config if not args.config.lstrip().startswith("{") else "--config") from None
-    unit = "elements" if args.bytes_per_element == 1 else f"bytes at {args.bytes_per_element} B/element"
+    unit = options.unit if options.is_reference else options.describe()
     layers = memory_layers(spec, cfg, options)
     peak = max(l.total for l in layers)
     mmacs = flops(spec, cfg, args.n_classes)
@@ -114,8 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = plot_memory_histogram([l.total for l in layers], out / "memory_histogram", args.constraint,
                                   f"{spec.name} @ {cfg.image_size}px: peak {peak:,} {unit}",
                                   labels=[l.name for l in layers], unit=unit)
-    report = {"model": spec.name, "config": cfg.to_dict(), "peak_memory": peak, "unit": unit,
-              "mmacs": mmacs, "params": params, "layers": [l._asdict() for l in layers]}
+    report = {"model": spec.name, "config": cfg.to_dict(), "peak_memory": peak, "unit": options.unit,
+              "memory_model": options.to_dict(), "mmacs": mmacs, "params": params, "layers": [l._asdict() for l in layers]}
     write_json(out / "profile.json", report, indent=1)
     print("wrote " + ", ".join(str(p) for p in [*paths, out / "profile.json"]))
     return 0

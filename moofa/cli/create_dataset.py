@@ -60,8 +60,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_plan,
     )
 
+    from moofa.efficiency import MemoryOptions
+    from moofa.search.report import expected_n_classes
+
+    options = MemoryOptions.from_config(cfg, expected_n_classes(args))
     paths = output_paths(dc["output"])  # bad output path: the same error on every rank, before any work
-    check_bins(spec, dc)
+    check_bins(spec, dc, options)
     backend = init_backend(args["device"])
     lock = OutputLock(paths.jsonl.parent, "dataset creation", key="dataset_config.output",
                       name=f".{paths.jsonl.name}.lock")
@@ -70,11 +74,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_writable(paths.jsonl.parent, "dataset_config.output")
         lock.acquire()
         clean_stale_temps([p for p in (paths.pickle, paths.jsonl, recipe_path(paths)) if p])
-        check_recipe(paths, dataset_recipe(spec, dc, args), ns.overwrite)
+        check_recipe(paths, dataset_recipe(spec, dc, args, options), ns.overwrite)
 
     try:
         on_main_rank(backend, take_output)
-        plan = prepare(spec, dc, backend)
+        plan = prepare(spec, dc, backend, options)
         provider = DataProvider(args, spec.image_sizes, rank=0, world_size=1)
         supernet = build_supernet(spec, provider.n_classes, dropout=args["dropout"],
                                   bn_momentum=args["bn_momentum"], bn_eps=args["bn_eps"],

@@ -67,10 +67,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = load_config(opts.config)
     spec = validate_model(cfg, opts.model_config_path)
     if opts.mode == "search":  # infeasible constraints fail before any process group starts
-        from moofa.config import search_constraints
+        from moofa.config import last_task_args, search_constraints
+        from moofa.efficiency.limits import Limits
         from moofa.search.evolution import check_constraints
+        from moofa.search.report import expected_n_classes
 
-        check_constraints(spec, search_constraints(cfg), file=opts.config)
+        limits = Limits.from_config(cfg, expected_n_classes(last_task_args(cfg)))
+        check_constraints(spec, search_constraints(cfg), file=opts.config, limits=limits)
     backend = init_backend(cfg["args"]["device"])
     try:
         if opts.mode == "search":

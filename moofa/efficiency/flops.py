@@ -111,3 +111,11 @@ def count_params(model: "str | ModelSpec", config: "Mapping[str, Any] | SubnetCo
     """Parameter count (elements) of the extracted static subnet (SPEC 1.5), without building it."""
     spec, cfg = resolve(model, config)
     return reduce_single(spec, cfg, params_table(spec, n_classes), "sum")
+
+
+def params_batch(model: "str | ModelSpec", configs: Iterable[Any] | None = None, *, ks: Any = None,
+                 e: Any = None, d: Any = None, image_size: Any = None, n_classes: int = 1000) -> np.ndarray:
+    """Vectorised :func:`count_params` (parameters, int64 (N,)); inputs as in peak_memory_batch."""
+    spec = get_model_spec(model)
+    arrays = config_arrays(spec, configs, ks=ks, e=e, d=d, image_size=image_size)
+    return reduce_batch(spec, arrays, lambda r: params_table(spec, n_classes), "sum")

@@ -58,6 +58,46 @@ class MemoryOptions:
         if not isinstance(self.n_classes, int) or self.n_classes < 1:
             raise ValueError(f"n_classes: expected a positive int, got {self.n_classes!r}")
 
+    @property
+    def is_reference(self) -> bool:
+        """Whether this is the reference's count (elements of input + output + weights)."""
+        return (self.bytes_per_element, self.count_head, self.count_weights,
+                self.inplace_depthwise) == (1, False, True, False)
+
+    @property
+    def unit(self) -> str:
+        """``"elements"`` for the reference's count, ``"bytes"`` for any device model (a budget
+        and every peak under these options are then bytes of that element size)."""
+        return "elements" if self.is_reference else "bytes"
+
+    def describe(self) -> str:
+        """One line for logs and plots, e.g. ``bytes (1 B/element, activations only)``."""
+        if self.is_reference:
+            return "elements (input + output + weights of the largest layer)"
+        parts = [f"{self.bytes_per_element} B/element",
+                 "weights counted" if self.count_weights else "activations only"]
+        if self.count_head:
+            parts.append("head counted")
+        if self.inplace_depthwise:
+            parts.append("in-place depthwise")
+        return f"bytes ({', '.join(parts)})"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``memory:`` config fields plus ``unit`` (what info.json records)."""
+        return {"bytes_per_element": self.bytes_per_element, "count_weights": self.count_weights,
+                "count_head": self.count_head, "inplace_depthwise": self.inplace_depthwise,
+                "n_classes": self.n_classes, "unit": self.unit}
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], n_classes: int = 1000) -> "MemoryOptions":
+        """The options of a loaded run config's ``memory:`` section (defaults when absent);
+        ``n_classes`` is the classifier width (counted only with ``count_head``)."""
+        m = cfg.get("memory") or {}
+        return cls(bytes_per_element=int(m.get("bytes_per_element", 1)),
+                   count_head=bool(m.get("count_head", False)),
+                   count_weights=bool(m.get("count_weights", True)),
+                   inplace_depthwise=bool(m.get("inplace_depthwise", False)), n_classes=int(n_classes))
+
 
 DEFAULT_OPTIONS = MemoryOptions()
 

@@ -7,6 +7,9 @@ each subnet's accuracy is measured, and one JSON Lines record per subnet is appe
 ``flops`` (MMACs of the network as built, i.e. with the dataset's class count) and ``model``.
 
 Bins and quotas
+    Bins are in the unit of the run's memory model (the ``memory:`` section: elements by default,
+    bytes otherwise); the records' ``peak_memory`` stays the reference's element count (the file
+    format), and existing records are binned by their peak recomputed under the memory model.
     A bin is *reachable* when some config of the model has its peak inside it. This is counted
     exactly (:func:`moofa.efficiency.count_feasible`; peaks are integers, so ``[low, high)`` is
     ``[ceil(low), ceil(high) - 1]``), which skips both the bins outside
@@ -82,6 +85,8 @@ Resume
 """
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import math
 import pickle
@@ -94,6 +99,8 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from moofa.efficiency import (
+    DEFAULT_OPTIONS,
+    MemoryOptions,
     count_feasible,
     flops,
     memory_bounds,
@@ -158,9 +165,11 @@ class MemoryBin:
         return f"b{self.index} [{self.low:,.0f}, {self.high:,.0f})"
 
 
-def memory_bins(spec: ModelSpec, min_memory: float, max_memory: float, n_bins: int) -> list[MemoryBin]:
-    """``n_bins`` equal-width bins between ``min_memory`` and ``max_memory`` (elements), each
-    with its exact number of configs (see the module docstring)."""
+def memory_bins(spec: ModelSpec, min_memory: float, max_memory: float, n_bins: int,
+                options: MemoryOptions | None = None) -> list[MemoryBin]:
+    """``n_bins`` equal-width bins between ``min_memory`` and ``max_memory`` (in the unit of the
+    memory model ``options``: elements by default), each with its exact number of configs (see
+    the module docstring)."""
     if not min_memory < max_memory:
         raise ValueError(f"min_memory: {min_memory} must be below max_memory {max_memory}")
     if n_bins < 1:
@@ -170,7 +179,7 @@ def memory_bins(spec: ModelSpec, min_memory: float, max_memory: float, n_bins: i
     for i in range(int(n_bins)):
         low, high = float(edges[i]), float(edges[i + 1])
         lo, hi = math.ceil(low), math.ceil(high) - 1
-        n = count_feasible(spec, hi, lower=lo) if lo <= hi else 0
+        n = count_feasible(spec, hi, lower=lo, options=options) if lo <= hi else 0
         bins.append(MemoryBin(i, low, high, int(n)))
     return bins
 
@@ -206,14 +215,17 @@ def bin_quotas(bins: Sequence[MemoryBin], n_samples: int) -> dict[int, int]:
     return dict(zip(reachable, apportion(int(n_samples), [1.0] * len(reachable))))
 
 
-def check_bins(spec: ModelSpec, dc: Mapping[str, Any]) -> tuple[list[MemoryBin], dict[int, int]]:
-    """Bins and quotas of ``dataset_config`` ``dc``; MoofaInputError when no bin is reachable."""
-    bins = memory_bins(spec, dc["min_memory"], dc["max_memory"], dc["n_bins"])
+def check_bins(spec: ModelSpec, dc: Mapping[str, Any],
+               options: MemoryOptions | None = None) -> tuple[list[MemoryBin], dict[int, int]]:
+    """Bins and quotas of ``dataset_config`` ``dc`` under the memory model ``options``;
+    MoofaInputError when no bin is reachable."""
+    bins = memory_bins(spec, dc["min_memory"], dc["max_memory"], dc["n_bins"], options)
     quotas = bin_quotas(bins, int(dc["n_samples"]))
     if not quotas:
-        lo, hi = memory_bounds(spec)
+        lo, hi = memory_bounds(spec, None, options)
+        unit = (options or DEFAULT_OPTIONS).unit
         raise MoofaInputError(f"no memory bin holds a subnet of {spec.name}, whose peaks range over "
-                              f"{lo}..{hi} elements", key="dataset_config.min_memory/max_memory",
+                              f"{lo}..{hi} {unit}", key="dataset_config.min_memory/max_memory",
                               value=[dc["min_memory"], dc["max_memory"]])
     return bins, quotas
 
@@ -265,11 +277,16 @@ RECIPE_ARGS_KEYS = ("bn_calib_images", "bn_calib_batch_size", "bn_eps", "bn_mome
                     "dy_conv_scaling_mode")
 
 
-def dataset_recipe(spec: ModelSpec, dc: Mapping[str, Any], args: Mapping[str, Any]) -> dict[str, Any]:
-    """What the records' values depend on (see "Inputs" in the module docstring)."""
-    return normalise({"model_spec": model_identity(spec), "checkpoint": file_fingerprint(args["checkpoint"]),
-                      "dataset_config": {k: dc[k] for k in RECIPE_DATASET_KEYS},
-                      "args": {k: args.get(k) for k in RECIPE_ARGS_KEYS}, "data": data_identity(args)})
+def dataset_recipe(spec: ModelSpec, dc: Mapping[str, Any], args: Mapping[str, Any],
+                   memory: Any = None) -> dict[str, Any]:
+    """What the records' values depend on (see "Inputs" in the module docstring); ``memory``
+    (a MemoryOptions) decides the bins' unit."""
+    recipe = {"model_spec": model_identity(spec), "checkpoint": file_fingerprint(args["checkpoint"]),
+              "dataset_config": {k: dc[k] for k in RECIPE_DATASET_KEYS},
+              "args": {k: args.get(k) for k in RECIPE_ARGS_KEYS}, "data": data_identity(args)}
+    if memory is not None and not memory.is_reference:  # the reference model keeps old recipes valid
+        recipe["memory"] = dataclasses.asdict(memory)
+    return normalise(recipe)
 
 
 def check_recipe(paths: OutputPaths, recipe: Mapping[str, Any], overwrite: bool = False) -> None:
@@ -330,7 +347,8 @@ class ExistingData:
     repaired_bytes: int = 0
 
 
-def read_existing(path: Path, spec: ModelSpec, bins: Sequence[MemoryBin]) -> ExistingData:
+def read_existing(path: Path, spec: ModelSpec, bins: Sequence[MemoryBin],
+                  options: MemoryOptions | None = None) -> ExistingData:
     """Read the records already in the JSON Lines file ``path`` (missing or empty = none) and
     count them per bin by their recomputed peak memory. A partial last line (a kill during an
     append) is cut off first. A malformed record or one of another model raises
@@ -344,7 +362,7 @@ def read_existing(path: Path, spec: ModelSpec, bins: Sequence[MemoryBin]) -> Exi
     for cfg in read_jsonl(path, spec).configs:
         out.n_records += 1
         out.keys.add(cfg.canonical(spec))
-        b = bin_index(bins, peak_memory(spec, cfg))
+        b = bin_index(bins, peak_memory(spec, cfg, options))
         if b is None:
             out.outside += 1
         else:
@@ -374,7 +392,7 @@ def bin_rng(seed: int, index: int) -> np.random.Generator:
 
 
 def draw_bin(spec: ModelSpec, b: MemoryBin, quota: int, have: int, existing: set, seed: int,
-             budget: int, chunk: int = 64) -> BinDraw:
+             budget: int, chunk: int = 64, options: MemoryOptions | None = None) -> BinDraw:
     """Unique new candidates for bin ``b`` until ``have`` + new = ``quota`` or ``budget`` draws.
 
     The draw sequence is fixed by (seed, b.index); a candidate already in ``existing`` (canonical
@@ -389,7 +407,7 @@ def draw_bin(spec: ModelSpec, b: MemoryBin, quota: int, have: int, existing: set
     seen: set = set()
     while len(configs) < need and attempts < budget:
         n = min(budget - attempts, max(chunk, 2 * (need - len(configs))))
-        for cfg in sample_feasible(spec, b.upper, rng, n=n, lower=b.lower):
+        for cfg in sample_feasible(spec, b.upper, rng, n=n, lower=b.lower, options=options):
             attempts += 1
             key = cfg.canonical(spec)
             if key in seen:
@@ -432,6 +450,7 @@ class Plan:
     existing: ExistingData
     draws: list[BinDraw]
     candidates: list[tuple[int, SubnetConfig]]
+    options: MemoryOptions = DEFAULT_OPTIONS
 
     @property
     def shortfall(self) -> dict[int, int]:
@@ -439,25 +458,27 @@ class Plan:
         return {d.index: d.missing for d in self.draws if d.missing}
 
 
-def plan_run(spec: ModelSpec, dc: Mapping[str, Any]) -> Plan:
+def plan_run(spec: ModelSpec, dc: Mapping[str, Any], options: MemoryOptions | None = None) -> Plan:
     """Bins, quotas, resume state and candidates of ``dataset_config`` ``dc`` (with ``output``
-    resolved). Reads the output file: call on one rank."""
+    resolved) under the memory model ``options``. Reads the output file: call on one rank."""
+    options = options or DEFAULT_OPTIONS
     paths = output_paths(dc["output"])
-    bins, quotas = check_bins(spec, dc)
-    existing = read_existing(paths.jsonl, spec, bins)
+    bins, quotas = check_bins(spec, dc, options)
+    existing = read_existing(paths.jsonl, spec, bins, options)
     idx = list(quotas)
     budgets = dict(zip(idx, apportion(int(dc["max_attempts"]), [quotas[i] for i in idx])))
     draws = [draw_bin(spec, bins[i], quotas[i], existing.per_bin.get(i, 0), existing.keys,
-                      int(dc["seed"]), budgets[i]) for i in idx]
-    return Plan(spec, paths, bins, quotas, existing, draws, interleave(draws, existing.per_bin, quotas))
+                      int(dc["seed"]), budgets[i], options=options) for i in idx]
+    return Plan(spec, paths, bins, quotas, existing, draws, interleave(draws, existing.per_bin, quotas),
+                options)
 
 
 def log_plan(plan: Plan, world: int) -> None:
     """Log lines: bounds, skipped bins, quotas, resume state, shortfalls and the work ahead."""
     spec, ex = plan.spec, plan.existing
-    lo, hi = memory_bounds(spec)
-    LOG.info("%s: peaks range over %s..%s elements; dataset %s", spec.name, f"{lo:,}", f"{hi:,}",
-             plan.paths.jsonl)
+    lo, hi = memory_bounds(spec, None, plan.options)
+    LOG.info("%s: peaks range over %s..%s %s (memory model: %s); dataset %s", spec.name, f"{lo:,}",
+             f"{hi:,}", plan.options.unit, plan.options.describe(), plan.paths.jsonl)
     skipped = [b for b in plan.bins if not b.reachable]
     if skipped:
         LOG.info("skipping %d unreachable bin(s) (no subnet of %s has its peak there): %s",
@@ -482,13 +503,13 @@ def log_plan(plan: Plan, world: int) -> None:
     LOG.info("%d subnet(s) to measure on %d process(es)", len(plan.candidates), world)
 
 
-def prepare(spec: ModelSpec, dc: Mapping[str, Any], backend: Any) -> Plan:
+def prepare(spec: ModelSpec, dc: Mapping[str, Any], backend: Any, options: MemoryOptions | None = None) -> Plan:
     """Rank 0 plans (and logs) the run and broadcasts the plan; bad input found by rank 0 is
     raised on every rank."""
     plan, error = None, None
     if backend.is_main:
         try:
-            plan = plan_run(spec, dc)
+            plan = plan_run(spec, dc, options)
             log_plan(plan, backend.size)
         except MoofaInputError as err:
             error = str(err)

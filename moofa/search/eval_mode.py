@@ -34,12 +34,13 @@ from moofa.models.bn_calibration import set_running_statistics
 from moofa.models.spec import ModelSpec, SubnetConfig
 from moofa.predictor.encoder import ArchEncoder
 from moofa.search.report import (
-    UNITS,
     draw_subnet_plots,
     load_supernet,
     new_supernet,
     subnet_report,
+    units,
 )
+from moofa.efficiency import MemoryOptions
 from moofa.search.results import INFO_NAME
 from moofa.training.evaluate import evaluate, evaluate_subnet
 
@@ -98,18 +99,19 @@ def run_eval(cfg: Mapping[str, Any], spec: ModelSpec, backend: Any, which: str =
         teacher = teacher.to(backend.device)
         set_running_statistics(teacher, provider.calibration_batches(arch.image_size))
         res = evaluate(teacher, provider.test_loader(arch.image_size), backend, time_forward=True)
-    report = subnet_report(spec, arch, n)
+    options = MemoryOptions.from_config(cfg, n)
+    report = subnet_report(spec, arch, n, options)
     info = {"accuracy": res.top1, "top5": res.top5, "loss": res.loss, "n_images": res.n_images,
             "peak_memory": report["peak_memory"], "memory_history": report["memory_history"],
             "flops": report["flops"], "params": report["params"],
             "avg_forward_time": res.avg_forward_time, "config": arch.to_dict(), "model": spec.name,
             "network": which, "checkpoint": source, "random_sample": bool(sc["random_sample"]),
-            "units": UNITS}
+            "memory_model": options.to_dict(), "units": units(options)}
     if backend.is_main:
         if sc["draw_graphs"]:
             draw_subnet_plots(spec, arch, out, report, n, accuracy=res.top1)
         write_json(out / INFO_NAME, info)
-        log.info("%s %s R=%d: top-1 %.2f%% top-5 %.2f%% on %s images, peak %s elements, %.1f MMACs, "
+        log.info("%s %s R=%d: top-1 %.2f%% top-5 %.2f%% on %s images, peak %s " + options.unit + ", %.1f MMACs, "
                  "%.2f ms/batch; wrote %s", spec.name, which, arch.image_size, 100 * res.top1,
                  100 * res.top5, f"{res.n_images:,}", f"{report['peak_memory']:,}", report["flops"],
                  1e3 * res.avg_forward_time, out / INFO_NAME)

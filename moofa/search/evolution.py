@@ -25,7 +25,10 @@ efficiency function is given (the benchmark passes the reference's build-and-run
 A child over the constraint is re-drawn from the same parent(s) at most ``max_tries`` times in
 all (the reference looped forever), then repaired constraint-aware
 (:func:`moofa.efficiency.repair_config`), and as a last resort replaced by its feasible parent.
-All randomness comes from one seed mixed with the constraint, so a constraint's result does not
+Optional hard limits on MMACs and parameters (``search_config.max_mmacs`` / ``max_params``,
+:class:`moofa.efficiency.limits.Limits`) apply to the initial population, to every child and to
+repair in the same way; peaks are in the unit of the memory model (``memory:``; elements by
+default). All randomness comes from one seed mixed with the constraint, so a constraint's result does not
 depend on the other constraints of the sweep.
 """
 from __future__ import annotations
@@ -46,9 +49,8 @@ from moofa.efficiency import (
     memory_bounds,
     peak_memory,
     peak_memory_batch,
-    repair_config,
-    sample_feasible,
 )
+from moofa.efficiency.limits import Limits, check_limits, fits_batch, repair_within, sample_within
 from moofa.errors import InfeasibleConstraintError
 from moofa.models.spec import ModelSpec, SubnetConfig, get_model_spec
 from moofa.predictor.encoder import ArchEncoder
@@ -190,17 +192,15 @@ class SearchResult:
 
 def check_constraints(model: str | ModelSpec, constraints: Iterable[float],
                       options: MemoryOptions | None = None, key: str = "search_config.constraints",
-                      file: Any = None) -> int:
-    """Raise InfeasibleConstraintError (naming the model's exact minimum peak) if any constraint
-    is below it; returns the minimum (elements)."""
+                      file: Any = None, limits: Limits | None = None) -> int:
+    """Raise InfeasibleConstraintError (naming the model's exact minimum peak, or the MMACs /
+    parameter limit that no subnet within a constraint meets, with its minimum) if any
+    constraint cannot be met; returns the minimum peak (in the memory model's unit)."""
     spec = get_model_spec(model)
-    lo, hi = memory_bounds(spec, None, options)
-    for c in constraints:
-        if c < lo:
-            raise InfeasibleConstraintError(
-                f"constraint {c:,.0f} elements is below {spec.name}'s smallest achievable peak "
-                f"memory {lo:,} elements (minimum {lo}); achievable peaks are {lo:,}..{hi:,}",
-                file=file, key=key, value=c)
+    limits = limits or Limits(options=options or MemoryOptions())
+    lo, _ = memory_bounds(spec, None, limits.options)
+    for c in sorted(constraints):
+        check_limits(spec, limits.with_memory(c), file=file, keys={"memory": key})
     return lo
 
 
@@ -230,11 +230,13 @@ class EvolutionFinder:
 
     def __init__(self, model: str | ModelSpec, predict: Scorer,
                  settings: SearchSettings | None = None, efficiency: Scorer | None = None,
-                 memory_options: MemoryOptions | None = None) -> None:
+                 memory_options: MemoryOptions | None = None, limits: Limits | None = None) -> None:
         self.spec = get_model_spec(model)
         self.encoder = ArchEncoder(self.spec)
         self.settings = settings or SearchSettings()
-        self.options = memory_options
+        # MMACs / parameter limits (``limits.memory`` is replaced by each search's constraint)
+        self.limits = limits or Limits(options=memory_options or MemoryOptions())
+        self.options = self.limits.options
         self._predict = predict
         self._efficiency = efficiency or (lambda cs: peak_memory_batch(self.spec, cs, options=self.options))
 
@@ -270,10 +272,11 @@ class EvolutionFinder:
                   stats: OperatorStats) -> tuple[list[SubnetConfig], np.ndarray]:
         """``n`` children that fit ``constraint``: slot i is drawn by ``make(i)`` up to max_tries
         times (batched), then repaired, then replaced by ``fallback(i)`` (a feasible parent)."""
+        limits = self.limits.with_memory(constraint)
         children = [make(i) for i in range(n)]
         peaks = self.peaks(children)
         stats.draws += n
-        bad = np.flatnonzero(peaks > constraint)
+        bad = np.flatnonzero(~fits_batch(self.spec, children, limits, peaks))
         for _ in range(self.settings.max_tries - 1):
             if bad.size == 0:
                 break
@@ -281,11 +284,11 @@ class EvolutionFinder:
                 children[i] = make(int(i))
             peaks[bad] = self.peaks([children[i] for i in bad])
             stats.draws += int(bad.size)
-            bad = bad[peaks[bad] > constraint]
+            bad = bad[~fits_batch(self.spec, [children[i] for i in bad], limits, peaks[bad])]
         for i in bad:
-            fixed = repair_config(self.spec, children[i], constraint, rng_np, self.options)
+            fixed = repair_within(self.spec, children[i], limits, rng_np)
             p = int(self.peaks([fixed])[0])
-            if p <= constraint:
+            if fits_batch(self.spec, [fixed], limits, np.array([p]))[0]:
                 children[i], peaks[i] = fixed, p
                 stats.repaired += 1
             else:
@@ -326,12 +329,16 @@ class EvolutionFinder:
         """The initial population: seeds, then measured subnets that fit, filled with their
         mutants; uniform feasible samples when there is neither (see the module docstring)."""
         s = self.settings
+        limits = self.limits.with_memory(constraint)
         start = list(seeds)
         fitness = self._predict if isinstance(self._predict, RobustFitness) else None
         if fitness is not None:
-            start += [fitness.configs[i] for i in fitness.measured_fitting(constraint, s.population_size)]
+            measured = [fitness.configs[i] for i in fitness.measured_fitting(constraint, s.population_size)]
+            if measured:  # the MMACs / parameter limits too
+                keep = fits_batch(self.spec, measured, limits, self.peaks(measured))
+                start += [c for c, ok in zip(measured, keep) if ok]
         if not start:
-            configs = sample_feasible(self.spec, constraint, rng_np, s.population_size, options=self.options)
+            configs = sample_within(self.spec, limits, rng_np, s.population_size)
             return configs, self.peaks(configs)
         unique: dict[tuple, SubnetConfig] = {}
         for c in start:
@@ -339,8 +346,8 @@ class EvolutionFinder:
             unique.setdefault((k.ks, k.e, k.d, k.image_size), c)
         configs = list(unique.values())[:s.population_size]
         peaks = self.peaks(configs)
-        if (peaks > constraint).any():
-            raise ValueError("a seed of the initial population does not fit the constraint")
+        if not fits_batch(self.spec, configs, limits, peaks).all():
+            raise ValueError("a seed of the initial population does not fit the limits")
         base = [Individual(0.0, c, int(p)) for c, p in zip(configs, peaks)]
         n_fill = s.population_size - len(configs)
         if n_fill > 0:
@@ -355,15 +362,15 @@ class EvolutionFinder:
     def _search(self, constraint: float, progress: bool, seeds: list[SubnetConfig],
                 top_k: int) -> SearchResult:
         t0 = time.perf_counter()
-        check_constraints(self.spec, [constraint], self.options, key="constraint")
+        check_constraints(self.spec, [constraint], key="constraint", limits=self.limits)
         s = self.settings
         seq = constraint_seed(s.seed, constraint)
         rng_np = np.random.default_rng(seq.spawn(1)[0])
         rng = random.Random(int(seq.generate_state(1, dtype=np.uint64)[0]))
         stats = OperatorStats()
         configs, peaks = self._initial(constraint, seeds, rng, rng_np, stats)
-        if (peaks > constraint).any():  # the sampler is exact; this guards a custom efficiency model
-            raise RuntimeError("sample_feasible returned a config over the constraint")
+        if not fits_batch(self.spec, configs, self.limits.with_memory(constraint), peaks).all():
+            raise RuntimeError("the initial population has a config over the limits")  # guards a custom model
         population = self.individuals(configs, peaks)
         archive = _TopK(top_k, self.spec)
         archive.offer(population)

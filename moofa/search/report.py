@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from moofa.efficiency import count_params, flops, memory_layers, plot_memory_histogram
+from moofa.efficiency import MemoryOptions, count_params, flops, memory_layers, plot_memory_histogram
 from moofa.errors import ConfigError
 from moofa.models import Supernet, build_supernet, load_weights
 from moofa.models.spec import ModelSpec, SubnetConfig
@@ -14,6 +14,13 @@ from moofa.search.arch_plot import draw_arch
 
 UNITS = {"peak_memory": "elements", "memory_history": "elements", "flops": "MMACs",
          "params": "parameters", "accuracy": "fraction", "avg_forward_time": "seconds per batch"}
+
+
+def units(options: MemoryOptions | None = None) -> dict[str, str]:
+    """The ``units`` entry of an info.json: UNITS with the memory model's unit (elements or
+    bytes) for the peak and the histogram."""
+    unit = (options or MemoryOptions()).unit
+    return {**UNITS, "peak_memory": unit, "memory_history": unit}
 
 
 def expected_n_classes(args: Mapping[str, Any]) -> int:
@@ -45,12 +52,16 @@ def load_supernet(spec: ModelSpec, args: Mapping[str, Any], n_classes: int) -> S
     return net
 
 
-def subnet_report(spec: ModelSpec, cfg: SubnetConfig, n_classes: int) -> dict[str, Any]:
-    """Analytic facts of a subnet: ``peak_memory`` (elements), ``memory_history`` (per layer,
-    elements, SPEC 4.1 order), ``memory_layers`` (their names), ``flops`` (MMACs), ``params``."""
-    layers = memory_layers(spec, cfg)
+def subnet_report(spec: ModelSpec, cfg: SubnetConfig, n_classes: int,
+                  options: MemoryOptions | None = None) -> dict[str, Any]:
+    """Analytic facts of a subnet: ``peak_memory`` and ``memory_history`` (per layer, SPEC 4.1
+    order) under the memory model ``options`` (elements by default, else bytes; ``memory_unit``
+    says which), ``memory_layers`` (their names), ``flops`` (MMACs), ``params``."""
+    options = options or MemoryOptions(n_classes=n_classes)
+    layers = memory_layers(spec, cfg, options)
     hist = [int(l.total) for l in layers]
     return {"peak_memory": max(hist), "memory_history": hist, "memory_layers": [l.name for l in layers],
+            "memory_unit": options.unit,
             "flops": float(flops(spec, cfg, n_classes)), "params": int(count_params(spec, cfg, n_classes))}
 
 
@@ -60,11 +71,12 @@ def draw_subnet_plots(spec: ModelSpec, cfg: SubnetConfig, out_dir: str | Path, r
     """``memory_histogram.png/.pdf`` (with the constraint line) and ``subnet.png/.pdf`` (the
     architecture diagram) in ``out_dir``."""
     out = Path(out_dir)
-    title = f"{spec.name} R={cfg.image_size}" + (f", constraint {constraint:,.0f} elements"
+    unit = report.get("memory_unit", "elements")
+    title = f"{spec.name} R={cfg.image_size}" + (f", constraint {constraint:,.0f} {unit}"
                                                  if constraint is not None else "")
     paths = plot_memory_histogram(report["memory_history"], out / "memory_histogram", constraint,
-                                  title=title, labels=report["memory_layers"])
-    info = {"peak memory (elements)": int(report["peak_memory"]), "MFLOPs": float(report["flops"])}
+                                  title=title, labels=report["memory_layers"], unit=unit)
+    info = {f"peak memory ({unit})": int(report["peak_memory"]), "MFLOPs": float(report["flops"])}
     if accuracy is not None:
         info["top-1 (%)"] = 100.0 * float(accuracy)
     return paths + draw_arch(spec, cfg, out / "subnet", info=info, n_classes=n_classes)

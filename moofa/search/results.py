@@ -4,7 +4,8 @@ paper's Table 1 (SPEC Appendix C: rows = constraints, one column per model, cell
 memory peak / MFLOPs") and an accuracy-versus-constraint plot overlaying the runs.
 
 Units: accuracy is a fraction in info.json and percent (labelled) in the tables and plots; memory
-in elements; MFLOPs are MMACs. A cell's top-1 is the measured (real) accuracy when the run
+in the unit each info.json names (``memory_unit``: elements by default, bytes under a device
+memory model); MFLOPs are MMACs. A cell's top-1 is the measured (real) accuracy when the run
 evaluated its subnets, else the predicted one, marked ``*``.
 
 Below Table 1, ``summary.md`` has one "search against its data" table per run: the predicted
@@ -74,6 +75,8 @@ class ResultRow:
     baseline_dataset_top1: float | None = None  # best already-measured subnet under the budget
     baseline_real_top1: float | None = None     # ... measured on the same test images
     predicted_source: str | None = None
+    memory_unit: str = "elements"  # of peak_memory: elements (reference model) or bytes
+    deploy: Mapping[str, Any] | None = None  # the int8 ExecuTorch export's measured figures
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,12 @@ class Run:
     def is_predicted(self) -> bool:
         return any(r.predicted for r in self.rows)
 
+    @property
+    def memory_unit(self) -> str:
+        """The unit of the run's peaks ("elements", "bytes", or "mixed units")."""
+        found = {r.memory_unit for r in self.rows}
+        return found.pop() if len(found) == 1 else "mixed units"
+
 
 def _row(info: Mapping[str, Any], constraint: int, path: Path) -> ResultRow:
     try:
@@ -99,7 +108,9 @@ def _row(info: Mapping[str, Any], constraint: int, path: Path) -> ResultRow:
                          float(info["flops"]), _opt(info.get("predicted_std")),
                          _opt(info.get("selection_accuracy")), _describe(images.get("selection_accuracy")),
                          _describe(images.get("real_accuracy")), _opt(base.get("dataset_accuracy")),
-                         _opt(base.get("real_accuracy")), info.get("predicted_source"))
+                         _opt(base.get("real_accuracy")), info.get("predicted_source"),
+                         str(info.get("memory_unit", "elements")),
+                         info.get("deploy") if isinstance(info.get("deploy"), Mapping) else None)
     except (KeyError, TypeError, ValueError) as err:
         raise MoofaInputError(f"not a search result ({type(err).__name__}: {err})", file=path) from None
 
@@ -167,12 +178,19 @@ def _by_constraint(runs: Sequence[Run]) -> tuple[list[int], list[dict[int, Resul
     return sorted({c for m in maps for c in m}), maps
 
 
+def memory_unit(runs: Sequence[Run]) -> str:
+    """The peaks' unit over ``runs`` (elements, bytes or "mixed units")."""
+    found = {r.memory_unit for r in runs}
+    return found.pop() if len(found) == 1 else "mixed units"
+
+
 def summary_markdown(runs: Sequence[Run], title: str | None = None) -> str:
     """Table 1 layout: ``| Constraint | <label> | ... |`` with cells
-    ``top-1 % / memory peak / MFLOPs``."""
+    ``top-1 % / memory peak / MFLOPs``; then, when some subnets were deployed, a table of their
+    int8 ExecuTorch programs (:func:`deploy_markdown`)."""
     constraints, maps = _by_constraint(runs)
     lines = [f"# {title or 'Best subnet per peak-memory constraint'}", "",
-             ("Cells: top-1 (%) / memory peak (elements) / MFLOPs (MMACs). "
+             (f"Cells: top-1 (%) / memory peak ({memory_unit(runs)}) / MFLOPs (MMACs). "
               "`*` = accuracy predicted by the accuracy predictor (subnet not evaluated)."), "",
              "| Constraint | " + " | ".join(r.label for r in runs) + " |",
              "|---|" + "---|" * len(runs)]
@@ -180,6 +198,32 @@ def summary_markdown(runs: Sequence[Run], title: str | None = None) -> str:
         lines.append(f"| < {format_constraint(c)} | " + " | ".join(_cell(m.get(c)) for m in maps) + " |")
     for run in runs:
         lines += ["", *against_data_markdown(run)]
+    return "\n".join(lines) + "\n" + deploy_markdown(runs)
+
+
+def deploy_markdown(runs: Sequence[Run]) -> str:
+    """The deployed subnets (rows with ``deploy``): fp32 top-1 (PyTorch) and int8 top-1 measured
+    in the ExecuTorch runtime on the same test images, program size, ExecuTorch's planned
+    activation memory and the analytic peak beside it. Empty when nothing was deployed."""
+    rows = [(run.label, r) for run in runs for r in run.rows if r.deploy]
+    if not rows:
+        return ""
+    lines = ["", "## int8 ExecuTorch programs of the found subnets", "",
+             ("fp32 top-1: the exported network in PyTorch; int8 top-1: `subnet_int8.pte` run by "
+              "`executorch.runtime`, on the same test images (measured). Planned memory: ExecuTorch's "
+              "activation arena of each program (bytes; the int8 figure excludes XNNPACK's own scratch). "
+              "Analytic: moofa's peak-memory model."), "",
+             "| Model | Constraint | images | fp32 top-1 (%) | int8 top-1 (%) | int8 .pte (bytes) | "
+             "int8 planned (bytes) | fp32 planned (bytes) | analytic peak | analytic activations (elements) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for label, r in rows:
+        d = r.deploy
+        lines.append(f"| {label} | < {format_constraint(r.constraint)} | {d.get('n_images', '')} | "
+                     f"{_pct(d.get('fp32_accuracy'))} | {_pct(d.get('int8_accuracy'))} | "
+                     f"{d.get('pte_bytes', 0):,} | {d.get('runtime_memory_bytes', 0):,} | "
+                     f"{d.get('fp32_runtime_memory_bytes', 0):,} | "
+                     f"{d.get('analytic_peak_memory', 0):,} {d.get('analytic_unit', '')} | "
+                     f"{d.get('analytic_activations_elements', 0):,} |")
     return "\n".join(lines) + "\n"
 
 
@@ -251,7 +295,7 @@ def summary_csv(runs: Sequence[Run]) -> str:
 # ------------------------------------------------------------------------------------------ plot
 def plot_accuracy_vs_constraint(runs: Sequence[Run], path_stem: str | Path,
                                 title: str | None = None) -> list[Path]:
-    """Left: top-1 (%) against the constraint (thousands of elements), one line per run (dashed
+    """Left: top-1 (%) against the constraint (thousands of the memory unit), one line per run (dashed
     when predicted). Right: the found subnet's peak memory against the constraint, with the
     constraint itself dotted. Writes ``<stem>.png`` and ``<stem>.pdf`` atomically."""
     stem = Path(path_stem)
@@ -268,9 +312,10 @@ def plot_accuracy_vs_constraint(runs: Sequence[Run], path_stem: str | Path,
     ax_mem.plot([c / 1e3 for c in all_c], [c / 1e3 for c in all_c], ":", color="grey",
                 label="constraint")
     ax_acc.set_ylabel("top-1 (%)")
-    ax_mem.set_ylabel("peak memory of the found subnet (k elements)")
+    unit = memory_unit(runs)
+    ax_mem.set_ylabel(f"peak memory of the found subnet (k {unit})")
     for ax in (ax_acc, ax_mem):
-        ax.set_xlabel("peak-memory constraint (k elements)")
+        ax.set_xlabel(f"peak-memory constraint (k {unit})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))

@@ -100,8 +100,9 @@ class RobustFitness:
     then only the members' spread is subtracted and nothing is bounded)."""
 
     def __init__(self, predictor: Any, measured: PredictorDataset | None,
-                 settings: FitnessSettings | None = None) -> None:
+                 settings: FitnessSettings | None = None, limits: Any = None) -> None:
         self.predictor = predictor
+        self.limits = limits  # moofa.efficiency.limits.Limits: memory model, MMACs / parameter caps
         self.spec: ModelSpec = predictor.spec
         self.settings = settings or FitnessSettings()
         self.n_dim = predictor.encoder.n_dim
@@ -126,7 +127,13 @@ class RobustFitness:
         self._onehot = torch.as_tensor(onehot, dtype=torch.float32)
         self._norm = self._onehot.sum(dim=1)
         from moofa.efficiency import peak_memory_batch
-        self.peaks = np.asarray(peak_memory_batch(self.spec, self.configs), dtype=np.int64)
+        from moofa.efficiency.limits import fits_batch
+
+        options = None if self.limits is None else self.limits.options
+        self.peaks = np.asarray(peak_memory_batch(self.spec, self.configs, options=options), dtype=np.int64)
+        # measured subnets over a MMACs or parameter limit are never an answer (peaks: per budget)
+        self.allowed = np.ones(len(self.configs), dtype=bool) if self.limits is None else \
+            fits_batch(self.spec, self.configs, self.limits.with_memory(None), self.peaks)
         self.cap = float(self.accuracies.max()) + self.settings.bound_margin_pp / 100.0
 
     @property
@@ -135,17 +142,17 @@ class RobustFitness:
 
     def best_measured(self, constraint: float) -> int | None:
         """Index (into ``self.configs``) of the most accurate measured subnet that fits
-        ``constraint`` (elements), or None."""
+        ``constraint`` (in the memory model's unit) and the other limits, or None."""
         if not self.has_data:
             return None
-        fit = np.flatnonzero(self.peaks <= constraint)
+        fit = np.flatnonzero((self.peaks <= constraint) & self.allowed)
         return None if fit.size == 0 else int(fit[np.argmax(self.accuracies[fit])])
 
     def measured_fitting(self, constraint: float, n: int) -> list[int]:
         """Indices of the ``n`` most accurate measured subnets that fit ``constraint``."""
         if not self.has_data:
             return []
-        fit = np.flatnonzero(self.peaks <= constraint)
+        fit = np.flatnonzero((self.peaks <= constraint) & self.allowed)
         return [int(i) for i in fit[np.argsort(-self.accuracies[fit], kind="stable")][:n]]
 
     # ------------------------------------------------------------------------------- scoring

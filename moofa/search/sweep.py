@@ -5,8 +5,12 @@ minimum first), rank 0 runs the evolutionary search and broadcasts the result; w
 ``search_config.evaluate`` (default) every rank then evaluates the found subnet after BN
 re-calibration (counts all-reduced, forward time synchronised) and rank 0 writes
 ``<res_dir>/constraint_<int>/``: the memory histogram and architecture plots, the exported subnet
-(``subnet.pth.tar`` [+ ``subnet.onnx``], ``search_config.export``) and, last, ``info.json``.
+(``subnet.pth.tar`` [+ ``subnet.onnx``], ``search_config.export``; with ``executorch`` also
+``subnet_int8.pte``, ``subnet_fp32.pte`` and ``deploy.json`` from :mod:`moofa.deploy`, for the
+constraints of ``search_config.deploy_constraints``) and, last, ``info.json``.
 After the sweep rank 0 writes ``summary.csv``, ``summary.md`` and the accuracy plot.
+Budgets and peaks are in the unit of the ``memory:`` model (elements by default, else bytes);
+``search_config.max_mmacs`` / ``max_params`` are checked up front (exit 2 naming the limit).
 
 Resume: a constraint whose ``info.json`` records the same search is not searched again. The
 fingerprint (:func:`fingerprint`) holds the model, the constraint, the search and fitness
@@ -31,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from moofa.config import last_task_args, search_constraints
+from moofa.efficiency import MemoryOptions
+from moofa.efficiency.limits import Limits, violations
 from moofa.errors import CheckpointError, ConfigError, MoofaInputError, on_main_rank
 from moofa.fingerprint import change_message, data_identity, file_fingerprint, model_identity, same
 from moofa.io import clean_stale_temps, require_file, write_json
@@ -46,11 +52,11 @@ from moofa.search.evolution import (
 )
 from moofa.search.robust import FitnessSettings, RobustFitness
 from moofa.search.report import (
-    UNITS,
     draw_subnet_plots,
     expected_n_classes,
     load_supernet,
     subnet_report,
+    units,
 )
 from moofa.search.results import (
     INFO_NAME,
@@ -158,13 +164,32 @@ def fingerprint(cfg: Mapping[str, Any], spec: ModelSpec, constraint: int,
     constraint (key ``previous``)."""
     sc, dc = cfg["search_config"], cfg["dataset_config"]
     inputs = search_inputs(cfg, spec, args) if inputs is None else inputs
+    formats = list(sc["export"])
     fp = {"model": spec.name, "constraint": constraint, "settings": settings.to_dict(),
-          "evaluate": bool(sc["evaluate"]), "export": bool(sc["export"]),
+          "evaluate": bool(sc["evaluate"]),
+          # the default formats keep the fingerprints of results written before formats existed
+          "export": bool(formats) if formats in ([], ["subnet", "onnx"]) else formats,
           "fitness": FitnessSettings.from_config(sc).to_dict(),
           "rerank": ({"top_k": int(sc["rerank_top_k"]), "split": dc["eval_split"],
                       "eval_images": dc["eval_images"]} if sc["evaluate"] else None),
           **inputs}
+    options = MemoryOptions.from_config(cfg)
+    if not options.is_reference:  # the reference's memory model and no extra limit: as before
+        fp["memory"] = options.to_dict()
+    if sc.get("max_mmacs") is not None or sc.get("max_params") is not None:
+        fp["limits"] = {"max_mmacs": sc.get("max_mmacs"), "max_params": sc.get("max_params")}
+    if deploys(cfg, constraint):
+        fp["deploy"] = dict(cfg["deploy"])
     return json.loads(json.dumps(fp))
+
+
+def deploys(cfg: Mapping[str, Any], constraint: float) -> bool:
+    """Whether the subnet of ``constraint`` gets the int8 ExecuTorch export (``executorch`` in
+    ``search_config.export`` and the constraint in ``deploy_constraints``, null = all)."""
+    sc = cfg["search_config"]
+    chosen = sc.get("deploy_constraints")
+    return "executorch" in sc["export"] and (chosen is None or
+                                             int(round(constraint)) in {int(round(c)) for c in chosen})
 
 
 def _existing(info_path: Path) -> dict | None:
@@ -231,9 +256,10 @@ class _Context:
                 log.info("predictor-only search: no supernet weights, so the found subnets are not exported")
         self.predictor, self.inputs = predictor, inputs
         set_flops_classes(predictor, self.n_classes)  # the data's, once the data is read
+        self.limits = Limits.from_config(cfg, self.n_classes)
         measured = load_measured(cfg, spec) if self.fitness_settings.robust else None
-        self.fitness = RobustFitness(self.predictor, measured, self.fitness_settings)
-        self.finder = EvolutionFinder(spec, self.fitness, self.settings)
+        self.fitness = RobustFitness(self.predictor, measured, self.fitness_settings, self.limits)
+        self.finder = EvolutionFinder(spec, self.fitness, self.settings, limits=self.limits)
         self.selection_measured: dict[tuple, float] = {}  # canonical config -> selection top-1
         self.new_records: list[dict] = []
 
@@ -258,10 +284,15 @@ def run_search(cfg: Mapping[str, Any], spec: ModelSpec, backend: Any,
     """Run the sweep; returns the info dicts (on every rank)."""
     sc = cfg["search_config"]
     constraints = search_constraints(cfg)
-    check_constraints(spec, constraints, file=cfg.get("_path"))
+    args = last_task_args(cfg)
+    check_constraints(spec, constraints, file=cfg.get("_path"),
+                      limits=Limits.from_config(cfg, expected_n_classes(args)))
+    if "executorch" in sc["export"] and sc["evaluate"]:
+        from moofa.deploy import require_executorch
+
+        require_executorch()  # before any search, not after the first one
     res_dir = Path(sc["res_dir"])
     lock = OutputLock(res_dir, "search", key="search_config.res_dir")
-    args = last_task_args(cfg)
 
     def take_folder() -> dict[str, Any]:  # writable, ours, tidy, same inputs: before any long work
         lock.acquire()
@@ -288,11 +319,14 @@ def _sweep(cfg: Mapping[str, Any], spec: ModelSpec, backend: Any, overwrite: boo
     res_dir = Path(sc["res_dir"])
     if backend.is_main:
         s = ctx.settings
-        log.info("search %s: %d constraints %s, population %d, %d generations, seed %d, fitness %s "
-                 "(%d measured subnets), %s", spec.name, len(constraints), [f"{c:,}" for c in constraints],
-                 s.population_size, s.generations, s.seed, sc["fitness"], len(ctx.fitness.configs),
+        lim = ctx.limits
+        log.info("search %s: %d constraints %s (%s), population %d, %d generations, seed %d, fitness %s "
+                 "(%d measured subnets), %s%s", spec.name, len(constraints), [f"{c:,}" for c in constraints],
+                 lim.options.describe(), s.population_size, s.generations, s.seed, sc["fitness"],
+                 len(ctx.fitness.configs),
                  f"re-ranking the top {ctx.top_k} by measurement on {ctx.meter.description}"
-                 if ctx.evaluate else "predictor only")
+                 if ctx.evaluate else "predictor only",
+                 f"; max_mmacs {lim.max_mmacs}, max_params {lim.max_params}" if lim.extra else "")
     infos: list[dict] = []
     for c in constraints:  # ascending: each budget starts from the previous answer
         infos.append(_one_constraint(ctx, c, infos[-1] if infos else None, overwrite))
@@ -415,9 +449,11 @@ def _one_constraint(ctx: _Context, c: int, previous: Mapping[str, Any] | None, o
             baseline["real_accuracy"] = evaluation.top1 if ctx.key(base_cfg) == ctx.key(chosen) else \
                 evaluate_subnet(ctx.supernet, base_cfg, ctx.provider, backend, split="test").top1
     est = ctx.fitness([chosen])
-    report = subnet_report(spec, chosen, ctx.n_classes)
-    if not report["peak_memory"] <= c:
-        raise RuntimeError(f"search returned a subnet with peak {report['peak_memory']} over the constraint {c}")
+    limits = ctx.limits.with_memory(c)
+    report = subnet_report(spec, chosen, ctx.n_classes, limits.options)
+    if not report["peak_memory"] <= c or violations(spec, chosen, limits):
+        raise RuntimeError(f"search returned a subnet over its limits: peak {report['peak_memory']} "
+                           f"(constraint {c}), {violations(spec, chosen, limits)}")
     selection = ctx.dataset_accuracy(chosen) if ctx.evaluate else None
     info: dict[str, Any] = {
         "predicted_accuracy": float(est.mean[0]), "real_accuracy": evaluation.top1 if evaluation else None,
@@ -439,9 +475,11 @@ def _one_constraint(ctx: _Context, c: int, previous: Mapping[str, Any] | None, o
                  "n_images": evaluation.n_images if evaluation else 0,
                  "search_seconds": result.seconds, "n_scored": result.n_scored,
                  "history": result.history, "operator_stats": result.to_dict()["stats"],
-                 "units": UNITS, "fingerprint": fp})
+                 "memory_unit": limits.options.unit, "memory_model": limits.options.to_dict(),
+                 "limits": limits.to_dict(), "units": units(limits.options), "fingerprint": fp})
     if backend.is_main:
-        _write_outputs(spec, info, report, out, ctx.supernet, bool(sc["export"]), ctx.n_classes, c)
+        _write_outputs(spec, info, report, out, ctx.supernet, list(sc["export"]), ctx.n_classes, c,
+                       cfg if deploys(cfg, c) else None)
         _log_result(info)
     backend.barrier()
     return info
@@ -473,13 +511,27 @@ def _images(ctx: _Context, evaluation: Any) -> dict[str, Any]:
 
 
 def _write_outputs(spec: ModelSpec, info: dict, report: Mapping[str, Any], out: Path, supernet: Any,
-                   export: bool, n_classes: int, c: int) -> None:
+                   formats: list[str], n_classes: int, c: int, deploy_cfg: Mapping[str, Any] | None) -> None:
+    """Plots, the exported files of ``formats`` and, last, info.json. With ``deploy_cfg`` (the
+    run config) the exported subnet also becomes int8/fp32 ExecuTorch programs in ``out``."""
     cfg = SubnetConfig.from_dict(info["config"])
     draw_subnet_plots(spec, cfg, out, report, n_classes, constraint=c, accuracy=info["real_accuracy"])
-    if export and supernet is not None:
+    if formats and supernet is not None:
         from moofa.search.export import export_subnet
 
-        info["export"] = [p.name for p in export_subnet(supernet, cfg, out / EXPORT_NAME)]
+        info["export"] = [p.name for p in export_subnet(supernet, cfg, out / EXPORT_NAME,
+                                                         with_onnx="onnx" in formats)]
+        if deploy_cfg is not None:
+            from moofa.deploy import DEPLOY_NAME, deploy_exported
+
+            dep = deploy_exported(out / EXPORT_NAME, deploy_cfg, out)
+            info["deploy"] = {k: dep[k] for k in ("int8_accuracy", "fp32_accuracy", "n_images", "pte_bytes",
+                                                  "runtime_memory_bytes", "fp32_pte_bytes",
+                                                  "fp32_runtime_memory_bytes", "analytic_peak_memory",
+                                                  "analytic_unit", "analytic_activations_elements")}
+            info["deploy"]["file"] = DEPLOY_NAME
+            info["int8_accuracy"] = dep["int8_accuracy"]
+            info["export"] += [n for n in ("subnet_int8.pte", "subnet_fp32.pte", DEPLOY_NAME)]
     write_json(out / INFO_NAME, info)
 
 
@@ -492,6 +544,11 @@ def _log_result(info: Mapping[str, Any]) -> None:
         measured += f"; best subnet already measured: {100 * base['dataset_accuracy']:.2f}% (dataset)"
         if base.get("real_accuracy") is not None:
             measured += f", {100 * base['real_accuracy']:.2f}% on the test images"
-    log.info("constraint %s: predicted top-1 %.2f%% +- %.2f, peak %s elements, %.1f MMACs, %.1f s search%s",
+    if info.get("deploy"):
+        d = info["deploy"]
+        measured += (f", int8 top-1 {100 * d['int8_accuracy']:.2f}% (ExecuTorch), program "
+                     f"{d['pte_bytes']:,} bytes, planned activations {d['runtime_memory_bytes']:,} bytes")
+    log.info("constraint %s: predicted top-1 %.2f%% +- %.2f, peak %s %s, %.1f MMACs, %.1f s search%s",
              f"{info['constraint']:,}", 100 * info["predicted_accuracy"], 100 * info["predicted_std"],
-             f"{info['peak_memory']:,}", info["flops"], info["search_seconds"], measured)
+             f"{info['peak_memory']:,}", info.get("memory_unit", "elements"), info["flops"],
+             info["search_seconds"], measured)

@@ -1,0 +1,228 @@
+"""int8 deployment of a found subnet as ExecuTorch programs, with accuracy measured in the
+ExecuTorch runtime (``python -m moofa.deploy``; ``search_config.export: [executorch]``).
+
+:func:`deploy_network` writes into one folder:
+
+* ``subnet_int8.pte``: PT2E int8 (XNNPACK quantizer), XNNPACK-delegated program;
+* ``subnet_fp32.pte``: the fp32 program on the portable kernels (every activation planned);
+* ``deploy.json``: ``int8_accuracy`` (top-1 fraction of the int8 program run by
+  ``executorch.runtime`` on every test image, the images of ``real_accuracy``), ``fp32_accuracy``
+  (the same network in fp32 PyTorch on the same images), ``n_images``, ``pte_bytes`` (int8 program
+  size), ``runtime_memory_bytes`` (int8 program's planned activation arena, excluding the graph
+  input/output and XNNPACK's internal scratch), ``fp32_pte_bytes``, ``fp32_runtime_memory_bytes``
+  (the portable program's whole planned arena), the analytic peaks beside them, logit checks of
+  both programs against PyTorch, timings and the inputs it was computed from.
+
+The network is quantised once per subnet: a folder whose ``deploy.json`` records the same inputs
+(the subnet file's hash, calibration settings, test data, executorch version) is reused.
+executorch itself is imported only when a program is built (the optional ``deploy`` extra).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from moofa.deploy.programs import (
+    INSTALL_HINT,
+    ProgramRunner,
+    executorch_available,
+    fp32_program,
+    int8_program,
+    quantize,
+    require_executorch,
+)
+from moofa.efficiency import MemoryOptions, peak_memory
+from moofa.io import atomic_path, write_json
+from moofa.models.spec import ModelSpec, SubnetConfig
+
+log = logging.getLogger(__name__)
+DEPLOY_NAME, INT8_NAME, FP32_NAME = "deploy.json", "subnet_int8.pte", "subnet_fp32.pte"
+CHECK_IMAGES = 16  # images on which both programs' logits are compared with PyTorch's
+
+__all__ = ["deploy_network", "deploy_exported", "executorch_available", "require_executorch",
+           "INSTALL_HINT", "DEPLOY_NAME", "INT8_NAME", "FP32_NAME", "file_sha256"]
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _single_process_provider(args: Mapping[str, Any], image_size: int) -> Any:
+    """A rank-0-of-1 data provider: the whole test split, whatever the job's world size."""
+    from moofa.data import DataProvider
+
+    return DataProvider(args, [int(image_size)], rank=0, world_size=1)
+
+
+def calibration_batches(provider: Any, image_size: int, n_images: int, batch_size: int = 32) -> list[torch.Tensor]:
+    """``n_images`` training images (evenly spaced over the training split, held-out images
+    excluded) with the test transform at ``image_size``, in batches of ``batch_size``."""
+    from moofa.data.samplers import evenly_spaced
+    from moofa.data.transforms import test_transform
+
+    pool = list(provider.train_indices)
+    idx = [pool[i] for i in evenly_spaced(len(pool), int(n_images))]
+    ds = provider._view(provider.train_folder, test_transform, int(image_size))  # noqa: SLF001
+    loader = DataLoader(Subset(ds, idx), batch_size=batch_size, shuffle=False, num_workers=0)
+    return [images for images, _ in loader]
+
+
+def _write_bytes(path: Path, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(data)
+    return path
+
+
+def _reuse(out: Path, fp: Mapping[str, Any]) -> dict | None:
+    path = out / DEPLOY_NAME
+    if not path.is_file() or not (out / INT8_NAME).is_file() or not (out / FP32_NAME).is_file():
+        return None
+    try:
+        import json
+
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if data.get("fingerprint") == fp else None
+
+
+@torch.no_grad()
+def _measure(net: nn.Module, quantized: nn.Module, int8: ProgramRunner, fp32: ProgramRunner,
+             loader: DataLoader, progress: bool) -> dict[str, Any]:
+    """Top-1 of the int8 program (runtime, one image at a time) and of the fp32 network
+    (PyTorch) on every image of ``loader``, plus logit checks on the first CHECK_IMAGES."""
+    from tqdm import tqdm
+
+    n = hit8 = hit32 = agree = 0
+    diff_q = diff_fp32 = scale = 0.0
+    seconds = 0.0
+    bar = tqdm(total=len(loader.dataset), desc="int8 top-1 (ExecuTorch)", unit="img",
+               disable=not progress, dynamic_ncols=True, mininterval=2.0)
+    for images, labels in loader:
+        ref = net(images)
+        hit32 += int((ref.argmax(1) == labels).sum())
+        for j in range(len(labels)):
+            x = images[j:j + 1]
+            t0 = time.perf_counter()
+            y = int8(x)
+            seconds += time.perf_counter() - t0
+            hit8 += int(int(y.argmax(1)) == int(labels[j]))
+            if n < CHECK_IMAGES:
+                q = quantized(x)
+                diff_q = max(diff_q, float((y - q).abs().max()))
+                agree += int(int(y.argmax(1)) == int(q.argmax(1)))
+                diff_fp32 = max(diff_fp32, float((fp32(x) - ref[j:j + 1]).abs().max()))
+                scale = max(scale, float(ref[j].abs().max()))
+            n += 1
+            bar.update()
+    bar.close()
+    checked = min(n, CHECK_IMAGES)
+    return {"int8_accuracy": hit8 / max(n, 1), "fp32_accuracy": hit32 / max(n, 1), "n_images": n,
+            "int8_ms_per_image": 1e3 * seconds / max(n, 1),
+            "checks": {"n_images": checked, "int8_vs_pt2e_max_abs_diff": diff_q,
+                       "int8_vs_pt2e_top1_agreement": agree / max(checked, 1),
+                       "fp32_program_vs_pytorch_max_abs_diff": diff_fp32,
+                       "pytorch_max_abs_logit": scale}}
+
+
+def deploy_network(net: nn.Module, spec: ModelSpec, cfg: SubnetConfig, args: Mapping[str, Any],
+                   out_dir: str | Path, *, calibration_images: int = 256, per_channel: bool = True,
+                   memory_options: MemoryOptions | None = None, subnet_sha256: str | None = None,
+                   progress: bool = True) -> dict[str, Any]:
+    """Quantise, lower and measure the static network ``net`` (architecture ``cfg`` of
+    ``spec``) on the data of the run args ``args``; writes the folder described in the module
+    docstring and returns deploy.json's content."""
+    require_executorch()
+    out = Path(out_dir)
+    cfg = SubnetConfig.from_dict(cfg).validate(spec)
+    r = cfg.image_size
+    provider = _single_process_provider(args, r)
+    fp = {"subnet_sha256": subnet_sha256, "config": cfg.to_dict(), "calibration_images": int(calibration_images),
+          "per_channel": bool(per_channel), "data_path": str(provider.root), "n_test": len(provider.test_folder),
+          "executorch": importlib.metadata.version("executorch")}
+    if subnet_sha256 is not None and (done := _reuse(out, fp)) is not None:
+        log.info("deploy: %s already holds these programs (same subnet and settings), reused", out)
+        return done
+    net = net.cpu().eval()
+    calib = calibration_batches(provider, r, calibration_images)
+    log.info("deploy: quantising (PT2E int8, %s weights) on %d training images at %d px",
+             "per-channel" if per_channel else "per-tensor", sum(len(b) for b in calib), r)
+    quantized, q_seconds = quantize(net, r, calib, per_channel)
+    log.info("deploy: lowering the int8 program (XNNPACK) ...")
+    p8 = int8_program(quantized, r)
+    _write_bytes(out / INT8_NAME, p8.buffer)
+    log.info("deploy: int8 program %s bytes, planned %s bytes (%.1f s); lowering the fp32 program "
+             "(portable) ...", f"{p8.size:,}", f"{p8.planned_bytes:,}", p8.seconds)
+    p32 = fp32_program(net, r)
+    _write_bytes(out / FP32_NAME, p32.buffer)
+    log.info("deploy: fp32 program %s bytes, planned %s bytes (%.1f s)", f"{p32.size:,}",
+             f"{p32.planned_bytes:,}", p32.seconds)
+    loader = provider.test_loader(r)
+    measured = _measure(net, quantized, ProgramRunner(p8.buffer), ProgramRunner(p32.buffer), loader, progress)
+    opts = memory_options or MemoryOptions()
+    acts = peak_memory(spec, cfg, MemoryOptions(count_weights=False))
+    info = {**{k: measured[k] for k in ("int8_accuracy", "fp32_accuracy", "n_images")},
+            "pte_bytes": p8.size, "runtime_memory_bytes": p8.planned_bytes,
+            "fp32_pte_bytes": p32.size, "fp32_runtime_memory_bytes": p32.planned_bytes,
+            "analytic_peak_memory": int(peak_memory(spec, cfg, opts)), "analytic_unit": opts.unit,
+            "memory": opts.to_dict(),
+            "analytic_activations_elements": int(acts),
+            "int8_ms_per_image": measured["int8_ms_per_image"], "checks": measured["checks"],
+            "seconds": {"quantize": q_seconds, "int8_lowering": p8.seconds, "fp32_lowering": p32.seconds},
+            "model": spec.name, "config": cfg.to_dict(),
+            "sources": {
+                "int8_accuracy": f"measured: {INT8_NAME} in executorch.runtime, top-1 on every image of "
+                                 f"{provider.root}/val at {r} px, one image at a time",
+                "fp32_accuracy": "measured: the same network in fp32 PyTorch on the same images",
+                "runtime_memory_bytes": f"ExecuTorch memory plan of {INT8_NAME} (bytes; graph input/output "
+                                        "and XNNPACK's internal scratch not included)",
+                "fp32_runtime_memory_bytes": f"ExecuTorch memory plan of {FP32_NAME} (bytes; every "
+                                             "activation, graph input/output not included)",
+                "analytic_peak_memory": f"moofa's analytic model, {opts.describe()}",
+                "analytic_activations_elements": "analytic activations-only peak (elements; x1 int8 bytes, "
+                                                 "x4 fp32 bytes)"},
+            "units": {"accuracy": "fraction", "pte_bytes": "bytes", "runtime_memory_bytes": "bytes",
+                      "analytic_peak_memory": opts.unit, "int8_ms_per_image": "milliseconds"},
+            "calibration_images": sum(len(b) for b in calib), "fingerprint": fp}
+    write_json(out / DEPLOY_NAME, info)
+    log.info("deploy: int8 top-1 %.2f%% (ExecuTorch) vs fp32 %.2f%% (PyTorch) on %d images; wrote %s",
+             100 * info["int8_accuracy"], 100 * info["fp32_accuracy"], info["n_images"], out)
+    return info
+
+
+def deploy_exported(subnet_path: str | Path, cfg: Mapping[str, Any], out_dir: str | Path,
+                    progress: bool = True) -> dict[str, Any]:
+    """:func:`deploy_network` of an exported ``subnet.pth.tar`` with the data, memory model and
+    ``deploy:`` settings of the loaded run config ``cfg``."""
+    from moofa.config import last_task_args
+    from moofa.errors import ConfigError
+    from moofa.search.export import _head_settings, load_exported
+    from moofa.search.report import expected_n_classes
+
+    require_executorch()
+    net = load_exported(subnet_path)
+    spec, arch = net.model_spec, net.subnet_config  # type: ignore[attr-defined]
+    args = last_task_args(cfg)
+    n_out = _head_settings(net)[0]
+    if n_out != expected_n_classes(args):
+        raise ConfigError(f"the subnet {subnet_path} has {n_out} outputs but the dataset has "
+                          f"{expected_n_classes(args)} classes", file=cfg.get("_path"), key="args.dataset",
+                          value=args["dataset"])
+    d = cfg["deploy"]
+    return deploy_network(net, spec, arch, args, out_dir, calibration_images=int(d["calibration_images"]),
+                          per_channel=bool(d["per_channel"]),
+                          memory_options=MemoryOptions.from_config(cfg, n_out),
+                          subnet_sha256=file_sha256(subnet_path), progress=progress)

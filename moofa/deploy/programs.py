@@ -1,0 +1,136 @@
+"""ExecuTorch programs of a static subnet, through the libraries' public APIs only.
+
+* fp32: ``torch.export.export`` then ``executorch.exir.to_edge_transform_and_lower`` on the
+  portable kernels (no delegate), so ExecuTorch's memory planner places *every* activation and
+  its plan is the program's whole activation arena.
+* int8: PT2E post-training quantisation (``torchao.quantization.pt2e``: ``prepare_pt2e`` with
+  ExecuTorch's ``XNNPACKQuantizer``, symmetric, per-channel weights by default, calibration
+  forwards, ``convert_pt2e``), exported again and lowered with the ``XnnpackPartitioner``. The
+  delegate is required: the portable kernels have no out variants of the
+  ``quantized_decomposed`` ops. XNNPACK owns its working memory, so the int8 plan counts only
+  what ExecuTorch itself places (see docs in the README, "Deploying the found subnet").
+
+Both programs take one image (batch 1, 3 x R x R, float32) and return the logits. Graph input
+and output are not planned (``alloc_graph_input/output=False``): the caller owns those buffers.
+"""
+from __future__ import annotations
+
+import importlib.util
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from moofa.errors import MoofaInputError
+
+INSTALL_HINT = "pip install -e '.[deploy]' (or make setup)"
+
+
+def executorch_available() -> bool:
+    """Whether the optional ``deploy`` extra (executorch) is importable."""
+    return importlib.util.find_spec("executorch") is not None
+
+
+def require_executorch() -> None:
+    """MoofaInputError (one line, exit 2 on the command line) when the extra is missing."""
+    if not executorch_available():
+        raise MoofaInputError(f"int8 deployment needs the optional executorch package: {INSTALL_HINT}",
+                              key="executorch")
+
+
+@dataclass
+class Program:
+    """A serialised ExecuTorch program: its bytes, the planned memory of its activations
+    (bytes, summed over the plan's buffers) and the seconds export + lowering took."""
+
+    buffer: bytes
+    planned_bytes: int
+    seconds: float
+
+    @property
+    def size(self) -> int:
+        """Program size in bytes (what goes to Flash)."""
+        return len(self.buffer)
+
+
+def _backend_config() -> Any:
+    from executorch.exir import ExecutorchBackendConfig
+    from executorch.exir.passes import MemoryPlanningPass
+
+    return ExecutorchBackendConfig(memory_planning_pass=MemoryPlanningPass(
+        alloc_graph_input=False, alloc_graph_output=False))
+
+
+def _lower(module: nn.Module, example: torch.Tensor, delegate: bool) -> Program:
+    from executorch.exir import to_edge_transform_and_lower
+    from torch.export import export
+
+    t0 = time.perf_counter()
+    ep = export(module, (example,))
+    partitioner = None
+    if delegate:
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+        partitioner = [XnnpackPartitioner()]
+    prog = to_edge_transform_and_lower(ep, partitioner=partitioner).to_executorch(_backend_config())
+    planned = sum(int(s) for s in prog.executorch_program.execution_plan[0].non_const_buffer_sizes)
+    return Program(bytes(prog.buffer), planned, time.perf_counter() - t0)
+
+
+def example_input(image_size: int) -> torch.Tensor:
+    """A batch-1 float32 input of side ``image_size`` (pixels)."""
+    return torch.zeros(1, 3, int(image_size), int(image_size))
+
+
+def fp32_program(net: nn.Module, image_size: int) -> Program:
+    """The fp32 portable program of ``net`` (eval mode, CPU)."""
+    require_executorch()
+    return _lower(net.cpu().eval(), example_input(image_size), delegate=False)
+
+
+@torch.no_grad()
+def quantize(net: nn.Module, image_size: int, calibration: Iterable[torch.Tensor],
+             per_channel: bool = True) -> tuple[nn.Module, float]:
+    """PT2E int8 model of ``net`` calibrated on ``calibration`` (image batches); returns the
+    converted module and the seconds it took."""
+    require_executorch()
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torch.export import export
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    t0 = time.perf_counter()
+    net = net.cpu().eval()
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=per_channel))
+    prepared = prepare_pt2e(export(net, (example_input(image_size),)).module(), quantizer)
+    for images in calibration:  # the graph is exported for batch 1
+        for image in images.cpu().split(1):
+            prepared(image)
+    return convert_pt2e(prepared), time.perf_counter() - t0
+
+
+def int8_program(quantized: nn.Module, image_size: int) -> Program:
+    """The XNNPACK-delegated program of a :func:`quantize` result."""
+    require_executorch()
+    return _lower(quantized, example_input(image_size), delegate=True)
+
+
+class ProgramRunner:
+    """A program loaded in the ExecuTorch runtime (``executorch.runtime``); call with one image
+    batch of size 1 to get its logits."""
+
+    def __init__(self, buffer: bytes) -> None:
+        require_executorch()
+        from executorch.runtime import Runtime
+
+        # the method points into the program, which points into the buffer: keep all three alive
+        self.buffer = buffer
+        self.program = Runtime.get().load_program(buffer)
+        self.method = self.program.load_method("forward")
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return self.method.execute([image.contiguous().float()])[0]
