@@ -55,8 +55,7 @@ def deployed(tmp_path_factory):
     from moofa.search.sweep import run_search
 
     root = tmp_path_factory.mktemp("deploy")
-    project = make_tiny_project(root)
-    project.write(args=dict(synthetic=dict(val_per_class=50)))  # 200 test images: 3 pp = 6 images
+    project = make_tiny_project(root, args=dict(synthetic=dict(val_per_class=50)))  # 200 test images
     spec = get_model_spec("TINY", project.model_config_path)
     args = last_task_args(load_config(project.config_path))
     ensure_dataset(args)
