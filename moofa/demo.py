@@ -89,8 +89,8 @@ QUICK_OVERRIDES: dict[str, Any] = {
     "dataset_config": {"n_samples": 6, "n_bins": 2, "save_interval": 3},
     "predictor_config": {"hidden_size": 16, "n_layers": 2, "ensemble": 1, "epochs": 5, "batch_size": 4,
                          "val_fraction": 0.2, "test_fraction": 0.34},
-    "search_config": {"population_size": 6, "generations": 2,
-                      "export": True},  # no int8 lowering at toy size (tests stay fast)
+    "search_config": {"population_size": 6, "generations": 2,  # no int8 lowering at toy size
+                      "export": True, "deploy_constraints": None},  # (tests stay fast)
 }
 
 
