@@ -98,7 +98,7 @@ class TinyProject:
         return proc
 
 
-    def kill_when(self, script: str, *args: str, when: Callable[[], bool], timeout: float = 300) -> bool:
+    def kill_when(self, script: str, *args: str, when: Callable[[], bool], timeout: float = 900) -> bool:
         """Start a top-level script with this project's config and SIGKILL it as soon as
         ``when()`` holds (polled every 10 ms). Returns True when it was killed, False when it
         ended first."""
