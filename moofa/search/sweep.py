@@ -417,7 +417,7 @@ def _one_constraint(ctx: _Context, c: int, previous: Mapping[str, Any] | None, o
     done = backend.broadcast_object(done)
     if done is not None:
         if backend.is_main:
-            log.info("constraint %s: already done (%s), skipping", f"{c:,}", out / INFO_NAME)
+            log.info("constraint %s: already done with the same inputs (%s), skipping", f"{c:,}", out / INFO_NAME)
         for row in done.get("rerank", []):
             if row.get("selection_accuracy") is not None:
                 ctx.selection_measured[ctx.key(SubnetConfig.from_dict(row["config"]))] = row["selection_accuracy"]
