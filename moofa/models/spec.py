@@ -165,6 +165,15 @@ class ModelSpec:
     table: ArchTable
     compound: bool = False
     width_mult: float = 1.0
+    # (image_size, ks, expand, depth) lists exactly as written in model_configs.yaml: they fix the
+    # positions of the one-hot encoding (docs/design.md#encoding); None = the sorted lists
+    listed: tuple[tuple, tuple, tuple, tuple] | None = None
+
+    @property
+    def layout_lists(self) -> dict[str, tuple]:
+        """The four choice lists in encoding order (as written in model_configs.yaml)."""
+        lists = self.listed or (self.image_sizes, self.ks_list, self.expand_list, self.depth_list)
+        return dict(zip(("image_sizes", "ks_list", "expand_list", "depth_list"), lists))
 
     @property
     def blocks_per_stage(self) -> int:
@@ -226,13 +235,16 @@ def model_spec_from_entry(name: str, entry: Mapping[str, Any], source: str = "mo
         raise ValueError(f"{where}.model_class: unknown value {cls_name!r} "
                          f"(known: {', '.join(MODEL_CLASSES)})")
     mc = MODEL_CLASSES[cls_name]
-    ks = sorted(int(k) for k in _as_list(entry["ks_list"], "ks_list", where))
+    written_ks = [int(k) for k in _as_list(entry["ks_list"], "ks_list", where)]
+    ks = sorted(written_ks)
     if any(k < 1 or k % 2 == 0 for k in ks):
         raise ValueError(f"{where}.ks_list: kernel sizes must be odd and positive, got {ks}")
-    ex = sorted(norm_expand(e) for e in _as_list(entry["expand_list"], "expand_list", where))
+    written_ex = [norm_expand(e) for e in _as_list(entry["expand_list"], "expand_list", where)]
+    ex = sorted(written_ex)
     if any(e < 1 for e in ex):
         raise ValueError(f"{where}.expand_list: expand ratios must be >= 1, got {ex}")
-    depth = sorted(int(d) for d in _as_list(entry["depth_list"], "depth_list", where))
+    written_depth = [int(d) for d in _as_list(entry["depth_list"], "depth_list", where)]
+    depth = sorted(written_depth)
     if any(d < 1 for d in depth):
         raise ValueError(f"{where}.depth_list: depths must be >= 1, got {depth}")
     sizes = [int(r) for r in _as_list(entry["image_size"], "image_size", where)]
@@ -262,7 +274,8 @@ def model_spec_from_entry(name: str, entry: Mapping[str, Any], source: str = "mo
             raise ValueError(f"{where}.width_mult_list: {wm} gives invalid widths ({err})") from None
     return ModelSpec(name=name, model_class=cls_name, ks_list=tuple(ks), expand_list=tuple(ex),
                      depth_list=tuple(depth), image_sizes=tuple(sizes), table=table,
-                     compound=mc.compound, width_mult=wm)
+                     compound=mc.compound, width_mult=wm,
+                     listed=(tuple(sizes), tuple(written_ks), tuple(written_ex), tuple(written_depth)))
 
 
 DEFAULT_MODEL_CONFIGS = Path(__file__).resolve().parents[2] / "model_configs.yaml"

@@ -27,8 +27,8 @@ from moofa.data import DataProvider
 from moofa.io import write_json
 from moofa.models import load_weights
 from moofa.models.bn_calibration import set_running_statistics
+from moofa.models.space import SearchSpace
 from moofa.models.spec import ModelSpec, SubnetConfig
-from moofa.predictor.encoder import ArchEncoder
 from moofa.search.report import (
     UNITS,
     draw_subnet_plots,
@@ -49,7 +49,7 @@ def eval_subnet_config(cfg: Mapping[str, Any], spec: ModelSpec) -> SubnetConfig:
     sc = cfg["subnet_config"]
     r = int(sc["image_size"])
     if sc["random_sample"]:
-        drawn = ArchEncoder(spec).random_sample(random.Random(int(cfg["args"]["manual_seed"])))
+        drawn = SearchSpace(spec).sample(random.Random(int(cfg["args"]["manual_seed"])))
         return SubnetConfig(drawn.ks, drawn.e, drawn.d, r)
     full = spec.max_config(r)
     return SubnetConfig.from_dict({k: sc[k] if sc[k] is not None else list(getattr(full, k))

@@ -43,8 +43,8 @@ from moofa.efficiency import (
     sample_feasible,
 )
 from moofa.errors import InfeasibleConstraintError
+from moofa.models.space import SearchSpace
 from moofa.models.spec import ModelSpec, SubnetConfig, get_model_spec
-from moofa.predictor.encoder import ArchEncoder
 
 Scorer = Callable[[list[SubnetConfig]], "np.ndarray | Sequence[float]"]
 
@@ -194,7 +194,7 @@ class EvolutionFinder:
                  settings: SearchSettings | None = None, efficiency: Scorer | None = None,
                  memory_options: MemoryOptions | None = None) -> None:
         self.spec = get_model_spec(model)
-        self.encoder = ArchEncoder(self.spec)
+        self.space = SearchSpace(self.spec)
         self.settings = settings or SearchSettings()
         self.options = memory_options
         self._predict = predict
@@ -244,16 +244,16 @@ class EvolutionFinder:
 
     def _generation(self, parents: list[Individual], constraint: float, rng: random.Random,
                     rng_np: np.random.Generator, stats: OperatorStats) -> list[Individual]:
-        s, enc, n_par = self.settings, self.encoder, len(parents)
+        s, space, n_par = self.settings, self.space, len(parents)
         mut_parent = [rng.randrange(n_par) for _ in range(s.n_mutants)]
         cross_parents = [(rng.randrange(n_par), rng.randrange(n_par)) for _ in range(s.n_crossovers)]
         mutants, mut_peaks = self._children(
-            lambda i: enc.mutate(parents[mut_parent[i]].config, s.arch_mutate_prob,
-                                 s.resolution_mutate_prob, rng),
+            lambda i: space.mutate(parents[mut_parent[i]].config, s.arch_mutate_prob,
+                                   s.resolution_mutate_prob, rng),
             lambda i: parents[mut_parent[i]], s.n_mutants, constraint, rng_np, stats)
         crosses, cross_peaks = self._children(
-            lambda i: enc.crossover(parents[cross_parents[i][0]].config,
-                                    parents[cross_parents[i][1]].config, rng),
+            lambda i: space.crossover(parents[cross_parents[i][0]].config,
+                                      parents[cross_parents[i][1]].config, rng),
             lambda i: parents[cross_parents[i][rng.randrange(2)]], s.n_crossovers, constraint,
             rng_np, stats)
         configs = mutants + crosses
@@ -303,20 +303,8 @@ class EvolutionFinder:
 
 
 def random_configs(model: str | ModelSpec, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """``n`` uniform random configs as arrays ks (n, 20), e (n, 20), d (n, 5), image_size (n,):
-    every choice i.i.d. uniform (the reference's ``random_sample_arch``); compound models take
-    each stage's expand ratio from its depth (SPEC 2.7)."""
-    spec = get_model_spec(model)
-    nb, b = spec.n_blocks, spec.blocks_per_stage
-    ks = rng.choice(np.asarray(spec.ks_list), size=(n, nb))
-    d = rng.choice(np.asarray(spec.depth_list), size=(n, len(spec.stages)))
-    if spec.compound:
-        lut = {dd: spec.compound_expand(dd) for dd in spec.depth_list}
-        e = np.vectorize(lambda dd: float(lut[int(dd)]))(np.repeat(d, b, axis=1))
-    else:
-        e = rng.choice(np.asarray(spec.expand_list, dtype=np.float64), size=(n, nb))
-    r = rng.choice(np.asarray(spec.image_sizes), size=n)
-    return {"ks": ks, "e": e, "d": d, "image_size": r}
+    """``n`` uniform random configs as arrays (:meth:`SearchSpace.sample_arrays`)."""
+    return SearchSpace(model).sample_arrays(n, rng)
 
 
 def random_search_baseline(model: str | ModelSpec, predict: Scorer, constraint: float, n: int,
