@@ -173,8 +173,8 @@ def pipeline_stages(label: str, config: Path, cfg: Mapping[str, Any]) -> list[St
     """The stages of one model, in order; ``cfg`` is ``config`` loaded with
     :func:`moofa.config.load_config`."""
     from moofa.config import search_constraints
-    from moofa.search.results import INFO_NAME, constraint_dir
-    from moofa.training.checkpoint import PHASE_ORDER, final_phase_file
+    from moofa.run import INFO_NAME, constraint_dir, final_phase_file, teacher_file
+    from moofa.training.checkpoint import PHASE_ORDER
 
     args, sc = cfg["args"], cfg["search_config"]
     common = ["--config", str(config)]
@@ -184,7 +184,7 @@ def pipeline_stages(label: str, config: Path, cfg: Mapping[str, Any]) -> list[St
         return Stage(label, name, script, [*common, *extra, *mc], outputs)
 
     stages = [stage("teacher", "train.py", ["--step", "teacher"],
-                    [Path(args["teacher_path"]) / "checkpoint" / "model_best.pth.tar"]),
+                    [teacher_file(args)]),
               stage("teacher_eval", "eval_and_search.py", ["--mode", "eval", "--model", "teacher"],
                     [teacher_info_path(cfg)])]
     for step in (s for s in PHASE_ORDER if s in cfg["tasks"]):
@@ -368,7 +368,7 @@ def budget_rows(label: str, cfg: Mapping[str, Any], model_configs: Path = MODEL_
     from moofa.config import search_constraints
     from moofa.efficiency import peak_memory
     from moofa.models.spec import get_model_spec
-    from moofa.search.results import INFO_NAME, constraint_dir
+    from moofa.run import INFO_NAME, constraint_dir
 
     spec = get_model_spec(cfg["args"]["model"], model_configs)
     rows = []
@@ -439,7 +439,7 @@ def plot_memory_histograms(cfgs: Mapping[str, Mapping[str, Any]], out_stem: Path
 
     from moofa.config import search_constraints
     from moofa.io import save_figure
-    from moofa.search.results import INFO_NAME, constraint_dir
+    from moofa.run import INFO_NAME, constraint_dir
 
     common = sorted(set.intersection(*(set(search_constraints(c)) for c in cfgs.values())))
     if not common:

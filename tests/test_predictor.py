@@ -19,7 +19,8 @@ from moofa.models.spec import SubnetConfig, get_model_spec, load_model_configs
 from moofa.predictor import (AccuracyMLP, AccuracyPredictor, ArchEncoder, PredictorRecipe,
                              append_records, load_restricted_pickle, make_record, read_dataset,
                              regression_metrics, repair_tail, split_indices, train_predictor)
-from moofa.predictor.training import main
+from moofa.cli.train_predictor import main
+from moofa.predictor.training import feature_names
 
 REF = Path(__file__).resolve().parents[2] / "shared" / "reference"
 PKL = REF / "ofa_imagenet_predictor_dataset.pkl"
@@ -339,7 +340,7 @@ def test_quick_training_ranks_subnets(ofa_jsonl):
 
 def test_recipe_from_config_validates():
     r = PredictorRecipe.from_config({"ensemble": 3, "lr": 1, "extra_features": False})
-    assert r.ensemble == 3 and r.lr == 1.0 and r.feature_names == ()
+    assert r.ensemble == 3 and r.lr == 1.0 and feature_names(r) == ()
     for section, key in (({"ensembel": 3}, "predictor_config.ensembel"),
                          ({"epochs": 2.5}, "predictor_config.epochs"),
                          ({"lr_schedule": "step"}, "predictor_config.lr_schedule"),

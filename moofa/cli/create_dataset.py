@@ -8,13 +8,18 @@ and how a killed run resumes (run the same command again).
 """
 from __future__ import annotations
 
-from pathlib import Path
+import logging
 from typing import Sequence
 
 from moofa.cli.common import ArgParser
-from moofa.config import last_task_args, load_config, validate_model
+from moofa.data import DataProvider
+from moofa.distributed import init_backend
 from moofa.errors import CheckpointError, ConfigError
 from moofa.models.spec import DEFAULT_MODEL_CONFIGS
+from moofa.predictor.create import SubnetMeter, check_bins, output_paths, prepare, run_plan
+from moofa.run import Run
+
+log = logging.getLogger("moofa.create_dataset")
 
 
 def build_parser() -> ArgParser:
@@ -29,49 +34,29 @@ def build_parser() -> ArgParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
-    cfg = load_config(ns.config)
-    args = last_task_args(cfg)
-    spec = validate_model(dict(cfg, args=args), ns.model_config_path)
-    checkpoint = args.get("checkpoint")
-    where = cfg.get("_path", ns.config)
+    run = Run.load(ns.config, ns.model_config_path)
+    args = run.args()
+    spec = run.spec(args)
+    checkpoint = run.supernet_file(args)
     if checkpoint is None:
         raise ConfigError("dataset creation needs the trained supernet's weights (null given)",
-                          file=where, key="args.checkpoint")
-    if not Path(checkpoint).is_file():
+                          file=run.path, key="args.checkpoint")
+    if not checkpoint.is_file():
         raise CheckpointError("checkpoint file not found (args.checkpoint)", file=checkpoint)
-    dc = dict(cfg["dataset_config"])
-
-    # Imports that pull in torch and the data stack wait until the cheap checks passed.
-    from moofa.data import DataProvider
-    from moofa.distributed import init_backend
-    from moofa.models import build_supernet, load_weights
-    from moofa.predictor.create import (
-        SubnetMeter,
-        check_bins,
-        output_paths,
-        prepare,
-        run_plan,
-    )
-
-    output_paths(dc["output"])  # bad output path: the same error on every rank, before any work
+    dc = run.cfg.dataset_config
+    output_paths(dc.output)  # bad output path: the same error on every rank, before any work
     check_bins(spec, dc)
-    backend = init_backend(args["device"])
+    backend = init_backend(args.device)
     try:
         plan = prepare(spec, dc, backend)
         provider = DataProvider(args, spec.image_sizes, rank=0, world_size=1)
-        supernet = build_supernet(spec, provider.n_classes, dropout=args["dropout"],
-                                  bn_momentum=args["bn_momentum"], bn_eps=args["bn_eps"],
-                                  kernel_transform=args["dy_conv_scaling_mode"] == 1)
-        load_weights(supernet, checkpoint)
-        supernet.to(backend.device)
-        meter = SubnetMeter(supernet, provider, dc["eval_images"])
+        supernet = run.supernet(args, provider.n_classes, load=True).to(backend.device)
+        meter = SubnetMeter(supernet, provider, dc.eval_images)
         if backend.is_main:
-            import logging
-            logging.getLogger("moofa.create_dataset").info(
-                "accuracy: top-1 on %d of %d test images (even stride over %s/val), after BN "
-                "re-calibration on %d training images; checkpoint %s", len(meter.indices), meter.n_test,
-                provider.root, int(args["bn_calib_images"]), checkpoint)
-        summary = run_plan(plan, meter, backend, provider.n_classes, log_interval=int(dc["save_interval"]))
+            log.info("accuracy: top-1 on %d of %d test images (even stride over %s/val), after BN "
+                     "re-calibration on %d training images; checkpoint %s", len(meter.indices),
+                     meter.n_test, provider.root, int(args.bn_calib_images), checkpoint)
+        summary = run_plan(plan, meter, backend, provider.n_classes, log_interval=int(dc.save_interval))
     finally:
         backend.shutdown()
     if backend.is_main:

@@ -11,6 +11,13 @@ import argparse
 from collections.abc import Sequence
 
 from moofa.cli.common import ArgParser
+from moofa.distributed import init_backend
+from moofa.models.spec import DEFAULT_MODEL_CONFIGS
+from moofa.run import Run
+from moofa.search.eval_mode import run_eval
+from moofa.search.evolution import check_constraints
+from moofa.search.results import compare
+from moofa.search.sweep import run_search
 
 EPILOG = """examples:
   eval_and_search.py --config configs/config_MOOFA.yaml --mode search
@@ -20,8 +27,6 @@ EPILOG = """examples:
 
 
 def build_parser() -> ArgParser:
-    from moofa.models.spec import DEFAULT_MODEL_CONFIGS
-
     p = ArgParser(prog="eval_and_search.py", epilog=EPILOG,
                   description="Evaluate a subnet or the teacher, search the most accurate subnet under "
                   "each peak-memory constraint, or tabulate finished searches (Table 1 layout).",
@@ -41,8 +46,6 @@ def build_parser() -> ArgParser:
 
 
 def _summary(parser: ArgParser, opts) -> int:
-    from moofa.search.results import compare
-
     if not opts.results:
         parser.error("--mode summary needs --results DIR [DIR ...]")
     out = opts.output or opts.results[0]
@@ -60,26 +63,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--mode {opts.mode} needs --config")
     if opts.mode == "eval" and not opts.model:
         parser.error("--mode eval needs --model {supernet,teacher}")
-    from moofa.config import load_config, validate_model
-    from moofa.distributed import init_backend
-
-    cfg = load_config(opts.config)
-    spec = validate_model(cfg, opts.model_config_path)
+    run = Run.load(opts.config, opts.model_config_path)
     if opts.mode == "search":  # infeasible constraints fail before any process group starts
-        from moofa.config import search_constraints
-        from moofa.search.evolution import check_constraints
-
-        check_constraints(spec, search_constraints(cfg), file=opts.config)
-    backend = init_backend(cfg["args"]["device"])
+        check_constraints(run.spec(), run.cfg.search_config.sweep(), file=opts.config)
+    backend = init_backend(run.cfg.args.device)
     try:
         if opts.mode == "search":
-            from moofa.search.sweep import run_search
-
-            run_search(cfg, spec, backend, overwrite=opts.overwrite)
+            run_search(run, backend, overwrite=opts.overwrite)
         else:
-            from moofa.search.eval_mode import run_eval
-
-            run_eval(cfg, spec, backend, opts.model)
+            run_eval(run, backend, opts.model)
     finally:
         backend.shutdown()
     return 0

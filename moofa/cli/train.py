@@ -7,9 +7,9 @@ from __future__ import annotations
 from typing import Sequence
 
 from moofa.cli.common import ArgParser
-from moofa.config import load_config
 from moofa.distributed import init_backend
 from moofa.models.spec import DEFAULT_MODEL_CONFIGS
+from moofa.run import Run
 from moofa.training.checkpoint import PHASE_ORDER
 from moofa.training.trainer import train_step
 
@@ -26,10 +26,10 @@ def build_parser() -> ArgParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    cfg = load_config(args.config, args.model_config_path)
-    backend = init_backend(cfg["args"]["device"])
+    run = Run.load(args.config, args.model_config_path)
+    backend = init_backend(run.cfg.args.device)
     try:
-        result = train_step(cfg, args.step, args.phase, backend, args.model_config_path)
+        result = train_step(run, args.step, args.phase, backend)
     finally:
         backend.shutdown()
     if backend.is_main and not result.already_done:

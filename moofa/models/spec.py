@@ -322,6 +322,14 @@ def get_model_spec(model: "str | ModelSpec", model_configs: str | Path | None = 
     return specs[model]
 
 
+class ChoiceError(ValueError):
+    """A subnet-config value that does not fit a model: ``key`` (e.g. ``e[3]``) and ``reason``."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key}: {reason}")
+        self.key, self.reason = key, reason
+
+
 @dataclass(frozen=True)
 class SubnetConfig:
     """One subnet of a supernet: kernel size and expand ratio per block (20), depth per stage (5)
@@ -367,21 +375,21 @@ class SubnetConfig:
         return {"ks": list(self.ks), "e": list(self.e), "d": list(self.d), "image_size": self.image_size}
 
     def validate(self, spec: ModelSpec, check_image_size: bool = False) -> "SubnetConfig":
-        """Raise ValueError naming the argument and value if this config does not fit ``spec``."""
+        """Raise :class:`ChoiceError` naming the argument and value if this config does not fit ``spec``."""
         for key, values, n, choices in (("ks", self.ks, spec.n_blocks, spec.ks_list),
                                         ("e", self.e, spec.n_blocks, spec.expand_list),
                                         ("d", self.d, N_STAGES, spec.depth_list)):
             if len(values) != n:
-                raise ValueError(f"{key}: expected {n} values for {spec.name}, got {len(values)}")
+                raise ChoiceError(key, f"expected {n} values for {spec.name}, got {len(values)}")
             for i, v in enumerate(values):
                 if v not in choices:
-                    raise ValueError(f"{key}[{i}]: value {v!r} is not one of {spec.name}'s "
-                                     f"choices {list(choices)}")
+                    raise ChoiceError(f"{key}[{i}]", f"value {v!r} is not one of {spec.name}'s "
+                                      f"choices {list(choices)}")
         if self.image_size < 8:
-            raise ValueError(f"image_size: value {self.image_size} is too small")
+            raise ChoiceError("image_size", f"value {self.image_size} is too small")
         if check_image_size and self.image_size not in spec.image_sizes:
-            raise ValueError(f"image_size: value {self.image_size} is not one of {spec.name}'s "
-                             f"choices {list(spec.image_sizes)}")
+            raise ChoiceError("image_size", f"value {self.image_size} is not one of {spec.name}'s "
+                              f"choices {list(spec.image_sizes)}")
         return self
 
     def active_blocks(self, spec: ModelSpec) -> list[int]:

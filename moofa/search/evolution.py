@@ -42,65 +42,12 @@ from moofa.efficiency import (
     repair_config,
     sample_feasible,
 )
+from moofa.config import SearchSettings
 from moofa.errors import InfeasibleConstraintError
 from moofa.models.space import SearchSpace
 from moofa.models.spec import ModelSpec, SubnetConfig, get_model_spec
 
 Scorer = Callable[[list[SubnetConfig]], "np.ndarray | Sequence[float]"]
-
-
-@dataclass(frozen=True)
-class SearchSettings:
-    """Hyper-parameters of one evolutionary search (``search_config`` keys, SPEC 7.2). The
-    defaults are the reference class defaults (100 / 500); the reference run used 20 / 20."""
-
-    population_size: int = 100
-    generations: int = 500
-    mutation_ratio: float = 0.5
-    parent_ratio: float = 0.25
-    arch_mutate_prob: float = 0.1
-    resolution_mutate_prob: float = 0.5
-    seed: int = 0
-    max_tries: int = 10  # draws of a child (from the same parents) before it is repaired
-
-    KEYS = ("population_size", "generations", "mutation_ratio", "parent_ratio", "arch_mutate_prob",
-            "resolution_mutate_prob", "seed")
-
-    def __post_init__(self) -> None:
-        if self.population_size < 2:
-            raise ValueError(f"population_size: expected >= 2, got {self.population_size}")
-        if self.generations < 0:
-            raise ValueError(f"generations: expected >= 0, got {self.generations}")
-        if self.n_parents < 1:
-            raise ValueError(f"parent_ratio: {self.parent_ratio} keeps no parent of a population of "
-                             f"{self.population_size}")
-        if self.max_tries < 1:
-            raise ValueError(f"max_tries: expected >= 1, got {self.max_tries}")
-
-    @classmethod
-    def from_config(cls, search_config: Mapping[str, Any], **overrides: Any) -> SearchSettings:
-        """From a loaded ``search_config`` section (missing keys take the defaults)."""
-        values = {k: search_config[k] for k in cls.KEYS if k in search_config}
-        values.update(overrides)
-        return cls(**values)
-
-    @property
-    def n_parents(self) -> int:
-        """Parents kept per generation: round(parent_ratio x population_size) (reference)."""
-        return int(round(self.parent_ratio * self.population_size))
-
-    @property
-    def n_mutants(self) -> int:
-        """Mutants per generation: round(mutation_ratio x population_size) (reference)."""
-        return int(round(self.mutation_ratio * self.population_size))
-
-    @property
-    def n_crossovers(self) -> int:
-        """Crossover children per generation: population_size - n_mutants (reference)."""
-        return self.population_size - self.n_mutants
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in (*self.KEYS, "max_tries")}
 
 
 class Individual(NamedTuple):

@@ -21,43 +21,29 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from moofa.config import last_task_args, search_constraints
+from moofa.config import SearchSettings
+from moofa.data import DataProvider
 from moofa.errors import ConfigError
 from moofa.io import write_json
 from moofa.models.spec import ModelSpec, SubnetConfig
-from moofa.search.evolution import (
-    EvolutionFinder,
-    SearchResult,
-    SearchSettings,
-    check_constraints,
-)
-from moofa.search.report import (
-    UNITS,
-    draw_subnet_plots,
-    expected_n_classes,
-    load_supernet,
-    subnet_report,
-)
-from moofa.search.results import (
-    INFO_NAME,
-    constraint_dir,
-    read_json,
-    run_from_infos,
-    write_summary,
-)
+from moofa.predictor import AccuracyPredictor
+from moofa.run import INFO_NAME, Run, constraint_dir
+from moofa.search.evolution import EvolutionFinder, SearchResult, check_constraints
+from moofa.search.export import export_subnet
+from moofa.search.report import UNITS, draw_subnet_plots, subnet_report
+from moofa.search.results import read_json, run_from_infos, write_summary
+from moofa.training.evaluate import evaluate_subnet
 
 log = logging.getLogger(__name__)
 EXPORT_NAME = "subnet.pth.tar"
 
 
-def load_search_predictor(cfg: Mapping[str, Any], spec: ModelSpec):
+def load_search_predictor(run: Run, spec: ModelSpec) -> AccuracyPredictor:
     """The accuracy predictor of ``search_config.acc_predictor_checkpoint`` on the CPU (the
     search scores batches of at most population_size configs, too small to gain from a GPU)."""
-    from moofa.predictor import AccuracyPredictor
-
-    path = cfg["search_config"]["acc_predictor_checkpoint"]
-    if not path:
-        raise ConfigError("no accuracy predictor checkpoint given", file=cfg.get("_path"),
+    path = run.predictor_file
+    if path is None:
+        raise ConfigError("no accuracy predictor checkpoint given", file=run.path,
                           key="search_config.acc_predictor_checkpoint")
     return AccuracyPredictor.load(path, spec, device="cpu")
 
@@ -83,29 +69,26 @@ def _done(info_path: Path, fp: Mapping[str, Any]) -> dict | None:
     return info if info.get("fingerprint") == fp else None
 
 
-def run_search(cfg: Mapping[str, Any], spec: ModelSpec, backend: Any,
-               overwrite: bool = False) -> list[dict]:
+def run_search(run: Run, backend: Any, overwrite: bool = False) -> list[dict]:
     """Run the sweep; returns the info dicts (on every rank)."""
-    sc = cfg["search_config"]
-    constraints = search_constraints(cfg)
-    check_constraints(spec, constraints, file=cfg.get("_path"))
-    settings = SearchSettings.from_config(sc)
-    args = last_task_args(cfg)
-    predictor = load_search_predictor(cfg, spec)
+    cfg, args = run.cfg, run.args()
+    spec = run.spec(args)
+    sc = settings = cfg.search_config
+    constraints = settings.sweep()
+    check_constraints(spec, constraints, file=run.path)
+    predictor = load_search_predictor(run, spec)
     evaluate = bool(sc["evaluate"])
     supernet = provider = None
     if evaluate:
-        from moofa.data import DataProvider
-
         provider = DataProvider(args, spec.image_sizes, backend.rank, backend.size)
-        supernet = load_supernet(spec, args, provider.n_classes).to(backend.device)
+        supernet = run.supernet(args, provider.n_classes, load=True).to(backend.device)
         n_classes = provider.n_classes
     else:
-        n_classes = expected_n_classes(args)
+        n_classes = run.n_classes(args)
         if sc["export"] and backend.is_main:
             log.info("predictor-only search: no supernet weights, so the found subnets are not exported")
     finder = EvolutionFinder(spec, predictor.predict, settings)
-    res_dir = Path(sc["res_dir"])
+    res_dir = run.search_dir
     if backend.is_main:
         log.info("search %s: %d constraints %s, population %d, %d generations, seed %d, %s",
                  spec.name, len(constraints), [f"{c:,}" for c in constraints],
@@ -127,7 +110,7 @@ def _one_constraint(cfg: Mapping[str, Any], spec: ModelSpec, c: int, settings: S
                     args: Mapping[str, Any], finder: EvolutionFinder, supernet: Any, provider: Any,
                     n_classes: int, backend: Any, overwrite: bool) -> dict:
     sc = cfg["search_config"]
-    out = constraint_dir(sc["res_dir"], c)
+    out = constraint_dir(sc.res_dir, c)
     fp = fingerprint(cfg, spec, c, settings, args)
     previous = None if overwrite or not backend.is_main else _done(out / INFO_NAME, fp)
     previous = backend.broadcast_object(previous)
@@ -145,8 +128,6 @@ def _one_constraint(cfg: Mapping[str, Any], spec: ModelSpec, c: int, settings: S
         raise RuntimeError(f"search returned a subnet with peak {best.peak} over the constraint {c}")
     evaluation = None
     if supernet is not None:
-        from moofa.training.evaluate import evaluate_subnet
-
         evaluation = evaluate_subnet(supernet, best.config, provider, backend, split="test",
                                      time_forward=True)
         info["real_accuracy"] = evaluation.top1
@@ -170,8 +151,6 @@ def _write_outputs(spec: ModelSpec, info: dict, report: Mapping[str, Any], out: 
     cfg = SubnetConfig.from_dict(info["config"])
     draw_subnet_plots(spec, cfg, out, report, n_classes, constraint=c, accuracy=info["real_accuracy"])
     if export and supernet is not None:
-        from moofa.search.export import export_subnet
-
         info["export"] = [p.name for p in export_subnet(supernet, cfg, out / EXPORT_NAME)]
     write_json(out / INFO_NAME, info)
 

@@ -45,10 +45,6 @@ def phase_name(step: str, phase: int | None) -> str:
     return "teacher" if step == "teacher" else f"{step}_{phase}"
 
 
-def final_phase_file(path: str | Path, step: str, phase: int) -> Path:
-    return Path(path) / "checkpoint" / f"checkpoint-{step}_{phase}.pth.tar"
-
-
 def predecessor(step: str, phase: int, tasks: list[str], tasks_phases: Mapping[str, int]) -> tuple[str, int] | None:
     """The phase whose final weights initialise (step, phase): (step, phase - 1), or for phase 1
     the last phase of the previous task in the order kernel -> depth -> expand; None for the first

@@ -6,14 +6,13 @@ import sys
 from pathlib import Path
 
 
-from moofa.config import load_config
 from moofa.distributed import init_backend
+from moofa.run import Run
 from moofa.training.trainer import Trainer
 
 config, model_configs, step, phase, out = sys.argv[1:6]
-cfg = load_config(config, model_configs)
 backend = init_backend("cpu")
-trainer = Trainer(cfg, step, int(phase), backend, model_configs)
+trainer = Trainer(Run.load(config, model_configs), step, int(phase), backend)
 sampled = []
 original = trainer.supernet.sample_active_subnet
 
