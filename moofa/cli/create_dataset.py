@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Sequence
 
-from moofa.cli.common import ArgParser
+from moofa.cli.common import ArgParser, run_cli
 from moofa.data import DataProvider
 from moofa.distributed import init_backend
 from moofa.errors import CheckpointError, ConfigError
@@ -63,3 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         state = "complete" if summary.complete else "INCOMPLETE (see the warnings above)"
         print(f"{summary.paths.jsonl}: {summary.n_records} subnets ({summary.added} new), {state}")
     return 0
+
+
+def run() -> int:
+    """Console-script entry point: :func:`main` with the one-line error handling."""
+    return run_cli(main)

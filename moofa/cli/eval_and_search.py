@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from moofa.cli.common import ArgParser
+from moofa.cli.common import ArgParser, run_cli
 from moofa.distributed import init_backend
 from moofa.models.spec import DEFAULT_MODEL_CONFIGS
 from moofa.run import Run
@@ -75,3 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         backend.shutdown()
     return 0
+
+
+def run() -> int:
+    """Console-script entry point: :func:`main` with the one-line error handling."""
+    return run_cli(main)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from moofa.cli.common import ArgParser
+from moofa.cli.common import ArgParser, run_cli
 from moofa.distributed import init_backend
 from moofa.models.spec import DEFAULT_MODEL_CONFIGS
 from moofa.run import Run
@@ -35,3 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if backend.is_main and not result.already_done:
         print(f"{result.phase}: {result.epochs} epochs, best validation top-1 {100 * result.best_acc:.2f}%")
     return 0
+
+
+def run() -> int:
+    """Console-script entry point: :func:`main` with the one-line error handling."""
+    return run_cli(main)

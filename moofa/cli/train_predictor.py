@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Sequence
 
-from moofa.cli.common import ArgParser
+from moofa.cli.common import ArgParser, run_cli
 from moofa.config import load_config
 from moofa.errors import ConfigError
 from moofa.models.spec import DEFAULT_MODEL_CONFIGS
@@ -58,3 +58,8 @@ def main(argv: "Sequence[str] | None" = None) -> int:
                                {k: v[test_idx] for k, v in dataset.known().items()}))
         print(f"plot: {plot_predictions(real, pred, args.output)}")
     return 0
+
+
+def run() -> int:
+    """Console-script entry point: :func:`main` with the one-line error handling."""
+    return run_cli(main)

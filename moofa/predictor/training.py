@@ -32,9 +32,8 @@ from scipy.stats import kendalltau
 from sklearn.model_selection import train_test_split
 
 from moofa.config import PredictorRecipe
-from moofa.errors import ConfigError
 from moofa.models.spec import ModelSpec, get_model_spec
-from moofa.predictor.dataset import PredictorDataset, read_dataset
+from moofa.predictor.dataset import PredictorDataset
 from moofa.predictor.mlp import (
     EXTRA_FEATURES,
     AccuracyMLP,

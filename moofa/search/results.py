@@ -24,7 +24,7 @@ from matplotlib.ticker import FuncFormatter
 
 from moofa.errors import MoofaInputError
 from moofa.io import atomic_write_text, save_figure
-from moofa.run import INFO_NAME, constraint_dir
+from moofa.run import INFO_NAME, constraint_dir  # noqa: F401 (constraint_dir: re-exported)
 
 SUMMARY_CSV, SUMMARY_MD, SUMMARY_PLOT = "summary.csv", "summary.md", "accuracy_vs_constraint"
 _DIR_RE = re.compile(r"^constraint_(\d+)$")

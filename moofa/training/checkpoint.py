@@ -10,7 +10,6 @@ Layout (reference names kept; resume state per phase fixes SPEC 10 items 22-24):
 from __future__ import annotations
 
 import random
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
