@@ -14,7 +14,7 @@ from moofa.cli.common import ArgParser, run_cli
 from moofa.distributed import init_backend
 from moofa.models.spec import DEFAULT_MODEL_CONFIGS
 from moofa.run import Run
-from moofa.search.eval_mode import run_eval
+from moofa.evaluation.eval_mode import run_eval
 from moofa.search.evolution import check_constraints
 from moofa.search.results import compare
 from moofa.search.sweep import run_search

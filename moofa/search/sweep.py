@@ -30,7 +30,7 @@ from moofa.predictor import AccuracyPredictor
 from moofa.run import INFO_NAME, Run, constraint_dir
 from moofa.search.evolution import EvolutionFinder, SearchResult, check_constraints
 from moofa.search.export import export_subnet
-from moofa.search.report import UNITS, draw_subnet_plots, subnet_report
+from moofa.evaluation.report import UNITS, draw_subnet_plots, subnet_report
 from moofa.search.results import read_json, run_from_infos, write_summary
 from moofa.training.evaluate import evaluate_subnet
 

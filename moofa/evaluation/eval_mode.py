@@ -27,7 +27,7 @@ from moofa.models.bn_calibration import set_running_statistics
 from moofa.models.space import SearchSpace
 from moofa.models.spec import ModelSpec, SubnetConfig
 from moofa.run import INFO_NAME, Run
-from moofa.search.report import UNITS, draw_subnet_plots, subnet_report
+from moofa.evaluation.report import UNITS, draw_subnet_plots, subnet_report
 from moofa.training.evaluate import evaluate, evaluate_subnet
 
 log = logging.getLogger(__name__)
