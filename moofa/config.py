@@ -1,8 +1,9 @@
 """The YAML run configuration (SPEC 9.1, CONTRACT.md "Configuration"): load, validate, fill defaults.
 
-:func:`load_config` turns a ``configs/*.yaml`` file into a nested plain dict with every default
-filled in; bad content raises :class:`moofa.errors.ConfigError` with one line that names the file,
-the dotted key and the value. Every reference config loads unchanged.
+:func:`load_config` turns a ``configs/*.yaml`` file into a frozen :class:`RunConfig` (one typed
+section per schema table below, every default filled in, see ``docs/design.md#configuration``);
+bad content raises :class:`moofa.errors.ConfigError` with one line that names the file, the dotted
+key and the value. Every reference config loads unchanged.
 
 Keys the reference read but silently ignored are honoured here:
 
