@@ -49,8 +49,7 @@ from moofa.errors import ConfigError
 from moofa.io import write_json
 from moofa.models.spec import ChoiceError, ModelSpec, SubnetConfig, load_model_configs, norm_expand
 
-STEPS: tuple[str, ...] = ("kernel", "depth", "expand")
-STEP_ORDER = STEPS  # the hard-coded progressive-shrinking order (SPEC 3.4)
+STEPS: tuple[str, ...] = ("kernel", "depth", "expand")  # progressive shrinking, in its fixed order
 DATASETS: tuple[str, ...] = ("imagenet", "imagenette", "digits", "synthetic")
 RESOLVED_CONFIG_NAME = "resolved_config.json"
 
@@ -346,7 +345,7 @@ WANDB_SCHEMA: dict[str, Field] = {
     "project_name": Field("memory-optimized-once-for-all", _str(), "wandb project"),
 }
 
-DEFAULT_TASKS = ["kernel", "depth", "expand"]
+DEFAULT_TASKS = list(STEPS)
 DEFAULT_TASKS_PHASES = {"kernel": 1, "depth": 2, "expand": 2}
 
 SECTIONS: tuple[str, ...] = ("args", "tasks", "tasks_phases", "args_per_task", "subnet_config",

@@ -15,7 +15,9 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-PHASE_ORDER = ("kernel", "depth", "expand")
+from moofa.config import STEPS
+
+PHASE_ORDER = STEPS  # the order in which the steps chain their weights
 
 
 def rng_state() -> dict:
