@@ -20,6 +20,8 @@ _LAZY = {
     "memory_bounds": "moofa.efficiency", "sample_feasible": "moofa.efficiency",
     "count_params": "moofa.efficiency",
     "ArchEncoder": "moofa.predictor", "AccuracyPredictor": "moofa.predictor",
+    "SearchSpace": "moofa.models.space", "Run": "moofa.run", "load_config": "moofa.config",
+    "RunConfig": "moofa.config",
 }
 
 __all__ = ["MODELS", "SubnetConfig", "build_supernet", *_LAZY]

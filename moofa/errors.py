@@ -13,6 +13,7 @@ class MoofaInputError(ValueError):
 
     def __init__(self, message: str, *, file: Any = None, key: str | None = None,
                  value: Any = None) -> None:
+        self.reason = message  # without file, key and value
         parts = []
         if file is not None:
             parts.append(str(file))

@@ -9,7 +9,7 @@ import yaml
 
 from moofa.cli.common import run_cli
 from moofa.config import (REFERENCE_PHASES, last_task_args, load_config, phase_constraints,
-                          save_resolved_config, search_constraints, task_args, validate_model,
+                          resolve_model, save_resolved_config, search_constraints, task_args,
                           validation_subnets)
 from moofa.errors import ConfigError
 from moofa.models.spec import get_model_spec
@@ -131,7 +131,7 @@ def write(tmp_path: Path, text: str, name: str = "c.yaml") -> Path:
 def test_defaults_fill_every_key(tmp_path):
     p = write(tmp_path, "")
     cfg = load_config(p)
-    assert cfg["_path"] == str(p)
+    assert cfg.path == p
     a = cfg["args"]
     assert (a["model"], a["dataset"], a["base_batch_size"], a["n_worker"], a["valid_size"]) == \
         ("MOOFA_V3", "imagenet", 64, 12, 100)
@@ -162,7 +162,8 @@ def test_defaults_fill_every_key(tmp_path):
     assert d["output"] == s["acc_dataset_path"]
     assert cfg["predictor_config"]["hidden_size"] == 400 and cfg["predictor_config"]["ensemble"] == 5
     assert search_constraints(cfg) == SWEEP_300K_800K
-    spec = validate_model(cfg, MODEL_CONFIGS)
+    cfg = resolve_model(cfg, MODEL_CONFIGS)
+    spec = cfg.spec
     assert cfg["subnet_config"]["ks"] == [7] * 20 and cfg["subnet_config"]["e"] == [4] * 20
     assert cfg["subnet_config"]["d"] == [4] * 5 and spec.name == "MOOFA_V3"
 

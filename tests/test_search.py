@@ -21,9 +21,10 @@ from moofa.distributed import SingleBackend
 from moofa.efficiency import count_params, flops, memory_bounds, peak_memory, peak_memory_batch
 from moofa.errors import CheckpointError, InfeasibleConstraintError
 from moofa.models import build_supernet
+from moofa.models.space import SearchSpace
 from moofa.models.layers import count_parameters
 from moofa.models.spec import SubnetConfig, get_model_spec
-from moofa.predictor import AccuracyPredictor, ArchEncoder
+from moofa.predictor import AccuracyPredictor
 from moofa.search.evolution import (
     EvolutionFinder,
     SearchSettings,
@@ -232,7 +233,7 @@ def _check_outputs(project, spec, tag: str, info: dict) -> None:
     assert "| < 9k |" in md and "| < 16k |" in md
     assert (project.root / f"search_{tag}" / "accuracy_vs_constraint.png").is_file()
     # eval supernet: the random arch drawn with manual_seed 0 is what was measured and reported
-    drawn = ArchEncoder(spec).random_sample(random.Random(0))
+    drawn = SearchSpace(spec).sample(random.Random(0))
     arch = SubnetConfig(drawn.ks, drawn.e, drawn.d, 32)
     for key, expect in (("supernet", arch), ("teacher", spec.max_config(32))):
         r = info[key]
@@ -305,16 +306,18 @@ def test_predictor_only_search_resumes_without_data_or_checkpoint(tmp_path):
     _random_predictor(spec).save(project.config["search_config"]["acc_predictor_checkpoint"])
     _write(project, "pred", evaluate=False)
     cfg = load_config(project.config_path)
+    from moofa.run import Run
     from moofa.search.sweep import run_search
-    infos = run_search(cfg, spec, SingleBackend("cpu"))
+    run = Run.load(project.config_path, project.model_config_path)
+    infos = run_search(run, SingleBackend("cpu"))
     assert not Path(cfg["args"]["data_path"]).exists() and not Path(cfg["args"]["checkpoint"]).exists()
     assert [i["real_accuracy"] for i in infos] == [None, None]
     files = [project.root / "search_pred" / f"constraint_{c}" / "info.json" for c in TINY_CONSTRAINTS]
     stamps = [f.stat().st_mtime_ns for f in files]
-    again = run_search(cfg, spec, SingleBackend("cpu"))
+    again = run_search(run, SingleBackend("cpu"))
     assert [f.stat().st_mtime_ns for f in files] == stamps
     assert [i["config"] for i in again] == [i["config"] for i in infos]
-    run_search(cfg, spec, SingleBackend("cpu"), overwrite=True)
+    run_search(run, SingleBackend("cpu"), overwrite=True)
     assert [f.stat().st_mtime_ns for f in files] != stamps
     md = (project.root / "search_pred" / "summary.md").read_text()
     assert md.count("* / ") == len(TINY_CONSTRAINTS)  # predicted accuracies are marked
@@ -331,7 +334,7 @@ def test_exported_subnet_reloads_alone_with_the_supernet_logits(tmp_path, model)
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
-    cfg = ArchEncoder(spec).random_sample(random.Random(3))
+    cfg = SearchSpace(spec).sample(random.Random(3))
     from moofa.search.export import export_subnet
     paths = export_subnet(net, cfg, tmp_path / "out" / "subnet.pth.tar")
     x = torch.randn(4, 3, cfg.image_size, cfg.image_size)

@@ -19,7 +19,6 @@ executorch itself is imported only when a program is built (the optional ``deplo
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import logging
 import time
@@ -41,6 +40,7 @@ from moofa.deploy.programs import (
     require_executorch,
 )
 from moofa.efficiency import MemoryOptions, peak_memory
+from moofa.fingerprint import sha256_file
 from moofa.io import atomic_path, write_json
 from moofa.models.spec import ModelSpec, SubnetConfig
 
@@ -52,12 +52,7 @@ __all__ = ["deploy_network", "deploy_exported", "executorch_available", "require
            "INSTALL_HINT", "DEPLOY_NAME", "INT8_NAME", "FP32_NAME", "file_sha256"]
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+file_sha256 = sha256_file  # the name this module has exported
 
 
 def _single_process_provider(args: Mapping[str, Any], image_size: int) -> Any:
@@ -210,7 +205,7 @@ def deploy_exported(subnet_path: str | Path, cfg: Mapping[str, Any], out_dir: st
     from moofa.config import last_task_args
     from moofa.errors import ConfigError
     from moofa.search.export import _head_settings, load_exported
-    from moofa.search.report import expected_n_classes
+    from moofa.run import expected_n_classes
 
     require_executorch()
     net = load_exported(subnet_path)
@@ -219,7 +214,7 @@ def deploy_exported(subnet_path: str | Path, cfg: Mapping[str, Any], out_dir: st
     n_out = _head_settings(net)[0]
     if n_out != expected_n_classes(args):
         raise ConfigError(f"the subnet {subnet_path} has {n_out} outputs but the dataset has "
-                          f"{expected_n_classes(args)} classes", file=cfg.get("_path"), key="args.dataset",
+                          f"{expected_n_classes(args)} classes", file=getattr(cfg, "path", None), key="args.dataset",
                           value=args["dataset"])
     d = cfg["deploy"]
     return deploy_network(net, spec, arch, args, out_dir, calibration_images=int(d["calibration_images"]),

@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from moofa.config import last_task_args, search_constraints
+from moofa.config import SearchSettings
 from moofa.efficiency import MemoryOptions
 from moofa.efficiency.limits import Limits, violations
 from moofa.errors import CheckpointError, ConfigError, MoofaInputError, on_main_rank
@@ -42,36 +42,18 @@ from moofa.fingerprint import change_message, data_identity, file_fingerprint, m
 from moofa.io import clean_stale_temps, require_file, write_json
 from moofa.lock import OutputLock
 from moofa.models.spec import ModelSpec, SubnetConfig
-from moofa.search.evolution import (
-    EvolutionFinder,
-    Individual,
-    SearchResult,
-    SearchSettings,
-    check_constraints,
-    search_budget,
-)
+from moofa.evaluation.report import draw_subnet_plots, subnet_report, units
+from moofa.run import INFO_NAME, Run, constraint_dir
+from moofa.search.evolution import EvolutionFinder, Individual, SearchResult, check_constraints, search_budget
 from moofa.search.robust import FitnessSettings, RobustFitness
-from moofa.search.report import (
-    draw_subnet_plots,
-    expected_n_classes,
-    load_supernet,
-    subnet_report,
-    units,
-)
-from moofa.search.results import (
-    INFO_NAME,
-    constraint_dir,
-    read_json,
-    run_from_infos,
-    write_summary,
-)
+from moofa.search.results import read_json, run_from_infos, write_summary
 
 log = logging.getLogger(__name__)
 EXPORT_NAME = "subnet.pth.tar"
 RERANK_SOURCE = "search re-ranking"  # the ``source`` of the dataset rows a sweep appends
 
 
-def load_search_predictor(cfg: Mapping[str, Any], spec: ModelSpec, n_classes: int | None = None):
+def load_search_predictor(run: Run, spec: ModelSpec, n_classes: int | None = None):
     """The accuracy predictor of ``search_config.acc_predictor_checkpoint`` on the CPU (the
     search scores batches of at most population_size configs, too small to gain from a GPU).
     Its FLOPs input uses the class count it was trained with (recorded in our checkpoints); a
@@ -79,9 +61,9 @@ def load_search_predictor(cfg: Mapping[str, Any], spec: ModelSpec, n_classes: in
     did."""
     from moofa.predictor import AccuracyPredictor
 
-    path = cfg["search_config"]["acc_predictor_checkpoint"]
-    if not path:
-        raise ConfigError("no accuracy predictor checkpoint given", file=cfg.get("_path"),
+    path = run.predictor_file
+    if path is None:
+        raise ConfigError("no accuracy predictor checkpoint given", file=run.path,
                           key="search_config.acc_predictor_checkpoint")
     pred = AccuracyPredictor.load(path, spec, device="cpu")
     if pred.recorded_model is None:
@@ -229,13 +211,14 @@ def _done(info_path: Path, fp: Mapping[str, Any]) -> dict | None:
 class _Context:
     """What the constraints of one sweep share (on every rank; search state on rank 0)."""
 
-    def __init__(self, cfg: Mapping[str, Any], spec: ModelSpec, backend: Any, predictor: Any,
+    def __init__(self, run: Run, spec: ModelSpec, backend: Any, predictor: Any,
                  inputs: Mapping[str, Any]) -> None:
-        sc = cfg["search_config"]
+        cfg = run.cfg
+        sc = cfg.search_config
         self.cfg, self.spec, self.backend, self.sc = cfg, spec, backend, sc
-        self.settings = SearchSettings.from_config(sc)
+        self.settings: SearchSettings = sc
         self.fitness_settings = FitnessSettings.from_config(sc)
-        self.args = last_task_args(cfg)
+        self.args = run.args()
         self.evaluate = bool(sc["evaluate"])
         self.top_k = int(sc["rerank_top_k"])
         self.supernet = self.provider = self.meter = None
@@ -244,14 +227,14 @@ class _Context:
             from moofa.predictor.create import SubnetMeter
 
             self.provider = DataProvider(self.args, spec.image_sizes, backend.rank, backend.size)
-            self.supernet = load_supernet(spec, self.args, self.provider.n_classes).to(backend.device)
+            self.supernet = run.supernet(self.args, self.provider.n_classes, load=True).to(backend.device)
             self.n_classes = self.provider.n_classes
             whole = self.provider if backend.size == 1 else \
                 DataProvider(self.args, spec.image_sizes, 0, 1)
             dc = cfg["dataset_config"]
             self.meter = SubnetMeter(self.supernet, whole, dc["eval_images"], dc["eval_split"])
         else:
-            self.n_classes = expected_n_classes(self.args)
+            self.n_classes = run.n_classes(self.args)
             if sc["export"] and backend.is_main:
                 log.info("predictor-only search: no supernet weights, so the found subnets are not exported")
         self.predictor, self.inputs = predictor, inputs
@@ -279,44 +262,42 @@ class _Context:
         return None
 
 
-def run_search(cfg: Mapping[str, Any], spec: ModelSpec, backend: Any,
-               overwrite: bool = False) -> list[dict]:
+def run_search(run: Run, backend: Any, overwrite: bool = False) -> list[dict]:
     """Run the sweep; returns the info dicts (on every rank)."""
-    sc = cfg["search_config"]
-    constraints = search_constraints(cfg)
-    args = last_task_args(cfg)
-    check_constraints(spec, constraints, file=cfg.get("_path"),
-                      limits=Limits.from_config(cfg, expected_n_classes(args)))
+    cfg, args = run.cfg, run.args()
+    spec = run.spec(args)
+    sc = cfg.search_config
+    constraints = sc.sweep()
+    check_constraints(spec, constraints, file=run.path, limits=Limits.from_config(cfg, run.n_classes(args)))
     if "executorch" in sc["export"] and sc["evaluate"]:
         from moofa.deploy import require_executorch
 
         require_executorch()  # before any search, not after the first one
-    res_dir = Path(sc["res_dir"])
+    res_dir = run.search_dir
     lock = OutputLock(res_dir, "search", key="search_config.res_dir")
 
     def take_folder() -> dict[str, Any]:  # writable, ours, tidy, same inputs: before any long work
         lock.acquire()
         clean_stale_temps(folders=[res_dir], recursive=True)
         inputs = search_inputs(cfg, spec, args, predictor)
-        settings = SearchSettings.from_config(sc)
-        check_finished(res_dir, {c: fingerprint(cfg, spec, c, settings, args, inputs)
+        check_finished(res_dir, {c: fingerprint(cfg, spec, c, sc, args, inputs)
                                  for c in constraints}, overwrite)
         return inputs
 
     try:
         # the FLOPs input's class count is the dataset's, as in dataset creation
-        predictor = load_search_predictor(cfg, spec, expected_n_classes(args))
+        predictor = load_search_predictor(run, spec, run.n_classes(args))
         inputs = on_main_rank(backend, take_folder)
-        return _sweep(cfg, spec, backend, overwrite, constraints, predictor, inputs)
+        return _sweep(run, spec, backend, overwrite, constraints, predictor, inputs)
     finally:
         lock.release()
 
 
-def _sweep(cfg: Mapping[str, Any], spec: ModelSpec, backend: Any, overwrite: bool,
+def _sweep(run: Run, spec: ModelSpec, backend: Any, overwrite: bool,
            constraints: list[int], predictor: Any, inputs: Mapping[str, Any]) -> list[dict]:
-    sc = cfg["search_config"]
-    ctx = _Context(cfg, spec, backend, predictor, inputs)
-    res_dir = Path(sc["res_dir"])
+    sc = run.cfg.search_config
+    ctx = _Context(run, spec, backend, predictor, inputs)
+    res_dir = run.search_dir
     if backend.is_main:
         s = ctx.settings
         lim = ctx.limits
