@@ -1,4 +1,4 @@
-"""The YAML run configuration (SPEC 9.1, CONTRACT.md "Configuration"): load, validate, fill defaults.
+"""The YAML run configuration (docs/design.md#configuration, README): load, validate, fill defaults.
 
 :func:`load_config` turns a ``configs/*.yaml`` file into a frozen :class:`RunConfig` (one typed
 section per schema table below, every default filled in, see ``docs/design.md#configuration``);
@@ -14,7 +14,7 @@ args.continuous_size                 true: training resolutions are every multip
                                      the smallest and largest model image size (25 sizes for
                                      128..224); false (default, what the reference really did):
                                      the model's size list. The reference YAMLs say ``true``,
-                                     which now changes the training distribution (SPEC 10.20).
+                                     which now changes the training distribution (docs/design.md#departures-from-the-reference).
 args.momentum                        SGD momentum (0.9). Not used by Adam.
 args.no_nesterov                     true: plain momentum SGD; false (default): Nesterov.
 args.not_sync_distributed_image_size true: each rank draws its own batch resolution (the seed
@@ -248,9 +248,9 @@ ARGS_SCHEMA: dict[str, Field] = {
     "valid_size": Field(100, _valid_size, "held-out training images: count, fraction or null (= test set)"),
     "validation_frequency": Field(1, _POS_INT, "validate every k epochs"),
     "weight_decay": Field(3.0e-5, _num(0.0), "weight decay of the decayed parameter group"),
-    "resort_channels": Field(False, _bool(), "OFA's channel re-sorting before expand phases (SPEC 2.3)"),
-    "teacher_eval_mode": Field(False, _bool(), "KD teacher in eval mode (SPEC 10.27); false = reference"),
-    "average_subnet_losses": Field(False, _bool(), "divide the loss by dynamic_batch_size (SPEC 10.29)"),
+    "resort_channels": Field(False, _bool(), "OFA's channel re-sorting before expand phases (docs/design.md#architecture)"),
+    "teacher_eval_mode": Field(False, _bool(), "KD teacher in eval mode (docs/design.md#departures-from-the-reference); false = reference"),
+    "average_subnet_losses": Field(False, _bool(), "divide the loss by dynamic_batch_size (docs/design.md#departures-from-the-reference)"),
     "bn_calib_images": Field(2000, _POS_INT, "training images used for BN re-calibration"),
     "bn_calib_batch_size": Field(200, _POS_INT, "batch size of BN re-calibration (images)"),
     "corrupt_images": Field("skip", _choice("skip", "error"),
@@ -268,7 +268,7 @@ PHASE_SCHEMA: dict[str, Field] = {
     "dynamic_batch_size": Field(1, _POS_INT, "subnets sampled per training step (not used by finetune)"),
 }
 
-# SPEC 3.5: (n_epochs, base_lr, warmup_epochs, warmup_lr, dynamic_batch_size)
+# docs/design.md#protocols: (n_epochs, base_lr, warmup_epochs, warmup_lr, dynamic_batch_size)
 REFERENCE_PHASES: dict[str, dict[str, Any]] = {
     name: dict(zip(PHASE_SCHEMA, values)) for name, values in {
         "teacher": (180, 3.0e-2, 0, 3.0e-3, 1),
@@ -803,7 +803,7 @@ def _read_yaml(path: Path) -> Any:
 
 def default_data_path(dataset: str) -> str:
     """Default ``args.data_path``: ``/imagenet/`` (or ``/imagenette2/``) when that folder exists,
-    else the same name under the working directory (SPEC 3.10); ``./data/<dataset>/`` for the
+    else the same name under the working directory (docs/design.md#protocols); ``./data/<dataset>/`` for the
     embedded datasets."""
     if dataset in ("imagenet", "imagenette"):
         name = "imagenet" if dataset == "imagenet" else "imagenette2"
@@ -859,7 +859,7 @@ def _phase_entry(name: str, raw: Any) -> PhaseArgs:
 
 
 def _args_per_task(raw: Any, tasks: list[str], phases: dict[str, int]) -> dict[str, PhaseArgs]:
-    """The user's section replaces the reference table (SPEC 3.5) as a whole; absent -> the table."""
+    """The user's section replaces the reference table (docs/design.md#protocols) as a whole; absent -> the table."""
     if raw is None:
         return {name: PhaseArgs(**row) for name, row in REFERENCE_PHASES.items()}
     data = _mapping(raw, "args_per_task")
@@ -929,7 +929,7 @@ def load_config(path: str | Path, model_config_path: str | Path | None = None) -
 
 
 def _phase_count_problem(spec: ModelSpec, step: str, n: int) -> str | None:
-    """Why ``n`` phases of ``step`` do not fit ``spec`` (SPEC 9.1: fewer phases than list values)."""
+    """Why ``n`` phases of ``step`` do not fit ``spec`` (docs/design.md#configuration: fewer phases than list values)."""
     values = {"depth": spec.depth_list, "expand": spec.expand_list}.get(step)
     if values is not None and n > len(values) - 1:
         return (f"{step} needs fewer phases than {spec.name}'s {step} choices {list(values)} "
@@ -982,7 +982,7 @@ def resolve_model(cfg: RunConfig, model_config_path: str | Path) -> RunConfig:
 
 def task_args(cfg: RunConfig, step: str, phase: int | None = None) -> TaskArgs:
     """``args`` updated with ``args_per_task["<step>_<phase>"]`` (falling back to
-    ``args_per_task["<step>"]``), or with ``args_per_task["teacher"]`` for the teacher (SPEC 3.1).
+    ``args_per_task["<step>"]``), or with ``args_per_task["teacher"]`` for the teacher (docs/design.md#protocols).
     ``step`` must be ``teacher`` or in ``tasks``; ``phase`` in 1..tasks_phases[step]. For
     ``finetune`` (no phase): ``args_per_task["finetune"]``, or :data:`FINETUNE_DEFAULTS` when the
     config has no such entry."""
@@ -1014,8 +1014,8 @@ def _merged(args: Args, entry: PhaseArgs) -> TaskArgs:
 
 
 def last_task_args(cfg: RunConfig) -> TaskArgs:
-    """``args`` updated with the last ``args_per_task`` entry (dataset creation and search, SPEC
-    6.1 / 7.1). The ``finetune`` entry is skipped wherever it is written: it configures only the
+    """``args`` updated with the last ``args_per_task`` entry (dataset creation and search,
+    docs/design.md#protocols). The ``finetune`` entry is skipped wherever it is written: it configures only the
     fine-tuning of a found subnet, never the supernet those scripts read."""
     entries = [v for k, v in cfg.args_per_task.items() if k != FINETUNE]
     return _merged(cfg.args, entries[-1])  # teacher is always there
@@ -1034,12 +1034,12 @@ def save_resolved_config(cfg: Mapping, run_dir: str | Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------
-# Progressive-shrinking choices (SPEC 3.3)
+# Progressive-shrinking choices (docs/design.md#protocols)
 
 
 def phase_constraints(spec: ModelSpec, step: str, phase: int, tasks_phases: Mapping[str, int]) -> dict:
     """Allowed choices of a progressive-shrinking phase: ``dict(ks=[..], e=[..], d=[..])``, each
-    sorted ascending (SPEC 3.3). The kernel step ignores its phase index."""
+    sorted ascending (docs/design.md#protocols). The kernel step ignores its phase index."""
     if step not in STEPS:
         raise ConfigError(f"unknown step (valid: {', '.join(STEPS)})", key="step", value=step)
     n = int(tasks_phases[step])
@@ -1057,7 +1057,7 @@ def phase_constraints(spec: ModelSpec, step: str, phase: int, tasks_phases: Mapp
 
 
 def validation_image_sizes(spec: ModelSpec) -> list[int]:
-    """Resolutions of the progressive-shrinking validation (SPEC 3.3): the reference uses
+    """Resolutions of the progressive-shrinking validation (docs/design.md#protocols): the reference uses
     [160, 224] for its size list [128, 160, 192, 224]. Generalised as the second-smallest and the
     largest size (all sizes when there are at most two)."""
     sizes = sorted(set(spec.image_sizes))
@@ -1070,7 +1070,7 @@ def subnet_name(ks: int, e: float, d: int, image_size: int) -> str:
 
 
 def validation_subnets(spec: ModelSpec, step: str, ks_task, e_task, d_task) -> list[dict]:
-    """Uniform subnets validated after each epoch (SPEC 3.3): ks = the whole task list in the
+    """Uniform subnets validated after each epoch (docs/design.md#protocols): ks = the whole task list in the
     kernel step, else {min, max}; e and d = {min, max} of their task lists; sizes from
     :func:`validation_image_sizes`. Enumerated d-major (d, e, ks, R). Each item is
     ``{"ks", "e", "d", "image_size", "name"}`` with scalar values."""

@@ -8,7 +8,7 @@
 * anything else -> a single process.
 
 All three offer the same methods, so training code never branches on the launcher. Gradient
-semantics follow Horovod's ``DistributedOptimizer`` (SPEC 3.6 step 6; ../shared/HOROVOD.md): the
+semantics follow Horovod's ``DistributedOptimizer`` (docs/design.md#protocols step 6; ../shared/HOROVOD.md): the
 ``backward_passes_per_step`` micro-step gradients are summed locally (not divided by their number),
 then averaged across ranks once per ``step()``; a parameter without a gradient on a rank counts as
 a zero gradient there (and is then stepped, as under Horovod).

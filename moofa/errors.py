@@ -1,5 +1,5 @@
 """Errors for bad user input. The command-line entry points turn them into one ``error:`` line on
-stderr and exit status 2 (CONTRACT.md, "Exit status")."""
+stderr and exit status 2 (README)."""
 from __future__ import annotations
 
 from typing import Any

@@ -29,7 +29,7 @@ CKPT = REF / "ofa_imagenet_acc_predictor.pth.tar"
 REFERENCE_KEYS = ["base_acc", "layers.0.0.weight", "layers.0.0.bias", "layers.1.0.weight",
                   "layers.1.0.bias", "layers.2.0.weight", "layers.2.0.bias", "layers.3.weight"]
 
-# SPEC 4.3 example A (MC_OFA.pkl[0], MOOFA_V3) and its one-hot indices (SPEC 5.1)
+# docs/design.md#memory-model (MC_OFA.pkl[0], MOOFA_V3) and its one-hot indices (docs/design.md#encoding)
 CONFIG_A = {"ks": [5, 5, 5, 7, 7, 3, 3, 7, 3, 7, 7, 7, 7, 7, 3, 3, 7, 3, 7, 3],
             "e": [2, 2, 3, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2],
             "d": [3, 4, 4, 2, 3], "image_size": 128}
@@ -173,7 +173,7 @@ def test_reference_checkpoint_predicts_the_dataset(ofa_jsonl):
     p = pred.predict(ofa_jsonl.configs)
     assert p.dtype == np.float64 and p.shape == (2610,)
     m = regression_metrics(ofa_jsonl.accuracies, p)
-    assert 0.30 <= m["rmse_pp"] <= 0.32  # SPEC/issue: 0.31 percentage points
+    assert 0.30 <= m["rmse_pp"] <= 0.32  # issue: 0.31 percentage points
     assert m["pearson"] > 0.99
 
 
@@ -199,7 +199,7 @@ def test_own_checkpoint_round_trips_weights_only(tmp_path):
     pred.fit_feature_norm(pred.raw_extra(configs))
     config_c = {"ks": [7, 3, 3, 7, 3, 7, 3, 5, 3, 5, 7, 5, 5, 7, 3, 3, 3, 3, 5, 7],
                 "e": [3, 3, 4, 4, 6, 3, 3, 3, 3, 6, 6, 6, 4, 6, 6, 6, 4, 3, 4, 3],
-                "d": [3, 3, 3, 3, 2], "image_size": 128}  # SPEC 4.3 example C
+                "d": [3, 3, 3, 3, 2], "image_size": 128}  # docs/design.md#memory-model
     assert pred.raw_extra([SubnetConfig.from_dict(config_c)]).tolist() == [[84.87296, 262912.0]]
     assert pred.feature_std.min() > 0 and abs(float(pred.feature_mean[0])) > 1  # log MMACs
     pred.info = {"seed": 7, "note": "unit test"}
@@ -268,7 +268,7 @@ def test_reference_pickle_reads_and_checks_the_model(ofa_jsonl):
     assert len(ds) == 2610 and ds.configs == ofa_jsonl.configs
     assert np.array_equal(ds.accuracies, ofa_jsonl.accuracies)
     assert np.array_equal(ds.peak_memory, ofa_jsonl.peak_memory)
-    assert ds.peak_memory[0] == 262912  # SPEC 4.3 example C
+    assert ds.peak_memory[0] == 262912  # docs/design.md#memory-model
     with pytest.raises(MoofaInputError, match="entry 0"):
         read_dataset(PKL, "MOOFA_V3")  # e=6 is not a MOOFA_V3 choice
 

@@ -66,7 +66,7 @@ def test_ofa_search_fits_and_beats_10000_random_subnets():
 
 def test_every_candidate_fits_and_compofa_keeps_its_coupling():
     """All scored configs (initial, mutants, crossovers, repairs) fit the constraint, also at the
-    exact minimum of MOOFA_V3 (299,520: SPEC 4.3), and CompOFA candidates keep e = f(d)."""
+    exact minimum of MOOFA_V3 (299,520: docs/design.md#memory-model), and CompOFA candidates keep e = f(d)."""
     for model, c in (("MOOFA_V3", 299_520), ("MOOFA_V3", 400_000), ("CompOFA", 420_000)):
         spec = get_model_spec(model)
         pred = _random_predictor(model)
@@ -398,10 +398,10 @@ SMALL_BUDGETS = [330_000, 420_000, 600_000]
 
 def _measured_ofa(n: int = 60, seed: int = 0) -> PredictorDataset:
     """``n`` random OFA subnets with a made-up 'measured' accuracy that grows with the network."""
-    enc = ArchEncoder("OFA")
+    space = SearchSpace(get_model_spec("OFA"))
     rng = random.Random(seed)
-    cfgs = [enc.random_sample(rng) for _ in range(n)]
-    acc = np.array([0.5 + 0.002 * sum(c.ks[i] + c.e[i] for i in c.active_blocks(enc.spec))
+    cfgs = [space.sample(rng) for _ in range(n)]
+    acc = np.array([0.5 + 0.002 * sum(c.ks[i] + c.e[i] for i in c.active_blocks(space.spec))
                     + 0.0004 * c.image_size for c in cfgs])
     return PredictorDataset("OFA", cfgs, acc, peak_memory_batch("OFA", cfgs).astype(float),
                             np.full(n, np.nan))
@@ -422,7 +422,7 @@ def test_robust_fitness_distance_calibration_and_measured_subnets():
     pred = _random_predictor("OFA", n_members=3)
     fit = RobustFitness(pred, data, FitnessSettings())
     spec = get_model_spec("OFA")
-    probe = [ArchEncoder("OFA").random_sample(random.Random(99 + i)) for i in range(8)]
+    probe = [SearchSpace(get_model_spec("OFA")).sample(random.Random(99 + i)) for i in range(8)]
     est = fit(probe)
     for j, cfg in enumerate(probe):
         nearest = min(_gene_distance(spec, cfg, m) for m in data.configs)
@@ -486,7 +486,7 @@ def test_reference_predictor_sweep_stays_within_one_point_of_its_data():
 
 def test_flops_input_uses_the_datasets_class_count(tmp_path):
     pred = _random_predictor("OFA", extra_features=("flops", "peak_memory"), n_classes=10)
-    cfgs = [ArchEncoder("OFA").random_sample(random.Random(i)) for i in range(3)]
+    cfgs = [SearchSpace(get_model_spec("OFA")).sample(random.Random(i)) for i in range(3)]
     raw = pred.raw_extra(cfgs)
     assert np.allclose(raw[:, 0], [flops("OFA", c, 10) for c in cfgs])
     assert not np.allclose(raw[:, 0], [flops("OFA", c, 1000) for c in cfgs])

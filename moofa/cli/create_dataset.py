@@ -1,8 +1,8 @@
-"""``create_moofa_predictor_dataset.py``: the balanced predictor dataset (SPEC 6, 9.3).
+"""``create_moofa_predictor_dataset.py``: the balanced predictor dataset (docs/design.md#protocols).
 
 Run as a plain process, under ``horovodrun -np N`` or under ``torchrun --nproc_per_node N``. The
 supernet, the model and the data come from the config (``args`` updated with the last
-``args_per_task`` entry, SPEC 6.1); bins, counts and the output come from ``dataset_config``. See
+``args_per_task`` entry, docs/design.md#protocols); bins, counts and the output come from ``dataset_config``. See
 :mod:`moofa.predictor.create` for the algorithm, the evaluation subset, how ranks share the work
 and how a killed run resumes (run the same command again).
 """

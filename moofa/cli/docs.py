@@ -23,7 +23,7 @@ _SECTION_INTRO = {
     "args": "Run settings shared by every script; `args_per_task` entries may override any of them.",
     "args_per_task": ("Per step and phase (`teacher`, `<step>_<phase>` or `<step>`, and `finetune`), merged over `args`. "
                       "Given as a whole, the section replaces the reference table; a missing key of an entry "
-                      "comes from the reference row of the same name (SPEC 3.5)."),
+                      "comes from the reference row of the same name (docs/design.md#protocols)."),
     "subnet_config": "The subnet evaluated by `eval_and_search.py --mode eval`.",
     "search_config": "Memory-constrained evolutionary search (`eval_and_search.py --mode search`).",
     "dataset_config": "Balanced predictor-dataset creation (`create_moofa_predictor_dataset.py`).",
@@ -105,7 +105,7 @@ def config_reference_markdown(heading_level: int = 3) -> str:
         elif section == "args_per_task":
             lines += _table([(f"args_per_task.<entry>.{name}", "", field.doc)
                              for name, field in C.PHASE_SCHEMA.items()])
-            lines += ["", "Default entries (the reference's, SPEC 3.5):", "",
+            lines += ["", "Default entries (the reference's, docs/design.md#protocols):", "",
                       "| Entry | " + " | ".join(C.PHASE_SCHEMA) + " |",
                       "|---" * (len(C.PHASE_SCHEMA) + 1) + "|"]
             lines += [f"| `{name}` | " + " | ".join(format_default(row[k]) for k in C.PHASE_SCHEMA) + " |"

@@ -1,6 +1,6 @@
 """``eval_and_search.py``: evaluate a subnet or the teacher (``--mode eval``), search the best
 subnet under each peak-memory constraint (``--mode search``), or compare finished searches
-(``--mode summary``). SPEC 7, 8, 9.3; CONTRACT.md.
+(``--mode summary``). docs/design.md#search-space; README.
 
 Run as a plain process, under ``horovodrun -np N`` or under ``torchrun --nproc_per_node N``; only
 rank 0 writes files.

@@ -1,4 +1,4 @@
-"""``train.py``: one launch of progressive-shrinking training (SPEC 3.1, 9.3), or the fine-tuning
+"""``train.py``: one launch of progressive-shrinking training (docs/design.md#protocols), or the fine-tuning
 of a found subnet (``--step finetune --subnet``, :mod:`moofa.training.finetune`).
 
 Run as a plain process, under ``horovodrun -np N`` or under ``torchrun --nproc_per_node N``.

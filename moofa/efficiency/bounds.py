@@ -14,8 +14,8 @@ so are the blocks of a stage once its depth is chosen. Hence
 
 Counting and sampling are over *full* configs, i.e. including the (k, e) of inactive blocks, as
 the reference's uniform sampler draws them: a uniform draw here has the same distribution as the
-reference's "sample uniformly until peak <= C" loop (SPEC 7.3), but never loops. For CompOFA
-(compound models) a stage's e is coupled to its depth (SPEC 2.7).
+reference's "sample uniformly until peak <= C" loop (docs/design.md#search-space), but never loops. For CompOFA
+(compound models) a stage's e is coupled to its depth (docs/design.md#architecture).
 """
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def memory_bounds(model: "str | ModelSpec", image_size: int | None = None,
 
 
 def memory_range_table(model: "str | ModelSpec", options: MemoryOptions | None = None) -> dict[int, tuple[int, int]]:
-    """{resolution: (min, max) peak} over the model's resolutions (SPEC 4.3's range table)."""
+    """{resolution: (min, max) peak} over the model's resolutions (docs/design.md#memory-model)."""
     spec = get_model_spec(model)
     return {r: memory_bounds(spec, r, options) for r in spec.image_sizes}
 

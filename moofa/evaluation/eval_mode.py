@@ -1,4 +1,4 @@
-"""``eval_and_search.py --mode eval`` (SPEC 8, fixed per SPEC 10 items 32-35).
+"""``eval_and_search.py --mode eval`` (docs/design.md#protocols, fixed per docs/design.md#departures-from-the-reference).
 
 ``--model supernet``: the supernet from ``args.checkpoint`` in the subnet of ``subnet_config``
 (null ks/e/d lists = the largest values; ``random_sample: true`` draws one arch with a
@@ -7,7 +7,7 @@
 
 ``--model teacher``: the static largest subnet with the teacher's weights from
 ``<args.teacher_path>/checkpoint/model_best.pth.tar`` (the file progressive shrinking distils
-from; the reference's eval read ``checkpoint.pth.tar``, SPEC 10 item 24), BN re-calibrated and
+from; the reference's eval read ``checkpoint.pth.tar``, docs/design.md#departures-from-the-reference), BN re-calibrated and
 evaluated at ``subnet_config.image_size``.
 
 Accuracy counts are all-reduced over ranks; forward time is synchronised after warm-up. Rank 0

@@ -23,7 +23,7 @@ def units(options: MemoryOptions | None = None) -> dict[str, str]:
 
 def subnet_report(spec: ModelSpec, cfg: SubnetConfig, n_classes: int,
                   options: MemoryOptions | None = None) -> dict[str, Any]:
-    """Analytic facts of a subnet: ``peak_memory`` and ``memory_history`` (per layer, SPEC 4.1
+    """Analytic facts of a subnet: ``peak_memory`` and ``memory_history`` (per layer, docs/design.md#memory-model
     order) under the memory model ``options`` (elements by default, else bytes; ``memory_unit``
     says which), ``memory_layers`` (their names), ``flops`` (MMACs), ``params``."""
     options = options or MemoryOptions(n_classes=n_classes)

@@ -2,7 +2,7 @@
 
 A supernet is fully described by a :class:`ModelSpec`: the choice lists of ``model_configs.yaml``
 plus an :class:`ArchTable` (widths, strides, activations and squeeze-excite per stage). OFA, CompOFA
-and MOOFA_V1/V2/V3 are entries of :data:`MODEL_CLASSES`, not separate classes (SPEC 1.2-1.4).
+and MOOFA_V1/V2/V3 are entries of :data:`MODEL_CLASSES`, not separate classes (docs/design.md#architecture).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ ACTIVATIONS = ("relu", "h_swish")
 
 def make_divisible(v: float, divisor: int = 8, min_val: int | None = None) -> int:
     """Round ``v`` to the nearest multiple of ``divisor``, never below ``min_val`` (default
-    ``divisor``) and never more than 10 % below ``v`` (the TF MobileNet rule, SPEC 1.1)."""
+    ``divisor``) and never more than 10 % below ``v`` (the TF MobileNet rule, docs/design.md#architecture)."""
     if min_val is None:
         min_val = divisor
     new_v = max(min_val, int(v + divisor / 2) // divisor * divisor)
@@ -30,12 +30,12 @@ def make_divisible(v: float, divisor: int = 8, min_val: int | None = None) -> in
 
 
 def mid_channels(in_channels: int, expand_ratio: float) -> int:
-    """Middle (expanded) width of an MBConv block: make_divisible(round(C_in * e), 8) (SPEC 1.5)."""
+    """Middle (expanded) width of an MBConv block: make_divisible(round(C_in * e), 8) (docs/design.md#flops)."""
     return make_divisible(round(in_channels * expand_ratio), 8)
 
 
 def se_channels(mid: int) -> int:
-    """Hidden width of the squeeze-excite module for ``mid`` channels (reduction 4, SPEC 1.1)."""
+    """Hidden width of the squeeze-excite module for ``mid`` channels (reduction 4, docs/design.md#architecture)."""
     return make_divisible(mid // 4, 8)
 
 
@@ -95,7 +95,7 @@ def _table(widths: Sequence[int], strides: Sequence[int], acts: Sequence[str],
 
 def moofa_widths(ref_side: float = 56.0, ref_expand: float = 4.0, start: Sequence[int] = (3, 8, 24),
                  n_iter: int = 6, kernel: int = 7) -> list[int]:
-    """MOOFA's "memory-constant" width rule (SPEC 1.4).
+    """MOOFA's "memory-constant" width rule (docs/design.md#architecture).
 
     Each new stage gets the width whose 1x1 expansion memory (input + weights + output, in
     elements) at half the previous side equals the previous stage's peak layer memory, measured at
@@ -139,7 +139,7 @@ class ModelClass:
 
     table: ArchTable
     width_rule: str  # "make_divisible" (OFA) or "truncate" (MOOFA; head widths not multiplied)
-    compound: bool = False  # CompOFA: depth and expand coupled (SPEC 2.7)
+    compound: bool = False  # CompOFA: depth and expand coupled (docs/design.md#architecture)
 
 
 MODEL_CLASSES: dict[str, ModelClass] = {
@@ -150,7 +150,7 @@ MODEL_CLASSES: dict[str, ModelClass] = {
     "OFAMobileNetV3CtV3": ModelClass(MOOFA_TABLE, "truncate"),
 }
 
-# CompOFA's coupling: depth -> expand ratio of all 4 blocks of the stage (SPEC 2.7).
+# CompOFA's coupling: depth -> expand ratio of all 4 blocks of the stage (docs/design.md#architecture).
 COMPOUND_EXPAND = {2: 3, 3: 4, 4: 6}
 
 

@@ -1,5 +1,5 @@
 """Accuracy predictor: the reference encoding, MLP ensemble, dataset files and training recipe
-(SPEC 5, CONTRACT "Files"). Sampling, mutation and crossover of subnets live in
+(docs/design.md#encoding, docs/design.md#run-layout). Sampling, mutation and crossover of subnets live in
 :class:`moofa.models.space.SearchSpace`."""
 from moofa.predictor.dataset import (
     PredictorDataset,

@@ -1,4 +1,4 @@
-"""The reference's one-hot architecture encoding ("mbv3" MobileNetArchEncoder, SPEC 5.1).
+"""The reference's one-hot architecture encoding ("mbv3" MobileNetArchEncoder, docs/design.md#encoding).
 
 Layout of a feature vector (float64 0/1, ``n_dim = |R| + n_blocks*|K| + n_blocks*|E|``, 124 for
 the reference models), with the choice lists in the order written in ``model_configs.yaml``
@@ -35,7 +35,7 @@ def _index_of(space: SearchSpace, values: np.ndarray, key: str) -> np.ndarray:
 
 
 class ArchEncoder:
-    """One-hot encoder of a model's subnet configs (SPEC 5.1).
+    """One-hot encoder of a model's subnet configs (docs/design.md#encoding).
 
     ``model`` is a name from ``model_configs.yaml``, a :class:`ModelSpec` or a
     :class:`SearchSpace`; the encoding uses its layout lists (as written in model_configs.yaml).

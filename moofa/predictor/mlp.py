@@ -1,4 +1,4 @@
-"""The accuracy predictor: the reference MLP (SPEC 5.2) and our ensemble with extra inputs.
+"""The accuracy predictor: the reference MLP (docs/design.md#encoding) and our ensemble with extra inputs.
 
 :class:`AccuracyMLP` is one reference MLP; its state dict has exactly the reference keys
 (``base_acc``, ``layers.0.0.weight`` ... ``layers.3.weight``). :class:`AccuracyPredictor` is what the
@@ -53,13 +53,13 @@ PREDICT_CHUNK = 8192
 
 
 def _flops_values(spec: ModelSpec, configs: Sequence[SubnetConfig], n_classes: int = 1000) -> np.ndarray:
-    """FLOPs of each config in MMACs (SPEC 4.6) of the network with ``n_classes`` outputs."""
+    """FLOPs of each config in MMACs (docs/design.md#flops) of the network with ``n_classes`` outputs."""
     from moofa.efficiency import flops_batch  # lazy: only needed for extra inputs
     return np.asarray(flops_batch(spec, list(configs), n_classes=int(n_classes)), dtype=np.float64)
 
 
 def _peak_values(spec: ModelSpec, configs: Sequence[SubnetConfig], n_classes: int = 1000) -> np.ndarray:
-    """Analytic peak memory of each config in elements (SPEC 4.2; independent of the classes)."""
+    """Analytic peak memory of each config in elements (docs/design.md#memory-model; independent of the classes)."""
     from moofa.efficiency import peak_memory_batch
     return np.asarray(peak_memory_batch(spec, list(configs)), dtype=np.float64)
 
@@ -103,7 +103,7 @@ def _plain_info(info: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class AccuracyMLP(nn.Module):
-    """One reference MLP (SPEC 5.2): ``n_layers`` x [Linear, ReLU], then Linear(hidden, 1, no bias),
+    """One reference MLP (docs/design.md#encoding): ``n_layers`` x [Linear, ReLU], then Linear(hidden, 1, no bias),
     squeezed, plus the frozen scalar ``base_acc``. Output: accuracy as a fraction."""
 
     def __init__(self, n_inputs: int, hidden_size: int = 400, n_layers: int = 3,
@@ -141,7 +141,7 @@ class AccuracyPredictor(nn.Module):
     """Predicts the accuracy (fraction) of subnet configs of one model.
 
     ``model`` is a model name, :class:`ModelSpec` or :class:`ArchEncoder`. The prediction is the
-    mean of ``n_members`` :class:`AccuracyMLP` members; each sees the one-hot encoding (SPEC 5.1)
+    mean of ``n_members`` :class:`AccuracyMLP` members; each sees the one-hot encoding (docs/design.md#encoding)
     followed by the normalised ``extra_features`` (names of :data:`EXTRA_FEATURES`).
     """
 

@@ -1,4 +1,4 @@
-"""Scatter plot of predicted against real accuracy (SPEC 5.3 step 10, in percent, with Kendall's
+"""Scatter plot of predicted against real accuracy (docs/design.md#encoding step 10, in percent, with Kendall's
 tau)."""
 from __future__ import annotations
 

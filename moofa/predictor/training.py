@@ -1,6 +1,6 @@
 """Training recipe of the accuracy predictor (entry point: :mod:`moofa.cli.train_predictor`).
 
-Recipe (all seeded; fixes SPEC 5.3 / 10 item 38):
+Recipe (all seeded; fixes docs/design.md#encoding):
 
 1. Remove repeated subnets (keeping the first record of each), then split the dataset with
    ``train_test_split(test_size=test_fraction, random_state=seed)`` over the file order: the
@@ -234,7 +234,7 @@ def fit_predictor(predictor: AccuracyPredictor, feats: np.ndarray, acc: np.ndarr
 def drop_collapsed(predictor: AccuracyPredictor, results: list[MemberResult],
                    factor: float = COLLAPSE_FACTOR) -> list[int]:
     """Remove members whose validation RMSE is not finite or exceeds ``factor`` x the members'
-    median (a collapsed run, SPEC 5.3); needs >= 3 members. Returns the removed indices."""
+    median (a collapsed run, docs/design.md#encoding); needs >= 3 members. Returns the removed indices."""
     vals = np.array([r.val_rmse_pp for r in results], dtype=np.float64)
     if len(vals) < 3 or not np.isfinite(vals).any():
         return []

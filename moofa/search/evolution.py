@@ -1,4 +1,4 @@
-"""Memory-constrained regularised evolution (SPEC 7.3, with the fixes of SPEC 10 items 10-17).
+"""Memory-constrained regularised evolution (docs/design.md#search-space, with the fixes of docs/design.md#departures-from-the-reference).
 
 One run per constraint C (peak memory, elements):
 
@@ -11,7 +11,7 @@ One run per constraint C (peak memory, elements):
    every stage's depth with ``arch_mutate_prob``) and the rest as crossovers (every gene from
    either of two uniform parents), all scored in one predictor batch;
 3. the best individual over every scored config is returned, the last generation's children
-   included (the reference never looked at them, SPEC 10 item 12).
+   included (the reference never looked at them, docs/design.md#departures-from-the-reference).
 
 With a :class:`moofa.search.robust.RobustFitness` as the scorer, individuals carry its calibrated
 mean, uncertainty and distance to the measured data, and the initial population starts from the
@@ -20,7 +20,7 @@ accurate measured subnets that fit, filled up to ``population_size`` with their 
 feasible subnets only when neither exists). The ``top_k`` best distinct unmeasured candidates seen
 are kept (for re-ranking by measurement).
 
-Efficiency is the exact analytic peak memory (vectorised over a batch, SPEC 4.2) unless another
+Efficiency is the exact analytic peak memory (vectorised over a batch, docs/design.md#memory-model) unless another
 efficiency function is given (the benchmark passes the reference's build-and-run measurement).
 A child over the constraint is re-drawn from the same parent(s) at most ``max_tries`` times in
 all (the reference looped forever), then repaired constraint-aware

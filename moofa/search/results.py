@@ -1,6 +1,6 @@
 """Search results on disk: ``<res_dir>/constraint_<int>/info.json`` per constraint, and over a
 sweep (or several sweeps, one per model) ``summary.csv``, ``summary.md`` in the layout of the
-paper's Table 1 (SPEC Appendix C: rows = constraints, one column per model, cells "top-1 % /
+paper's Table 1 (docs/design.md#protocols: rows = constraints, one column per model, cells "top-1 % /
 memory peak / MFLOPs") and an accuracy-versus-constraint plot overlaying the runs.
 
 Units: accuracy is a fraction in info.json and percent (labelled) in the tables and plots; memory

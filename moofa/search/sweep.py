@@ -1,4 +1,4 @@
-"""``eval_and_search.py --mode search``: the constraint sweep (SPEC 7.4-7.5, fixed per SPEC 10).
+"""``eval_and_search.py --mode search``: the constraint sweep (docs/design.md#search-space, fixed per docs/design.md#departures-from-the-reference).
 
 For each constraint of :func:`moofa.config.search_constraints` (checked against the model's exact
 minimum first), rank 0 runs the evolutionary search and broadcasts the result; with

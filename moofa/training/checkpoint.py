@@ -1,6 +1,6 @@
-"""Checkpoint files: atomic writes, RNG state capture, the phase chaining of SPEC 3.4.
+"""Checkpoint files: atomic writes, RNG state capture, the phase chaining of docs/design.md#protocols.
 
-Layout (reference names kept; resume state per phase fixes SPEC 10 items 22-24):
+Layout (reference names kept; resume state per phase fixes docs/design.md#departures-from-the-reference):
 - teacher: ``<teacher_path>/checkpoint/checkpoint.pth.tar`` (resume state, always with
   ``state_dict``), ``model_best.pth.tar`` (``{state_dict}``), ``latest.txt``.
 - phase ``<step>_<phase>``: resume state in ``<path>/checkpoint/<step>_<phase>/checkpoint.pth.tar``

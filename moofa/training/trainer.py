@@ -1,4 +1,4 @@
-"""Progressive-shrinking training (SPEC 3): the teacher step and the kernel, depth and expand
+"""Progressive-shrinking training (docs/design.md#protocols): the teacher step and the kernel, depth and expand
 phases, with distillation, elastic resolution, validation, resumable checkpoints and logs.
 
 One function, :func:`train_step`, runs one launch (``train.py --step S --phase P``); the teacher
