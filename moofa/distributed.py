@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from moofa.errors import MoofaInputError
+import torch.distributed as dist
 
 __all__ = [
     "Backend", "SingleBackend", "TorchBackend", "HorovodBackend", "GradientAveragingOptimizer",
@@ -262,8 +263,6 @@ class TorchBackend(Backend):
 
     def __init__(self, device: str | torch.device = "auto",
                  environ: Mapping[str, str] | None = None) -> None:
-        import torch.distributed as dist
-
         env = os.environ if environ is None else environ
         local_rank = _int_env(env, "LOCAL_RANK")
         dev = resolve_device(device, local_rank)

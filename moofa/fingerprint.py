@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from moofa.errors import MoofaInputError
+from moofa.io import write_json
+import dataclasses
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +157,6 @@ def read_fingerprint(path: str | Path) -> dict | None:
 
 def write_fingerprint(path: str | Path, fingerprint: Mapping[str, Any], **extra: Any) -> Path:
     """Write ``{"fingerprint": ..., **extra}`` atomically as JSON."""
-    from moofa.io import write_json
-
     return write_json(path, {"fingerprint": normalise(fingerprint), **extra})
 
 
@@ -178,8 +178,6 @@ def subset(mapping: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
 def model_identity(spec: Any) -> dict[str, Any]:
     """A model spec as plain data: name, class, choice lists, resolutions and widths (what
     decides the architecture, so an edited model_configs.yaml is noticed)."""
-    import dataclasses
-
     try:
         return normalise(dataclasses.asdict(spec))
     except TypeError:

@@ -43,6 +43,15 @@ from moofa.efficiency import MemoryOptions, peak_memory
 from moofa.fingerprint import sha256_file
 from moofa.io import atomic_path, write_json
 from moofa.models.spec import ModelSpec, SubnetConfig
+from moofa.data import DataProvider
+from moofa.data.samplers import evenly_spaced
+from moofa.data.transforms import test_transform
+import json
+from tqdm import tqdm
+from moofa.config import last_task_args
+from moofa.errors import ConfigError
+from moofa.search.export import _head_settings, load_exported
+from moofa.run import expected_n_classes
 
 log = logging.getLogger(__name__)
 DEPLOY_NAME, INT8_NAME, FP32_NAME = "deploy.json", "subnet_int8.pte", "subnet_fp32.pte"
@@ -57,17 +66,12 @@ file_sha256 = sha256_file  # the name this module has exported
 
 def _single_process_provider(args: Mapping[str, Any], image_size: int) -> Any:
     """A rank-0-of-1 data provider: the whole test split, whatever the job's world size."""
-    from moofa.data import DataProvider
-
     return DataProvider(args, [int(image_size)], rank=0, world_size=1)
 
 
 def calibration_batches(provider: Any, image_size: int, n_images: int, batch_size: int = 32) -> list[torch.Tensor]:
     """``n_images`` training images (evenly spaced over the training split, held-out images
     excluded) with the test transform at ``image_size``, in batches of ``batch_size``."""
-    from moofa.data.samplers import evenly_spaced
-    from moofa.data.transforms import test_transform
-
     pool = list(provider.train_indices)
     idx = [pool[i] for i in evenly_spaced(len(pool), int(n_images))]
     ds = provider._view(provider.train_folder, test_transform, int(image_size))  # noqa: SLF001
@@ -86,8 +90,6 @@ def _reuse(out: Path, fp: Mapping[str, Any]) -> dict | None:
     if not path.is_file() or not (out / INT8_NAME).is_file() or not (out / FP32_NAME).is_file():
         return None
     try:
-        import json
-
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
@@ -99,8 +101,6 @@ def _measure(net: nn.Module, quantized: nn.Module, int8: ProgramRunner, fp32: Pr
              loader: DataLoader, progress: bool) -> dict[str, Any]:
     """Top-1 of the int8 program (runtime, one image at a time) and of the fp32 network
     (PyTorch) on every image of ``loader``, plus logit checks on the first CHECK_IMAGES."""
-    from tqdm import tqdm
-
     n = hit8 = hit32 = agree = 0
     diff_q = diff_fp32 = scale = 0.0
     seconds = 0.0
@@ -202,11 +202,6 @@ def deploy_exported(subnet_path: str | Path, cfg: Mapping[str, Any], out_dir: st
                     progress: bool = True) -> dict[str, Any]:
     """:func:`deploy_network` of an exported ``subnet.pth.tar`` with the data, memory model and
     ``deploy:`` settings of the loaded run config ``cfg``."""
-    from moofa.config import last_task_args
-    from moofa.errors import ConfigError
-    from moofa.search.export import _head_settings, load_exported
-    from moofa.run import expected_n_classes
-
     require_executorch()
     net = load_exported(subnet_path)
     spec, arch = net.model_spec, net.subnet_config  # type: ignore[attr-defined]

@@ -28,6 +28,7 @@ from moofa.models.spec import (
     get_model_spec,
     norm_expand,
 )
+from moofa.io import require_file
 
 CONSTRAINT_TYPES = {"kernel_size": "ks", "expand_ratio": "e", "depth": "d"}
 
@@ -277,8 +278,6 @@ def check_fit(unexpected: list[str], missing: list[str], source: Mapping[str, An
 def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Read a ``{"state_dict": ...}`` (or plain state-dict) checkpoint with ``weights_only=True``.
     Missing or corrupt files raise CheckpointError naming the path."""
-    from moofa.io import require_file
-
     path = require_file(path, "checkpoint file", error=CheckpointError)
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)

@@ -123,6 +123,8 @@ from moofa.models.bn_calibration import set_running_statistics
 from moofa.models.spec import ModelSpec, SubnetConfig
 from moofa.predictor.dataset import append_records, make_record, read_jsonl, repair_tail
 from moofa.training.evaluate import evaluate
+from moofa.predictor.encoder import ArchEncoder
+from tqdm import tqdm
 
 LOG = logging.getLogger("moofa.create_dataset")
 
@@ -318,8 +320,6 @@ def write_reference_pickle(jsonl: Path, target: Path, spec: ModelSpec) -> int:
     """Write the records of ``jsonl`` as the reference's merged pickle (docs/design.md#protocols: flat lists
     ``configs``, ``accuracies`` (fractions), ``features`` (one-hot, docs/design.md#encoding), ``efficiencies``
     (peak memory, elements)) atomically; returns the number of entries."""
-    from moofa.predictor.encoder import ArchEncoder
-
     data = read_jsonl(jsonl, spec)
     features = ArchEncoder(spec).encode_batch(data.configs)
     obj = {"configs": [c.to_dict() for c in data.configs],
@@ -631,7 +631,6 @@ def run_plan(plan: Plan, meter: SubnetMeter, backend: Any, n_classes: int, log_i
     per_bin = {i: plan.existing.per_bin.get(i, 0) for i in quotas}
     bar = None
     if is_main and progress:
-        from tqdm import tqdm
         total = sum(quotas.values())
         bar = tqdm(total=total, initial=min(sum(min(per_bin[i], q) for i, q in quotas.items()), total),
                    desc="subnets", unit="subnet", dynamic_ncols=True)

@@ -47,6 +47,17 @@ from moofa.run import INFO_NAME, Run, constraint_dir
 from moofa.search.evolution import EvolutionFinder, Individual, SearchResult, check_constraints, search_budget
 from moofa.search.robust import FitnessSettings, RobustFitness
 from moofa.search.results import read_json, run_from_infos, write_summary
+from moofa.predictor import AccuracyPredictor
+from moofa.predictor.dataset import read_dataset
+import hashlib
+from moofa.data import DataProvider
+from moofa.predictor.create import SubnetMeter
+from moofa.deploy import require_executorch
+from moofa.predictor.dataset import append_records
+from moofa.predictor.create import subnet_record
+from moofa.training.evaluate import evaluate_subnet
+from moofa.search.export import export_subnet
+from moofa.deploy import DEPLOY_NAME, deploy_exported
 
 log = logging.getLogger(__name__)
 EXPORT_NAME = "subnet.pth.tar"
@@ -59,8 +70,6 @@ def load_search_predictor(run: Run, spec: ModelSpec, n_classes: int | None = Non
     Its FLOPs input uses the class count it was trained with (recorded in our checkpoints); a
     checkpoint that does not record it uses ``n_classes`` (the run's data), as dataset creation
     did."""
-    from moofa.predictor import AccuracyPredictor
-
     path = run.predictor_file
     if path is None:
         raise ConfigError("no accuracy predictor checkpoint given", file=run.path,
@@ -91,8 +100,6 @@ def set_flops_classes(pred: Any, n_classes: int) -> None:
 def load_measured(cfg: Mapping[str, Any], spec: ModelSpec):
     """The measured subnets of ``search_config.acc_dataset_path`` (None, with a warning, when
     the file does not exist: the robust fitness then only subtracts the ensemble spread)."""
-    from moofa.predictor.dataset import read_dataset
-
     path = Path(cfg["search_config"]["acc_dataset_path"])
     if not path.exists():
         log.warning("no predictor dataset at %s: the search cannot check its predictions against "
@@ -127,8 +134,6 @@ def measured_identity(path: Path) -> dict[str, Any]:
     """The measured dataset by content, without the re-ranking rows a sweep appends to it
     (:data:`RERANK_SOURCE`): the sweep's own appends do not make its finished results stale,
     while any other change of the data does."""
-    import hashlib
-
     h, n = hashlib.sha256(), 0
     with open(path, "rb") as fh:
         for line in fh:
@@ -223,9 +228,6 @@ class _Context:
         self.top_k = int(sc["rerank_top_k"])
         self.supernet = self.provider = self.meter = None
         if self.evaluate:
-            from moofa.data import DataProvider
-            from moofa.predictor.create import SubnetMeter
-
             self.provider = DataProvider(self.args, spec.image_sizes, backend.rank, backend.size)
             self.supernet = run.supernet(self.args, self.provider.n_classes, load=True).to(backend.device)
             self.n_classes = self.provider.n_classes
@@ -270,8 +272,6 @@ def run_search(run: Run, backend: Any, overwrite: bool = False) -> list[dict]:
     constraints = sc.sweep()
     check_constraints(spec, constraints, file=run.path, limits=Limits.from_config(cfg, run.n_classes(args)))
     if "executorch" in sc["export"] and sc["evaluate"]:
-        from moofa.deploy import require_executorch
-
         require_executorch()  # before any search, not after the first one
     res_dir = run.search_dir
     lock = OutputLock(res_dir, "search", key="search_config.res_dir")
@@ -312,8 +312,6 @@ def _sweep(run: Run, spec: ModelSpec, backend: Any, overwrite: bool,
     for c in constraints:  # ascending: each budget starts from the previous answer
         infos.append(_one_constraint(ctx, c, infos[-1] if infos else None, overwrite))
     if backend.is_main and ctx.new_records and sc["append_measurements"]:
-        from moofa.predictor.dataset import append_records
-
         path = Path(sc["acc_dataset_path"])
         if path.suffix.lower() == ".jsonl":
             n = append_records(path, ctx.new_records, spec)
@@ -369,7 +367,6 @@ def _rerank(ctx: _Context, c: int, found: Individual, top: list[Individual],
         cfg = pool[i][0]
         pool[i] = (cfg, acc, pool[i][2])
         ctx.selection_measured[ctx.key(cfg)] = acc
-        from moofa.predictor.create import subnet_record
 
         ctx.new_records.append(dict(subnet_record(ctx.spec, cfg, acc, ctx.n_classes), source=RERANK_SOURCE))
     rows = []
@@ -419,8 +416,6 @@ def _one_constraint(ctx: _Context, c: int, previous: Mapping[str, Any] | None, o
     chosen = answer.config
     evaluation = None
     if ctx.evaluate:
-        from moofa.training.evaluate import evaluate_subnet
-
         if ctx.top_k > 0:
             chosen, rerank = _rerank(ctx, c, answer, result.top, previous, baseline)
         evaluation = evaluate_subnet(ctx.supernet, chosen, ctx.provider, backend, split="test",
@@ -498,13 +493,9 @@ def _write_outputs(spec: ModelSpec, info: dict, report: Mapping[str, Any], out: 
     cfg = SubnetConfig.from_dict(info["config"])
     draw_subnet_plots(spec, cfg, out, report, n_classes, constraint=c, accuracy=info["real_accuracy"])
     if formats and supernet is not None:
-        from moofa.search.export import export_subnet
-
         info["export"] = [p.name for p in export_subnet(supernet, cfg, out / EXPORT_NAME,
                                                          with_onnx="onnx" in formats)]
         if deploy_cfg is not None:
-            from moofa.deploy import DEPLOY_NAME, deploy_exported
-
             dep = deploy_exported(out / EXPORT_NAME, deploy_cfg, out)
             info["deploy"] = {k: dep[k] for k in ("int8_accuracy", "fp32_accuracy", "n_images", "pte_bytes",
                                                   "runtime_memory_bytes", "fp32_pte_bytes",
