@@ -2,7 +2,7 @@
 
 Elastic MobileNetV3 supernets (OFA, CompOFA, MOOFA_V1-V3), an exact analytic peak-memory model,
 FLOPs, an accuracy predictor and memory-constrained evolutionary search. Units: peak memory in
-elements, FLOPs in MMACs, accuracy as a fraction (CONTRACT.md).
+elements, FLOPs in MMACs, accuracy as a fraction (README).
 """
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ _LAZY = {
     "memory_bounds": "moofa.efficiency", "sample_feasible": "moofa.efficiency",
     "count_params": "moofa.efficiency",
     "ArchEncoder": "moofa.predictor", "AccuracyPredictor": "moofa.predictor",
+    "SearchSpace": "moofa.models.space", "Run": "moofa.run", "load_config": "moofa.config",
+    "RunConfig": "moofa.config",
 }
 
 __all__ = ["MODELS", "SubnetConfig", "build_supernet", *_LAZY]

@@ -1,8 +1,9 @@
-"""The YAML run configuration (SPEC 9.1, CONTRACT.md "Configuration"): load, validate, fill defaults.
+"""The YAML run configuration (docs/design.md#configuration, README): load, validate, fill defaults.
 
-:func:`load_config` turns a ``configs/*.yaml`` file into a nested plain dict with every default
-filled in; bad content raises :class:`moofa.errors.ConfigError` with one line that names the file,
-the dotted key and the value. Every reference config loads unchanged.
+:func:`load_config` turns a ``configs/*.yaml`` file into a frozen :class:`RunConfig` (one typed
+section per schema table below, every default filled in, see ``docs/design.md#configuration``);
+bad content raises :class:`moofa.errors.ConfigError` with one line that names the file, the dotted
+key and the value. Every reference config loads unchanged.
 
 Keys the reference read but silently ignored are honoured here:
 
@@ -13,7 +14,7 @@ args.continuous_size                 true: training resolutions are every multip
                                      the smallest and largest model image size (25 sizes for
                                      128..224); false (default, what the reference really did):
                                      the model's size list. The reference YAMLs say ``true``,
-                                     which now changes the training distribution (SPEC 10.20).
+                                     which now changes the training distribution (docs/design.md#departures-from-the-reference).
 args.momentum                        SGD momentum (0.9). Not used by Adam.
 args.no_nesterov                     true: plain momentum SGD; false (default): Nesterov.
 args.not_sync_distributed_image_size true: each rank draws its own batch resolution (the seed
@@ -34,22 +35,22 @@ their meaning; ``search_config.max_constraint``/``min_constraint`` may be given 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, ClassVar, Iterator, Mapping
 
 import numpy as np
 import yaml
 
 from moofa.errors import ConfigError
 from moofa.io import write_json
-from moofa.models.spec import ModelSpec, SubnetConfig, load_model_configs, norm_expand
+from moofa.models.spec import ChoiceError, ModelSpec, SubnetConfig, load_model_configs, norm_expand
 
-STEPS: tuple[str, ...] = ("kernel", "depth", "expand")
-STEP_ORDER = STEPS  # the hard-coded progressive-shrinking order (SPEC 3.4)
+STEPS: tuple[str, ...] = ("kernel", "depth", "expand")  # progressive shrinking, in its fixed order
 DATASETS: tuple[str, ...] = ("imagenet", "imagenette", "digits", "synthetic")
 RESOLVED_CONFIG_NAME = "resolved_config.json"
 _LOG = logging.getLogger("moofa.config")
@@ -247,9 +248,9 @@ ARGS_SCHEMA: dict[str, Field] = {
     "valid_size": Field(100, _valid_size, "held-out training images: count, fraction or null (= test set)"),
     "validation_frequency": Field(1, _POS_INT, "validate every k epochs"),
     "weight_decay": Field(3.0e-5, _num(0.0), "weight decay of the decayed parameter group"),
-    "resort_channels": Field(False, _bool(), "OFA's channel re-sorting before expand phases (SPEC 2.3)"),
-    "teacher_eval_mode": Field(False, _bool(), "KD teacher in eval mode (SPEC 10.27); false = reference"),
-    "average_subnet_losses": Field(False, _bool(), "divide the loss by dynamic_batch_size (SPEC 10.29)"),
+    "resort_channels": Field(False, _bool(), "OFA's channel re-sorting before expand phases (docs/design.md#architecture)"),
+    "teacher_eval_mode": Field(False, _bool(), "KD teacher in eval mode (docs/design.md#departures-from-the-reference); false = reference"),
+    "average_subnet_losses": Field(False, _bool(), "divide the loss by dynamic_batch_size (docs/design.md#departures-from-the-reference)"),
     "bn_calib_images": Field(2000, _POS_INT, "training images used for BN re-calibration"),
     "bn_calib_batch_size": Field(200, _POS_INT, "batch size of BN re-calibration (images)"),
     "corrupt_images": Field("skip", _choice("skip", "error"),
@@ -267,7 +268,7 @@ PHASE_SCHEMA: dict[str, Field] = {
     "dynamic_batch_size": Field(1, _POS_INT, "subnets sampled per training step (not used by finetune)"),
 }
 
-# SPEC 3.5: (n_epochs, base_lr, warmup_epochs, warmup_lr, dynamic_batch_size)
+# docs/design.md#protocols: (n_epochs, base_lr, warmup_epochs, warmup_lr, dynamic_batch_size)
 REFERENCE_PHASES: dict[str, dict[str, Any]] = {
     name: dict(zip(PHASE_SCHEMA, values)) for name, values in {
         "teacher": (180, 3.0e-2, 0, 3.0e-3, 1),
@@ -352,6 +353,7 @@ SEARCH_SCHEMA: dict[str, Field] = {
     "rerank_top_k": Field(10, _NONNEG_INT, "evaluate: candidates per budget measured on the selection split "
                           "(dataset_config.eval_split) to choose the answer; 0 = no re-ranking"),
     "append_measurements": Field(True, _bool(), "evaluate: append the re-ranking measurements to acc_dataset_path"),
+    "max_tries": Field(10, _POS_INT, "draws of a child (from the same parents) before it is repaired"),
 }
 
 DATASET_SCHEMA: dict[str, Field] = {
@@ -407,17 +409,356 @@ WANDB_SCHEMA: dict[str, Field] = {
     "project_name": Field("memory-optimized-once-for-all", _str(), "wandb project"),
 }
 
-DEFAULT_TASKS = ["kernel", "depth", "expand"]
+DEFAULT_TASKS = list(STEPS)
 DEFAULT_TASKS_PHASES = {"kernel": 1, "depth": 2, "expand": 2}
 
 SECTIONS: tuple[str, ...] = ("args", "tasks", "tasks_phases", "args_per_task", "subnet_config",
                              "search_config", "dataset_config", "predictor_config", "wandb",
                              "memory", "deploy")
-_MAPPING_SECTIONS: dict[str, Mapping[str, Field]] = {
-    "args": ARGS_SCHEMA, "subnet_config": SUBNET_SCHEMA, "search_config": SEARCH_SCHEMA,
-    "dataset_config": DATASET_SCHEMA, "predictor_config": PREDICTOR_SCHEMA, "wandb": WANDB_SCHEMA,
-    "memory": MEMORY_SCHEMA, "deploy": DEPLOY_SCHEMA,
+
+
+# ------------------------------------------------------------------------------------------------
+# Typed sections: one frozen dataclass per schema table, its fields derived from the table (a key
+# added to a table is a field of its section). Construction validates every field with the
+# table's check and then the section's cross-key rules; it never changes its input. A section is
+# also read-only Mapping under the YAML key names (``cfg["search_config"]["seed"]``), which is
+# what the resolved-config JSON and the reference-style call sites use.
+
+
+def _field_default(f: Field) -> Any:
+    if f.schema is not None:
+        return field(default_factory=lambda: _SECTION_OF[id(f.schema)]())
+    if isinstance(f.default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(f.default))
+    return f.default
+
+
+def schema_section(schema: Mapping[str, Field], where: str) -> Callable[[type], type]:
+    """Class decorator: make ``cls`` a frozen dataclass with one field per key of ``schema``
+    (default and check from the table) and register it as the section of that table."""
+    def wrap(cls: type) -> type:
+        own = dict(cls.__dict__.get("__annotations__", {}))
+        cls.__annotations__ = {**{name: "Any" for name in schema}, **own}
+        for name, f in schema.items():
+            setattr(cls, name, _field_default(f))
+        cls.SCHEMA, cls.WHERE = schema, where
+        out = dataclass(frozen=True, eq=False)(cls)
+        _SECTION_OF[id(schema)] = out
+        return out
+    return wrap
+
+
+def _checked(f: Field, value: Any, key: str) -> Any:
+    """``value`` normalised by ``f`` (a nested mapping becomes its section); ConfigError naming
+    ``key`` and the value otherwise."""
+    if f.schema is not None:
+        cls = _SECTION_OF[id(f.schema)]
+        return value if isinstance(value, cls) else cls.from_mapping(value, key)
+    try:
+        return f.check(value)
+    except _Bad as err:
+        raise ConfigError(str(err), key=key, value=value) from None
+
+
+def _mapping(data: Any, key: str) -> dict:
+    """``data`` as a dict with string keys (null = empty); ConfigError otherwise."""
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"must be a mapping, not {type(data).__name__}", key=key, value=data)
+    bad = [k for k in data if not isinstance(k, str)]
+    if bad:
+        raise ConfigError("keys must be strings", key=f"{key}.{bad[0]}", value=bad[0])
+    return dict(data)
+
+
+def _unknown(data: Mapping, valid: Any, where: str) -> None:
+    for k in data:
+        if k not in valid:
+            raise ConfigError(f"unknown key (valid keys: {', '.join(valid)})",
+                              key=f"{where}.{k}" if where else k, value=data[k])
+
+
+def _rekey(err: ConfigError, old: str, new: str, file: Any = None) -> ConfigError:
+    """The same error under another key prefix (and file)."""
+    key = err.key
+    if key is not None and old != new and (key == old or key.startswith(old + ".")):
+        key = new + key[len(old):]
+    return ConfigError(err.reason, file=file if file is not None else err.file, key=key,
+                       value=err.value)
+
+
+class Section(Mapping):
+    """Base of the typed config sections (see :func:`schema_section`)."""
+
+    SCHEMA: ClassVar[Mapping[str, Field]] = {}
+    WHERE: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        for name, f in self.SCHEMA.items():
+            object.__setattr__(self, name, _checked(f, getattr(self, name), f"{self.WHERE}.{name}"))
+        self.check()
+
+    def check(self) -> None:
+        """Rules between keys of the section; ConfigError naming the key."""
+
+    @classmethod
+    def from_mapping(cls, data: Any, where: str | None = None) -> "Section":
+        """Validate a mapping (unknown keys refused, missing keys take the table's defaults);
+        errors name ``where.key`` (default: the section's YAML name)."""
+        where = where or cls.WHERE
+        values = _mapping(data, where)
+        _unknown(values, cls.SCHEMA, where)
+        try:
+            return cls(**values)
+        except ConfigError as err:
+            raise _rekey(err, cls.WHERE, where) from None
+
+    def replace(self, **changes: Any) -> "Section":
+        """A new, validated section with ``changes``."""
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain nested dict (JSON-ready) under the YAML key names."""
+        return {k: _plain(v) for k, v in self.items()}
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.SCHEMA:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.SCHEMA)
+
+    def __len__(self) -> int:
+        return len(self.SCHEMA)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.items())})"
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (Section, RunConfig)):
+        return value.as_dict()
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+_SECTION_OF: dict[int, type] = {}
+
+
+@schema_section(SYNTHETIC_SCHEMA, "args.synthetic")
+class SyntheticSettings(Section):
+    """``args.synthetic``: the generator of dataset ``synthetic``."""
+
+
+@schema_section(DIGITS_SCHEMA, "args.digits")
+class DigitsSettings(Section):
+    """``args.digits``: the writer of dataset ``digits``."""
+
+
+@schema_section(ARGS_SCHEMA, "args")
+class Args(Section):
+    """``args``: run settings shared by every script."""
+
+
+@schema_section(PHASE_SCHEMA, "args_per_task.<entry>")
+class PhaseArgs(Section):
+    """One ``args_per_task`` entry: the phase keys plus the ``args`` keys it overrides
+    (``overrides``, validated by the ``args`` table). Read as a mapping it holds both."""
+
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        _unknown(self.overrides, ARGS_SCHEMA, self.WHERE)
+        object.__setattr__(self, "overrides", {
+            k: _checked(ARGS_SCHEMA[k], v, f"{self.WHERE}.{k}") for k, v in self.overrides.items()})
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self.overrides:
+            return self.overrides[key]
+        return super().__getitem__(key)
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.SCHEMA
+        yield from (k for k in self.overrides if k not in self.SCHEMA)
+
+    def __len__(self) -> int:
+        return len(list(iter(self)))
+
+
+@schema_section({**ARGS_SCHEMA, **PHASE_SCHEMA}, "args")
+class TaskArgs(Section):
+    """``args`` merged with one ``args_per_task`` entry: what one step or phase runs with."""
+
+
+@schema_section(SUBNET_SCHEMA, "subnet_config")
+class SubnetSettings(Section):
+    """``subnet_config``: the subnet of ``eval_and_search.py --mode eval``."""
+
+
+@schema_section(SEARCH_SCHEMA, "search_config")
+class SearchSettings(Section):
+    """``search_config``: the constraint sweep and the evolutionary search (the reference class
+    defaults 100 / 500; the reference run used 20 / 20)."""
+
+    # the keys that define one evolutionary search (recorded with each result)
+    KEYS: ClassVar[tuple[str, ...]] = ("population_size", "generations", "mutation_ratio",
+                                       "parent_ratio", "arch_mutate_prob",
+                                       "resolution_mutate_prob", "seed", "max_tries")
+
+    def check(self) -> None:
+        if (self.constraint_start is None) != (self.constraint_stop is None):
+            missing = "constraint_stop" if self.constraint_stop is None else "constraint_start"
+            raise ConfigError("constraint_start and constraint_stop go together",
+                              key=f"{self.WHERE}.{missing}")
+        if self.n_parents < 1:
+            raise ConfigError(f"keeps no parent of a population of {self.population_size}",
+                              key=f"{self.WHERE}.parent_ratio", value=self.parent_ratio)
+        if self.deploy_constraints is not None:
+            key = f"{self.WHERE}.deploy_constraints"
+            if "executorch" not in self.export:
+                raise ConfigError("needs executorch in search_config.export", key=key,
+                                  value=self.deploy_constraints)
+            sweep = self.sweep()
+            missing = [c for c in self.deploy_constraints if int(round(c)) not in sweep]
+            if missing:
+                raise ConfigError(f"{missing[0]:g} is not one of the search constraints {sweep}",
+                                  key=key, value=self.deploy_constraints)
+
+    @property
+    def n_parents(self) -> int:
+        """Parents kept per generation: round(parent_ratio x population_size) (reference)."""
+        return int(round(self.parent_ratio * self.population_size))
+
+    @property
+    def n_mutants(self) -> int:
+        """Mutants per generation: round(mutation_ratio x population_size) (reference)."""
+        return int(round(self.mutation_ratio * self.population_size))
+
+    @property
+    def n_crossovers(self) -> int:
+        """Crossover children per generation: population_size - n_mutants (reference)."""
+        return self.population_size - self.n_mutants
+
+    def to_dict(self) -> dict[str, Any]:
+        """The evolution's settings (:attr:`KEYS`), as each result records them."""
+        return {k: getattr(self, k) for k in self.KEYS}
+
+    def sweep(self) -> list[int]:
+        """The peak-memory constraints of the sweep (elements), ascending and distinct:
+        ``constraints`` when given, else ``N_constraint`` evenly spaced values between the two
+        ends (``constraint_start/stop`` or ``min/max_constraint``, in either order), rounded."""
+        if self.constraints:
+            return sorted({int(round(c)) for c in self.constraints})
+        if self.constraint_start is not None:
+            a, b = self.constraint_start, self.constraint_stop
+        else:
+            a, b = self.min_constraint, self.max_constraint
+        values = np.linspace(min(a, b), max(a, b), int(self.N_constraint), endpoint=True)
+        return sorted({int(round(float(v))) for v in values})
+
+
+@schema_section(DATASET_SCHEMA, "dataset_config")
+class DatasetSettings(Section):
+    """``dataset_config``: the balanced predictor dataset."""
+
+    def check(self) -> None:
+        if self.min_memory >= self.max_memory:
+            raise ConfigError(f"must exceed min_memory ({self.min_memory})",
+                              key=f"{self.WHERE}.max_memory", value=self.max_memory)
+
+
+@schema_section(PREDICTOR_SCHEMA, "predictor_config")
+class PredictorRecipe(Section):
+    """``predictor_config``: hyper-parameters of the accuracy-predictor training (all optional;
+    the device comes from ``args.device``)."""
+
+    def check(self) -> None:
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ConfigError("val_fraction + test_fraction must be < 1",
+                              key=f"{self.WHERE}.test_fraction", value=self.test_fraction)
+
+    @classmethod
+    def from_config(cls, section: Any, where: str = "predictor_config") -> "PredictorRecipe":
+        """:meth:`from_mapping` (null = the defaults)."""
+        return cls.from_mapping(section, where)
+
+
+@schema_section(WANDB_SCHEMA, "wandb")
+class WandbSettings(Section):
+    """``wandb``: Weights & Biases logging."""
+
+
+@schema_section(MEMORY_SCHEMA, "memory")
+class MemorySettings(Section):
+    """``memory``: the memory model of every peak (defaults: the reference's count in elements)."""
+
+
+@schema_section(DEPLOY_SCHEMA, "deploy")
+class DeploySettings(Section):
+    """``deploy``: int8 deployment with ExecuTorch."""
+
+
+_SECTION_CLASSES: dict[str, type] = {
+    "args": Args, "subnet_config": SubnetSettings, "search_config": SearchSettings,
+    "dataset_config": DatasetSettings, "predictor_config": PredictorRecipe, "wandb": WandbSettings,
+    "memory": MemorySettings, "deploy": DeploySettings,
 }
+
+
+@dataclass(frozen=True, eq=False)
+class RunConfig(Mapping):
+    """A loaded run config: the typed sections, the file they came from and, once resolved
+    against a model_configs.yaml (:func:`resolve_model`), the model specs it names. Read also as
+    a mapping of its sections under the YAML names."""
+
+    path: Path
+    args: Args
+    tasks: list[str]
+    tasks_phases: dict[str, int]
+    args_per_task: dict[str, PhaseArgs]
+    subnet_config: SubnetSettings
+    search_config: SearchSettings
+    dataset_config: DatasetSettings
+    predictor_config: PredictorRecipe
+    wandb: WandbSettings
+    memory: MemorySettings
+    deploy: DeploySettings
+    model_config_path: Path | None = None
+    specs: Mapping[str, ModelSpec] = field(default_factory=dict)  # the models the config names
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The spec of ``args.model`` (needs :func:`resolve_model`)."""
+        return self.spec_of(self.args.model)
+
+    def spec_of(self, model: str) -> ModelSpec:
+        if model not in self.specs:
+            raise ConfigError("the model is not resolved (load the config with a model_configs.yaml)",
+                              file=self.path, key="args.model", value=model)
+        return self.specs[model]
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain nested dict of the sections (what resolved_config.json holds)."""
+        return {k: _plain(v) for k, v in self.items()}
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in SECTIONS:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(SECTIONS)
+
+    def __len__(self) -> int:
+        return len(SECTIONS)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -460,58 +801,9 @@ def _read_yaml(path: Path) -> Any:
         raise ConfigError(f"YAML syntax error: {str(err).splitlines()[0]}", file=path) from None
 
 
-class _Ctx:
-    """Where we are: the file, for error messages."""
-
-    def __init__(self, path: Path | str) -> None:
-        self.path = path
-
-    def error(self, key: str, message: str, value: Any = None) -> ConfigError:
-        return ConfigError(message, file=self.path, key=key, value=value)
-
-    def mapping(self, data: Any, key: str) -> dict:
-        if data is None:
-            return {}
-        if not isinstance(data, Mapping):
-            raise self.error(key, f"must be a mapping, not {type(data).__name__}", data)
-        bad = [k for k in data if not isinstance(k, str)]
-        if bad:
-            raise self.error(f"{key}.{bad[0]}", "keys must be strings", bad[0])
-        return dict(data)
-
-    def check(self, field: Field, value: Any, key: str) -> Any:
-        if field.schema is not None:
-            return self.section(value, field.schema, key)
-        try:
-            return field.check(value)
-        except _Bad as err:
-            raise self.error(key, str(err), value) from None
-
-    def unknown(self, data: Mapping, valid: Any, where: str) -> None:
-        for k in data:
-            if k not in valid:
-                raise self.error(f"{where}.{k}" if where else k,
-                                 f"unknown key (valid keys: {', '.join(valid)})", data[k])
-
-    def section(self, data: Any, schema: Mapping[str, Field], where: str) -> dict:
-        """Validate a mapping against ``schema`` and fill the defaults (deep copies)."""
-        data = self.mapping(data, where)
-        self.unknown(data, schema, where)
-        out = {}
-        for name, field in schema.items():
-            key = f"{where}.{name}"
-            if name in data:
-                out[name] = self.check(field, data[name], key)
-            elif field.schema is not None:
-                out[name] = self.section({}, field.schema, key)
-            else:
-                out[name] = copy.deepcopy(field.default)
-        return out
-
-
 def default_data_path(dataset: str) -> str:
     """Default ``args.data_path``: ``/imagenet/`` (or ``/imagenette2/``) when that folder exists,
-    else the same name under the working directory (SPEC 3.10); ``./data/<dataset>/`` for the
+    else the same name under the working directory (docs/design.md#protocols); ``./data/<dataset>/`` for the
     embedded datasets."""
     if dataset in ("imagenet", "imagenette"):
         name = "imagenet" if dataset == "imagenet" else "imagenette2"
@@ -519,135 +811,116 @@ def default_data_path(dataset: str) -> str:
     return f"./data/{dataset}/"
 
 
-def _tasks(ctx: _Ctx, raw: Any) -> list[str]:
+def _tasks(raw: Any) -> list[str]:
     if raw is None:
         return list(DEFAULT_TASKS)
     if not isinstance(raw, list) or not raw:
-        raise ctx.error("tasks", f"must be a non-empty list of {', '.join(STEPS)}", raw)
+        raise ConfigError(f"must be a non-empty list of {', '.join(STEPS)}", key="tasks", value=raw)
     for t in raw:
         if t not in STEPS:
-            raise ctx.error("tasks", f"unknown task {t!r} (valid: {', '.join(STEPS)})", raw)
+            raise ConfigError(f"unknown task {t!r} (valid: {', '.join(STEPS)})", key="tasks", value=raw)
     if len(set(raw)) != len(raw):
-        raise ctx.error("tasks", "lists a task twice", raw)
+        raise ConfigError("lists a task twice", key="tasks", value=raw)
     return list(raw)
 
 
-def _tasks_phases(ctx: _Ctx, raw: Any) -> dict[str, int]:
-    data = ctx.mapping(raw, "tasks_phases")
-    ctx.unknown(data, STEPS, "tasks_phases")
+def _tasks_phases(raw: Any) -> dict[str, int]:
+    data = _mapping(raw, "tasks_phases")
+    _unknown(data, STEPS, "tasks_phases")
     out = dict(DEFAULT_TASKS_PHASES)
     for step, n in data.items():
-        out[step] = ctx.check(Field(None, _POS_INT, ""), n, f"tasks_phases.{step}")
+        out[step] = _checked(Field(None, _POS_INT, ""), n, f"tasks_phases.{step}")
     return {s: out[s] for s in STEPS}
 
 
-def _phase_entry(ctx: _Ctx, name: str, raw: Any) -> dict:
+def _phase_entry(name: str, raw: Any) -> PhaseArgs:
+    """One ``args_per_task`` entry; missing phase keys come from the reference row of the same
+    name, else the table's default (n_epochs and base_lr are then required)."""
     key = f"args_per_task.{name}"
-    data = ctx.mapping(raw, key)
-    valid = list(PHASE_SCHEMA) + [k for k in ARGS_SCHEMA]
-    ctx.unknown(data, valid, key)
+    data = _mapping(raw, key)
+    _unknown(data, list(PHASE_SCHEMA) + list(ARGS_SCHEMA), key)
     ref = FINETUNE_DEFAULTS if name == FINETUNE else REFERENCE_PHASES.get(name, {})
-    out: dict[str, Any] = {}
-    for pname, field in PHASE_SCHEMA.items():
+    values: dict[str, Any] = {}
+    for pname, f in PHASE_SCHEMA.items():
         if pname in data:
-            out[pname] = ctx.check(field, data[pname], f"{key}.{pname}")
+            values[pname] = data[pname]
         elif pname in ref:
-            out[pname] = ref[pname]
-        elif field.default is not None:
-            out[pname] = field.default
+            values[pname] = ref[pname]
+        elif f.default is not None:
+            values[pname] = f.default
         else:
-            raise ctx.error(f"{key}.{pname}", "missing key (required for entries that are not in "
-                            f"the reference table {', '.join(REFERENCE_PHASES)})")
-    for aname, value in data.items():
-        if aname in ARGS_SCHEMA:
-            out[aname] = ctx.check(ARGS_SCHEMA[aname], value, f"{key}.{aname}")
-    return out
+            raise ConfigError("missing key (required for entries that are not in the reference "
+                              f"table {', '.join(REFERENCE_PHASES)})", key=f"{key}.{pname}")
+    overrides = {k: v for k, v in data.items() if k not in PHASE_SCHEMA}
+    try:
+        return PhaseArgs(**values, overrides=overrides)
+    except ConfigError as err:
+        raise _rekey(err, PhaseArgs.WHERE, key) from None
 
 
-def _args_per_task(ctx: _Ctx, raw: Any, tasks: list[str], phases: dict[str, int]) -> dict[str, dict]:
-    """The user's section replaces the reference table (SPEC 3.5) as a whole; absent -> the table.
-    Missing per-entry keys come from the reference row of the same name (or 0 / 0.0 / 1 for
-    warmup_epochs / warmup_lr / dynamic_batch_size; n_epochs and base_lr are then required)."""
+def _args_per_task(raw: Any, tasks: list[str], phases: dict[str, int]) -> dict[str, PhaseArgs]:
+    """The user's section replaces the reference table (docs/design.md#protocols) as a whole; absent -> the table."""
     if raw is None:
-        return copy.deepcopy(REFERENCE_PHASES)
-    data = ctx.mapping(raw, "args_per_task")
+        return {name: PhaseArgs(**row) for name, row in REFERENCE_PHASES.items()}
+    data = _mapping(raw, "args_per_task")
     out = {}
     for name, entry in data.items():
         if not _PHASE_NAME.match(name):
-            raise ctx.error(f"args_per_task.{name}", "unknown entry (valid: teacher, finetune, <step> "
-                            f"or <step>_<phase> with step one of {', '.join(STEPS)})", entry)
-        out[name] = _phase_entry(ctx, name, entry)
+            raise ConfigError("unknown entry (valid: teacher, finetune, <step> or <step>_<phase> with "
+                              f"step one of {', '.join(STEPS)})", key=f"args_per_task.{name}", value=entry)
+        out[name] = _phase_entry(name, entry)
     needed = ["teacher"] + [f"{s}_{p}" for s in tasks for p in range(1, phases[s] + 1)]
     for name in needed:
         if name not in out and name.split("_")[0] not in out:
             plain = name.split("_")[0]
-            raise ctx.error(f"args_per_task.{name}", f"missing entry (define {name}"
-                            + (f" or {plain})" if plain != name else ")"))
+            raise ConfigError(f"missing entry (define {name}" + (f" or {plain})" if plain != name else ")"),
+                              key=f"args_per_task.{name}")
     return out
 
 
-def _check_search(ctx: _Ctx, sc: dict) -> None:
-    if (sc["constraint_start"] is None) != (sc["constraint_stop"] is None):
-        missing = "constraint_stop" if sc["constraint_stop"] is None else "constraint_start"
-        raise ctx.error(f"search_config.{missing}", "constraint_start and constraint_stop go together")
-    if sc["parent_ratio"] * sc["population_size"] < 1:
-        raise ctx.error("search_config.parent_ratio", "keeps no parent with this population_size",
-                        sc["parent_ratio"])
-    if sc["deploy_constraints"] is not None:
-        if "executorch" not in sc["export"]:
-            raise ctx.error("search_config.deploy_constraints", "needs executorch in search_config.export",
-                            sc["deploy_constraints"])
-        sweep = search_constraints({"search_config": sc})
-        missing = [c for c in sc["deploy_constraints"] if int(round(c)) not in sweep]
-        if missing:
-            raise ctx.error("search_config.deploy_constraints", f"{missing[0]:g} is not one of the "
-                            f"search constraints {sweep}", sc["deploy_constraints"])
+def _with_data_paths(args: Args, apt: dict[str, PhaseArgs]) -> tuple[Args, dict[str, PhaseArgs]]:
+    """``args.data_path`` (and that of entries naming another dataset) filled with
+    :func:`default_data_path` when not given."""
+    if args.data_path is not None:
+        return args, apt
+    out = {}
+    for name, entry in apt.items():
+        o = entry.overrides
+        if "dataset" in o and "data_path" not in o:
+            entry = entry.replace(overrides={**o, "data_path": default_data_path(o["dataset"])})
+        out[name] = entry
+    return args.replace(data_path=default_data_path(args.dataset)), out
 
 
-def _check_dataset_config(ctx: _Ctx, dc: dict, sc: dict) -> None:
-    if dc["min_memory"] >= dc["max_memory"]:
-        raise ctx.error("dataset_config.max_memory", f"must exceed min_memory ({dc['min_memory']})",
-                        dc["max_memory"])
-    if dc["output"] is None:
-        dc["output"] = sc["acc_dataset_path"]
+def _sections(path: Path, data: dict) -> RunConfig:
+    sections = {name: cls.from_mapping(data.get(name)) for name, cls in _SECTION_CLASSES.items()}
+    tasks = _tasks(data.get("tasks"))
+    phases = _tasks_phases(data.get("tasks_phases"))
+    apt = _args_per_task(data.get("args_per_task"), tasks, phases)
+    args, apt = _with_data_paths(sections.pop("args"), apt)
+    dc = sections["dataset_config"]
+    if dc.output is None:
+        sections["dataset_config"] = dc.replace(output=sections["search_config"].acc_dataset_path)
+    return RunConfig(path=path, args=args, tasks=tasks, tasks_phases=phases, args_per_task=apt,
+                     **sections)
 
 
-def _check_predictor(ctx: _Ctx, pc: dict) -> None:
-    if pc["val_fraction"] + pc["test_fraction"] >= 1.0:
-        raise ctx.error("predictor_config.test_fraction", "val_fraction + test_fraction must be < 1",
-                        pc["test_fraction"])
-
-
-def load_config(path: str | Path, model_config_path: str | Path | None = None) -> dict:
-    """Read and validate a run config; returns a nested plain dict with every default filled and
-    ``cfg["_path"] = str(path)``. With ``model_config_path`` also runs :func:`validate_model`.
+def load_config(path: str | Path, model_config_path: str | Path | None = None) -> RunConfig:
+    """Read and validate a run config into a frozen :class:`RunConfig` with every default filled.
+    With ``model_config_path`` it is also resolved against the models (:func:`resolve_model`).
     Raises :class:`ConfigError` (one line: file, dotted key, value) on bad input."""
     path = Path(path)
-    ctx = _Ctx(path)
     raw = _read_yaml(path)
-    data = ctx.mapping(raw, "(top level)")
-    ctx.unknown(data, SECTIONS, "")
-    cfg: dict[str, Any] = {}
-    for name, schema in _MAPPING_SECTIONS.items():
-        cfg[name] = ctx.section(data.get(name), schema, name)
-    cfg["tasks"] = _tasks(ctx, data.get("tasks"))
-    cfg["tasks_phases"] = _tasks_phases(ctx, data.get("tasks_phases"))
-    cfg["args_per_task"] = _args_per_task(ctx, data.get("args_per_task"), cfg["tasks"],
-                                          cfg["tasks_phases"])
-    args = cfg["args"]
-    explicit_path = args["data_path"] is not None
-    if not explicit_path:
-        args["data_path"] = default_data_path(args["dataset"])
-    for entry in cfg["args_per_task"].values():
-        if "dataset" in entry and "data_path" not in entry and not explicit_path:
-            entry["data_path"] = default_data_path(entry["dataset"])
-    _check_search(ctx, cfg["search_config"])
-    _check_dataset_config(ctx, cfg["dataset_config"], cfg["search_config"])
-    _check_predictor(ctx, cfg["predictor_config"])
-    cfg = {k: cfg[k] for k in SECTIONS}
-    cfg["_path"] = str(path)
+    try:
+        data = _mapping(raw, "(top level)")
+        for k in data:
+            if k not in SECTIONS:
+                raise ConfigError(f"unknown key (valid keys: {', '.join(SECTIONS)})", key=k, value=data[k])
+        cfg = _sections(path, data)
+    except ConfigError as err:
+        raise _rekey(err, "", "", file=path) from None
     if model_config_path is not None:
-        validate_model(cfg, model_config_path)
+        cfg = resolve_model(cfg, model_config_path)
     return cfg
 
 
@@ -656,7 +929,7 @@ def load_config(path: str | Path, model_config_path: str | Path | None = None) -
 
 
 def _phase_count_problem(spec: ModelSpec, step: str, n: int) -> str | None:
-    """Why ``n`` phases of ``step`` do not fit ``spec`` (SPEC 9.1: fewer phases than list values)."""
+    """Why ``n`` phases of ``step`` do not fit ``spec`` (docs/design.md#configuration: fewer phases than list values)."""
     values = {"depth": spec.depth_list, "expand": spec.expand_list}.get(step)
     if values is not None and n > len(values) - 1:
         return (f"{step} needs fewer phases than {spec.name}'s {step} choices {list(values)} "
@@ -664,120 +937,109 @@ def _phase_count_problem(spec: ModelSpec, step: str, n: int) -> str | None:
     return None
 
 
-def validate_model(cfg: dict, model_config_path: str | Path) -> ModelSpec:
-    """Check ``args.model`` (and models named in args_per_task) against model_configs.yaml, the
-    phase counts against the model's choice lists, and ``subnet_config`` against the model. Fills
-    ``subnet_config.ks/e/d`` left null with the model's largest values. Returns the spec."""
-    ctx = _Ctx(cfg.get("_path", "<config>"))
+def resolve_model(cfg: RunConfig, model_config_path: str | Path) -> RunConfig:
+    """``cfg`` resolved against model_configs.yaml: ``args.model`` and the models named in
+    args_per_task must exist, the phase counts must fit the model's choice lists, and
+    ``subnet_config`` must fit the model (its null ks/e/d lists become the largest values).
+    Returns a new config carrying the specs (``cfg.spec``); ``cfg`` is not changed."""
+    def error(key: str, message: str, value: Any = None) -> ConfigError:
+        return ConfigError(message, file=cfg.path, key=key, value=value)
+
     try:
         specs = load_model_configs(model_config_path)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    names = [("args.model", cfg["args"]["model"])] + [
-        (f"args_per_task.{n}.model", e["model"]) for n, e in cfg["args_per_task"].items() if "model" in e]
+    names = [("args.model", cfg.args.model)] + [
+        (f"args_per_task.{n}.model", e.overrides["model"]) for n, e in cfg.args_per_task.items()
+        if "model" in e.overrides]
     for key, name in names:
         if name not in specs:
-            raise ctx.error(key, f"unknown model (known in {model_config_path}: {', '.join(specs)})", name)
-    spec = specs[cfg["args"]["model"]]
-    for step in cfg["tasks"]:
-        problem = _phase_count_problem(spec, step, cfg["tasks_phases"][step])
+            raise error(key, f"unknown model (known in {model_config_path}: {', '.join(specs)})", name)
+    spec = specs[cfg.args.model]
+    for step in cfg.tasks:
+        problem = _phase_count_problem(spec, step, cfg.tasks_phases[step])
         if problem:
-            raise ctx.error(f"tasks_phases.{step}", problem, cfg["tasks_phases"][step])
-    sc = cfg["subnet_config"]
-    full = spec.max_config(sc["image_size"])
-    for key in ("ks", "e", "d"):
-        if sc[key] is None:
-            sc[key] = list(getattr(full, key))
+            raise error(f"tasks_phases.{step}", problem, cfg.tasks_phases[step])
+    sc = cfg.subnet_config
+    full = spec.max_config(sc.image_size)
+    filled = {k: list(getattr(full, k)) if sc[k] is None else sc[k] for k in ("ks", "e", "d")}
     try:
-        SubnetConfig.from_dict(sc).validate(spec)
-    except ValueError as err:
-        msg = str(err)
-        key = msg.split(":", 1)[0]
-        raise ctx.error(f"subnet_config.{key}", msg.split(":", 1)[-1].strip()) from None
-    if int(sc["image_size"]) not in spec.image_sizes and (ctx.path, sc["image_size"]) not in _WARNED:
-        _WARNED.add((ctx.path, sc["image_size"]))  # once per process (validate_model runs twice)
+        SubnetConfig.from_dict(filled, image_size=sc.image_size).validate(spec)
+    except ChoiceError as err:
+        raise error(f"subnet_config.{err.key}", err.reason) from None
+    if int(sc.image_size) not in spec.image_sizes and (cfg.path, sc.image_size) not in _WARNED:
+        _WARNED.add((cfg.path, sc.image_size))  # once per process (a config may be resolved twice)
         _LOG.warning("%s: subnet_config.image_size %s is not one of %s's resolutions %s; the supernet "
-                     "was not trained at it, so eval accuracy there is not comparable", ctx.path,
-                     sc["image_size"], spec.name, list(spec.image_sizes))
-    return spec
+                     "was not trained at it, so eval accuracy there is not comparable", cfg.path,
+                     sc.image_size, spec.name, list(spec.image_sizes))
+    return cfg.replace(subnet_config=sc.replace(**filled), model_config_path=Path(model_config_path),
+                       specs={name: specs[name] for _, name in names})
 
 
 # ------------------------------------------------------------------------------------------------
 # Helpers used by the scripts
 
 
-def task_args(cfg: Mapping, step: str, phase: int | None = None) -> dict:
+def task_args(cfg: RunConfig, step: str, phase: int | None = None) -> TaskArgs:
     """``args`` updated with ``args_per_task["<step>_<phase>"]`` (falling back to
-    ``args_per_task["<step>"]``), or with ``args_per_task["teacher"]`` for the teacher (SPEC 3.1).
+    ``args_per_task["<step>"]``), or with ``args_per_task["teacher"]`` for the teacher (docs/design.md#protocols).
     ``step`` must be ``teacher`` or in ``tasks``; ``phase`` in 1..tasks_phases[step]. For
     ``finetune`` (no phase): ``args_per_task["finetune"]``, or :data:`FINETUNE_DEFAULTS` when the
     config has no such entry."""
-    ctx = _Ctx(cfg.get("_path", "<config>"))
-    apt = cfg["args_per_task"]
+    def error(key: str, message: str, value: Any = None) -> ConfigError:
+        return ConfigError(message, file=cfg.path, key=key, value=value)
+
+    apt = cfg.args_per_task
     if step == FINETUNE:
-        out = copy.deepcopy(dict(cfg["args"]))
-        out.update(copy.deepcopy(apt.get(FINETUNE, FINETUNE_DEFAULTS)))
-        return out
+        return _merged(cfg.args, apt.get(FINETUNE) or PhaseArgs(**FINETUNE_DEFAULTS))
     if step == "teacher":
         names = ["teacher"]
     else:
-        if step not in cfg["tasks"]:
-            raise ctx.error("tasks", f"step {step!r} is not in tasks {cfg['tasks']} (nor teacher)", step)
-        n = cfg["tasks_phases"][step]
+        if step not in cfg.tasks:
+            raise error("tasks", f"step {step!r} is not in tasks {cfg.tasks} (nor teacher)", step)
+        n = cfg.tasks_phases[step]
         if phase is None:
-            raise ctx.error(f"tasks_phases.{step}", f"step {step} needs a phase in 1..{n} (none given)")
+            raise error(f"tasks_phases.{step}", f"step {step} needs a phase in 1..{n} (none given)")
         if isinstance(phase, bool) or not isinstance(phase, int) or not 1 <= phase <= n:
-            raise ctx.error(f"tasks_phases.{step}", f"phase must be in 1..{n} for step {step}", phase)
+            raise error(f"tasks_phases.{step}", f"phase must be in 1..{n} for step {step}", phase)
         names = [f"{step}_{phase}", step]
     for name in names:
         if name in apt:
-            out = copy.deepcopy(dict(cfg["args"]))
-            out.update(copy.deepcopy(apt[name]))
-            return out
-    raise ctx.error(f"args_per_task.{names[0]}", "missing entry", None)
+            return _merged(cfg.args, apt[name])
+    raise error(f"args_per_task.{names[0]}", "missing entry", None)
 
 
-def last_task_args(cfg: Mapping) -> dict:
-    """``args`` updated with the last ``args_per_task`` entry (dataset creation and search, SPEC
-    6.1 / 7.1). The ``finetune`` entry is skipped wherever it is written: it configures only the
+def _merged(args: Args, entry: PhaseArgs) -> TaskArgs:
+    return TaskArgs(**{**dict(args.items()), **dict(entry.items())})
+
+
+def last_task_args(cfg: RunConfig) -> TaskArgs:
+    """``args`` updated with the last ``args_per_task`` entry (dataset creation and search,
+    docs/design.md#protocols). The ``finetune`` entry is skipped wherever it is written: it configures only the
     fine-tuning of a found subnet, never the supernet those scripts read."""
-    out = copy.deepcopy(dict(cfg["args"]))
-    entries = [v for k, v in cfg["args_per_task"].items() if k != FINETUNE]
-    if entries:
-        out.update(copy.deepcopy(entries[-1]))
-    return out
+    entries = [v for k, v in cfg.args_per_task.items() if k != FINETUNE]
+    return _merged(cfg.args, entries[-1])  # teacher is always there
 
 
-def search_constraints(cfg: Mapping) -> list[int]:
-    """The peak-memory constraints of the search sweep (elements), sorted ascending, distinct:
-    ``search_config.constraints`` when given, else ``N_constraint`` evenly spaced values between
-    the two ends (``constraint_start/stop`` or ``min/max_constraint``, in either order), rounded."""
-    sc = cfg["search_config"]
-    if sc["constraints"]:
-        return sorted({int(round(c)) for c in sc["constraints"]})
-    if sc["constraint_start"] is not None:
-        a, b = sc["constraint_start"], sc["constraint_stop"]
-    else:
-        a, b = sc["min_constraint"], sc["max_constraint"]
-    lo, hi = min(a, b), max(a, b)
-    values = np.linspace(lo, hi, int(sc["N_constraint"]), endpoint=True)
-    return sorted({int(round(float(v))) for v in values})
+def search_constraints(cfg: RunConfig) -> list[int]:
+    """The peak-memory constraints of the search sweep (elements): :meth:`SearchSettings.sweep`."""
+    return cfg.search_config.sweep()
 
 
 def save_resolved_config(cfg: Mapping, run_dir: str | Path) -> Path:
-    """Write the resolved config as JSON to ``<run_dir>/resolved_config.json`` (atomic)."""
+    """Write the resolved config (sections) as JSON to ``<run_dir>/resolved_config.json`` (atomic)."""
     path = Path(run_dir) / RESOLVED_CONFIG_NAME
-    write_json(path, cfg)
+    write_json(path, _plain(cfg))
     return path
 
 
 # ------------------------------------------------------------------------------------------------
-# Progressive-shrinking choices (SPEC 3.3)
+# Progressive-shrinking choices (docs/design.md#protocols)
 
 
 def phase_constraints(spec: ModelSpec, step: str, phase: int, tasks_phases: Mapping[str, int]) -> dict:
     """Allowed choices of a progressive-shrinking phase: ``dict(ks=[..], e=[..], d=[..])``, each
-    sorted ascending (SPEC 3.3). The kernel step ignores its phase index."""
+    sorted ascending (docs/design.md#protocols). The kernel step ignores its phase index."""
     if step not in STEPS:
         raise ConfigError(f"unknown step (valid: {', '.join(STEPS)})", key="step", value=step)
     n = int(tasks_phases[step])
@@ -795,7 +1057,7 @@ def phase_constraints(spec: ModelSpec, step: str, phase: int, tasks_phases: Mapp
 
 
 def validation_image_sizes(spec: ModelSpec) -> list[int]:
-    """Resolutions of the progressive-shrinking validation (SPEC 3.3): the reference uses
+    """Resolutions of the progressive-shrinking validation (docs/design.md#protocols): the reference uses
     [160, 224] for its size list [128, 160, 192, 224]. Generalised as the second-smallest and the
     largest size (all sizes when there are at most two)."""
     sizes = sorted(set(spec.image_sizes))
@@ -808,7 +1070,7 @@ def subnet_name(ks: int, e: float, d: int, image_size: int) -> str:
 
 
 def validation_subnets(spec: ModelSpec, step: str, ks_task, e_task, d_task) -> list[dict]:
-    """Uniform subnets validated after each epoch (SPEC 3.3): ks = the whole task list in the
+    """Uniform subnets validated after each epoch (docs/design.md#protocols): ks = the whole task list in the
     kernel step, else {min, max}; e and d = {min, max} of their task lists; sizes from
     :func:`validation_image_sizes`. Enumerated d-major (d, e, ks, R). Each item is
     ``{"ks", "e", "d", "image_size", "name"}`` with scalar values."""

@@ -8,7 +8,7 @@
 * anything else -> a single process.
 
 All three offer the same methods, so training code never branches on the launcher. Gradient
-semantics follow Horovod's ``DistributedOptimizer`` (SPEC 3.6 step 6; ../shared/HOROVOD.md): the
+semantics follow Horovod's ``DistributedOptimizer`` (docs/design.md#protocols step 6; ../shared/HOROVOD.md): the
 ``backward_passes_per_step`` micro-step gradients are summed locally (not divided by their number),
 then averaged across ranks once per ``step()``; a parameter without a gradient on a rank counts as
 a zero gradient there (and is then stepped, as under Horovod).
@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from moofa.errors import MoofaInputError
+import torch.distributed as dist
 
 __all__ = [
     "Backend", "SingleBackend", "TorchBackend", "HorovodBackend", "GradientAveragingOptimizer",
@@ -262,8 +263,6 @@ class TorchBackend(Backend):
 
     def __init__(self, device: str | torch.device = "auto",
                  environ: Mapping[str, str] | None = None) -> None:
-        import torch.distributed as dist
-
         env = os.environ if environ is None else environ
         local_rank = _int_env(env, "LOCAL_RANK")
         dev = resolve_device(device, local_rank)

@@ -1,5 +1,5 @@
 """Errors for bad user input. The command-line entry points turn them into one ``error:`` line on
-stderr and exit status 2 (CONTRACT.md, "Exit status")."""
+stderr and exit status 2 (README)."""
 from __future__ import annotations
 
 from typing import Any
@@ -13,6 +13,7 @@ class MoofaInputError(ValueError):
 
     def __init__(self, message: str, *, file: Any = None, key: str | None = None,
                  value: Any = None) -> None:
+        self.reason = message  # without file, key and value
         parts = []
         if file is not None:
             parts.append(str(file))

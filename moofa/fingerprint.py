@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from moofa.errors import MoofaInputError
+from moofa.io import write_json
+import dataclasses
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +32,20 @@ HEAD_BYTES = 1 << 22        # larger files: 4 MiB from the start and from the en
 NOT_COMPARED = frozenset({"path"})  # fingerprint keys shown in messages, never compared
 
 
-def _digest(path: Path, size: int) -> tuple[str, str]:
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a whole file's bytes."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
-        if size <= FULL_HASH_BYTES:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-            return "sha256", h.hexdigest()
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _digest(path: Path, size: int) -> tuple[str, str]:
+    if size <= FULL_HASH_BYTES:
+        return "sha256", sha256_file(path)
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
         h.update(fh.read(HEAD_BYTES))
         fh.seek(size - HEAD_BYTES)
         h.update(fh.read(HEAD_BYTES))
@@ -63,8 +72,9 @@ def file_fingerprint(path: str | Path | None) -> dict[str, Any] | None:
 
 
 def normalise(obj: Any) -> Any:
-    """``obj`` as plain JSON types (tuples become lists, keys strings), as it reads back."""
-    return json.loads(json.dumps(obj, default=str))
+    """``obj`` as plain JSON types (tuples become lists, keys strings, read-only mappings such as
+    config sections dicts), as it reads back."""
+    return json.loads(json.dumps(obj, default=lambda o: dict(o) if isinstance(o, Mapping) else str(o)))
 
 
 def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -147,8 +157,6 @@ def read_fingerprint(path: str | Path) -> dict | None:
 
 def write_fingerprint(path: str | Path, fingerprint: Mapping[str, Any], **extra: Any) -> Path:
     """Write ``{"fingerprint": ..., **extra}`` atomically as JSON."""
-    from moofa.io import write_json
-
     return write_json(path, {"fingerprint": normalise(fingerprint), **extra})
 
 
@@ -170,8 +178,6 @@ def subset(mapping: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
 def model_identity(spec: Any) -> dict[str, Any]:
     """A model spec as plain data: name, class, choice lists, resolutions and widths (what
     decides the architecture, so an edited model_configs.yaml is noticed)."""
-    import dataclasses
-
     try:
         return normalise(dataclasses.asdict(spec))
     except TypeError:

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
 from moofa.errors import MoofaInputError
+import torch
+import logging
 
 TEMP_MARK = ".tmp"
 
@@ -56,8 +58,6 @@ def write_json(path: str | Path, data: Any, indent: int = 2) -> Path:
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """Atomic ``torch.save``."""
-    import torch
-
     with atomic_open(path, "wb") as f:
         torch.save(obj, f)
     return Path(path)
@@ -90,8 +90,6 @@ def clean_stale_temps(targets: Iterable[str | Path] = (), folders: Iterable[str 
     ``targets`` and, in ``folders`` (the caller holds their lock, so no other writer is busy
     there), every ``.*.tmp*`` file (``recursive``: also in sub-folders). Returns what was
     removed (logged)."""
-    import logging
-
     removed: list[Path] = []
     for t in targets:
         t = Path(t)

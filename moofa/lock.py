@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from moofa.errors import MoofaInputError
+from moofa.io import check_writable
 
 log = logging.getLogger(__name__)
 LOCK_NAME = ".moofa.lock"
@@ -108,7 +109,6 @@ class OutputLock:
     def acquire(self) -> "OutputLock":
         if self.held:
             return self
-        from moofa.io import check_writable
 
         check_writable(self.folder, self.key)
         for _ in range(_ATTEMPTS):  # bounded: each pass creates the lock or removes a stale one

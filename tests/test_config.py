@@ -1,4 +1,4 @@
-"""Config loading, validation and the progressive-shrinking helpers (SPEC 3.1, 3.3, 3.5, 7.4, 9)."""
+"""Config loading, validation and the progressive-shrinking helpers (docs/design.md#protocols)."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ import yaml
 
 from moofa.cli.common import run_cli
 from moofa.config import (REFERENCE_PHASES, last_task_args, load_config, phase_constraints,
-                          save_resolved_config, search_constraints, task_args, validate_model,
+                          resolve_model, save_resolved_config, search_constraints, task_args,
                           validation_subnets)
 from moofa.errors import ConfigError
 from moofa.models.spec import get_model_spec
@@ -17,7 +17,7 @@ from moofa.models.spec import get_model_spec
 REPO = Path(__file__).resolve().parents[1]
 MODEL_CONFIGS = REPO / "model_configs.yaml"
 
-# A verbatim reference-style config: every SPEC 9.1 key, the swapped constraint names, PyYAML's
+# A verbatim reference-style config: every docs/design.md#configuration key, the swapped constraint names, PyYAML's
 # string "1e-5", continuous_size true and the reference's pickle dataset path.
 REFERENCE_YAML = """\
 args:
@@ -131,7 +131,7 @@ def write(tmp_path: Path, text: str, name: str = "c.yaml") -> Path:
 def test_defaults_fill_every_key(tmp_path):
     p = write(tmp_path, "")
     cfg = load_config(p)
-    assert cfg["_path"] == str(p)
+    assert cfg.path == p
     a = cfg["args"]
     assert (a["model"], a["dataset"], a["base_batch_size"], a["n_worker"], a["valid_size"]) == \
         ("MOOFA_V3", "imagenet", 64, 12, 100)
@@ -144,7 +144,7 @@ def test_defaults_fill_every_key(tmp_path):
                               "image_size": 32, "difficulty": 0.5, "seed": 0}
     assert cfg["tasks"] == ["kernel", "depth", "expand"]
     assert cfg["tasks_phases"] == {"kernel": 1, "depth": 2, "expand": 2}
-    # SPEC 3.5, written out independently of the module's table
+    # docs/design.md#protocols, written out independently of the module's table
     assert cfg["args_per_task"] == {
         "teacher": dict(n_epochs=180, base_lr=3e-2, warmup_epochs=0, warmup_lr=3e-3, dynamic_batch_size=1),
         "kernel_1": dict(n_epochs=120, base_lr=3e-3, warmup_epochs=5, warmup_lr=3e-3, dynamic_batch_size=1),
@@ -162,7 +162,8 @@ def test_defaults_fill_every_key(tmp_path):
     assert d["output"] == s["acc_dataset_path"]
     assert cfg["predictor_config"]["hidden_size"] == 400 and cfg["predictor_config"]["ensemble"] == 5
     assert search_constraints(cfg) == SWEEP_300K_800K
-    spec = validate_model(cfg, MODEL_CONFIGS)
+    cfg = resolve_model(cfg, MODEL_CONFIGS)
+    spec = cfg.spec
     assert cfg["subnet_config"]["ks"] == [7] * 20 and cfg["subnet_config"]["e"] == [4] * 20
     assert cfg["subnet_config"]["d"] == [4] * 5 and spec.name == "MOOFA_V3"
 
@@ -331,7 +332,7 @@ def test_default_task_args_and_last(tmp_path):
 @pytest.mark.parametrize("section,expected", [
     ("{min_constraint: 300000, max_constraint: 800000}", SWEEP_300K_800K),
     ("{max_constraint: 430000, min_constraint: 300000, N_constraint: 6}",
-     [300000, 326000, 352000, 378000, 404000, 430000]),  # SPEC 7.4, ablation configs
+     [300000, 326000, 352000, 378000, 404000, 430000]),  # docs/design.md#search-space, ablation configs
     ("{constraint_start: 430000, constraint_stop: 300000, N_constraint: 6}",
      [300000, 326000, 352000, 378000, 404000, 430000]),
     ("{constraints: [500000, 300000, 400000, 300000.4], N_constraint: 3}", [300000, 400000, 500000]),
@@ -351,7 +352,7 @@ def test_save_resolved_config(tmp_path):
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["resolved_config.json"]
 
 
-# SPEC 3.3 table: e per model for each phase; ks always [3,5,7]; d per phase.
+# docs/design.md#protocols: e per model for each phase; ks always [3,5,7]; d per phase.
 E_PHASES = {
     "MOOFA_V3": {"kernel_1": [4], "depth_1": [4], "depth_2": [4], "expand_1": [3, 4], "expand_2": [2, 3, 4]},
     "MOOFA_V2": {"kernel_1": [2], "depth_1": [2], "depth_2": [2], "expand_1": [1.5, 2], "expand_2": [1, 1.5, 2]},

@@ -1,4 +1,4 @@
-"""Balanced predictor-dataset creation (create_moofa_predictor_dataset.py, SPEC 6 / 10.1, issue 5
+"""Balanced predictor-dataset creation (create_moofa_predictor_dataset.py, docs/design.md#protocols, issue 5
 acceptance 4): bins, quotas, the memory-aware sampler, the fixed evaluation subset, 1 and 2
 processes, kill and resume, bad input."""
 from __future__ import annotations
@@ -52,7 +52,7 @@ def test_apportion_is_exact_and_balanced() -> None:
 
 
 @pytest.mark.parametrize("model, sizes, reachable", [
-    # SPEC 6.5: the non-empty bins of the shipped datasets (250k..800k, 15 bins) and their sizes
+    # docs/design.md#protocols: the non-empty bins of the shipped datasets (250k..800k, 15 bins) and their sizes
     ("MOOFA_V3", (128, 160, 192, 224), list(range(1, 13))),
     ("OFA", (128, 160, 192), [0, 1, 2, 4, 6, 7, 9, 12, 13, 14]),
     ("CompOFA", (128, 160, 192), [0, 2, 4, 6, 7, 9, 13, 14]),
@@ -70,7 +70,7 @@ def test_memory_bins_edges_and_bounds() -> None:
     bins = memory_bins(spec, 250000, 800000, 15)
     assert bins[0].low == 250000 and bins[-1].high == 800000
     assert math.isclose(bins[1].low - bins[0].low, 550000 / 15)
-    lo, hi = memory_bounds(spec)  # 299,520 and 696,192 (SPEC 4.3)
+    lo, hi = memory_bounds(spec)  # 299,520 and 696,192 (docs/design.md#memory-model)
     for b in bins:
         if b.high <= lo or b.low > hi:
             assert not b.reachable

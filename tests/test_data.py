@@ -1,4 +1,4 @@
-"""Embedded datasets, transforms, samplers and the data provider (SPEC 3.9, 3.10, App. B item 9)."""
+"""Embedded datasets, transforms, samplers and the data provider (docs/design.md#protocols)."""
 from __future__ import annotations
 
 import random
@@ -36,7 +36,7 @@ def files_and_bytes(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-# ---- resolution draws (SPEC App. B item 9, 10.30) ----------------------------------------------
+# ---- resolution draws (docs/design.md#protocols.30) ----------------------------------------------
 
 def test_resolution_seed_golden():
     assert resolution_seed(0, 0) == 0

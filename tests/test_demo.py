@@ -19,6 +19,7 @@ import yaml
 from PIL import Image
 
 from moofa import demo
+from moofa.cli import demo as demo_cli
 from moofa.cli.common import ArgParser, run_cli
 from moofa.config import load_config, search_constraints, task_args
 from moofa.data.datasets import ensure_dataset
@@ -141,10 +142,10 @@ def test_quick_demo_rerun_reuses_every_stage(quick_demo):
 
 def test_quick_and_full_runs_do_not_mix(tmp_path, capsys):
     (tmp_path / demo.STATE_NAME).write_text(json.dumps({"mode": "quick"}))
-    assert run_cli(demo.main, ["--out", str(tmp_path)]) == 2
+    assert run_cli(demo_cli.main, ["--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "quick demo run" in err and len(err.splitlines()) == 1
-    assert run_cli(demo.main, ["--out", str(tmp_path), "--models", "NAS"]) == 2
+    assert run_cli(demo_cli.main, ["--out", str(tmp_path), "--models", "NAS"]) == 2
     assert "invalid choice: 'NAS'" in capsys.readouterr().err
 
 

@@ -52,6 +52,7 @@ def _train(spec, provider, constraint: int, epochs: int = 20) -> torch.nn.Module
 def deployed(tmp_path_factory):
     from moofa.data import DataProvider, ensure_dataset
     from moofa.predictor import AccuracyPredictor
+    from moofa.run import Run
     from moofa.search.sweep import run_search
 
     root = tmp_path_factory.mktemp("deploy")
@@ -70,7 +71,7 @@ def deployed(tmp_path_factory):
                                      export=["subnet", "executorch"]),
                   deploy=dict(calibration_images=CALIB))
     cfg = load_config(project.config_path, project.model_config_path)
-    infos = run_search(cfg, spec, SingleBackend("cpu"))
+    infos = run_search(Run(cfg), SingleBackend("cpu"))
     out = root / "search" / f"constraint_{CONSTRAINT}"
     return project, spec, cfg, infos[0], out, provider
 

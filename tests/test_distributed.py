@@ -4,7 +4,7 @@ in-process, 2 ranks under torchrun) and Horovod (2 ranks under horovodrun), all 
 The launched workers (tests/dist_scripts/step_worker.py) start from different random weights per
 rank, broadcast rank 0's, and take optimizer steps with backward_passes_per_step=2 on different
 data per rank; their weights must equal an independent single-process computation of the
-averaged-gradient step (Horovod's semantics, SPEC 3.6 step 6).
+averaged-gradient step (Horovod's semantics, docs/design.md#protocols step 6).
 """
 from __future__ import annotations
 

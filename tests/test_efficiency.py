@@ -1,4 +1,4 @@
-"""Efficiency models (issue 3; SPEC 1.5, 4): analytic peak memory, hook measurement, MACs,
+"""Efficiency models (issue 3; docs/design.md#flops): analytic peak memory, hook measurement, MACs,
 parameter counts, feasibility bounds, constraint-aware sampling, options, the profile command."""
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from moofa.profile import main as profile_main
 
 from conftest import REFERENCE, needs_reference
 
-# SPEC 4.3 worked examples: (model, config, peak memory in elements, MMACs).
+# docs/design.md#memory-model: (model, config, peak memory in elements, MMACs).
 EXAMPLES = {
     "A": ("MOOFA_V3", dict(ks=[5, 5, 5, 7, 7, 3, 3, 7, 3, 7, 7, 7, 7, 7, 3, 3, 7, 3, 7, 3],
                            e=[2, 2, 3, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2],
@@ -40,16 +40,16 @@ EXAMPLES = {
                       d=[4, 4, 4, 4, 3], image_size=160), 772_704, 169.70504),
 }
 
-# SPEC 1.5: MMACs of the extreme subnets (smallest = k3 e_min d2, largest = k7 e_max d4).
+# docs/design.md#flops: MMACs of the extreme subnets (smallest = k3 e_min d2, largest = k7 e_max d4).
 MMACS_EXTREMES = {"OFA": (41.476, 188.248, 121.279, 566.171),
                   "MOOFA_V3": (78.684, 381.330, 242.131, 1169.558),
                   "MOOFA_V1": (117.746, 576.319, 361.456, 1757.201),
                   "MOOFA_V2": (18.478, 189.799, 56.736, 585.374)}
-# SPEC 1.5: parameters of the extracted largest / smallest subnets (1000 classes).
+# docs/design.md#flops: parameters of the extracted largest / smallest subnets (1000 classes).
 PARAMS = {"OFA": (7_664_760, 3_410_792), "CompOFA": (7_664_760, 3_410_792),
           "MOOFA_V1": (33_820_064, 6_195_488), "MOOFA_V2": (8_311_968, 1_555_528),
           "MOOFA_V3": (19_337_240, 3_988_256)}
-# SPEC 4.3: range of achievable peaks per resolution (min, max).
+# docs/design.md#memory-model: range of achievable peaks per resolution (min, max).
 RANGES = {"OFA": {128: (262_912, 496_224), 160: (410_368, 772_704), 192: (590_592, 1_110_624),
                   224: (803_584, 1_509_984)},
           "MOOFA_V3": {128: (299_520, 597_504), 160: (305_280, 607_104), 192: (305_280, 607_104),
@@ -111,7 +111,7 @@ def test_spec_examples(name):
 
 
 def test_example_a_histogram_entries():
-    """SPEC 4.3 table of example A: first entries, length 1 + 2 + 3 * 16 active blocks + 1."""
+    """docs/design.md#memory-model: first entries, length 1 + 2 + 3 * 16 active blocks + 1."""
     model, cfg, _, _ = EXAMPLES["A"]
     hist = memory_histogram(model, cfg)
     assert hist[:9] == [61_521, 24_603, 45_080, 98_432, 82_320, 41_344, 74_880, 124_080, 74_880]
@@ -169,7 +169,7 @@ def test_bounds_hold_on_uniform_samples_and_are_attained():
 
 
 def test_feasible_fraction_matches_spec_and_monte_carlo():
-    """SPEC 4.3: P(peak <= 400k) ~ 17 % (OFA) and 0.13 % (MOOFA_V3); <= 500k: 29 % and 7.3 %."""
+    """docs/design.md#memory-model: P(peak <= 400k) ~ 17 % (OFA) and 0.13 % (MOOFA_V3); <= 500k: 29 % and 7.3 %."""
     assert feasible_fraction("OFA", 400_000) == pytest.approx(0.17, abs=0.005)
     assert feasible_fraction("MOOFA_V3", 400_000) == pytest.approx(0.0013, abs=0.0001)
     assert feasible_fraction("OFA", 500_000) == pytest.approx(0.29, abs=0.005)
@@ -254,12 +254,12 @@ def test_stage_choices_and_repair():
 def test_static_subnets_agree_with_analytic(model):
     """For a random subnet at every resolution, built as a static network (10 classes):
 
-    * measure_peak_memory (hooks, SPEC 4.1) == peak_memory and memory_histogram (closed form);
+    * measure_peak_memory (hooks, docs/design.md#memory-model) == peak_memory and memory_histogram (closed form);
     * count_parameters(net) == count_params (weights, BN weight/bias, SE biases, classifier bias);
     * MACs: FlopCounterMode counts 2 * MACs for every conv (depthwise via groups) and linear
       (addmm) it sees, i.e. all convs incl. SE reduce/expand, feature_mix and classifier, and
       nothing for BN, activations, pooling, the SE multiply or residual adds; the analytic model
-      counts exactly the same MACs (SPEC 4.6), so FlopCounterMode / 2 == macs().
+      counts exactly the same MACs (docs/design.md#flops), so FlopCounterMode / 2 == macs().
     """
     spec = get_model_spec(model)
     rng = np.random.default_rng(sum(map(ord, model)))

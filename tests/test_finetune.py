@@ -24,9 +24,9 @@ from moofa.config import FINETUNE_DEFAULTS, last_task_args, load_config, task_ar
 from moofa.data import DataProvider
 from moofa.efficiency import flops, measure_peak_memory, peak_memory
 from moofa.models.spec import SubnetConfig, get_model_spec
-from moofa.predictor import ArchEncoder
 from moofa.search.export import export_subnet, load_exported
-from moofa.search.report import load_supernet
+from moofa.models.space import SearchSpace
+from moofa.run import Run
 from moofa.training.evaluate import evaluate, evaluate_subnet
 
 from tiny import PYTHON, ROOT, free_port, make_tiny_project
@@ -69,11 +69,11 @@ def searched(tmp_path_factory):
     project.run("train.py", "--step", "teacher")
     cfg = load_config(project.config_path, project.model_config_path)
     spec = get_model_spec("TINY", project.model_config_path)
-    drawn = ArchEncoder(spec).random_sample(random.Random(3))
+    drawn = SearchSpace(spec).sample(random.Random(3))
     arch = SubnetConfig(drawn.ks, drawn.e, drawn.d, 32)
     args = last_task_args(cfg)
     provider = DataProvider(args, spec.image_sizes)
-    supernet = load_supernet(spec, args, provider.n_classes)
+    supernet = Run(cfg).supernet(args, provider.n_classes, load=True)
     measured = evaluate_subnet(supernet, arch, provider, split="test")
     folder = root / "search" / "constraint_12345"
     export_subnet(supernet, arch, folder / "subnet.pth.tar", with_onnx=False)

@@ -108,13 +108,14 @@ def _search_config(tmp_path, **search) -> dict:
 
 @needs_reference
 def test_predictor_only_search_in_bytes_of_activations_with_mmacs_and_params_limits(tmp_path):
+    from moofa.run import Run
     from moofa.search.sweep import run_search
 
     raw = _search_config(tmp_path, max_mmacs=260.0, max_params=5_800_000)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
     cfg = load_config(tmp_path / "c.yaml")
     spec = get_model_spec("OFA")
-    infos = run_search(cfg, spec, SingleBackend("cpu"))
+    infos = run_search(Run.load(tmp_path / "c.yaml"), SingleBackend("cpu"))
     for info, c in zip(infos, [300_000, 450_000]):
         sub = SubnetConfig.from_dict(info["config"])
         assert info["peak_memory"] == peak_memory(spec, sub, ACTS) == max(info["memory_history"]) <= c

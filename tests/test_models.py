@@ -1,5 +1,5 @@
 """Supernets: reference state-dict layout, exact subnet extraction, kernel transform, loading,
-sampling and validation (issue 2; SPEC 1, 2, App. B items 1, 2, 7, 8)."""
+sampling and validation (issue 2; docs/design.md#architecture)."""
 from __future__ import annotations
 
 import json
@@ -76,7 +76,7 @@ def test_extracted_subnet_equals_supernet(model: str) -> None:
     net = randomise(build_supernet(model, n_classes=10)).eval()
     for r in net.spec.image_sizes:
         net.sample_active_subnet()
-        if model == "MOOFA_V2":  # e = 1 blocks: the IB must be skipped in both (SPEC 10 item 36)
+        if model == "MOOFA_V2":  # e = 1 blocks: the IB must be skipped in both (docs/design.md#departures-from-the-reference)
             net.set_active_subnet(e=[1, 1.5, 2, 1] * 5)
         x = torch.randn(1, 3, r, r)
         with torch.no_grad():

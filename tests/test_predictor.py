@@ -14,11 +14,13 @@ import torch
 
 from moofa.cli.common import run_cli
 from moofa.errors import CheckpointError, MoofaInputError
-from moofa.models.spec import SubnetConfig, get_model_spec
+from moofa.models.space import SearchSpace
+from moofa.models.spec import SubnetConfig, get_model_spec, load_model_configs
 from moofa.predictor import (AccuracyMLP, AccuracyPredictor, ArchEncoder, PredictorRecipe,
                              append_records, load_restricted_pickle, make_record, read_dataset,
                              regression_metrics, repair_tail, split_indices, train_predictor)
-from moofa.predictor.training import main
+from moofa.cli.train_predictor import main
+from moofa.predictor.training import feature_names
 
 REF = Path(__file__).resolve().parents[2] / "shared" / "reference"
 PKL = REF / "ofa_imagenet_predictor_dataset.pkl"
@@ -27,7 +29,7 @@ CKPT = REF / "ofa_imagenet_acc_predictor.pth.tar"
 REFERENCE_KEYS = ["base_acc", "layers.0.0.weight", "layers.0.0.bias", "layers.1.0.weight",
                   "layers.1.0.bias", "layers.2.0.weight", "layers.2.0.bias", "layers.3.weight"]
 
-# SPEC 4.3 example A (MC_OFA.pkl[0], MOOFA_V3) and its one-hot indices (SPEC 5.1)
+# docs/design.md#memory-model (MC_OFA.pkl[0], MOOFA_V3) and its one-hot indices (docs/design.md#encoding)
 CONFIG_A = {"ks": [5, 5, 5, 7, 7, 3, 3, 7, 3, 7, 7, 7, 7, 7, 3, 3, 7, 3, 7, 3],
             "e": [2, 2, 3, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2],
             "d": [3, 4, 4, 2, 3], "image_size": 128}
@@ -70,10 +72,10 @@ def test_encoder_worked_example_moofa_v3():
 
 @pytest.mark.parametrize("model", ["OFA", "MOOFA_V3", "MOOFA_V2", "CompOFA"])
 def test_decode_round_trip(model):
-    enc = ArchEncoder(model)
+    enc, space = ArchEncoder(model), SearchSpace(model)
     rng = np.random.default_rng(3)
     for _ in range(30):
-        c = enc.random_sample(rng)
+        c = space.sample(rng)
         f = enc.encode(c)
         back = enc.decode(f)
         assert np.array_equal(enc.encode(back), f)
@@ -99,19 +101,39 @@ def test_encoder_rejects_values_outside_the_lists():
                                                           ks=[3] * 4 + [4] + [3] * 15)])
 
 
+def test_layout_follows_the_lists_as_written(tmp_path):
+    """A model_configs.yaml with its lists written in another order (descending image_size,
+    permuted kernels) encodes every config, and its one-hot positions follow the written lists."""
+    p = tmp_path / "mc.yaml"
+    p.write_text("OFA:\n  model_class: OFAMobileNetV3\n  expand_list: [3, 4, 6]\n"
+                 "  ks_list: [7, 3, 5]\n  depth_list: [2, 3, 4]\n  width_mult_list: 1.0\n"
+                 "  image_size: [224, 192, 160, 128]\n")
+    spec = load_model_configs(p)["OFA"]
+    assert spec.ks_list == (3, 5, 7) and spec.layout_lists["ks_list"] == (7, 3, 5)
+    written, plain = ArchEncoder(spec), ArchEncoder("OFA")
+    configs = [SearchSpace("OFA").sample(np.random.default_rng(i)) for i in range(50)]
+    got, ref = written.encode_batch(configs), plain.encode_batch(configs)
+    # the same bits, at permuted positions: R reversed, k slots (3,5,7) -> (7,3,5)
+    perm = [3, 2, 1, 0] + [4 + 3 * b + j for b in range(20) for j in (2, 0, 1)] + list(range(64, 124))
+    assert np.array_equal(got, ref[:, perm])
+    for c, f in zip(configs, got):
+        assert f[[224, 192, 160, 128].index(c.image_size)] == 1
+        assert written.decode(f).image_size == c.image_size
+
+
 def test_search_operators_are_seeded_and_follow_the_reference():
-    enc = ArchEncoder("OFA")
-    a = enc.random_sample(random.Random(1))
+    enc = SearchSpace("OFA")
+    a = enc.sample(random.Random(1))
     random.seed(123)
     np.random.seed(123)  # the global RNGs play no part
-    assert enc.random_sample(random.Random(1)) == a
-    assert enc.random_sample(np.random.default_rng(5)) == enc.random_sample(np.random.default_rng(5))
+    assert enc.sample(random.Random(1)) == a
+    assert enc.sample(np.random.default_rng(5)) == enc.sample(np.random.default_rng(5))
     a.validate(enc.spec, check_image_size=True)
     assert enc.mutate(a, 0.0, 0.0, random.Random(0)) == a
     m = enc.mutate(a, 1.0, 1.0, np.random.default_rng(0))
     m.validate(enc.spec, check_image_size=True)
     assert m != a
-    b = enc.random_sample(random.Random(2))
+    b = enc.sample(random.Random(2))
     for seed in range(5):
         child = enc.crossover(a, b, random.Random(seed))
         for key in ("ks", "e", "d"):
@@ -126,14 +148,14 @@ def test_search_operators_are_seeded_and_follow_the_reference():
 
 
 def test_compound_operators_keep_the_coupling():
-    enc = ArchEncoder("CompOFA")
+    enc = SearchSpace("CompOFA")
     spec = enc.spec
 
     def coupled(c: SubnetConfig) -> bool:
         return all(c.e[i] == spec.compound_expand(c.d[i // 4]) for i in range(20))
 
     rng = np.random.default_rng(0)
-    pop = [enc.random_sample(rng) for _ in range(20)]
+    pop = [enc.sample(rng) for _ in range(20)]
     assert all(coupled(c) for c in pop)
     assert len({c.d for c in pop}) > 1
     for i in range(19):
@@ -151,7 +173,7 @@ def test_reference_checkpoint_predicts_the_dataset(ofa_jsonl):
     p = pred.predict(ofa_jsonl.configs)
     assert p.dtype == np.float64 and p.shape == (2610,)
     m = regression_metrics(ofa_jsonl.accuracies, p)
-    assert 0.30 <= m["rmse_pp"] <= 0.32  # SPEC/issue: 0.31 percentage points
+    assert 0.30 <= m["rmse_pp"] <= 0.32  # issue: 0.31 percentage points
     assert m["pearson"] > 0.99
 
 
@@ -173,11 +195,11 @@ def test_own_checkpoint_round_trips_weights_only(tmp_path):
     pred = AccuracyPredictor("OFA", hidden_size=16, n_layers=3, n_members=3,
                              extra_features=("flops", "peak_memory"), base_acc=0.7)
     rng = np.random.default_rng(0)
-    configs = [pred.encoder.random_sample(rng) for _ in range(40)]
+    configs = [SearchSpace(pred.spec).sample(rng) for _ in range(40)]
     pred.fit_feature_norm(pred.raw_extra(configs))
     config_c = {"ks": [7, 3, 3, 7, 3, 7, 3, 5, 3, 5, 7, 5, 5, 7, 3, 3, 3, 3, 5, 7],
                 "e": [3, 3, 4, 4, 6, 3, 3, 3, 3, 6, 6, 6, 4, 6, 6, 6, 4, 3, 4, 3],
-                "d": [3, 3, 3, 3, 2], "image_size": 128}  # SPEC 4.3 example C
+                "d": [3, 3, 3, 3, 2], "image_size": 128}  # docs/design.md#memory-model
     assert pred.raw_extra([SubnetConfig.from_dict(config_c)]).tolist() == [[84.87296, 262912.0]]
     assert pred.feature_std.min() > 0 and abs(float(pred.feature_mean[0])) > 1  # log MMACs
     pred.info = {"seed": 7, "note": "unit test"}
@@ -246,7 +268,7 @@ def test_reference_pickle_reads_and_checks_the_model(ofa_jsonl):
     assert len(ds) == 2610 and ds.configs == ofa_jsonl.configs
     assert np.array_equal(ds.accuracies, ofa_jsonl.accuracies)
     assert np.array_equal(ds.peak_memory, ofa_jsonl.peak_memory)
-    assert ds.peak_memory[0] == 262912  # SPEC 4.3 example C
+    assert ds.peak_memory[0] == 262912  # docs/design.md#memory-model
     with pytest.raises(MoofaInputError, match="entry 0"):
         read_dataset(PKL, "MOOFA_V3")  # e=6 is not a MOOFA_V3 choice
 
@@ -318,7 +340,7 @@ def test_quick_training_ranks_subnets(ofa_jsonl):
 
 def test_recipe_from_config_validates():
     r = PredictorRecipe.from_config({"ensemble": 3, "lr": 1, "extra_features": False})
-    assert r.ensemble == 3 and r.lr == 1.0 and r.feature_names == ()
+    assert r.ensemble == 3 and r.lr == 1.0 and feature_names(r) == ()
     for section, key in (({"ensembel": 3}, "predictor_config.ensembel"),
                          ({"epochs": 2.5}, "predictor_config.epochs"),
                          ({"lr_schedule": "step"}, "predictor_config.lr_schedule"),

@@ -21,9 +21,10 @@ from moofa.distributed import SingleBackend
 from moofa.efficiency import count_params, flops, memory_bounds, peak_memory, peak_memory_batch
 from moofa.errors import CheckpointError, InfeasibleConstraintError
 from moofa.models import build_supernet
+from moofa.models.space import SearchSpace
 from moofa.models.layers import count_parameters
 from moofa.models.spec import SubnetConfig, get_model_spec
-from moofa.predictor import AccuracyPredictor, ArchEncoder
+from moofa.predictor import AccuracyPredictor
 from moofa.search.evolution import (
     EvolutionFinder,
     SearchSettings,
@@ -65,7 +66,7 @@ def test_ofa_search_fits_and_beats_10000_random_subnets():
 
 def test_every_candidate_fits_and_compofa_keeps_its_coupling():
     """All scored configs (initial, mutants, crossovers, repairs) fit the constraint, also at the
-    exact minimum of MOOFA_V3 (299,520: SPEC 4.3), and CompOFA candidates keep e = f(d)."""
+    exact minimum of MOOFA_V3 (299,520: docs/design.md#memory-model), and CompOFA candidates keep e = f(d)."""
     for model, c in (("MOOFA_V3", 299_520), ("MOOFA_V3", 400_000), ("CompOFA", 420_000)):
         spec = get_model_spec(model)
         pred = _random_predictor(model)
@@ -232,7 +233,7 @@ def _check_outputs(project, spec, tag: str, info: dict) -> None:
     assert "| < 9k |" in md and "| < 16k |" in md
     assert (project.root / f"search_{tag}" / "accuracy_vs_constraint.png").is_file()
     # eval supernet: the random arch drawn with manual_seed 0 is what was measured and reported
-    drawn = ArchEncoder(spec).random_sample(random.Random(0))
+    drawn = SearchSpace(spec).sample(random.Random(0))
     arch = SubnetConfig(drawn.ks, drawn.e, drawn.d, 32)
     for key, expect in (("supernet", arch), ("teacher", spec.max_config(32))):
         r = info[key]
@@ -308,16 +309,18 @@ def test_predictor_only_search_resumes_without_data_or_checkpoint(tmp_path):
     _random_predictor(spec).save(project.config["search_config"]["acc_predictor_checkpoint"])
     _write(project, "pred", evaluate=False)
     cfg = load_config(project.config_path)
+    from moofa.run import Run
     from moofa.search.sweep import run_search
-    infos = run_search(cfg, spec, SingleBackend("cpu"))
+    run = Run.load(project.config_path, project.model_config_path)
+    infos = run_search(run, SingleBackend("cpu"))
     assert not Path(cfg["args"]["data_path"]).exists() and not Path(cfg["args"]["checkpoint"]).exists()
     assert [i["real_accuracy"] for i in infos] == [None, None]
     files = [project.root / "search_pred" / f"constraint_{c}" / "info.json" for c in TINY_CONSTRAINTS]
     stamps = [f.stat().st_mtime_ns for f in files]
-    again = run_search(cfg, spec, SingleBackend("cpu"))
+    again = run_search(run, SingleBackend("cpu"))
     assert [f.stat().st_mtime_ns for f in files] == stamps
     assert [i["config"] for i in again] == [i["config"] for i in infos]
-    run_search(cfg, spec, SingleBackend("cpu"), overwrite=True)
+    run_search(run, SingleBackend("cpu"), overwrite=True)
     assert [f.stat().st_mtime_ns for f in files] != stamps
     md = (project.root / "search_pred" / "summary.md").read_text()
     assert md.count("* / ") == len(TINY_CONSTRAINTS)  # predicted accuracies are marked
@@ -334,7 +337,7 @@ def test_exported_subnet_reloads_alone_with_the_supernet_logits(tmp_path, model)
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
-    cfg = ArchEncoder(spec).random_sample(random.Random(3))
+    cfg = SearchSpace(spec).sample(random.Random(3))
     from moofa.search.export import export_subnet
     paths = export_subnet(net, cfg, tmp_path / "out" / "subnet.pth.tar")
     x = torch.randn(4, 3, cfg.image_size, cfg.image_size)
@@ -398,10 +401,10 @@ SMALL_BUDGETS = [330_000, 420_000, 600_000]
 
 def _measured_ofa(n: int = 60, seed: int = 0) -> PredictorDataset:
     """``n`` random OFA subnets with a made-up 'measured' accuracy that grows with the network."""
-    enc = ArchEncoder("OFA")
+    space = SearchSpace(get_model_spec("OFA"))
     rng = random.Random(seed)
-    cfgs = [enc.random_sample(rng) for _ in range(n)]
-    acc = np.array([0.5 + 0.002 * sum(c.ks[i] + c.e[i] for i in c.active_blocks(enc.spec))
+    cfgs = [space.sample(rng) for _ in range(n)]
+    acc = np.array([0.5 + 0.002 * sum(c.ks[i] + c.e[i] for i in c.active_blocks(space.spec))
                     + 0.0004 * c.image_size for c in cfgs])
     return PredictorDataset("OFA", cfgs, acc, peak_memory_batch("OFA", cfgs).astype(float),
                             np.full(n, np.nan))
@@ -422,7 +425,7 @@ def test_robust_fitness_distance_calibration_and_measured_subnets():
     pred = _random_predictor("OFA", n_members=3)
     fit = RobustFitness(pred, data, FitnessSettings())
     spec = get_model_spec("OFA")
-    probe = [ArchEncoder("OFA").random_sample(random.Random(99 + i)) for i in range(8)]
+    probe = [SearchSpace(get_model_spec("OFA")).sample(random.Random(99 + i)) for i in range(8)]
     est = fit(probe)
     for j, cfg in enumerate(probe):
         nearest = min(_gene_distance(spec, cfg, m) for m in data.configs)
@@ -486,7 +489,7 @@ def test_reference_predictor_sweep_stays_within_one_point_of_its_data():
 
 def test_flops_input_uses_the_datasets_class_count(tmp_path):
     pred = _random_predictor("OFA", extra_features=("flops", "peak_memory"), n_classes=10)
-    cfgs = [ArchEncoder("OFA").random_sample(random.Random(i)) for i in range(3)]
+    cfgs = [SearchSpace(get_model_spec("OFA")).sample(random.Random(i)) for i in range(3)]
     raw = pred.raw_extra(cfgs)
     assert np.allclose(raw[:, 0], [flops("OFA", c, 10) for c in cfgs])
     assert not np.allclose(raw[:, 0], [flops("OFA", c, 1000) for c in cfgs])

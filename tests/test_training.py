@@ -56,7 +56,7 @@ def test_phases_chain_and_write_their_checkpoints(trained) -> None:
     log = [json.loads(line) for line in (project.root / "run" / "teacher" / "logs" / "log.jsonl").open()]
     assert [r["epoch"] for r in log] == [1, 2, 3]
     assert max(r["val_acc"] for r in log) >= 0.5
-    # validation subnets of expand_2 are the SPEC 3.3 set (16 for the reference, 2 sizes here)
+    # validation subnets of expand_2 are the docs/design.md#protocols set (16 for the reference, 2 sizes here)
     expand2 = [json.loads(line) for line in (project.root / "run" / "logs" / "log.jsonl").open()
                if json.loads(line)["tag"] == "expand_2"]
     assert sorted(expand2[-1]["per_subnet"]) == sorted(
@@ -170,7 +170,7 @@ def test_two_processes_agree(tmp_path, launcher) -> None:
 
 
 def test_reference_numbers() -> None:
-    # subnet seeds (SPEC App. B item 9): step s, subnet j -> int(f"{s}{j:03d}000")
+    # subnet seeds (docs/design.md#protocols): step s, subnet j -> int(f"{s}{j:03d}000")
     assert subnet_seed(0, 0) == 0 and subnet_seed(17, 1) == 17001000 and subnet_seed(1234, 3) == 1234003000
     # warmup: linear from warmup_lr to init_lr; cosine afterwards without minimum
     lr = lambda t, i: learning_rate(t, i, 10, 0.1, 4, 2, 0.01)  # noqa: E731

@@ -13,12 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from moofa.cli.common import run_cli
 from moofa.cli.create_dataset import main as create_main
 from moofa.cli.eval_and_search import main as search_main
 from moofa.cli.train import main as train_main
-from moofa.config import last_task_args, load_config, validate_model
+from moofa.config import last_task_args, load_config
 from moofa.data import DataProvider, candidate_sizes, ensure_dataset
 from moofa.distributed import SingleBackend
 from moofa.errors import CheckpointError, MoofaInputError
@@ -30,9 +31,10 @@ from moofa.models.spec import get_model_spec
 from moofa.models.supernet import load_checkpoint_file
 from moofa.predictor import AccuracyPredictor
 from moofa.predictor.dataset import PredictorDataset, make_record
+from moofa.models.space import SearchSpace
 from moofa.predictor.encoder import ArchEncoder
 from moofa.predictor.training import PredictorRecipe, min_records, train_predictor
-from moofa.predictor.training import main as predictor_main
+from moofa.cli.train_predictor import main as predictor_main
 from moofa.training.trainer import resolution_note
 
 from tiny import make_tiny_project
@@ -85,15 +87,15 @@ def test_eval_teacher_and_supernet_never_write_the_same_files(tmp_path):
     teacher.parent.mkdir(parents=True)
     torch.manual_seed(5)
     torch.save({"state_dict": build_supernet(spec, n_classes=4).build_teacher().state_dict()}, teacher)
-    from moofa.search.eval_mode import eval_output_dir, run_eval
+    from moofa.evaluation.eval_mode import run_eval
+    from moofa.run import Run
 
-    cfg = load_config(project.config_path)
-    validate_model(cfg, project.model_config_path)
-    sup = run_eval(cfg, spec, SingleBackend("cpu"), "supernet")
-    sup_file = eval_output_dir(cfg, "supernet") / "info.json"
+    run = Run.load(project.config_path, project.model_config_path)
+    sup = run_eval(run, SingleBackend("cpu"), "supernet")
+    sup_file = run.eval_dir("supernet") / "info.json"
     before = sup_file.read_bytes()
-    tea = run_eval(cfg, spec, SingleBackend("cpu"), "teacher")
-    tea_file = eval_output_dir(cfg, "teacher") / "info.json"
+    tea = run_eval(run, SingleBackend("cpu"), "teacher")
+    tea_file = run.eval_dir("teacher") / "info.json"
     assert sup_file != tea_file and sup_file.read_bytes() == before  # not overwritten
     assert json.loads(tea_file.read_text())["network"] == "teacher" == tea["network"]
     assert json.loads(sup_file.read_text())["checkpoint"] == str(ckpt) == sup["checkpoint"]
@@ -248,9 +250,12 @@ def test_predictor_of_another_model_is_refused_or_warned(tmp_path, caplog):
     ofa.save(tmp_path / "ref.pth.tar", reference_format=True)  # records no model
     from moofa.search.sweep import load_search_predictor
 
-    cfg = {"search_config": {"acc_predictor_checkpoint": str(tmp_path / "ref.pth.tar")}}
+    from moofa.run import Run
+
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(
+        {"search_config": {"acc_predictor_checkpoint": str(tmp_path / "ref.pth.tar")}}))
     with caplog.at_level(logging.WARNING):
-        pred = load_search_predictor(cfg, get_model_spec("MOOFA_V3"))
+        pred = load_search_predictor(Run(load_config(tmp_path / "c.yaml")), get_model_spec("MOOFA_V3"))
     assert pred.recorded_model is None
     assert "records no model" in caplog.text and "MOOFA_V3" in caplog.text
     torch.save({"state_dict": ofa.reference_state_dict(), "model": "OFA"}, tmp_path / "named.pth.tar")
@@ -308,14 +313,14 @@ def test_unwritable_output_is_an_error_before_any_work(tmp_path, capsys, what):
 def test_predictor_dataset_too_small_for_its_splits_exits_2(tmp_path, capsys):
     project = make_tiny_project(tmp_path)
     spec = get_model_spec("TINY", project.model_config_path)
-    enc = ArchEncoder(spec)
+    space = SearchSpace(spec)
     import random
     rng = random.Random(0)
     data = Path(project.config["search_config"]["acc_dataset_path"])
     recipe = PredictorRecipe.from_config(project.config["predictor_config"])
     assert min_records(recipe) == 6
     for n in (1, 3, 5):
-        data.write_text("".join(json.dumps(make_record(enc.random_sample(rng), 0.5, model="TINY")) + "\n"
+        data.write_text("".join(json.dumps(make_record(space.sample(rng), 0.5, model="TINY")) + "\n"
                                 for _ in range(n)))
         capsys.readouterr()
         rc = run_cli(predictor_main, ["--config", str(project.config_path), "--model_config_path",
@@ -360,7 +365,7 @@ def test_duplicate_records_are_removed_before_the_split(caplog):
     spec = get_model_spec("OFA")
     import random
     rng = random.Random(0)
-    cfgs = [ArchEncoder(spec).random_sample(rng) for _ in range(30)]
+    cfgs = [SearchSpace(spec).sample(rng) for _ in range(30)]
     acc = np.array([0.6 + 0.01 * (i % 7) for i in range(30)])
     dup = PredictorDataset("OFA", cfgs + cfgs[:20], np.concatenate([acc, acc[:20]]),
                            np.full(50, np.nan), np.full(50, np.nan), "dup.jsonl")

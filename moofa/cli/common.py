@@ -1,4 +1,4 @@
-"""Shared command-line plumbing: exit codes and one-line errors (CONTRACT.md)."""
+"""Shared command-line plumbing: exit codes and one-line errors (README)."""
 from __future__ import annotations
 
 import argparse
@@ -33,7 +33,7 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
 
 
 class ArgParser(argparse.ArgumentParser):
-    """argparse with CONTRACT.md's error format: one ``error:`` line, exit status 2."""
+    """argparse with README's error format: one ``error:`` line, exit status 2."""
 
     def error(self, message: str):  # type: ignore[override]
         raise MoofaInputError(f"{self.prog}: {message}")

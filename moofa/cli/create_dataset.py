@@ -1,21 +1,37 @@
-"""``create_moofa_predictor_dataset.py``: the balanced predictor dataset (SPEC 6, 9.3).
+"""``create_moofa_predictor_dataset.py``: the balanced predictor dataset (docs/design.md#protocols).
 
 Run as a plain process, under ``horovodrun -np N`` or under ``torchrun --nproc_per_node N``. The
 supernet, the model and the data come from the config (``args`` updated with the last
-``args_per_task`` entry, SPEC 6.1); bins, counts and the output come from ``dataset_config``. See
+``args_per_task`` entry, docs/design.md#protocols); bins, counts and the output come from ``dataset_config``. See
 :mod:`moofa.predictor.create` for the algorithm, the evaluation subset, how ranks share the work
 and how a killed run resumes (run the same command again).
 """
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
-from moofa.cli.common import ArgParser
-from moofa.config import last_task_args, load_config, validate_model
+from moofa.cli.common import ArgParser, run_cli
+from moofa.data import DataProvider
+from moofa.distributed import init_backend
+from moofa.efficiency import MemoryOptions
 from moofa.errors import CheckpointError, ConfigError, on_main_rank
 from moofa.io import check_writable, clean_stale_temps, require_file
 from moofa.lock import OutputLock
 from moofa.models.spec import DEFAULT_MODEL_CONFIGS
+from moofa.predictor.create import (
+    SubnetMeter,
+    check_bins,
+    check_recipe,
+    dataset_recipe,
+    output_paths,
+    prepare,
+    recipe_path,
+    run_plan,
+)
+from moofa.run import Run
+
+log = logging.getLogger("moofa.create_dataset")
 
 
 def build_parser() -> ArgParser:
@@ -34,39 +50,19 @@ def build_parser() -> ArgParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
-    cfg = load_config(ns.config)
-    args = last_task_args(cfg)
-    spec = validate_model(dict(cfg, args=args), ns.model_config_path)
-    checkpoint = args.get("checkpoint")
-    where = cfg.get("_path", ns.config)
+    run = Run.load(ns.config, ns.model_config_path)
+    args = run.args()
+    spec = run.spec(args)
+    checkpoint = run.supernet_file(args)
     if checkpoint is None:
         raise ConfigError("dataset creation needs the trained supernet's weights (null given)",
-                          file=where, key="args.checkpoint")
+                          file=run.path, key="args.checkpoint")
     require_file(checkpoint, "checkpoint file", "args.checkpoint", CheckpointError)
-    dc = dict(cfg["dataset_config"])
-
-    # Imports that pull in torch and the data stack wait until the cheap checks passed.
-    from moofa.data import DataProvider
-    from moofa.distributed import init_backend
-    from moofa.models import build_supernet, load_weights
-    from moofa.predictor.create import (
-        SubnetMeter,
-        check_bins,
-        check_recipe,
-        dataset_recipe,
-        output_paths,
-        prepare,
-        recipe_path,
-        run_plan,
-    )
-
-    from moofa.efficiency import MemoryOptions
-    from moofa.search.report import expected_n_classes
-
-    options = MemoryOptions.from_config(cfg, expected_n_classes(args))
-    paths = output_paths(dc["output"])  # bad output path: the same error on every rank, before any work
+    dc = run.cfg.dataset_config
+    options = MemoryOptions.from_config(run.cfg, run.n_classes(args))
+    paths = output_paths(dc.output)  # bad output path: the same error on every rank, before any work
     check_bins(spec, dc, options)
-    backend = init_backend(args["device"])
+    backend = init_backend(args.device)
     lock = OutputLock(paths.jsonl.parent, "dataset creation", key="dataset_config.output",
                       name=f".{paths.jsonl.name}.lock")
 
@@ -80,23 +76,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         on_main_rank(backend, take_output)
         plan = prepare(spec, dc, backend, options)
         provider = DataProvider(args, spec.image_sizes, rank=0, world_size=1)
-        supernet = build_supernet(spec, provider.n_classes, dropout=args["dropout"],
-                                  bn_momentum=args["bn_momentum"], bn_eps=args["bn_eps"],
-                                  kernel_transform=args["dy_conv_scaling_mode"] == 1)
-        load_weights(supernet, checkpoint)
-        supernet.to(backend.device)
-        meter = SubnetMeter(supernet, provider, dc["eval_images"], dc["eval_split"])
+        supernet = run.supernet(args, provider.n_classes, load=True).to(backend.device)
+        meter = SubnetMeter(supernet, provider, dc.eval_images, dc.eval_split)
         if backend.is_main:
-            import logging
-            logging.getLogger("moofa.create_dataset").info(
-                "accuracy: top-1 on %s, after BN re-calibration on %d training images; checkpoint %s",
-                meter.description, int(args["bn_calib_images"]), checkpoint)
-            if dc["eval_images"] is not None and len(meter.indices) < dc["eval_images"]:
-                logging.getLogger("moofa.create_dataset").warning(
-                    "only %d selection images (args.valid_size) for dataset_config.eval_images %d: "
-                    "set args.valid_size (OFA holds out 10,000) or eval_split: test (the reference)",
-                    len(meter.indices), dc["eval_images"])
-        summary = run_plan(plan, meter, backend, provider.n_classes, log_interval=int(dc["save_interval"]))
+            log.info("accuracy: top-1 on %s, after BN re-calibration on %d training images; checkpoint %s",
+                     meter.description, int(args.bn_calib_images), checkpoint)
+            if dc.eval_images is not None and len(meter.indices) < dc.eval_images:
+                log.warning("only %d selection images (args.valid_size) for dataset_config.eval_images %d: "
+                            "set args.valid_size (OFA holds out 10,000) or eval_split: test (the reference)",
+                            len(meter.indices), dc.eval_images)
+        summary = run_plan(plan, meter, backend, provider.n_classes, log_interval=int(dc.save_interval))
     finally:
         lock.release()
         backend.shutdown()
@@ -104,3 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         state = "complete" if summary.complete else "INCOMPLETE (see the warnings above)"
         print(f"{summary.paths.jsonl}: {summary.n_records} subnets ({summary.added} new), {state}")
     return 0
+
+
+def run() -> int:
+    """Console-script entry point: :func:`main` with the one-line error handling."""
+    return run_cli(main)

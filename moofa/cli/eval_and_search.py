@@ -1,6 +1,6 @@
 """``eval_and_search.py``: evaluate a subnet or the teacher (``--mode eval``), search the best
 subnet under each peak-memory constraint (``--mode search``), or compare finished searches
-(``--mode summary``). SPEC 7, 8, 9.3; CONTRACT.md.
+(``--mode summary``). docs/design.md#search-space; README.
 
 Run as a plain process, under ``horovodrun -np N`` or under ``torchrun --nproc_per_node N``; only
 rank 0 writes files.
@@ -10,7 +10,15 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from moofa.cli.common import ArgParser
+from moofa.cli.common import ArgParser, run_cli
+from moofa.distributed import init_backend
+from moofa.efficiency.limits import Limits
+from moofa.models.spec import DEFAULT_MODEL_CONFIGS
+from moofa.run import Run
+from moofa.evaluation.eval_mode import run_eval
+from moofa.search.evolution import check_constraints
+from moofa.search.results import compare
+from moofa.search.sweep import run_search
 
 EPILOG = """examples:
   eval_and_search.py --config configs/config_MOOFA.yaml --mode search
@@ -20,8 +28,6 @@ EPILOG = """examples:
 
 
 def build_parser() -> ArgParser:
-    from moofa.models.spec import DEFAULT_MODEL_CONFIGS
-
     p = ArgParser(prog="eval_and_search.py", epilog=EPILOG,
                   description="Evaluate a subnet or the teacher, search the most accurate subnet under "
                   "each peak-memory constraint, or tabulate finished searches (Table 1 layout).",
@@ -42,8 +48,6 @@ def build_parser() -> ArgParser:
 
 
 def _summary(parser: ArgParser, opts) -> int:
-    from moofa.search.results import compare
-
     if not opts.results:
         parser.error("--mode summary needs --results DIR [DIR ...]")
     out = opts.output or opts.results[0]
@@ -61,29 +65,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--mode {opts.mode} needs --config")
     if opts.mode == "eval" and not opts.model:
         parser.error("--mode eval needs --model {supernet,teacher}")
-    from moofa.config import load_config, validate_model
-    from moofa.distributed import init_backend
-
-    cfg = load_config(opts.config)
-    spec = validate_model(cfg, opts.model_config_path)
+    run = Run.load(opts.config, opts.model_config_path)
     if opts.mode == "search":  # infeasible constraints fail before any process group starts
-        from moofa.config import last_task_args, search_constraints
-        from moofa.efficiency.limits import Limits
-        from moofa.search.evolution import check_constraints
-        from moofa.search.report import expected_n_classes
-
-        limits = Limits.from_config(cfg, expected_n_classes(last_task_args(cfg)))
-        check_constraints(spec, search_constraints(cfg), file=opts.config, limits=limits)
-    backend = init_backend(cfg["args"]["device"])
+        limits = Limits.from_config(run.cfg, run.n_classes())
+        check_constraints(run.spec(), run.cfg.search_config.sweep(), file=opts.config, limits=limits)
+    backend = init_backend(run.cfg.args.device)
     try:
         if opts.mode == "search":
-            from moofa.search.sweep import run_search
-
-            run_search(cfg, spec, backend, overwrite=opts.overwrite)
+            run_search(run, backend, overwrite=opts.overwrite)
         else:
-            from moofa.search.eval_mode import run_eval
-
-            run_eval(cfg, spec, backend, opts.model)
+            run_eval(run, backend, opts.model)
     finally:
         backend.shutdown()
     return 0
+
+
+def run() -> int:
+    """Console-script entry point: :func:`main` with the one-line error handling."""
+    return run_cli(main)

@@ -1,4 +1,4 @@
-"""``train.py``: one launch of progressive-shrinking training (SPEC 3.1, 9.3), or the fine-tuning
+"""``train.py``: one launch of progressive-shrinking training (docs/design.md#protocols), or the fine-tuning
 of a found subnet (``--step finetune --subnet``, :mod:`moofa.training.finetune`).
 
 Run as a plain process, under ``horovodrun -np N`` or under ``torchrun --nproc_per_node N``.
@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from moofa.cli.common import ArgParser
-from moofa.config import FINETUNE, load_config
+from moofa.cli.common import ArgParser, run_cli
+from moofa.config import FINETUNE
 from moofa.distributed import init_backend
 from moofa.errors import MoofaInputError
 from moofa.models.spec import DEFAULT_MODEL_CONFIGS
+from moofa.run import Run
 from moofa.training.checkpoint import PHASE_ORDER
+from moofa.training.finetune import finetune
 from moofa.training.trainer import train_step
 
 
@@ -43,16 +45,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                               value=args.subnet)
     if args.step == FINETUNE and args.phase is not None:
         raise MoofaInputError("--step finetune has no phases", key="--phase", value=args.phase)
-    cfg = load_config(args.config, args.model_config_path)
-    backend = init_backend(cfg["args"]["device"])
+    run = Run.load(args.config, args.model_config_path)
+    backend = init_backend(run.cfg.args.device)
     try:
         if args.step == FINETUNE:
-            from moofa.training.finetune import finetune
-
-            result = finetune(cfg, args.subnet, backend, args.model_config_path, overwrite=args.overwrite)
+            result = finetune(run, args.subnet, backend, overwrite=args.overwrite)
         else:
-            result = train_step(cfg, args.step, args.phase, backend, args.model_config_path,
-                                overwrite=args.overwrite)
+            result = train_step(run, args.step, args.phase, backend, overwrite=args.overwrite)
     finally:
         backend.shutdown()
     if backend.is_main and not result.already_done:
@@ -63,3 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{100 * i['test_top1_after']:.2f}% after fine-tuning; peak memory {i['peak_memory']:,} "
                   f"elements, {i['flops']:.1f} MMACs")
     return 0
+
+
+def run() -> int:
+    """Console-script entry point: :func:`main` with the one-line error handling."""
+    return run_cli(main)

@@ -1,5 +1,5 @@
 """Data: embedded datasets (digits, synthetic), reference transforms, samplers and the provider
-of train / validation / test loaders and BN-calibration batches (SPEC 3.9, 3.10)."""
+of train / validation / test loaders and BN-calibration batches (docs/design.md#protocols)."""
 from moofa.data.datasets import check_image_folder, ensure_dataset, write_dataset
 from moofa.data.provider import (
                                  IMAGENETTE_IMAGENET_IDS,

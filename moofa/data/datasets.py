@@ -27,6 +27,9 @@ import numpy as np
 from PIL import Image
 
 from moofa.errors import MoofaInputError
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+from moofa.config import DIGITS_SCHEMA, SYNTHETIC_SCHEMA
 
 MARKER = ".moofa_dataset.json"
 EMBEDDED = ("digits", "synthetic")
@@ -50,9 +53,6 @@ def _write_split(root: Path, split: str, images: np.ndarray, labels: np.ndarray,
 
 def digits_arrays(image_size: int = 32, val_fraction: float = 0.2, seed: int = 0):
     """The scikit-learn digits as uint8 RGB arrays: ``(x_train, y_train, x_val, y_val)``."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
     d = load_digits()
     gray = np.clip(d.images / 16.0 * 255.0 + 0.5, 0, 255).astype(np.uint8)  # 0..16 -> 0..255
     big = np.stack([np.asarray(Image.fromarray(g).resize((image_size, image_size),
@@ -99,8 +99,6 @@ def synthetic_arrays(n_classes: int = 10, train_per_class: int = 100, val_per_cl
 
 def _params(args: Mapping[str, Any]) -> dict:
     """Generation parameters of an embedded dataset, from ``args.<dataset>`` (defaults filled)."""
-    from moofa.config import DIGITS_SCHEMA, SYNTHETIC_SCHEMA
-
     name = args["dataset"]
     schema = SYNTHETIC_SCHEMA if name == "synthetic" else DIGITS_SCHEMA
     given = args.get(name) or {}

@@ -1,4 +1,4 @@
-"""The data provider of a training / evaluation process (SPEC 3.9, 3.10).
+"""The data provider of a training / evaluation process (docs/design.md#protocols).
 
 Train loader: the held-out-free part of ``train/`` through a distributed subset sampler and an
 elastic-resolution batch sampler (one size per batch, drawn in the main process), training
@@ -237,7 +237,7 @@ class DataProvider:
     # -- loaders ---------------------------------------------------------------------------------
     @property
     def train_batches_per_epoch(self) -> int:
-        """Batches per epoch on this rank (nBatch of SPEC 3.6)."""
+        """Batches per epoch on this rank (nBatch of docs/design.md#protocols)."""
         return len(self.train_loader(None).batch_sampler)
 
     def train_loader(self, epoch: int | None = 0) -> DataLoader:
@@ -285,7 +285,7 @@ class DataProvider:
         return self._valid[size]
 
     def calibration_batches(self, image_size: int) -> list[torch.Tensor]:
-        """BN re-calibration images (SPEC 3.9): the first ``bn_calib_images`` of a randperm of
+        """BN re-calibration images (docs/design.md#protocols): the first ``bn_calib_images`` of a randperm of
         the full training folder seeded 937162211, training transform at ``image_size`` with a
         fixed per-image seed, batches of ``bn_calib_batch_size``. Materialised once per resolution
         and cached (identical on every rank; pinned when CUDA is used)."""

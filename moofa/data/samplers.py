@@ -1,5 +1,5 @@
 """Samplers: the validation split, the distributed subset sampler and the elastic-resolution
-batch sampler that draws each batch's image size in the main process (SPEC 3.10, 10.30)."""
+batch sampler that draws each batch's image size in the main process (docs/design.md#protocols)."""
 from __future__ import annotations
 
 import math
@@ -30,7 +30,7 @@ def split_train_valid(n_train: int, valid_size: int | float | None) -> tuple[lis
 
 
 def calibration_indices(n_train: int, n_images: int) -> list[int]:
-    """The BN re-calibration subset (SPEC 3.9): the first ``n_images`` of ``torch.randperm``
+    """The BN re-calibration subset (docs/design.md#protocols): the first ``n_images`` of ``torch.randperm``
     over the full training folder, seeded SUB_SEED (all images when the folder is smaller)."""
     g = torch.Generator()
     g.manual_seed(SUB_SEED)
@@ -67,7 +67,7 @@ class DistributedSubsetSampler(Sampler[int]):
 class ShardSampler(Sampler[int]):
     """Evaluation shard: every ``world_size``-th of ``indices`` from offset ``rank``, in order,
     without padding, so counts summed over ranks cover each image exactly once (the reference's
-    padded DistributedSampler double-counted some images; SPEC 10 item 32)."""
+    padded DistributedSampler double-counted some images; docs/design.md#departures-from-the-reference)."""
 
     def __init__(self, indices: Sequence[int], world_size: int = 1, rank: int = 0) -> None:
         if not 0 <= rank < world_size:
@@ -100,7 +100,7 @@ def candidate_sizes(image_sizes: Sequence[int], continuous: bool = False) -> lis
 
 
 def resolution_seed(batch_index: int, epoch: int, rank: int | None = None) -> int:
-    """Seed of batch ``b`` of epoch ``t``: ``int(f"{b}{t:03d}")`` (SPEC App. B item 9). With a
+    """Seed of batch ``b`` of epoch ``t``: ``int(f"{b}{t:03d}")`` (docs/design.md#protocols). With a
     rank (non-synchronised mode) the 3-digit rank is appended."""
     seed = f"{batch_index}{epoch:03d}"
     return int(seed if rank is None else f"{seed}{rank:03d}")

@@ -1,4 +1,4 @@
-"""Image transforms of the reference data providers (SPEC 3.10).
+"""Image transforms of the reference data providers (docs/design.md#protocols).
 
 Train: RandomResizedCrop(size, scale=(resize_scale, 1), ratio 3/4..4/3, bilinear), horizontal
 flip, colour distortion, ToTensor, ImageNet normalisation. Test/validation: Resize(ceil(r/0.875))

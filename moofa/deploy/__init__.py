@@ -19,7 +19,6 @@ executorch itself is imported only when a program is built (the optional ``deplo
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import logging
 import time
@@ -41,8 +40,18 @@ from moofa.deploy.programs import (
     require_executorch,
 )
 from moofa.efficiency import MemoryOptions, peak_memory
+from moofa.fingerprint import sha256_file
 from moofa.io import atomic_path, write_json
 from moofa.models.spec import ModelSpec, SubnetConfig
+from moofa.data import DataProvider
+from moofa.data.samplers import evenly_spaced
+from moofa.data.transforms import test_transform
+import json
+from tqdm import tqdm
+from moofa.config import last_task_args
+from moofa.errors import ConfigError
+from moofa.search.export import _head_settings, load_exported
+from moofa.run import expected_n_classes
 
 log = logging.getLogger(__name__)
 DEPLOY_NAME, INT8_NAME, FP32_NAME = "deploy.json", "subnet_int8.pte", "subnet_fp32.pte"
@@ -52,27 +61,17 @@ __all__ = ["deploy_network", "deploy_exported", "executorch_available", "require
            "INSTALL_HINT", "DEPLOY_NAME", "INT8_NAME", "FP32_NAME", "file_sha256"]
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+file_sha256 = sha256_file  # the name this module has exported
 
 
 def _single_process_provider(args: Mapping[str, Any], image_size: int) -> Any:
     """A rank-0-of-1 data provider: the whole test split, whatever the job's world size."""
-    from moofa.data import DataProvider
-
     return DataProvider(args, [int(image_size)], rank=0, world_size=1)
 
 
 def calibration_batches(provider: Any, image_size: int, n_images: int, batch_size: int = 32) -> list[torch.Tensor]:
     """``n_images`` training images (evenly spaced over the training split, held-out images
     excluded) with the test transform at ``image_size``, in batches of ``batch_size``."""
-    from moofa.data.samplers import evenly_spaced
-    from moofa.data.transforms import test_transform
-
     pool = list(provider.train_indices)
     idx = [pool[i] for i in evenly_spaced(len(pool), int(n_images))]
     ds = provider._view(provider.train_folder, test_transform, int(image_size))  # noqa: SLF001
@@ -91,8 +90,6 @@ def _reuse(out: Path, fp: Mapping[str, Any]) -> dict | None:
     if not path.is_file() or not (out / INT8_NAME).is_file() or not (out / FP32_NAME).is_file():
         return None
     try:
-        import json
-
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
@@ -104,8 +101,6 @@ def _measure(net: nn.Module, quantized: nn.Module, int8: ProgramRunner, fp32: Pr
              loader: DataLoader, progress: bool) -> dict[str, Any]:
     """Top-1 of the int8 program (runtime, one image at a time) and of the fp32 network
     (PyTorch) on every image of ``loader``, plus logit checks on the first CHECK_IMAGES."""
-    from tqdm import tqdm
-
     n = hit8 = hit32 = agree = 0
     diff_q = diff_fp32 = scale = 0.0
     seconds = 0.0
@@ -207,11 +202,6 @@ def deploy_exported(subnet_path: str | Path, cfg: Mapping[str, Any], out_dir: st
                     progress: bool = True) -> dict[str, Any]:
     """:func:`deploy_network` of an exported ``subnet.pth.tar`` with the data, memory model and
     ``deploy:`` settings of the loaded run config ``cfg``."""
-    from moofa.config import last_task_args
-    from moofa.errors import ConfigError
-    from moofa.search.export import _head_settings, load_exported
-    from moofa.search.report import expected_n_classes
-
     require_executorch()
     net = load_exported(subnet_path)
     spec, arch = net.model_spec, net.subnet_config  # type: ignore[attr-defined]
@@ -219,7 +209,7 @@ def deploy_exported(subnet_path: str | Path, cfg: Mapping[str, Any], out_dir: st
     n_out = _head_settings(net)[0]
     if n_out != expected_n_classes(args):
         raise ConfigError(f"the subnet {subnet_path} has {n_out} outputs but the dataset has "
-                          f"{expected_n_classes(args)} classes", file=cfg.get("_path"), key="args.dataset",
+                          f"{expected_n_classes(args)} classes", file=getattr(cfg, "path", None), key="args.dataset",
                           value=args["dataset"])
     d = cfg["deploy"]
     return deploy_network(net, spec, arch, args, out_dir, calibration_images=int(d["calibration_images"]),

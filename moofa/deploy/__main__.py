@@ -16,6 +16,8 @@ from typing import Sequence
 
 from moofa.cli.common import ArgParser, run_cli
 from moofa.errors import CheckpointError
+from moofa.config import load_config
+from moofa.deploy import deploy_exported, require_executorch
 
 
 def _parser() -> ArgParser:
@@ -30,8 +32,6 @@ def _parser() -> ArgParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from moofa.config import load_config
-    from moofa.deploy import deploy_exported, require_executorch
 
     cfg = load_config(args.config, args.model_config_path)
     if not Path(args.subnet).is_file():

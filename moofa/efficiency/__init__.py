@@ -1,4 +1,4 @@
-"""Efficiency models (SPEC 4): exact analytic peak memory (elements), a forward-hook profiler
+"""Efficiency models (docs/design.md#memory-model): exact analytic peak memory (elements), a forward-hook profiler
 that checks it, MACs (MMACs) and parameter counts, exact feasibility bounds with
 constraint-aware sampling, and the memory histogram plot."""
 from moofa.efficiency.bounds import (

@@ -14,8 +14,8 @@ so are the blocks of a stage once its depth is chosen. Hence
 
 Counting and sampling are over *full* configs, i.e. including the (k, e) of inactive blocks, as
 the reference's uniform sampler draws them: a uniform draw here has the same distribution as the
-reference's "sample uniformly until peak <= C" loop (SPEC 7.3), but never loops. For CompOFA
-(compound models) a stage's e is coupled to its depth (SPEC 2.7).
+reference's "sample uniformly until peak <= C" loop (docs/design.md#search-space), but never loops. For CompOFA
+(compound models) a stage's e is coupled to its depth (docs/design.md#architecture).
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from moofa.efficiency.memory import (
     peak_memory,
 )
 from moofa.errors import InfeasibleConstraintError
+from moofa.models.space import SearchSpace
 from moofa.models.spec import N_STAGES, ModelSpec, SubnetConfig, get_model_spec
 
 Pair = tuple  # (kernel size, expand ratio)
@@ -40,10 +41,7 @@ Pair = tuple  # (kernel size, expand ratio)
 
 def allowed_pairs(spec: ModelSpec, depth: int) -> tuple[Pair, ...]:
     """(k, e) pairs a block may take in a stage of depth ``depth`` (e coupled for CompOFA)."""
-    if spec.compound:
-        e = spec.compound_expand(depth)
-        return tuple((k, e) for k in spec.ks_list)
-    return tuple((k, e) for k in spec.ks_list for e in spec.expand_list)
+    return SearchSpace(spec).block_choices(depth)
 
 
 def _table(spec: ModelSpec, image_size: int, options: MemoryOptions | None) -> ChoiceTable:
@@ -80,7 +78,7 @@ def memory_bounds(model: "str | ModelSpec", image_size: int | None = None,
 
 
 def memory_range_table(model: "str | ModelSpec", options: MemoryOptions | None = None) -> dict[int, tuple[int, int]]:
-    """{resolution: (min, max) peak} over the model's resolutions (SPEC 4.3's range table)."""
+    """{resolution: (min, max) peak} over the model's resolutions (docs/design.md#memory-model)."""
     spec = get_model_spec(model)
     return {r: memory_bounds(spec, r, options) for r in spec.image_sizes}
 
@@ -281,7 +279,7 @@ def repair_config(model: "str | ModelSpec", config: "Mapping[str, Any] | SubnetC
     below = [r for r in feasible if r <= cfg.image_size]
     r = cfg.image_size if cfg.image_size in feasible else (max(below) if below else min(feasible))
     ks, es, ds = list(cfg.ks), list(cfg.e), list(cfg.d)
-    b = spec.blocks_per_stage
+    b, space = spec.blocks_per_stage, SearchSpace(spec)
     for sc in stage_choices(spec, constraint, r, options):
         s, d = sc.stage, ds[sc.stage]
         if d not in sc.depths:
@@ -289,7 +287,7 @@ def repair_config(model: "str | ModelSpec", config: "Mapping[str, Any] | SubnetC
             d = max(lower_d) if lower_d else min(sc.depths)
             ds[s] = d
         if spec.compound:
-            es[s * b:(s + 1) * b] = [spec.compound_expand(d)] * b
+            es[s * b:(s + 1) * b] = space.couple(ds)[s * b:(s + 1) * b]
         for j, pool in enumerate(sc.active[d]):
             i = s * b + j
             if (ks[i], es[i]) in pool:

@@ -1,5 +1,5 @@
-"""Analytic MACs (SPEC 4.6, reported as MMACs = MACs / 1e6, the reference's "MFLOPs") and
-parameter counts (SPEC 1.5) of a subnet, without building it.
+"""Analytic MACs (docs/design.md#flops, reported as MMACs = MACs / 1e6, the reference's "MFLOPs") and
+parameter counts (docs/design.md#flops) of a subnet, without building it.
 
 MACs count every conv and linear: first_conv, block S, IB / DW / SE (reduce + expand) / PL of
 every active block, final_expand, feature_mix and classifier. Not counted: BN, activations, the
@@ -34,7 +34,7 @@ from moofa.models.spec import (
 
 
 def _block_macs(cin: int, cout: int, mid: int, k: int, has_ib: bool, se: bool, h: int, ho: int) -> int:
-    """MACs of one MBConv block (SPEC 4.6): IB on the input side, DW/PL on the output side."""
+    """MACs of one MBConv block (docs/design.md#flops): IB on the input side, DW/PL on the output side."""
     macs = cin * mid * h * h if has_ib else 0
     macs += mid * k * k * ho * ho
     if se:
@@ -89,13 +89,13 @@ def params_table(spec: ModelSpec, n_classes: int = 1000) -> ChoiceTable:
 
 
 def macs(model: "str | ModelSpec", config: "Mapping[str, Any] | SubnetConfig", n_classes: int = 1000) -> int:
-    """Multiply-accumulates (MACs, an int) of a subnet at its image_size (SPEC 4.6)."""
+    """Multiply-accumulates (MACs, an int) of a subnet at its image_size (docs/design.md#flops)."""
     spec, cfg = resolve(model, config)
     return reduce_single(spec, cfg, macs_table(spec, cfg.image_size, n_classes), "sum")
 
 
 def flops(model: "str | ModelSpec", config: "Mapping[str, Any] | SubnetConfig", n_classes: int = 1000) -> float:
-    """MMACs (MACs / 1e6; the reference's "MFLOPs") of a subnet at its image_size (SPEC 4.6)."""
+    """MMACs (MACs / 1e6; the reference's "MFLOPs") of a subnet at its image_size (docs/design.md#flops)."""
     return macs(model, config, n_classes) / 1e6
 
 
@@ -108,7 +108,7 @@ def flops_batch(model: "str | ModelSpec", configs: Iterable[Any] | None = None, 
 
 
 def count_params(model: "str | ModelSpec", config: "Mapping[str, Any] | SubnetConfig", n_classes: int = 1000) -> int:
-    """Parameter count (elements) of the extracted static subnet (SPEC 1.5), without building it."""
+    """Parameter count (elements) of the extracted static subnet (docs/design.md#flops), without building it."""
     spec, cfg = resolve(model, config)
     return reduce_single(spec, cfg, params_table(spec, n_classes), "sum")
 

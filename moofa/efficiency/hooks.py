@@ -1,4 +1,4 @@
-"""Measured peak memory of a static subnet with forward hooks, SPEC 4.1 taken literally.
+"""Measured peak memory of a static subnet with forward hooks, docs/design.md#memory-model taken literally.
 
 Independent of the closed form in :mod:`moofa.efficiency.memory` (it shares no code with it):
 it exists to check the analytic path and to profile networks the analytic path does not know.
@@ -32,7 +32,7 @@ def _hooked_modules(net: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def measure_peak_memory(subnet: nn.Module, image_size: int) -> tuple[int, list[int]]:
     """(peak, histogram) in elements of a static MobileNetV3 subnet at ``image_size`` pixels,
-    measured with forward hooks on one batch-1 forward pass (SPEC 4.1)."""
+    measured with forward hooks on one batch-1 forward pass (docs/design.md#memory-model)."""
     records: list[tuple[str, int, int, int]] = []  # (module name, in, out, params) in call order
 
     def hook_for(name: str):

@@ -16,6 +16,7 @@ from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from moofa.models.space import lookup
 from moofa.models.spec import N_STAGES, ModelSpec, SubnetConfig, get_model_spec
 
 
@@ -129,10 +130,8 @@ class ConfigArrays(NamedTuple):
 
 
 def _index_of(values: np.ndarray, choices: Sequence[float], name: str, spec: ModelSpec) -> np.ndarray:
-    """Indices of ``values`` in the sorted ``choices``; ValueError naming the first bad entry."""
-    ref = np.asarray(choices, dtype=np.float64)
-    idx = np.clip(np.searchsorted(ref, values), 0, len(ref) - 1)
-    bad = ref[idx] != values
+    """Indices of ``values`` in ``choices``; ValueError naming the first bad entry."""
+    idx, bad = lookup(values, choices)
     if bad.any():
         row, col = (int(x) for x in np.argwhere(bad)[0])
         v = float(values[row, col])

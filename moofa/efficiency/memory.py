@@ -1,4 +1,4 @@
-"""Analytic peak memory of a subnet (SPEC 4.1-4.2), without building any module.
+"""Analytic peak memory of a subnet (docs/design.md#memory-model), without building any module.
 
 The reference measures, for every conv of the extracted static subnet, ``numel(input) +
 numel(output) + numel(weights)`` (plus the block input at the depthwise conv of a block with an
@@ -32,7 +32,7 @@ from moofa.models.spec import ModelSpec, SubnetConfig, get_model_spec, mid_chann
 
 @dataclass(frozen=True)
 class MemoryOptions:
-    """Choices of the memory model. The defaults reproduce the reference exactly (SPEC 4.1).
+    """Choices of the memory model. The defaults reproduce the reference exactly (docs/design.md#memory-model).
 
     bytes_per_element: element size in bytes (1 int8, 2 fp16, 4 fp32). Every value is multiplied
         by it; the default 1 makes the result the reference's element count.
@@ -124,7 +124,7 @@ def _entry(name: str, inp: int, out: int, weights: int, residual: int, opts: Mem
 
 def _mbconv(prefix: str, cin: int, cout: int, mid: int, k: int, has_ib: bool, h: int, ho: int,
             shortcut: bool, opts: MemoryOptions) -> list[LayerMemory]:
-    """Entries of one MBConv block: [IB (if any), DW + residual, PL] (SPEC 4.2, step 3)."""
+    """Entries of one MBConv block: [IB (if any), DW + residual, PL] (docs/design.md#memory-model)."""
     layers = []
     if has_ib:
         layers.append(_entry(f"{prefix}.ib", cin * h * h, mid * h * h, cin * mid, 0, opts))
@@ -176,7 +176,7 @@ def memory_table(spec: ModelSpec, image_size: int, options: MemoryOptions = DEFA
 
 def memory_layers(model: "str | ModelSpec", config: "Mapping[str, Any] | SubnetConfig",
                   options: MemoryOptions | None = None) -> list[LayerMemory]:
-    """Every histogram entry with its parts, in the order of SPEC 4.1 (first_conv, block S,
+    """Every histogram entry with its parts, in the order of docs/design.md#memory-model (first_conv, block S,
     active blocks [IB, DW, PL], final_expand, then the head when counted)."""
     spec, cfg = resolve(model, config)
     opts = options or DEFAULT_OPTIONS
@@ -189,14 +189,14 @@ def memory_layers(model: "str | ModelSpec", config: "Mapping[str, Any] | SubnetC
 
 def memory_histogram(model: "str | ModelSpec", config: "Mapping[str, Any] | SubnetConfig",
                      options: MemoryOptions | None = None) -> list[int]:
-    """Per-layer memory (elements x bytes_per_element) in SPEC 4.1's histogram order."""
+    """Per-layer memory (elements x bytes_per_element) in docs/design.md#memory-model order."""
     return [l.total for l in memory_layers(model, config, options)]
 
 
 def peak_memory(model: "str | ModelSpec", config: "Mapping[str, Any] | SubnetConfig",
                 options: MemoryOptions | None = None) -> int:
     """Peak memory (elements x bytes_per_element; elements by default) of a subnet, exact
-    (SPEC 4.2). ``model`` is a name from MODELS or a ModelSpec; ``config`` a mapping with ks (20),
+    (docs/design.md#memory-model). ``model`` is a name from MODELS or a ModelSpec; ``config`` a mapping with ks (20),
     e (20), d (5), image_size, or a SubnetConfig. ValueError names a bad argument and value."""
     spec, cfg = resolve(model, config)
     return reduce_single(spec, cfg, memory_table(spec, cfg.image_size, options or DEFAULT_OPTIONS), "max")

@@ -1,4 +1,4 @@
-"""Supernets and static networks (SPEC sections 1 and 2)."""
+"""Supernets and static networks (docs/design.md#architecture)."""
 from moofa.models.layers import MobileNetV3, count_parameters
 from moofa.models.spec import (
                                MODELS,

@@ -1,4 +1,4 @@
-"""BN re-calibration (SPEC 3.9): re-estimate BatchNorm running statistics of the active subnet."""
+"""BN re-calibration (docs/design.md#protocols): re-estimate BatchNorm running statistics of the active subnet."""
 from __future__ import annotations
 
 from typing import Iterable

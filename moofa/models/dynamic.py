@@ -1,4 +1,4 @@
-"""Elastic (dynamic) layers of the supernet (SPEC 2.1-2.3).
+"""Elastic (dynamic) layers of the supernet (docs/design.md#architecture).
 
 Every dynamic layer allocates its largest shape and uses leading slices at run time, so one set of
 weights serves all subnets. Parameter names reproduce the reference's nested keys
@@ -25,7 +25,7 @@ def _centre_crop(w: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class DynamicSeparableConv2d(nn.Module):
-    """Depthwise conv with elastic kernel size and channel count (SPEC 2.1).
+    """Depthwise conv with elastic kernel size and channel count (docs/design.md#architecture).
 
     Stores one (max_channels, 1, k_max, k_max) weight; smaller kernels are centre crops, each step
     down the sorted kernel list mapped by a trainable ``<src>to<tgt>_matrix`` (identity at init).
@@ -78,7 +78,7 @@ class DynamicConv2d(nn.Module):
 
 
 class DynamicBatchNorm2d(nn.Module):
-    """BatchNorm over the leading ``C`` channels of a max-size BN (SPEC 2.2). The running-stat
+    """BatchNorm over the leading ``C`` channels of a max-size BN (docs/design.md#architecture). The running-stat
     slices are views, so updates land in the shared buffers."""
 
     use_full_bn: bool = False  # set during BN re-calibration (see :func:`full_bn_mode`)
@@ -130,7 +130,7 @@ class DynamicMBConvLayer(nn.Module):
 
     The active middle width is ``make_divisible(round(C_in * e), 8)`` of the actual input width.
     A block whose active expand ratio is 1 skips its inverted bottleneck, exactly like the static
-    layer that ``to_static`` extracts (fixes the reference's MOOFA_V2 defect, SPEC 10 item 36).
+    layer that ``to_static`` extracts (fixes the reference's MOOFA_V2 defect, docs/design.md#departures-from-the-reference).
     """
 
     def __init__(self, in_channels: int, out_channels: int, ks_list: Sequence[int],
@@ -197,7 +197,7 @@ class DynamicMBConvLayer(nn.Module):
 
     @torch.no_grad()
     def re_organize_middle_weights(self, expand_ratio_stage: int = 0) -> None:
-        """OFA's channel re-sorting by importance (SPEC 2.3): middle channels ordered by the L1
+        """OFA's channel re-sorting by importance (docs/design.md#architecture): middle channels ordered by the L1
         norm of the point-linear weights that read them, so the leading slices keep the most
         important channels. ``expand_ratio_stage`` > 0 keeps each smaller width's prefix first."""
         importance = self.point_linear.conv.conv.weight.abs().sum(dim=(0, 2, 3))

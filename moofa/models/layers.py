@@ -1,4 +1,4 @@
-"""Static MobileNetV3 building blocks (SPEC 1.1) and the static network (SPEC 1.6, 2.6).
+"""Static MobileNetV3 building blocks (docs/design.md#architecture) and the static network (docs/design.md#architecture).
 
 Module and attribute names reproduce the reference's state-dict keys exactly
 (``first_conv.conv.weight``, ``blocks.<i>.conv.depth_conv.se.fc.reduce.weight``, ...).
@@ -158,7 +158,7 @@ def set_bn_param(net: nn.Module, momentum: float, eps: float) -> None:
 
 
 def init_weights(net: nn.Module, scheme: str = "he_fout") -> None:
-    """he_fout / he_fin initialisation of SPEC 1.1 (convs N(0, sqrt(2/n)); BN 1/0; Linear
+    """he_fout / he_fin initialisation of docs/design.md#architecture (convs N(0, sqrt(2/n)); BN 1/0; Linear
     U(+-1/sqrt(in)), bias 0). Kernel-transform matrices are not touched."""
     if scheme not in ("he_fout", "he_fin"):
         raise ValueError(f"model_init: unknown scheme {scheme!r} (known: he_fout, he_fin)")

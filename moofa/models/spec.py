@@ -2,7 +2,7 @@
 
 A supernet is fully described by a :class:`ModelSpec`: the choice lists of ``model_configs.yaml``
 plus an :class:`ArchTable` (widths, strides, activations and squeeze-excite per stage). OFA, CompOFA
-and MOOFA_V1/V2/V3 are entries of :data:`MODEL_CLASSES`, not separate classes (SPEC 1.2-1.4).
+and MOOFA_V1/V2/V3 are entries of :data:`MODEL_CLASSES`, not separate classes (docs/design.md#architecture).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ ACTIVATIONS = ("relu", "h_swish")
 
 def make_divisible(v: float, divisor: int = 8, min_val: int | None = None) -> int:
     """Round ``v`` to the nearest multiple of ``divisor``, never below ``min_val`` (default
-    ``divisor``) and never more than 10 % below ``v`` (the TF MobileNet rule, SPEC 1.1)."""
+    ``divisor``) and never more than 10 % below ``v`` (the TF MobileNet rule, docs/design.md#architecture)."""
     if min_val is None:
         min_val = divisor
     new_v = max(min_val, int(v + divisor / 2) // divisor * divisor)
@@ -30,12 +30,12 @@ def make_divisible(v: float, divisor: int = 8, min_val: int | None = None) -> in
 
 
 def mid_channels(in_channels: int, expand_ratio: float) -> int:
-    """Middle (expanded) width of an MBConv block: make_divisible(round(C_in * e), 8) (SPEC 1.5)."""
+    """Middle (expanded) width of an MBConv block: make_divisible(round(C_in * e), 8) (docs/design.md#flops)."""
     return make_divisible(round(in_channels * expand_ratio), 8)
 
 
 def se_channels(mid: int) -> int:
-    """Hidden width of the squeeze-excite module for ``mid`` channels (reduction 4, SPEC 1.1)."""
+    """Hidden width of the squeeze-excite module for ``mid`` channels (reduction 4, docs/design.md#architecture)."""
     return make_divisible(mid // 4, 8)
 
 
@@ -95,7 +95,7 @@ def _table(widths: Sequence[int], strides: Sequence[int], acts: Sequence[str],
 
 def moofa_widths(ref_side: float = 56.0, ref_expand: float = 4.0, start: Sequence[int] = (3, 8, 24),
                  n_iter: int = 6, kernel: int = 7) -> list[int]:
-    """MOOFA's "memory-constant" width rule (SPEC 1.4).
+    """MOOFA's "memory-constant" width rule (docs/design.md#architecture).
 
     Each new stage gets the width whose 1x1 expansion memory (input + weights + output, in
     elements) at half the previous side equals the previous stage's peak layer memory, measured at
@@ -139,7 +139,7 @@ class ModelClass:
 
     table: ArchTable
     width_rule: str  # "make_divisible" (OFA) or "truncate" (MOOFA; head widths not multiplied)
-    compound: bool = False  # CompOFA: depth and expand coupled (SPEC 2.7)
+    compound: bool = False  # CompOFA: depth and expand coupled (docs/design.md#architecture)
 
 
 MODEL_CLASSES: dict[str, ModelClass] = {
@@ -150,7 +150,7 @@ MODEL_CLASSES: dict[str, ModelClass] = {
     "OFAMobileNetV3CtV3": ModelClass(MOOFA_TABLE, "truncate"),
 }
 
-# CompOFA's coupling: depth -> expand ratio of all 4 blocks of the stage (SPEC 2.7).
+# CompOFA's coupling: depth -> expand ratio of all 4 blocks of the stage (docs/design.md#architecture).
 COMPOUND_EXPAND = {2: 3, 3: 4, 4: 6}
 
 
@@ -167,6 +167,15 @@ class ModelSpec:
     table: ArchTable
     compound: bool = False
     width_mult: float = 1.0
+    # (image_size, ks, expand, depth) lists exactly as written in model_configs.yaml: they fix the
+    # positions of the one-hot encoding (docs/design.md#encoding); None = the sorted lists
+    listed: tuple[tuple, tuple, tuple, tuple] | None = None
+
+    @property
+    def layout_lists(self) -> dict[str, tuple]:
+        """The four choice lists in encoding order (as written in model_configs.yaml)."""
+        lists = self.listed or (self.image_sizes, self.ks_list, self.expand_list, self.depth_list)
+        return dict(zip(("image_sizes", "ks_list", "expand_list", "depth_list"), lists))
 
     @property
     def blocks_per_stage(self) -> int:
@@ -228,13 +237,16 @@ def model_spec_from_entry(name: str, entry: Mapping[str, Any], source: str = "mo
         raise ValueError(f"{where}.model_class: unknown value {cls_name!r} "
                          f"(known: {', '.join(MODEL_CLASSES)})")
     mc = MODEL_CLASSES[cls_name]
-    ks = sorted(int(k) for k in _as_list(entry["ks_list"], "ks_list", where))
+    written_ks = [int(k) for k in _as_list(entry["ks_list"], "ks_list", where)]
+    ks = sorted(written_ks)
     if any(k < 1 or k % 2 == 0 for k in ks):
         raise ValueError(f"{where}.ks_list: kernel sizes must be odd and positive, got {ks}")
-    ex = sorted(norm_expand(e) for e in _as_list(entry["expand_list"], "expand_list", where))
+    written_ex = [norm_expand(e) for e in _as_list(entry["expand_list"], "expand_list", where)]
+    ex = sorted(written_ex)
     if any(e < 1 for e in ex):
         raise ValueError(f"{where}.expand_list: expand ratios must be >= 1, got {ex}")
-    depth = sorted(int(d) for d in _as_list(entry["depth_list"], "depth_list", where))
+    written_depth = [int(d) for d in _as_list(entry["depth_list"], "depth_list", where)]
+    depth = sorted(written_depth)
     if any(d < 1 for d in depth):
         raise ValueError(f"{where}.depth_list: depths must be >= 1, got {depth}")
     sizes = [int(r) for r in _as_list(entry["image_size"], "image_size", where)]
@@ -264,7 +276,8 @@ def model_spec_from_entry(name: str, entry: Mapping[str, Any], source: str = "mo
             raise ValueError(f"{where}.width_mult_list: {wm} gives invalid widths ({err})") from None
     return ModelSpec(name=name, model_class=cls_name, ks_list=tuple(ks), expand_list=tuple(ex),
                      depth_list=tuple(depth), image_sizes=tuple(sizes), table=table,
-                     compound=mc.compound, width_mult=wm)
+                     compound=mc.compound, width_mult=wm,
+                     listed=(tuple(sizes), tuple(written_ks), tuple(written_ex), tuple(written_depth)))
 
 
 DEFAULT_MODEL_CONFIGS = Path(__file__).resolve().parents[2] / "model_configs.yaml"
@@ -309,6 +322,14 @@ def get_model_spec(model: "str | ModelSpec", model_configs: str | Path | None = 
         src = model_configs or "built-in models"
         raise ValueError(f"{src}: unknown model {model!r} (known: {', '.join(specs)})")
     return specs[model]
+
+
+class ChoiceError(ValueError):
+    """A subnet-config value that does not fit a model: ``key`` (e.g. ``e[3]``) and ``reason``."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key}: {reason}")
+        self.key, self.reason = key, reason
 
 
 @dataclass(frozen=True)
@@ -356,21 +377,21 @@ class SubnetConfig:
         return {"ks": list(self.ks), "e": list(self.e), "d": list(self.d), "image_size": self.image_size}
 
     def validate(self, spec: ModelSpec, check_image_size: bool = False) -> "SubnetConfig":
-        """Raise ValueError naming the argument and value if this config does not fit ``spec``."""
+        """Raise :class:`ChoiceError` naming the argument and value if this config does not fit ``spec``."""
         for key, values, n, choices in (("ks", self.ks, spec.n_blocks, spec.ks_list),
                                         ("e", self.e, spec.n_blocks, spec.expand_list),
                                         ("d", self.d, N_STAGES, spec.depth_list)):
             if len(values) != n:
-                raise ValueError(f"{key}: expected {n} values for {spec.name}, got {len(values)}")
+                raise ChoiceError(key, f"expected {n} values for {spec.name}, got {len(values)}")
             for i, v in enumerate(values):
                 if v not in choices:
-                    raise ValueError(f"{key}[{i}]: value {v!r} is not one of {spec.name}'s "
-                                     f"choices {list(choices)}")
+                    raise ChoiceError(f"{key}[{i}]", f"value {v!r} is not one of {spec.name}'s "
+                                      f"choices {list(choices)}")
         if self.image_size < 8:
-            raise ValueError(f"image_size: value {self.image_size} is too small")
+            raise ChoiceError("image_size", f"value {self.image_size} is too small")
         if check_image_size and self.image_size not in spec.image_sizes:
-            raise ValueError(f"image_size: value {self.image_size} is not one of {spec.name}'s "
-                             f"choices {list(spec.image_sizes)}")
+            raise ChoiceError("image_size", f"value {self.image_size} is not one of {spec.name}'s "
+                              f"choices {list(spec.image_sizes)}")
         return self
 
     def active_blocks(self, spec: ModelSpec) -> list[int]:

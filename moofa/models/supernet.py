@@ -1,4 +1,4 @@
-"""The elastic MobileNetV3 supernet (SPEC 1.6, 2.4-2.7): one class for all five models, driven by
+"""The elastic MobileNetV3 supernet (docs/design.md#architecture): one class for all five models, driven by
 the :class:`~moofa.models.spec.ModelSpec` table."""
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from moofa.models.spec import (
     get_model_spec,
     norm_expand,
 )
+from moofa.io import require_file
 
 CONSTRAINT_TYPES = {"kernel_size": "ks", "expand_ratio": "e", "depth": "d"}
 
@@ -170,7 +171,7 @@ class Supernet(nn.Module):
 
         Draw order and RNG are the reference's (Python's ``random``: 20 kernels, then 20 expand
         ratios, then 5 depths), so ``random.seed(s)`` reproduces its subnets. CompOFA (compound)
-        draws each stage's depth with NumPy and couples the stage's expand ratios to it (SPEC 2.7).
+        draws each stage's depth with NumPy and couples the stage's expand ratios to it (docs/design.md#architecture).
         """
         rng = rng or random  # type: ignore[assignment]
         n = self.spec.n_blocks
@@ -192,7 +193,7 @@ class Supernet(nn.Module):
     # --------------------------------------------------------------------------- extraction
     @torch.no_grad()
     def get_active_subnet(self) -> MobileNetV3:
-        """A standalone static network of the active subnet with copied weights (SPEC 2.6)."""
+        """A standalone static network of the active subnet with copied weights (docs/design.md#architecture)."""
         b = self.spec.blocks_per_stage
         blocks: list[nn.Module] = [copy.deepcopy(self.blocks[0])]
         for s, depth in enumerate(self.runtime_depth):
@@ -206,7 +207,7 @@ class Supernet(nn.Module):
         return net.to(next(self.parameters()).device)
 
     def build_teacher(self) -> MobileNetV3:
-        """The largest subnet as a static network (the teacher of SPEC 3.2); the active subnet is
+        """The largest subnet as a static network (the teacher of docs/design.md#protocols); the active subnet is
         restored afterwards."""
         saved = self.get_current_config()
         self.set_max_net()
@@ -215,14 +216,14 @@ class Supernet(nn.Module):
         return net
 
     def re_organize_middle_weights(self, expand_ratio_stage: int = 0) -> None:
-        """Channel re-sorting of every elastic block (SPEC 2.3)."""
+        """Channel re-sorting of every elastic block (docs/design.md#architecture)."""
         for block in self.elastic_blocks:
             block.re_organize_middle_weights(expand_ratio_stage)
 
     # ----------------------------------------------------------------------------- loading
     def load_state_dict(self, state_dict: Mapping[str, torch.Tensor], strict: bool = True,
                         assign: bool = False):  # type: ignore[override]
-        """Load with the reference's key remapping (SPEC 1.7).
+        """Load with the reference's key remapping (docs/design.md#architecture).
 
         Accepts supernet, static-subnet (teacher) and legacy ``.mobile_inverted_conv.`` names.
         Keys missing from the source keep their values; with ``strict`` only the kernel-transform
@@ -242,7 +243,7 @@ class Supernet(nn.Module):
 
 def remap_state_dict(source: Mapping[str, torch.Tensor],
                      target: Mapping[str, torch.Tensor]) -> tuple[dict, list[str]]:
-    """Map ``source`` keys onto ``target`` keys by SPEC 1.7's rules; keys that map nowhere are
+    """Map ``source`` keys onto ``target`` keys by docs/design.md#architecture's rules; keys that map nowhere are
     returned as the second item."""
     out: dict[str, Any] = {}
     unexpected: list[str] = []
@@ -277,8 +278,6 @@ def check_fit(unexpected: list[str], missing: list[str], source: Mapping[str, An
 def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Read a ``{"state_dict": ...}`` (or plain state-dict) checkpoint with ``weights_only=True``.
     Missing or corrupt files raise CheckpointError naming the path."""
-    from moofa.io import require_file
-
     path = require_file(path, "checkpoint file", error=CheckpointError)
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)

@@ -1,5 +1,6 @@
 """Accuracy predictor: the reference encoding, MLP ensemble, dataset files and training recipe
-(SPEC 5, CONTRACT "Files")."""
+(docs/design.md#encoding, docs/design.md#run-layout). Sampling, mutation and crossover of subnets live in
+:class:`moofa.models.space.SearchSpace`."""
 from moofa.predictor.dataset import (
     PredictorDataset,
     RestrictedUnpickler,
@@ -13,18 +14,13 @@ from moofa.predictor.dataset import (
 )
 from moofa.predictor.encoder import ArchEncoder
 from moofa.predictor.mlp import EXTRA_FEATURES, AccuracyMLP, AccuracyPredictor
+from moofa.predictor.plots import plot_predictions
 from moofa.predictor.training import (
     PredictorRecipe,
     regression_metrics,
     split_indices,
     train_predictor,
 )
-
-
-def plot_predictions(*args, **kwargs):  # thin lazy wrapper
-    """See :func:`moofa.predictor.plots.plot_predictions` (matplotlib is imported lazily)."""
-    from moofa.predictor.plots import plot_predictions as _plot
-    return _plot(*args, **kwargs)
 
 
 __all__ = ["ArchEncoder", "AccuracyMLP", "AccuracyPredictor", "EXTRA_FEATURES", "PredictorDataset",

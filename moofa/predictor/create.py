@@ -1,9 +1,9 @@
-"""Balanced predictor-dataset creation (SPEC 6, with the fixes of SPEC 10.1 items 1-9).
+"""Balanced predictor-dataset creation (docs/design.md#protocols, with the fixes of docs/design.md#departures-from-the-reference).
 
 Subnets of a trained supernet are sampled so that the accuracy samples spread evenly over
 ``n_bins`` equal-width peak-memory bins ``[min_memory + i*w, min_memory + (i+1)*w)`` (elements),
 each subnet's accuracy is measured, and one JSON Lines record per subnet is appended to the output
-(CONTRACT.md "Files"): ``ks, e, d, image_size, accuracy`` (fraction), ``peak_memory`` (elements),
+(docs/design.md#run-layout): ``ks, e, d, image_size, accuracy`` (fraction), ``peak_memory`` (elements),
 ``flops`` (MMACs of the network as built, i.e. with the dataset's class count) and ``model``.
 
 Bins and quotas
@@ -31,7 +31,7 @@ Sampler
     so that the bins fill at the same pace: a run stopped at any point has a balanced dataset.
 
 Accuracy
-    Top-1 fraction after BN re-calibration (SPEC 3.9) on the data provider's fixed calibration
+    Top-1 fraction after BN re-calibration (docs/design.md#protocols) on the data provider's fixed calibration
     subset at the subnet's resolution, on a fixed evaluation subset of ``dataset_config.eval_split``:
     ``selection`` (default, OFA's protocol): the training images held out of supernet training by
     ``args.valid_size``, so that the search's selection never sees the test images its result is
@@ -123,6 +123,8 @@ from moofa.models.bn_calibration import set_running_statistics
 from moofa.models.spec import ModelSpec, SubnetConfig
 from moofa.predictor.dataset import append_records, make_record, read_jsonl, repair_tail
 from moofa.training.evaluate import evaluate
+from moofa.predictor.encoder import ArchEncoder
+from tqdm import tqdm
 
 LOG = logging.getLogger("moofa.create_dataset")
 
@@ -315,11 +317,9 @@ def check_recipe(paths: OutputPaths, recipe: Mapping[str, Any], overwrite: bool 
 
 
 def write_reference_pickle(jsonl: Path, target: Path, spec: ModelSpec) -> int:
-    """Write the records of ``jsonl`` as the reference's merged pickle (SPEC 6.4: flat lists
-    ``configs``, ``accuracies`` (fractions), ``features`` (one-hot, SPEC 5.1), ``efficiencies``
+    """Write the records of ``jsonl`` as the reference's merged pickle (docs/design.md#protocols: flat lists
+    ``configs``, ``accuracies`` (fractions), ``features`` (one-hot, docs/design.md#encoding), ``efficiencies``
     (peak memory, elements)) atomically; returns the number of entries."""
-    from moofa.predictor.encoder import ArchEncoder
-
     data = read_jsonl(jsonl, spec)
     features = ArchEncoder(spec).encode_batch(data.configs)
     obj = {"configs": [c.to_dict() for c in data.configs],
@@ -592,7 +592,7 @@ class SubnetMeter:
 
 
 def subnet_record(spec: ModelSpec, cfg: SubnetConfig, accuracy: float, n_classes: int) -> dict[str, Any]:
-    """One dataset line (CONTRACT.md): config, accuracy (fraction), peak memory (elements),
+    """One dataset line (README): config, accuracy (fraction), peak memory (elements),
     FLOPs (MMACs of the network with ``n_classes`` outputs) and the model name."""
     return make_record(cfg, accuracy, peak_memory(spec, cfg), flops(spec, cfg, n_classes), spec.name)
 
@@ -631,7 +631,6 @@ def run_plan(plan: Plan, meter: SubnetMeter, backend: Any, n_classes: int, log_i
     per_bin = {i: plan.existing.per_bin.get(i, 0) for i in quotas}
     bar = None
     if is_main and progress:
-        from tqdm import tqdm
         total = sum(quotas.values())
         bar = tqdm(total=total, initial=min(sum(min(per_bin[i], q) for i, q in quotas.items()), total),
                    desc="subnets", unit="subnet", dynamic_ncols=True)

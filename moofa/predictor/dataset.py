@@ -1,4 +1,4 @@
-"""Predictor datasets: JSON Lines files (ours, CONTRACT "Files") and the reference pickle.
+"""Predictor datasets: JSON Lines files (ours, docs/design.md#run-layout) and the reference pickle.
 
 JSON Lines: one subnet a line, e.g.::
 
@@ -13,7 +13,7 @@ resumes by appending and files merge by concatenation; a line torn by a kill can
 
 Reference pickle: ``{"configs": [dict], "accuracies": [float], "features": [ndarray],
 "efficiencies": [float]}`` as parallel flat lists (the merged file) or as dicts keyed by memory bin
-(a per-GPU file, SPEC 6.4; flattened in ascending bin order). It is read by a restricted unpickler
+(a per-GPU file, docs/design.md#protocols; flattened in ascending bin order). It is read by a restricted unpickler
 that admits builtins and numpy arrays only.
 """
 from __future__ import annotations
@@ -314,7 +314,7 @@ def load_restricted_pickle(path: "str | Path") -> Any:
 
 
 def _flatten_bins(value: Any, key: str, path: Path) -> list:
-    """A flat list, or a dict keyed by bin flattened in ascending bin order (SPEC 6.4)."""
+    """A flat list, or a dict keyed by bin flattened in ascending bin order (docs/design.md#protocols)."""
     if isinstance(value, Mapping):
         try:
             bins = sorted(value, key=int)

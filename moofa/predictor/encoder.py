@@ -1,71 +1,55 @@
-"""The reference's one-hot architecture encoding ("mbv3" MobileNetArchEncoder, SPEC 5.1) and the
-search operators that work on subnet configs (random sample, mutation, crossover; SPEC 5.1, 7.3).
+"""The reference's one-hot architecture encoding ("mbv3" MobileNetArchEncoder, docs/design.md#encoding).
 
 Layout of a feature vector (float64 0/1, ``n_dim = |R| + n_blocks*|K| + n_blocks*|E|``, 124 for
-the reference models):
+the reference models), with the choice lists in the order written in ``model_configs.yaml``
+(:attr:`moofa.models.spec.ModelSpec.layout_lists`, see ``docs/design.md#encoding``):
 
-* ``[0, |R|)``: one-hot resolution, in ``image_sizes`` order;
+* ``[0, |R|)``: one-hot resolution, in ``image_size`` order;
 * ``|R| + |K|*i + idx_K(k_i)``: kernel size of block ``i`` (0..19);
 * ``|R| + n_blocks*|K| + |E|*i + idx_E(e_i)``: expand ratio of block ``i``.
 
 Inactive blocks (position in stage >= depth of the stage) have all-zero kernel and expand slots.
-
-Randomness always comes from a generator passed in: a :class:`random.Random` or a
-:class:`numpy.random.Generator` (never the global RNGs).
+Sampling, mutation and crossover live in :class:`moofa.models.space.SearchSpace`.
 """
 from __future__ import annotations
 
-import random
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence, Union
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from moofa.models.spec import N_STAGES, ModelSpec, SubnetConfig, get_model_spec
-
-Rng = Union[random.Random, np.random.Generator]
-ConfigLike = Union[SubnetConfig, Mapping[str, Any]]
+from moofa.models.space import LAYOUT_NAMES, ConfigLike, SearchSpace
+from moofa.models.spec import N_STAGES, ModelSpec, SubnetConfig
 
 
-def _choice(rng: Rng, seq: Sequence[Any]) -> Any:
-    """One uniform draw from ``seq`` with either kind of generator."""
-    if isinstance(rng, np.random.Generator):
-        return seq[int(rng.integers(len(seq)))]
-    return rng.choice(list(seq))
-
-
-def _uniform(rng: Rng) -> float:
-    """A uniform float in [0, 1) with either kind of generator."""
-    return float(rng.random())
-
-
-def _index_of(values: np.ndarray, choices: Sequence[float], key: str) -> np.ndarray:
-    """Indices of ``values`` (one row per config) in the ascending list ``choices``; ValueError
-    naming the config, key and value of the first entry that is not a choice."""
-    ch = np.asarray(choices, dtype=np.float64)
-    idx = np.clip(np.searchsorted(ch, values), 0, len(ch) - 1)
-    bad = ch[idx] != values
+def _index_of(space: SearchSpace, values: np.ndarray, key: str) -> np.ndarray:
+    """Layout positions of ``values`` (one row per config); ValueError naming the config, key and
+    value of the first entry that is not a choice."""
+    idx, bad = space.index(values, key)
     if bad.any():
         pos = tuple(np.argwhere(bad)[0])
         where = f"{key}[{pos[1]}]" if values.ndim > 1 else key
         raise ValueError(f"config {pos[0]}: {where}: value {values[pos]:g} is not one of the "
-                         f"choices {list(choices)}")
+                         f"choices {list(space.layout[LAYOUT_NAMES[key]])}")
     return idx
 
 
 class ArchEncoder:
-    """One-hot encoder of a model's subnet configs (SPEC 5.1) plus the search operators.
+    """One-hot encoder of a model's subnet configs (docs/design.md#encoding).
 
-    ``model`` is a name from ``model_configs.yaml`` (or a :class:`ModelSpec`); the encoding uses its
-    ``image_sizes``, ``ks_list``, ``expand_list`` and ``depth_list``.
+    ``model`` is a name from ``model_configs.yaml``, a :class:`ModelSpec` or a
+    :class:`SearchSpace`; the encoding uses its layout lists (as written in model_configs.yaml).
     """
 
-    def __init__(self, model: "str | ModelSpec", model_configs: "str | Path | None" = None) -> None:
-        self.spec: ModelSpec = get_model_spec(model, model_configs)
-        self.image_sizes = tuple(int(r) for r in self.spec.image_sizes)
-        self.ks_list = tuple(self.spec.ks_list)
-        self.expand_list = tuple(self.spec.expand_list)
-        self.depth_list = tuple(self.spec.depth_list)
+    def __init__(self, model: "str | ModelSpec | SearchSpace",
+                 model_configs: "str | Path | None" = None) -> None:
+        self.space = model if isinstance(model, SearchSpace) else SearchSpace(model, model_configs)
+        self.spec: ModelSpec = self.space.spec
+        layout = self.space.layout
+        self.image_sizes = tuple(int(r) for r in layout["image_sizes"])
+        self.ks_list = tuple(layout["ks_list"])
+        self.expand_list = tuple(layout["expand_list"])
+        self.depth_list = tuple(layout["depth_list"])
         self.blocks_per_stage = self.spec.blocks_per_stage
         self.n_blocks = self.spec.n_blocks
         self.k_offset = len(self.image_sizes)
@@ -104,14 +88,14 @@ class ArchEncoder:
         """
         ks, ex, d, r = self._arrays(configs)
         n = len(r)
-        ri = _index_of(r, self.image_sizes, "image_size")
-        _index_of(d, self.depth_list, "d")
+        ri = _index_of(self.space, r, "image_size")
+        _index_of(self.space, d, "d")
         pos = np.arange(self.n_blocks) % self.blocks_per_stage
         stage = np.arange(self.n_blocks) // self.blocks_per_stage
         active = pos[None, :] < d[:, stage]                      # N, n_blocks
         # inactive blocks are not encoded, so any value (e.g. 0 from decode_dict) is accepted
-        ki = _index_of(np.where(active, ks, self.ks_list[0]), self.ks_list, "ks")
-        ei = _index_of(np.where(active, ex, self.expand_list[0]), self.expand_list, "e")
+        ki = _index_of(self.space, np.where(active, ks, self.ks_list[0]), "ks")
+        ei = _index_of(self.space, np.where(active, ex, self.expand_list[0]), "e")
         feat = np.zeros((n, self.n_dim), dtype=np.float64)
         feat[np.arange(n), ri] = 1.0
         rr, bb = np.nonzero(active)
@@ -166,65 +150,3 @@ class ArchEncoder:
         ks = [k if k else k0 for k in raw["ks"]]
         e = [x if x else e0 for x in raw["e"]]
         return SubnetConfig(tuple(ks), tuple(e), tuple(raw["d"]), raw["image_size"])
-
-    # ------------------------------------------------------------------------ search operators
-    def _stage_depth_draw(self, rng: Rng) -> int:
-        return int(_choice(rng, self.depth_list))
-
-    def _with_compound(self, ks: list, d: list, image_size: int) -> SubnetConfig:
-        """CompOFA coupling: all 4 blocks of a stage take the expand ratio of its depth."""
-        e = [self.spec.compound_expand(d[i // self.blocks_per_stage]) for i in range(self.n_blocks)]
-        return SubnetConfig(tuple(ks), tuple(e), tuple(d), image_size)
-
-    def random_sample(self, rng: Rng) -> SubnetConfig:
-        """Uniform random config (reference ``random_sample_arch``): i.i.d. ks, e per block, d per
-        stage, resolution. Compound models draw d per stage and set e from it (SPEC 2.7)."""
-        ks = [int(_choice(rng, self.ks_list)) for _ in range(self.n_blocks)]
-        if self.spec.compound:
-            d = [self._stage_depth_draw(rng) for _ in range(N_STAGES)]
-            return self._with_compound(ks, d, int(_choice(rng, self.image_sizes)))
-        e = [_choice(rng, self.expand_list) for _ in range(self.n_blocks)]
-        d = [self._stage_depth_draw(rng) for _ in range(N_STAGES)]
-        return SubnetConfig(tuple(ks), tuple(e), tuple(d), int(_choice(rng, self.image_sizes)))
-
-    def mutate(self, config: ConfigLike, arch_p: float, res_p: float, rng: Rng) -> SubnetConfig:
-        """The reference mutation (SPEC 5.1, 7.3): with probability ``res_p`` resample the
-        resolution; then for each block with probability ``arch_p`` resample both k and e; then
-        for each stage with probability ``arch_p`` resample d. Compound models resample only k
-        per block and re-couple e to the (possibly new) d of each stage."""
-        c = SubnetConfig.from_dict(config)
-        r = c.image_size
-        if _uniform(rng) < res_p:
-            r = int(_choice(rng, self.image_sizes))
-        ks, e, d = list(c.ks), list(c.e), list(c.d)
-        for i in range(self.n_blocks):
-            if _uniform(rng) < arch_p:
-                ks[i] = int(_choice(rng, self.ks_list))
-                if not self.spec.compound:
-                    e[i] = _choice(rng, self.expand_list)
-        for s in range(N_STAGES):
-            if _uniform(rng) < arch_p:
-                d[s] = self._stage_depth_draw(rng)
-        if self.spec.compound:
-            return self._with_compound(ks, d, r)
-        return SubnetConfig(tuple(ks), tuple(e), tuple(d), r)
-
-    def crossover(self, a: ConfigLike, b: ConfigLike, rng: Rng) -> SubnetConfig:
-        """The reference crossover (SPEC 7.3): every list element and the resolution come from
-        either parent with probability 1/2. Compound models take each stage's (d, e of its 4
-        blocks) together from one parent, so the child keeps the coupling."""
-        pa, pb = SubnetConfig.from_dict(a), SubnetConfig.from_dict(b)
-        pick = lambda x, y: x if _uniform(rng) < 0.5 else y
-        ks = [pick(x, y) for x, y in zip(pa.ks, pb.ks)]
-        if self.spec.compound:
-            bps = self.blocks_per_stage
-            d, e = [], []
-            for s in range(N_STAGES):
-                src = pa if _uniform(rng) < 0.5 else pb
-                d.append(src.d[s])
-                e.extend(src.e[s * bps:(s + 1) * bps])
-        else:
-            e = [pick(x, y) for x, y in zip(pa.e, pb.e)]
-            d = [pick(x, y) for x, y in zip(pa.d, pb.d)]
-        r = pick(pa.image_size, pb.image_size)
-        return SubnetConfig(tuple(ks), tuple(e), tuple(d), r)

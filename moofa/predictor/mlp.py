@@ -1,4 +1,4 @@
-"""The accuracy predictor: the reference MLP (SPEC 5.2) and our ensemble with extra inputs.
+"""The accuracy predictor: the reference MLP (docs/design.md#encoding) and our ensemble with extra inputs.
 
 :class:`AccuracyMLP` is one reference MLP; its state dict has exactly the reference keys
 (``base_acc``, ``layers.0.0.weight`` ... ``layers.3.weight``). :class:`AccuracyPredictor` is what the
@@ -47,20 +47,20 @@ from moofa.errors import CheckpointError
 from moofa.io import atomic_save, require_file
 from moofa.models.spec import ModelSpec, SubnetConfig
 from moofa.predictor.encoder import ArchEncoder, ConfigLike
+from moofa.efficiency import flops_batch  # lazy: only needed for extra inputs
+from moofa.efficiency import peak_memory_batch
 
 FORMAT = "moofa-predictor-v1"
 PREDICT_CHUNK = 8192
 
 
 def _flops_values(spec: ModelSpec, configs: Sequence[SubnetConfig], n_classes: int = 1000) -> np.ndarray:
-    """FLOPs of each config in MMACs (SPEC 4.6) of the network with ``n_classes`` outputs."""
-    from moofa.efficiency import flops_batch  # lazy: only needed for extra inputs
+    """FLOPs of each config in MMACs (docs/design.md#flops) of the network with ``n_classes`` outputs."""
     return np.asarray(flops_batch(spec, list(configs), n_classes=int(n_classes)), dtype=np.float64)
 
 
 def _peak_values(spec: ModelSpec, configs: Sequence[SubnetConfig], n_classes: int = 1000) -> np.ndarray:
-    """Analytic peak memory of each config in elements (SPEC 4.2; independent of the classes)."""
-    from moofa.efficiency import peak_memory_batch
+    """Analytic peak memory of each config in elements (docs/design.md#memory-model; independent of the classes)."""
     return np.asarray(peak_memory_batch(spec, list(configs)), dtype=np.float64)
 
 
@@ -103,7 +103,7 @@ def _plain_info(info: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class AccuracyMLP(nn.Module):
-    """One reference MLP (SPEC 5.2): ``n_layers`` x [Linear, ReLU], then Linear(hidden, 1, no bias),
+    """One reference MLP (docs/design.md#encoding): ``n_layers`` x [Linear, ReLU], then Linear(hidden, 1, no bias),
     squeezed, plus the frozen scalar ``base_acc``. Output: accuracy as a fraction."""
 
     def __init__(self, n_inputs: int, hidden_size: int = 400, n_layers: int = 3,
@@ -141,7 +141,7 @@ class AccuracyPredictor(nn.Module):
     """Predicts the accuracy (fraction) of subnet configs of one model.
 
     ``model`` is a model name, :class:`ModelSpec` or :class:`ArchEncoder`. The prediction is the
-    mean of ``n_members`` :class:`AccuracyMLP` members; each sees the one-hot encoding (SPEC 5.1)
+    mean of ``n_members`` :class:`AccuracyMLP` members; each sees the one-hot encoding (docs/design.md#encoding)
     followed by the normalised ``extra_features`` (names of :data:`EXTRA_FEATURES`).
     """
 
@@ -236,29 +236,26 @@ class AccuracyPredictor(nn.Module):
         return torch.stack([m(x) for m in self.members], dim=0).mean(dim=0)
 
     @torch.no_grad()
+    def _chunked(self, feats: np.ndarray, fn: Callable[[torch.Tensor], torch.Tensor]) -> list[np.ndarray]:
+        """``fn`` (float64 numpy) of member inputs in chunks of PREDICT_CHUNK rows, in eval mode."""
+        was_training = self.training
+        self.eval()
+        out = []
+        for i in range(0, len(feats), PREDICT_CHUNK):
+            x = torch.as_tensor(np.asarray(feats[i:i + PREDICT_CHUNK]), dtype=torch.float32,
+                                device=self.device)
+            out.append(fn(x).double().cpu().numpy())
+        self.train(was_training)
+        return out
+
     def predict_features(self, feats: np.ndarray) -> np.ndarray:
         """Predictions (fractions, float64) for precomputed member inputs."""
-        was_training = self.training
-        self.eval()
-        out = []
-        for i in range(0, len(feats), PREDICT_CHUNK):
-            x = torch.as_tensor(np.asarray(feats[i:i + PREDICT_CHUNK]), dtype=torch.float32,
-                                device=self.device)
-            out.append(self(x).double().cpu().numpy())
-        self.train(was_training)
+        out = self._chunked(feats, self)
         return np.concatenate(out) if out else np.zeros(0)
 
-    @torch.no_grad()
     def predict_members(self, feats: np.ndarray) -> np.ndarray:
         """Each member's predictions (fractions, float64 ``(n_members, N)``) for member inputs."""
-        was_training = self.training
-        self.eval()
-        out = []
-        for i in range(0, len(feats), PREDICT_CHUNK):
-            x = torch.as_tensor(np.asarray(feats[i:i + PREDICT_CHUNK]), dtype=torch.float32,
-                                device=self.device)
-            out.append(torch.stack([m(x) for m in self.members], dim=0).double().cpu().numpy())
-        self.train(was_training)
+        out = self._chunked(feats, lambda x: torch.stack([m(x) for m in self.members], dim=0))
         return np.concatenate(out, axis=1) if out else np.zeros((len(self.members), 0))
 
     def predict(self, configs: Iterable[ConfigLike],

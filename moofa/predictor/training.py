@@ -1,6 +1,6 @@
-"""Training recipe of the accuracy predictor and the ``train_moofa_predictor.py`` entry point.
+"""Training recipe of the accuracy predictor (entry point: :mod:`moofa.cli.train_predictor`).
 
-Recipe (all seeded; fixes SPEC 5.3 / 10 item 38):
+Recipe (all seeded; fixes docs/design.md#encoding):
 
 1. Remove repeated subnets (keeping the first record of each), then split the dataset with
    ``train_test_split(test_size=test_fraction, random_state=seed)`` over the file order: the
@@ -25,7 +25,7 @@ import logging
 import math
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -34,9 +34,10 @@ import torch
 from scipy.stats import kendalltau
 from sklearn.model_selection import train_test_split
 
-from moofa.errors import ConfigError, MoofaInputError
+from moofa.config import PredictorRecipe
+from moofa.errors import MoofaInputError
 from moofa.models.spec import ModelSpec, get_model_spec
-from moofa.predictor.dataset import PredictorDataset, read_dataset
+from moofa.predictor.dataset import PredictorDataset
 from moofa.predictor.mlp import (
     EXTRA_FEATURES,
     AccuracyMLP,
@@ -53,103 +54,9 @@ MIN_TEST, MIN_VAL, MIN_FIT = 2, 1, 2  # smallest splits that give metrics and a 
 FEW_TEST = 20  # below this many test subnets the metrics are flagged as rough
 
 
-@dataclass(frozen=True)
-class PredictorRecipe:
-    """Hyper-parameters of :func:`train_predictor`; also the keys of the config section
-    ``predictor_config`` (all optional; the device comes from ``args.device``)."""
-
-    hidden_size: int = 400          # units per hidden layer (reference: 400)
-    n_layers: int = 3               # hidden layers (reference: 3)
-    ensemble: int = 5               # ensemble members, averaged
-    epochs: int = 30                # passes over each member's fit split
-    lr: float = 1e-2                # Adam learning rate (peak of the cosine schedule)
-    lr_schedule: str = "cosine"     # cosine (per step) | plateau (per epoch, x0.5, patience 5) | constant
-    weight_decay: float = 1e-5      # Adam L2 weight decay (coupled, per step)
-    batch_size: int = 32            # subnets per step
-    val_fraction: float = 0.1       # fraction of the training split held out per member
-    test_fraction: float = 0.2      # fraction of the dataset held out for the reported metrics
-    extra_features: bool = True     # add log MMACs and log peak elements (normalised) as inputs
-
-    @property
-    def feature_names(self) -> tuple[str, ...]:
-        """Names of the extra inputs (see :data:`moofa.predictor.mlp.EXTRA_FEATURES`)."""
-        return tuple(EXTRA_FEATURES) if self.extra_features else ()
-
-    @classmethod
-    def from_config(cls, section: "Mapping[str, Any] | None", where: str = "predictor_config"
-                    ) -> "PredictorRecipe":
-        """Build from a config section; unknown keys and bad values raise :class:`ConfigError`
-        naming ``where.key`` and the value."""
-        if section is None:
-            return cls()
-        if not isinstance(section, Mapping):
-            raise ConfigError("must be a mapping", key=where, value=section)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(section) - known)
-        if unknown:
-            raise ConfigError(f"unknown key (known: {', '.join(sorted(known))})",
-                              key=f"{where}.{unknown[0]}")
-        values: dict[str, Any] = {}
-        for key, raw in section.items():
-            try:
-                values[key] = _coerce(raw, getattr(cls, key))
-            except (TypeError, ValueError):
-                raise ConfigError(f"must be of type {type(getattr(cls, key)).__name__}",
-                                  key=f"{where}.{key}", value=raw) from None
-        recipe = cls(**values)
-        try:
-            recipe.check()
-        except ValueError as err:
-            key, _, msg = str(err).partition(": ")
-            raise ConfigError(msg, key=f"{where}.{key}") from None
-        return recipe
-
-    def check(self) -> "PredictorRecipe":
-        """ValueError ``"<key>: <reason>"`` for the first out-of-range value."""
-        for key in ("hidden_size", "n_layers", "ensemble", "epochs", "batch_size"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr: must be > 0, got {self.lr}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay: must be >= 0, got {self.weight_decay}")
-        if self.lr_schedule not in SCHEDULES:
-            raise ValueError(f"lr_schedule: must be one of {', '.join(SCHEDULES)}, got "
-                             f"{self.lr_schedule!r}")
-        for key in ("val_fraction", "test_fraction"):
-            if not 0 < getattr(self, key) < 1:
-                raise ValueError(f"{key}: must be in (0, 1), got {getattr(self, key)}")
-        if self.val_fraction + self.test_fraction >= 1:
-            raise ValueError(f"test_fraction: val_fraction + test_fraction must be < 1, got "
-                             f"{self.val_fraction} + {self.test_fraction}")
-        return self
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _coerce(raw: Any, default: Any) -> Any:
-    """Convert a YAML value to the type of ``default`` (no bools for numbers, no fractional
-    ints)."""
-    if isinstance(default, bool):
-        if not isinstance(raw, bool):
-            raise TypeError
-        return raw
-    if isinstance(raw, bool):
-        raise TypeError
-    if isinstance(default, int):
-        if isinstance(raw, float) and not raw.is_integer():
-            raise ValueError
-        if not isinstance(raw, (int, float)):
-            raise TypeError
-        return int(raw)
-    if isinstance(default, float):
-        if not isinstance(raw, (int, float)):
-            raise TypeError
-        return float(raw)
-    if not isinstance(raw, str):
-        raise TypeError
-    return raw
+def feature_names(recipe: PredictorRecipe) -> tuple[str, ...]:
+    """Names of the extra inputs of ``recipe`` (see :data:`moofa.predictor.mlp.EXTRA_FEATURES`)."""
+    return tuple(EXTRA_FEATURES) if recipe.extra_features else ()
 
 
 # ------------------------------------------------------------------------------------ metrics
@@ -327,7 +234,7 @@ def fit_predictor(predictor: AccuracyPredictor, feats: np.ndarray, acc: np.ndarr
 def drop_collapsed(predictor: AccuracyPredictor, results: list[MemberResult],
                    factor: float = COLLAPSE_FACTOR) -> list[int]:
     """Remove members whose validation RMSE is not finite or exceeds ``factor`` x the members'
-    median (a collapsed run, SPEC 5.3); needs >= 3 members. Returns the removed indices."""
+    median (a collapsed run, docs/design.md#encoding); needs >= 3 members. Returns the removed indices."""
     vals = np.array([r.val_rmse_pp for r in results], dtype=np.float64)
     if len(vals) < 3 or not np.isfinite(vals).any():
         return []
@@ -363,7 +270,7 @@ def train_predictor(dataset: PredictorDataset, model: "str | ModelSpec | None" =
     creation); the FLOPs input is always computed, never taken from the file, so that training and
     search compute it identically (a file value computed otherwise is reported with a warning).
     """
-    recipe = (recipe or PredictorRecipe()).check()
+    recipe = recipe or PredictorRecipe()
     spec = get_model_spec(model if model is not None else dataset.model, model_configs)
     if train_idx is None and test_idx is None:
         dataset = deduplicate(dataset, spec)
@@ -375,7 +282,7 @@ def train_predictor(dataset: PredictorDataset, model: "str | ModelSpec | None" =
     train_idx, test_idx = np.asarray(train_idx), np.asarray(test_idx)
     t0 = time.perf_counter()
     predictor = AccuracyPredictor(spec, recipe.hidden_size, recipe.n_layers, recipe.ensemble,
-                                  recipe.feature_names, n_classes=n_classes)
+                                  feature_names(recipe), n_classes=n_classes)
     raw = predictor.raw_extra(dataset.configs, {"peak_memory": dataset.peak_memory})
     _check_file_flops(predictor, raw, dataset)
     predictor.fit_feature_norm(raw[train_idx])
@@ -435,77 +342,7 @@ def format_metrics(metrics: Mapping[str, Any], model: str) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def _get(cfg: Mapping[str, Any], path: str, section: str, key: str) -> Any:
-    """``cfg[section][key]``; ConfigError naming the file and dotted key when missing/null."""
-    sec = cfg.get(section)
-    if not isinstance(sec, Mapping) or sec.get(key) is None:
-        raise ConfigError("missing key", file=path, key=f"{section}.{key}")
-    return sec[key]
-
-
-def main(argv: "Sequence[str] | None" = None) -> int:
-    """``train_moofa_predictor.py --config C [--output PNG] [--model_config_path P]``."""
-    from moofa.cli.common import ArgParser
-
-    parser = ArgParser(prog="train_moofa_predictor.py",
-                       description="Train the accuracy predictor on a predictor dataset and "
-                                   "report test RMSE (pp), Pearson and Kendall's tau.")
-    parser.add_argument("--config", required=True, help="YAML config (args, search_config, "
-                        "optional predictor_config)")
-    parser.add_argument("--output", default=None, help="scatter plot of predicted vs real "
-                        "accuracy on the test split (PNG)")
-    parser.add_argument("--model_config_path", default=None, help="model_configs.yaml")
-    args = parser.parse_args(argv)
-
-    from moofa.config import load_config
-    from moofa.predictor.plots import check_image_path, plot_predictions
-
-    if args.output:
-        check_image_path(args.output)  # fail before training, not after
-    cfg = load_config(args.config, args.model_config_path)
-    model = _get(cfg, args.config, "args", "model")
-    seed = cfg["args"].get("manual_seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError("must be an integer", file=args.config, key="args.manual_seed", value=seed)
-    device = cfg["args"].get("device", "auto")
-    data_path = _get(cfg, args.config, "search_config", "acc_dataset_path")
-    ckpt_path = _get(cfg, args.config, "search_config", "acc_predictor_checkpoint")
-    try:
-        recipe = PredictorRecipe.from_config(cfg.get("predictor_config"))
-    except ConfigError as err:
-        raise ConfigError(str(err), file=args.config) from None
-    try:
-        spec = get_model_spec(model, args.model_config_path)
-    except ValueError as err:
-        raise ConfigError(str(err), file=args.config, key="args.model") from None
-
-    dataset = read_dataset(data_path, spec)
-    log.info("predictor dataset %s: %d subnets of %s", data_path, len(dataset), spec.name)
-    dataset = deduplicate(dataset, spec)  # before the split; the plot below uses the same one
-    check_dataset_size(len(dataset), recipe, data_path)
-    from moofa.config import last_task_args
-    from moofa.search.report import expected_n_classes
-
-    n_classes = expected_n_classes(last_task_args(cfg))  # the FLOPs input's class count
-
-    def progress(m: int, res: MemberResult) -> None:
-        log.info("member %d/%d: best epoch %d, validation RMSE %.4f pp", m + 1,
-                 recipe.ensemble, res.best_epoch + 1, res.val_rmse_pp)
-
-    predictor, metrics = train_predictor(dataset, spec, seed, recipe, device=device,
-                                         progress=progress, n_classes=n_classes)
-    out = predictor.save(ckpt_path)
-    print(format_metrics(metrics, spec.name))
-    print(f"checkpoint: {out}")
-    if args.output:
-        _, test_idx = split_indices(len(dataset), seed, recipe.test_fraction)
-        real = dataset.accuracies[test_idx]
-        pred = predictor.predict([dataset.configs[i] for i in test_idx])
-        print(f"plot: {plot_predictions(real, pred, args.output)}")
-    return 0
-
-
 __all__ = ["PredictorRecipe", "MemberResult", "split_sizes", "min_records", "check_dataset_size",
            "deduplicate", "regression_metrics", "split_indices", "fit_member",
            "fit_predictor", "drop_collapsed", "train_predictor", "format_metrics", "cpu_threads",
-           "main"]
+           "feature_names"]

@@ -1,5 +1,5 @@
-"""Memory-constrained evolutionary search, eval mode, results tables/plots, architecture
-diagrams and subnet export (SPEC 7, 8; CONTRACT "Search results").
+"""Memory-constrained evolutionary search, the constraint sweep, results tables/plots and subnet
+export (docs/design.md#search-space; docs/design.md#run-layout). Evaluation lives in :mod:`moofa.evaluation`.
 
 Heavy parts (data, training, export) are imported by the modules that need them, so
 ``import moofa.search`` stays light.

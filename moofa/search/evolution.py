@@ -1,4 +1,4 @@
-"""Memory-constrained regularised evolution (SPEC 7.3, with the fixes of SPEC 10 items 10-17).
+"""Memory-constrained regularised evolution (docs/design.md#search-space, with the fixes of docs/design.md#departures-from-the-reference).
 
 One run per constraint C (peak memory, elements):
 
@@ -11,7 +11,7 @@ One run per constraint C (peak memory, elements):
    every stage's depth with ``arch_mutate_prob``) and the rest as crossovers (every gene from
    either of two uniform parents), all scored in one predictor batch;
 3. the best individual over every scored config is returned, the last generation's children
-   included (the reference never looked at them, SPEC 10 item 12).
+   included (the reference never looked at them, docs/design.md#departures-from-the-reference).
 
 With a :class:`moofa.search.robust.RobustFitness` as the scorer, individuals carry its calibrated
 mean, uncertainty and distance to the measured data, and the initial population starts from the
@@ -20,7 +20,7 @@ accurate measured subnets that fit, filled up to ``population_size`` with their 
 feasible subnets only when neither exists). The ``top_k`` best distinct unmeasured candidates seen
 are kept (for re-ranking by measurement).
 
-Efficiency is the exact analytic peak memory (vectorised over a batch, SPEC 4.2) unless another
+Efficiency is the exact analytic peak memory (vectorised over a batch, docs/design.md#memory-model) unless another
 efficiency function is given (the benchmark passes the reference's build-and-run measurement).
 A child over the constraint is re-drawn from the same parent(s) at most ``max_tries`` times in
 all (the reference looped forever), then repaired constraint-aware
@@ -50,67 +50,14 @@ from moofa.efficiency import (
     peak_memory,
     peak_memory_batch,
 )
+from moofa.config import SearchSettings
 from moofa.efficiency.limits import Limits, check_limits, fits_batch, repair_within, sample_within
 from moofa.errors import InfeasibleConstraintError
+from moofa.models.space import SearchSpace
 from moofa.models.spec import ModelSpec, SubnetConfig, get_model_spec
-from moofa.predictor.encoder import ArchEncoder
 from moofa.search.robust import Estimates, RobustFitness
 
 Scorer = Callable[[list[SubnetConfig]], "np.ndarray | Sequence[float]"]
-
-
-@dataclass(frozen=True)
-class SearchSettings:
-    """Hyper-parameters of one evolutionary search (``search_config`` keys, SPEC 7.2). The
-    defaults are the reference class defaults (100 / 500); the reference run used 20 / 20."""
-
-    population_size: int = 100
-    generations: int = 500
-    mutation_ratio: float = 0.5
-    parent_ratio: float = 0.25
-    arch_mutate_prob: float = 0.1
-    resolution_mutate_prob: float = 0.5
-    seed: int = 0
-    max_tries: int = 10  # draws of a child (from the same parents) before it is repaired
-
-    KEYS = ("population_size", "generations", "mutation_ratio", "parent_ratio", "arch_mutate_prob",
-            "resolution_mutate_prob", "seed")
-
-    def __post_init__(self) -> None:
-        if self.population_size < 2:
-            raise ValueError(f"population_size: expected >= 2, got {self.population_size}")
-        if self.generations < 0:
-            raise ValueError(f"generations: expected >= 0, got {self.generations}")
-        if self.n_parents < 1:
-            raise ValueError(f"parent_ratio: {self.parent_ratio} keeps no parent of a population of "
-                             f"{self.population_size}")
-        if self.max_tries < 1:
-            raise ValueError(f"max_tries: expected >= 1, got {self.max_tries}")
-
-    @classmethod
-    def from_config(cls, search_config: Mapping[str, Any], **overrides: Any) -> SearchSettings:
-        """From a loaded ``search_config`` section (missing keys take the defaults)."""
-        values = {k: search_config[k] for k in cls.KEYS if k in search_config}
-        values.update(overrides)
-        return cls(**values)
-
-    @property
-    def n_parents(self) -> int:
-        """Parents kept per generation: round(parent_ratio x population_size) (reference)."""
-        return int(round(self.parent_ratio * self.population_size))
-
-    @property
-    def n_mutants(self) -> int:
-        """Mutants per generation: round(mutation_ratio x population_size) (reference)."""
-        return int(round(self.mutation_ratio * self.population_size))
-
-    @property
-    def n_crossovers(self) -> int:
-        """Crossover children per generation: population_size - n_mutants (reference)."""
-        return self.population_size - self.n_mutants
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in (*self.KEYS, "max_tries")}
 
 
 class Individual(NamedTuple):
@@ -232,7 +179,7 @@ class EvolutionFinder:
                  settings: SearchSettings | None = None, efficiency: Scorer | None = None,
                  memory_options: MemoryOptions | None = None, limits: Limits | None = None) -> None:
         self.spec = get_model_spec(model)
-        self.encoder = ArchEncoder(self.spec)
+        self.space = SearchSpace(self.spec)
         self.settings = settings or SearchSettings()
         # MMACs / parameter limits (``limits.memory`` is replaced by each search's constraint)
         self.limits = limits or Limits(options=memory_options or MemoryOptions())
@@ -299,16 +246,16 @@ class EvolutionFinder:
 
     def _generation(self, parents: list[Individual], constraint: float, rng: random.Random,
                     rng_np: np.random.Generator, stats: OperatorStats) -> list[Individual]:
-        s, enc, n_par = self.settings, self.encoder, len(parents)
+        s, space, n_par = self.settings, self.space, len(parents)
         mut_parent = [rng.randrange(n_par) for _ in range(s.n_mutants)]
         cross_parents = [(rng.randrange(n_par), rng.randrange(n_par)) for _ in range(s.n_crossovers)]
         mutants, mut_peaks = self._children(
-            lambda i: enc.mutate(parents[mut_parent[i]].config, s.arch_mutate_prob,
-                                 s.resolution_mutate_prob, rng),
+            lambda i: space.mutate(parents[mut_parent[i]].config, s.arch_mutate_prob,
+                                   s.resolution_mutate_prob, rng),
             lambda i: parents[mut_parent[i]], s.n_mutants, constraint, rng_np, stats)
         crosses, cross_peaks = self._children(
-            lambda i: enc.crossover(parents[cross_parents[i][0]].config,
-                                    parents[cross_parents[i][1]].config, rng),
+            lambda i: space.crossover(parents[cross_parents[i][0]].config,
+                                      parents[cross_parents[i][1]].config, rng),
             lambda i: parents[cross_parents[i][rng.randrange(2)]], s.n_crossovers, constraint,
             rng_np, stats)
         configs = mutants + crosses
@@ -353,8 +300,8 @@ class EvolutionFinder:
         if n_fill > 0:
             src = [rng.randrange(len(base)) for _ in range(n_fill)]
             fill, fill_peaks = self._children(
-                lambda i: self.encoder.mutate(base[src[i]].config, s.arch_mutate_prob,
-                                              s.resolution_mutate_prob, rng),
+                lambda i: self.space.mutate(base[src[i]].config, s.arch_mutate_prob,
+                                            s.resolution_mutate_prob, rng),
                 lambda i: base[src[i]], n_fill, constraint, rng_np, stats)
             configs, peaks = configs + fill, np.concatenate([peaks, fill_peaks])
         return configs, peaks
@@ -467,20 +414,8 @@ class _TopK:
 
 
 def random_configs(model: str | ModelSpec, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """``n`` uniform random configs as arrays ks (n, 20), e (n, 20), d (n, 5), image_size (n,):
-    every choice i.i.d. uniform (the reference's ``random_sample_arch``); compound models take
-    each stage's expand ratio from its depth (SPEC 2.7)."""
-    spec = get_model_spec(model)
-    nb, b = spec.n_blocks, spec.blocks_per_stage
-    ks = rng.choice(np.asarray(spec.ks_list), size=(n, nb))
-    d = rng.choice(np.asarray(spec.depth_list), size=(n, len(spec.stages)))
-    if spec.compound:
-        lut = {dd: spec.compound_expand(dd) for dd in spec.depth_list}
-        e = np.vectorize(lambda dd: float(lut[int(dd)]))(np.repeat(d, b, axis=1))
-    else:
-        e = rng.choice(np.asarray(spec.expand_list, dtype=np.float64), size=(n, nb))
-    r = rng.choice(np.asarray(spec.image_sizes), size=n)
-    return {"ks": ks, "e": e, "d": d, "image_size": r}
+    """``n`` uniform random configs as arrays (:meth:`SearchSpace.sample_arrays`)."""
+    return SearchSpace(model).sample_arrays(n, rng)
 
 
 def random_search_baseline(model: str | ModelSpec, predict: Scorer, constraint: float, n: int,

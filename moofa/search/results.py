@@ -1,6 +1,6 @@
 """Search results on disk: ``<res_dir>/constraint_<int>/info.json`` per constraint, and over a
 sweep (or several sweeps, one per model) ``summary.csv``, ``summary.md`` in the layout of the
-paper's Table 1 (SPEC Appendix C: rows = constraints, one column per model, cells "top-1 % /
+paper's Table 1 (docs/design.md#protocols: rows = constraints, one column per model, cells "top-1 % /
 memory peak / MFLOPs") and an accuracy-versus-constraint plot overlaying the runs.
 
 Units: accuracy is a fraction in info.json and percent (labelled) in the tables and plots; memory
@@ -30,8 +30,8 @@ from matplotlib.ticker import FuncFormatter
 
 from moofa.errors import MoofaInputError
 from moofa.io import atomic_write_text, save_figure
+from moofa.run import INFO_NAME, constraint_dir  # noqa: F401 (constraint_dir: re-exported)
 
-INFO_NAME = "info.json"
 SUMMARY_CSV, SUMMARY_MD, SUMMARY_PLOT = "summary.csv", "summary.md", "accuracy_vs_constraint"
 _DIR_RE = re.compile(r"^constraint_(\d+)$")
 
@@ -49,11 +49,6 @@ def read_json(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise MoofaInputError("expected a JSON object", file=path)
     return data
-
-
-def constraint_dir(res_dir: str | Path, constraint: float) -> Path:
-    """``<res_dir>/constraint_<int>`` (deterministic, SPEC 10 item 17)."""
-    return Path(res_dir) / f"constraint_{int(round(constraint))}"
 
 
 # ---------------------------------------------------------------------------------------- reading

@@ -35,6 +35,8 @@ import torch
 
 from moofa.models.spec import ModelSpec, SubnetConfig
 from moofa.predictor.dataset import PredictorDataset
+from moofa.efficiency import peak_memory_batch
+from moofa.efficiency.limits import fits_batch
 
 FITNESS_MODES = ("robust", "reference")
 OUTSIDE_PENALTY = 1.0  # fitness units (fraction = 100 pp) per gene beyond the trust radius
@@ -126,8 +128,6 @@ class RobustFitness:
         onehot = feats[:, :self.n_dim]
         self._onehot = torch.as_tensor(onehot, dtype=torch.float32)
         self._norm = self._onehot.sum(dim=1)
-        from moofa.efficiency import peak_memory_batch
-        from moofa.efficiency.limits import fits_batch
 
         options = None if self.limits is None else self.limits.options
         self.peaks = np.asarray(peak_memory_batch(self.spec, self.configs, options=options), dtype=np.int64)

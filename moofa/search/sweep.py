@@ -1,4 +1,4 @@
-"""``eval_and_search.py --mode search``: the constraint sweep (SPEC 7.4-7.5, fixed per SPEC 10).
+"""``eval_and_search.py --mode search``: the constraint sweep (docs/design.md#search-space, fixed per docs/design.md#departures-from-the-reference).
 
 For each constraint of :func:`moofa.config.search_constraints` (checked against the model's exact
 minimum first), rank 0 runs the evolutionary search and broadcasts the result; with
@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from moofa.config import last_task_args, search_constraints
+from moofa.config import SearchSettings
 from moofa.efficiency import MemoryOptions
 from moofa.efficiency.limits import Limits, violations
 from moofa.errors import CheckpointError, ConfigError, MoofaInputError, on_main_rank
@@ -42,46 +42,37 @@ from moofa.fingerprint import change_message, data_identity, file_fingerprint, m
 from moofa.io import clean_stale_temps, require_file, write_json
 from moofa.lock import OutputLock
 from moofa.models.spec import ModelSpec, SubnetConfig
-from moofa.search.evolution import (
-    EvolutionFinder,
-    Individual,
-    SearchResult,
-    SearchSettings,
-    check_constraints,
-    search_budget,
-)
+from moofa.evaluation.report import draw_subnet_plots, subnet_report, units
+from moofa.run import INFO_NAME, Run, constraint_dir
+from moofa.search.evolution import EvolutionFinder, Individual, SearchResult, check_constraints, search_budget
 from moofa.search.robust import FitnessSettings, RobustFitness
-from moofa.search.report import (
-    draw_subnet_plots,
-    expected_n_classes,
-    load_supernet,
-    subnet_report,
-    units,
-)
-from moofa.search.results import (
-    INFO_NAME,
-    constraint_dir,
-    read_json,
-    run_from_infos,
-    write_summary,
-)
+from moofa.search.results import read_json, run_from_infos, write_summary
+from moofa.predictor import AccuracyPredictor
+from moofa.predictor.dataset import read_dataset
+import hashlib
+from moofa.data import DataProvider
+from moofa.predictor.create import SubnetMeter
+from moofa.deploy import require_executorch
+from moofa.predictor.dataset import append_records
+from moofa.predictor.create import subnet_record
+from moofa.training.evaluate import evaluate_subnet
+from moofa.search.export import export_subnet
+from moofa.deploy import DEPLOY_NAME, deploy_exported
 
 log = logging.getLogger(__name__)
 EXPORT_NAME = "subnet.pth.tar"
 RERANK_SOURCE = "search re-ranking"  # the ``source`` of the dataset rows a sweep appends
 
 
-def load_search_predictor(cfg: Mapping[str, Any], spec: ModelSpec, n_classes: int | None = None):
+def load_search_predictor(run: Run, spec: ModelSpec, n_classes: int | None = None):
     """The accuracy predictor of ``search_config.acc_predictor_checkpoint`` on the CPU (the
     search scores batches of at most population_size configs, too small to gain from a GPU).
     Its FLOPs input uses the class count it was trained with (recorded in our checkpoints); a
     checkpoint that does not record it uses ``n_classes`` (the run's data), as dataset creation
     did."""
-    from moofa.predictor import AccuracyPredictor
-
-    path = cfg["search_config"]["acc_predictor_checkpoint"]
-    if not path:
-        raise ConfigError("no accuracy predictor checkpoint given", file=cfg.get("_path"),
+    path = run.predictor_file
+    if path is None:
+        raise ConfigError("no accuracy predictor checkpoint given", file=run.path,
                           key="search_config.acc_predictor_checkpoint")
     pred = AccuracyPredictor.load(path, spec, device="cpu")
     if pred.recorded_model is None:
@@ -109,8 +100,6 @@ def set_flops_classes(pred: Any, n_classes: int) -> None:
 def load_measured(cfg: Mapping[str, Any], spec: ModelSpec):
     """The measured subnets of ``search_config.acc_dataset_path`` (None, with a warning, when
     the file does not exist: the robust fitness then only subtracts the ensemble spread)."""
-    from moofa.predictor.dataset import read_dataset
-
     path = Path(cfg["search_config"]["acc_dataset_path"])
     if not path.exists():
         log.warning("no predictor dataset at %s: the search cannot check its predictions against "
@@ -145,8 +134,6 @@ def measured_identity(path: Path) -> dict[str, Any]:
     """The measured dataset by content, without the re-ranking rows a sweep appends to it
     (:data:`RERANK_SOURCE`): the sweep's own appends do not make its finished results stale,
     while any other change of the data does."""
-    import hashlib
-
     h, n = hashlib.sha256(), 0
     with open(path, "rb") as fh:
         for line in fh:
@@ -229,29 +216,27 @@ def _done(info_path: Path, fp: Mapping[str, Any]) -> dict | None:
 class _Context:
     """What the constraints of one sweep share (on every rank; search state on rank 0)."""
 
-    def __init__(self, cfg: Mapping[str, Any], spec: ModelSpec, backend: Any, predictor: Any,
+    def __init__(self, run: Run, spec: ModelSpec, backend: Any, predictor: Any,
                  inputs: Mapping[str, Any]) -> None:
-        sc = cfg["search_config"]
+        cfg = run.cfg
+        sc = cfg.search_config
         self.cfg, self.spec, self.backend, self.sc = cfg, spec, backend, sc
-        self.settings = SearchSettings.from_config(sc)
+        self.settings: SearchSettings = sc
         self.fitness_settings = FitnessSettings.from_config(sc)
-        self.args = last_task_args(cfg)
+        self.args = run.args()
         self.evaluate = bool(sc["evaluate"])
         self.top_k = int(sc["rerank_top_k"])
         self.supernet = self.provider = self.meter = None
         if self.evaluate:
-            from moofa.data import DataProvider
-            from moofa.predictor.create import SubnetMeter
-
             self.provider = DataProvider(self.args, spec.image_sizes, backend.rank, backend.size)
-            self.supernet = load_supernet(spec, self.args, self.provider.n_classes).to(backend.device)
+            self.supernet = run.supernet(self.args, self.provider.n_classes, load=True).to(backend.device)
             self.n_classes = self.provider.n_classes
             whole = self.provider if backend.size == 1 else \
                 DataProvider(self.args, spec.image_sizes, 0, 1)
             dc = cfg["dataset_config"]
             self.meter = SubnetMeter(self.supernet, whole, dc["eval_images"], dc["eval_split"])
         else:
-            self.n_classes = expected_n_classes(self.args)
+            self.n_classes = run.n_classes(self.args)
             if sc["export"] and backend.is_main:
                 log.info("predictor-only search: no supernet weights, so the found subnets are not exported")
         self.predictor, self.inputs = predictor, inputs
@@ -279,44 +264,40 @@ class _Context:
         return None
 
 
-def run_search(cfg: Mapping[str, Any], spec: ModelSpec, backend: Any,
-               overwrite: bool = False) -> list[dict]:
+def run_search(run: Run, backend: Any, overwrite: bool = False) -> list[dict]:
     """Run the sweep; returns the info dicts (on every rank)."""
-    sc = cfg["search_config"]
-    constraints = search_constraints(cfg)
-    args = last_task_args(cfg)
-    check_constraints(spec, constraints, file=cfg.get("_path"),
-                      limits=Limits.from_config(cfg, expected_n_classes(args)))
+    cfg, args = run.cfg, run.args()
+    spec = run.spec(args)
+    sc = cfg.search_config
+    constraints = sc.sweep()
+    check_constraints(spec, constraints, file=run.path, limits=Limits.from_config(cfg, run.n_classes(args)))
     if "executorch" in sc["export"] and sc["evaluate"]:
-        from moofa.deploy import require_executorch
-
         require_executorch()  # before any search, not after the first one
-    res_dir = Path(sc["res_dir"])
+    res_dir = run.search_dir
     lock = OutputLock(res_dir, "search", key="search_config.res_dir")
 
     def take_folder() -> dict[str, Any]:  # writable, ours, tidy, same inputs: before any long work
         lock.acquire()
         clean_stale_temps(folders=[res_dir], recursive=True)
         inputs = search_inputs(cfg, spec, args, predictor)
-        settings = SearchSettings.from_config(sc)
-        check_finished(res_dir, {c: fingerprint(cfg, spec, c, settings, args, inputs)
+        check_finished(res_dir, {c: fingerprint(cfg, spec, c, sc, args, inputs)
                                  for c in constraints}, overwrite)
         return inputs
 
     try:
         # the FLOPs input's class count is the dataset's, as in dataset creation
-        predictor = load_search_predictor(cfg, spec, expected_n_classes(args))
+        predictor = load_search_predictor(run, spec, run.n_classes(args))
         inputs = on_main_rank(backend, take_folder)
-        return _sweep(cfg, spec, backend, overwrite, constraints, predictor, inputs)
+        return _sweep(run, spec, backend, overwrite, constraints, predictor, inputs)
     finally:
         lock.release()
 
 
-def _sweep(cfg: Mapping[str, Any], spec: ModelSpec, backend: Any, overwrite: bool,
+def _sweep(run: Run, spec: ModelSpec, backend: Any, overwrite: bool,
            constraints: list[int], predictor: Any, inputs: Mapping[str, Any]) -> list[dict]:
-    sc = cfg["search_config"]
-    ctx = _Context(cfg, spec, backend, predictor, inputs)
-    res_dir = Path(sc["res_dir"])
+    sc = run.cfg.search_config
+    ctx = _Context(run, spec, backend, predictor, inputs)
+    res_dir = run.search_dir
     if backend.is_main:
         s = ctx.settings
         lim = ctx.limits
@@ -331,8 +312,6 @@ def _sweep(cfg: Mapping[str, Any], spec: ModelSpec, backend: Any, overwrite: boo
     for c in constraints:  # ascending: each budget starts from the previous answer
         infos.append(_one_constraint(ctx, c, infos[-1] if infos else None, overwrite))
     if backend.is_main and ctx.new_records and sc["append_measurements"]:
-        from moofa.predictor.dataset import append_records
-
         path = Path(sc["acc_dataset_path"])
         if path.suffix.lower() == ".jsonl":
             n = append_records(path, ctx.new_records, spec)
@@ -388,7 +367,6 @@ def _rerank(ctx: _Context, c: int, found: Individual, top: list[Individual],
         cfg = pool[i][0]
         pool[i] = (cfg, acc, pool[i][2])
         ctx.selection_measured[ctx.key(cfg)] = acc
-        from moofa.predictor.create import subnet_record
 
         ctx.new_records.append(dict(subnet_record(ctx.spec, cfg, acc, ctx.n_classes), source=RERANK_SOURCE))
     rows = []
@@ -438,8 +416,6 @@ def _one_constraint(ctx: _Context, c: int, previous: Mapping[str, Any] | None, o
     chosen = answer.config
     evaluation = None
     if ctx.evaluate:
-        from moofa.training.evaluate import evaluate_subnet
-
         if ctx.top_k > 0:
             chosen, rerank = _rerank(ctx, c, answer, result.top, previous, baseline)
         evaluation = evaluate_subnet(ctx.supernet, chosen, ctx.provider, backend, split="test",
@@ -517,13 +493,9 @@ def _write_outputs(spec: ModelSpec, info: dict, report: Mapping[str, Any], out: 
     cfg = SubnetConfig.from_dict(info["config"])
     draw_subnet_plots(spec, cfg, out, report, n_classes, constraint=c, accuracy=info["real_accuracy"])
     if formats and supernet is not None:
-        from moofa.search.export import export_subnet
-
         info["export"] = [p.name for p in export_subnet(supernet, cfg, out / EXPORT_NAME,
                                                          with_onnx="onnx" in formats)]
         if deploy_cfg is not None:
-            from moofa.deploy import DEPLOY_NAME, deploy_exported
-
             dep = deploy_exported(out / EXPORT_NAME, deploy_cfg, out)
             info["deploy"] = {k: dep[k] for k in ("int8_accuracy", "fp32_accuracy", "n_images", "pte_bytes",
                                                   "runtime_memory_bytes", "fp32_pte_bytes",

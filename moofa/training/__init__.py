@@ -1,1 +1,1 @@
-"""Progressive-shrinking training, evaluation and checkpoints (SPEC section 3)."""
+"""Progressive-shrinking training, evaluation and checkpoints (docs/design.md#protocols)."""

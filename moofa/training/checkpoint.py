@@ -1,6 +1,6 @@
-"""Checkpoint files: atomic writes, RNG state capture, the phase chaining of SPEC 3.4.
+"""Checkpoint files: atomic writes, RNG state capture, the phase chaining of docs/design.md#protocols.
 
-Layout (reference names kept; resume state per phase fixes SPEC 10 items 22-24):
+Layout (reference names kept; resume state per phase fixes docs/design.md#departures-from-the-reference):
 - teacher: ``<teacher_path>/checkpoint/checkpoint.pth.tar`` (resume state, always with
   ``state_dict``), ``model_best.pth.tar`` (``{state_dict}``), ``latest.txt``.
 - phase ``<step>_<phase>``: resume state in ``<path>/checkpoint/<step>_<phase>/checkpoint.pth.tar``
@@ -10,13 +10,14 @@ Layout (reference names kept; resume state per phase fixes SPEC 10 items 22-24):
 from __future__ import annotations
 
 import random
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 
-PHASE_ORDER = ("kernel", "depth", "expand")
+from moofa.config import STEPS
+
+PHASE_ORDER = STEPS  # the order in which the steps chain their weights
 
 
 def rng_state() -> dict:
@@ -43,10 +44,6 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 
 def phase_name(step: str, phase: int | None) -> str:
     return "teacher" if step == "teacher" else f"{step}_{phase}"
-
-
-def final_phase_file(path: str | Path, step: str, phase: int) -> Path:
-    return Path(path) / "checkpoint" / f"checkpoint-{step}_{phase}.pth.tar"
 
 
 def predecessor(step: str, phase: int, tasks: list[str], tasks_phases: Mapping[str, int]) -> tuple[str, int] | None:

@@ -1,8 +1,8 @@
 """Evaluation shared by training validation, eval mode, search and predictor-dataset creation.
 
 Counts are all-reduced across ranks, so every rank gets the accuracy over the whole evaluated set
-(the reference measured a 1/N shard per GPU; SPEC 10 items 7, 32). Forward time is measured with
-device synchronisation after warm-up batches (SPEC 10 item 33).
+(the reference measured a 1/N shard per GPU; docs/design.md#departures-from-the-reference). Forward time is measured with
+device synchronisation after warm-up batches (docs/design.md#departures-from-the-reference).
 """
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def evaluate_subnet(supernet: nn.Module, config: SubnetConfig, provider: Any, ba
                     split: str = "test", max_images: int | None = None,
                     time_forward: bool = False) -> EvalResult:
     """Activate ``config``, re-calibrate BN on the provider's fixed calibration subset at the
-    config's resolution (SPEC 3.9) and evaluate on the ``split`` ("test" or "valid") loader;
+    config's resolution (docs/design.md#protocols) and evaluate on the ``split`` ("test" or "valid") loader;
     ``max_images`` selects a fixed, evenly spaced subset of the test set, identical on any number of
     ranks."""
     supernet.set_subnet(config)

@@ -44,7 +44,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
-from moofa.config import FINETUNE, task_args, validate_model
+from moofa.config import FINETUNE
 from moofa.data.provider import DataProvider
 from moofa.errors import CheckpointError, ConfigError, MoofaInputError, on_main_rank
 from moofa.io import check_writable, clean_stale_temps, write_json
@@ -52,13 +52,14 @@ from moofa.lock import OutputLock
 from moofa.models.bn_calibration import set_running_statistics
 from moofa.models.layers import MobileNetV3
 from moofa.models.spec import ModelSpec, SubnetConfig
-from moofa.models.supernet import load_weights
+from moofa.evaluation.report import UNITS, subnet_report
+from moofa.fingerprint import normalise, sha256_file
+from moofa.run import INFO_NAME, PhaseFiles, Run
 from moofa.search.export import export_static, load_exported
-from moofa.search.report import UNITS, new_supernet, subnet_report
-from moofa.search.results import INFO_NAME, read_json
+from moofa.search.results import read_json
 from moofa.training.evaluate import EvalResult, evaluate
 from moofa.training.logger import RunLogger
-from moofa.training.trainer import PhaseFiles, Trainer, seed_everything
+from moofa.training.trainer import Trainer, seed_everything
 
 OUT_NAME = "finetuned"
 EXPORT_NAME = "subnet.pth.tar"
@@ -69,15 +70,6 @@ INFO_FORMAT = "moofa-finetune/1"
 # frequency, and the device (a CPU run may resume on a GPU, as every phase). Everything else counts,
 # also n_worker and validation_frequency: both change what the global RNG draws.
 _NOT_INPUTS = ("path", "teacher_path", "checkpoint", "data_path", "print_frequency", "device")
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -113,12 +105,11 @@ class SubnetSource:
 class FinetuneTrainer(Trainer):
     """One launch of ``train.py --step finetune``; see the module docstring."""
 
-    def __init__(self, cfg: Mapping[str, Any], subnet: str | Path, backend: Any,
-                 model_config_path: str | Path, overwrite: bool = False) -> None:
-        self.cfg, self.step, self.phase, self.backend = cfg, FINETUNE, None, backend
+    def __init__(self, run: Run, subnet: str | Path, backend: Any, overwrite: bool = False) -> None:
+        self.layout, self.cfg, self.step, self.phase, self.backend = run, run.cfg, FINETUNE, None, backend
         self.name = FINETUNE
-        self.args = task_args(cfg, FINETUNE)
-        self.spec: ModelSpec = validate_model(dict(cfg, args=self.args), model_config_path)
+        self.args = run.args(FINETUNE)
+        self.spec: ModelSpec = run.spec(self.args)
         self.source = SubnetSource.resolve(subnet)
         out = self.source.out_dir
         ckpt = out / "checkpoint"
@@ -156,7 +147,7 @@ class FinetuneTrainer(Trainer):
 
         moved = on_main_rank(backend, take_folder)
         backend.barrier()
-        self.log = RunLogger(out, backend.is_main, self.name, cfg.get("wandb"), self.args)
+        self.log = RunLogger(out, backend.is_main, self.name, self.cfg.wandb, self.args.as_dict())
         if moved is not None:
             self.log.info(f"{out} held a fine-tuning of other inputs; moved it to {moved}")
         seed_everything(int(a["manual_seed"]))  # the same RNG state whatever __init__ drew
@@ -170,7 +161,7 @@ class FinetuneTrainer(Trainer):
         model = info.get("model")
         if model is not None and model != self.spec.name:
             raise ConfigError(f"the search result {self.source.path} is of model {model}, not the config's",
-                              file=self.cfg.get("_path"), key="args.model", value=self.spec.name)
+                              file=self.layout.path, key="args.model", value=self.spec.name)
         try:
             return SubnetConfig.from_dict(info["config"]).validate(self.spec)
         except ValueError as err:
@@ -182,9 +173,8 @@ class FinetuneTrainer(Trainer):
         path = self.args.get("checkpoint")
         if not path:
             raise ConfigError("no supernet checkpoint to extract the subnet from (or give the exported "
-                              f"{EXPORT_NAME} as --subnet)", file=self.cfg.get("_path"), key="args.checkpoint")
-        supernet = new_supernet(self.spec, self.args, n_classes)
-        load_weights(supernet, path)
+                              f"{EXPORT_NAME} as --subnet)", file=self.layout.path, key="args.checkpoint")
+        supernet = self.layout.supernet(self.args, n_classes, load=True)
         supernet.set_subnet(self.arch)
         net = supernet.get_active_subnet().to(self.device)
         set_running_statistics(net, self.provider.calibration_batches(self.arch.image_size))
@@ -202,7 +192,7 @@ class FinetuneTrainer(Trainer):
         else:
             weights = {"file": str(a["checkpoint"]), "sha256": sha256_file(a["checkpoint"]),
                        "extracted_from_supernet": True}
-        settings = {k: v for k, v in a.items() if k not in _NOT_INPUTS}
+        settings = normalise({k: v for k, v in a.items() if k not in _NOT_INPUTS})
         described = {"source": {"kind": src.kind, "path": str(src.path)}, "model": self.subnet_spec.name,
                      "arch": self.arch.to_dict(), "weights": weights, "teacher": teacher,
                      "data": str(self.provider.root), "settings": settings}
@@ -336,12 +326,11 @@ def _eval_dict(res: EvalResult) -> dict:
     return {"top1": res.top1, "top5": res.top5, "loss": res.loss, "n_images": res.n_images}
 
 
-def finetune(cfg: Mapping[str, Any], subnet: str | Path, backend: Any, model_config_path: str | Path,
-             overwrite: bool = False):
+def finetune(run: Run, subnet: str | Path, backend: Any, overwrite: bool = False):
     """Run one launch of ``train.py --step finetune --subnet <subnet>``; returns the StepResult
     (``info`` = the info.json written, None when it was already complete). ``overwrite``
     fine-tunes again from the start."""
-    return FinetuneTrainer(cfg, subnet, backend, model_config_path, overwrite).run()
+    return FinetuneTrainer(run, subnet, backend, overwrite).run()
 
 
-__all__ = ["FinetuneTrainer", "SubnetSource", "finetune", "sha256_file", "OUT_NAME"]
+__all__ = ["FinetuneTrainer", "SubnetSource", "finetune", "OUT_NAME"]

@@ -1,4 +1,4 @@
-"""Losses of SPEC 3.6: soft cross-entropy, label-smoothed cross-entropy and distillation."""
+"""Losses of docs/design.md#protocols: soft cross-entropy, label-smoothed cross-entropy and distillation."""
 from __future__ import annotations
 
 import torch

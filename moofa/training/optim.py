@@ -1,4 +1,4 @@
-"""Optimizer of SPEC 3.7: SGD (momentum, Nesterov) or Adam over two parameter groups."""
+"""Optimizer of docs/design.md#protocols: SGD (momentum, Nesterov) or Adam over two parameter groups."""
 from __future__ import annotations
 
 from typing import Any, Mapping

@@ -1,4 +1,4 @@
-"""Per-iteration learning-rate schedule (SPEC 3.7): linear warmup, then cosine without minimum."""
+"""Per-iteration learning-rate schedule (docs/design.md#protocols): linear warmup, then cosine without minimum."""
 from __future__ import annotations
 
 import math

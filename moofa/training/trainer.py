@@ -1,4 +1,4 @@
-"""Progressive-shrinking training (SPEC 3): the teacher step and the kernel, depth and expand
+"""Progressive-shrinking training (docs/design.md#protocols): the teacher step and the kernel, depth and expand
 phases, with distillation, elastic resolution, validation, resumable checkpoints and logs.
 
 One function, :func:`train_step`, runs one launch (``train.py --step S --phase P``); the teacher
@@ -28,13 +28,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from moofa.config import (
-    phase_constraints,
-    save_resolved_config,
-    task_args,
-    validate_model,
-    validation_subnets,
-)
+from moofa.config import phase_constraints, save_resolved_config, validation_subnets
 from moofa.data.provider import DataProvider
 from moofa.errors import CheckpointError, ConfigError, on_main_rank
 from moofa.fingerprint import (
@@ -49,17 +43,10 @@ from moofa.fingerprint import (
 from moofa.io import atomic_save, check_writable, clean_stale_temps, require_file
 from moofa.lock import OutputLock
 from moofa.models.bn_calibration import set_running_statistics
-from moofa.models.layers import MobileNetV3
 from moofa.models.spec import ModelSpec
-from moofa.models.supernet import build_supernet, load_checkpoint_file, load_weights
-from moofa.training.checkpoint import (
-    PHASE_ORDER,
-    final_phase_file,
-    phase_name,
-    predecessor,
-    rng_state,
-    set_rng_state,
-)
+from moofa.models.supernet import load_checkpoint_file, load_weights
+from moofa.run import PhaseFiles, Run, final_phase_file
+from moofa.training.checkpoint import PHASE_ORDER, phase_name, predecessor, rng_state, set_rng_state
 from moofa.training.evaluate import evaluate
 from moofa.training.logger import RunLogger
 from moofa.training.losses import distillation_loss
@@ -67,41 +54,9 @@ from moofa.training.optim import build_optimizer, set_lr
 from moofa.training.schedule import learning_rate
 
 
-RECIPE_NAME = "recipe.json"
 # args that do not change the trained weights (where and how fast, not what)
 NOT_RECIPE_ARGS = ("device", "n_worker", "print_frequency", "checkpoint", "path", "teacher_path",
                    "corrupt_images")
-
-
-@dataclass
-class PhaseFiles:
-    """Where one launch reads and writes (SPEC 3.4 layout, per-phase resume state)."""
-
-    run_dir: Path
-    state: Path   # resume state: epoch, best_acc, optimizer, RNG, state_dict
-    best: Path    # {state_dict} of the best validation epoch
-    final: Path   # {state_dict} written when the phase ends (the next phase's input)
-
-    @property
-    def recipe(self) -> Path:
-        """``recipe.json`` beside the resume state: what the phase is trained from."""
-        return self.state.parent / RECIPE_NAME
-
-    @property
-    def owned(self) -> list[Path]:
-        """Every file of this phase (``--overwrite`` removes them)."""
-        return list(dict.fromkeys([self.state, self.best, self.final, self.recipe,
-                                   self.state.parent / "latest.txt"]))
-
-    @classmethod
-    def of(cls, args: Mapping[str, Any], step: str, phase: int | None) -> "PhaseFiles":
-        if step == "teacher":
-            d = Path(args["teacher_path"]) / "checkpoint"
-            return cls(Path(args["teacher_path"]), d / "checkpoint.pth.tar", d / "model_best.pth.tar",
-                       d / "model_best.pth.tar")
-        d = Path(args["path"]) / "checkpoint" / f"{step}_{phase}"
-        return cls(Path(args["path"]), d / "checkpoint.pth.tar", d / "model_best.pth.tar",
-                   final_phase_file(args["path"], step, phase))
 
 
 @dataclass
@@ -123,9 +78,9 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-def _command_hint(cfg: Mapping[str, Any], step: str, phase: int | None) -> str:
+def _command_hint(run: Run, step: str, phase: int | None) -> str:
     ph = "" if step == "teacher" else f" --phase {phase}"
-    return f"python train.py --config {cfg.get('_path', '<config>')} --step {step}{ph}"
+    return f"python train.py --config {run.path} --step {step}{ph}"
 
 
 def _require(path: Path, what: str, hint: str) -> Path:
@@ -152,20 +107,19 @@ def resolution_note(spec: ModelSpec, candidates: list[int]) -> str:
 class Trainer:
     """State of one launch; see :func:`train_step`."""
 
-    def __init__(self, cfg: Mapping[str, Any], step: str, phase: int | None, backend: Any,
-                 model_config_path: str | Path) -> None:
+    def __init__(self, run: Run, step: str, phase: int | None, backend: Any) -> None:
         if step != "teacher" and phase is None:
             raise ConfigError(f"--phase is required for step {step}", key="--phase")
-        self.cfg, self.step, self.backend = cfg, step, backend
+        self.layout, self.cfg, self.step, self.backend = run, run.cfg, step, backend
         self.phase = phase if step != "teacher" else None
-        self.args = task_args(cfg, step, phase)
-        self.spec: ModelSpec = validate_model(dict(cfg, args=self.args), model_config_path)
+        self.args = run.args(step, phase)
+        self.spec: ModelSpec = run.spec(self.args)
         if self.spec.compound and step != "teacher":
             raise ConfigError("CompOFA supernets are not trained by progressive shrinking here (as in "
                               "the reference); evaluate or search a pretrained CompOFA checkpoint instead",
                               key="args.model", value=self.spec.name)
         self.name = phase_name(step, phase)
-        self.files = PhaseFiles.of(self.args, step, phase)
+        self.files = run.phase_files(step, phase)
         self.device = backend.device
         self.lock = OutputLock(self.files.state.parent, f"train.py --step {step}"
                                + ("" if self.phase is None else f" --phase {phase}"))
@@ -178,19 +132,18 @@ class Trainer:
 
         on_main_rank(backend, take_folder)
         try:
-            self._init_rest(cfg, step, backend)
+            self._init_rest(run, step, backend)
         except BaseException:
             self.lock.release()
             raise
 
-    def _init_rest(self, cfg: Mapping[str, Any], step: str, backend: Any) -> None:
-        self.log = RunLogger(self.files.run_dir, backend.is_main, self.name, cfg.get("wandb"), self.args)
+    def _init_rest(self, run: Run, step: str, backend: Any) -> None:
+        self.log = RunLogger(self.files.run_dir, backend.is_main, self.name, self.cfg.wandb,
+                             self.args.as_dict())
         seed_everything(int(self.args["manual_seed"]))
         self.provider = DataProvider(self.args, self.spec.image_sizes, backend.rank, backend.size)
         a = self.args
-        self.supernet = build_supernet(self.spec, self.provider.n_classes, dropout=a["dropout"],
-                                       bn_momentum=a["bn_momentum"], bn_eps=a["bn_eps"],
-                                       kernel_transform=a["dy_conv_scaling_mode"] == 1, init=a["model_init"])
+        self.supernet = run.supernet(a, self.provider.n_classes)
         self.teacher: nn.Module | None = None
         self.net: nn.Module = self.supernet.build_teacher() if step == "teacher" else self.supernet
         self.n_epochs = int(a["warmup_epochs"]) + int(a["n_epochs"])
@@ -222,8 +175,8 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ set-up
     def _teacher_file(self) -> Path:
-        return _require(Path(self.args["teacher_path"]) / "checkpoint" / "model_best.pth.tar",
-                        "teacher checkpoint", _command_hint(self.cfg, "teacher", None))
+        return _require(self.layout.teacher_file(self.args), "teacher checkpoint",
+                        _command_hint(self.layout, "teacher", None))
 
     def _init_weights(self) -> None:
         """Initial weights of a fresh run: random (teacher, broadcast from rank 0), the teacher's
@@ -235,8 +188,8 @@ class Trainer:
         if prev is None:
             src = self._teacher_file()
         else:
-            src = _require(final_phase_file(self.args["path"], *prev),
-                           f"predecessor checkpoint of {self.name}", _command_hint(self.cfg, *prev))
+            src = _require(final_phase_file(self.args.path, *prev),
+                           f"predecessor checkpoint of {self.name}", _command_hint(self.layout, *prev))
         load_weights(self.supernet, src)
         self.log.info(f"Loaded init from {src}")
         if self.step == "expand" and self.args["resort_channels"]:
@@ -247,9 +200,7 @@ class Trainer:
     def _build_teacher(self) -> None:
         if self.step == "teacher" or float(self.args["kd_ratio"]) <= 0:
             return
-        teacher = MobileNetV3.build(self.spec, self.spec.max_config(), self.provider.n_classes,
-                                    dropout=self.args["dropout"], bn_momentum=self.args["bn_momentum"],
-                                    bn_eps=self.args["bn_eps"])
+        teacher = self.layout.teacher(self.args, self.provider.n_classes, load=False)
         load_weights(teacher, self._teacher_file())
         self.teacher = teacher.to(self.device)
 
@@ -372,7 +323,7 @@ class Trainer:
             return None
         prev = predecessor(self.step, self.phase, list(self.cfg["tasks"]), self.cfg["tasks_phases"])
         if prev is None:
-            return Path(self.args["teacher_path"]) / "checkpoint" / "model_best.pth.tar"
+            return self.layout.teacher_file(self.args)
         return final_phase_file(self.args["path"], *prev)
 
     def recipe(self, recorded: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -382,7 +333,7 @@ class Trainer:
         input file that no longer exists takes its ``recorded`` value (it cannot be checked)."""
         files = {"init": self._init_source()}
         if self.step != "teacher" and float(self.args["kd_ratio"]) > 0:
-            files["kd_teacher"] = Path(self.args["teacher_path"]) / "checkpoint" / "model_best.pth.tar"
+            files["kd_teacher"] = self.layout.teacher_file(self.args)
         out: dict[str, Any] = {
             "phase": self.name, "model_spec": model_identity(self.spec),
             "args": {k: v for k, v in sorted(self.args.items()) if k not in NOT_RECIPE_ARGS},
@@ -440,7 +391,7 @@ class Trainer:
             return StepResult(self.name, self.n_epochs, 0.0, already_done=True)
         start, best, resumed = self.setup()
         if self.backend.is_main:
-            save_resolved_config(dict(self.cfg, args=self.args), self.files.run_dir)
+            save_resolved_config({**self.cfg.as_dict(), "args": self.args.as_dict()}, self.files.run_dir)
         if start >= self.n_epochs:
             self.log.info(f"{self.name} is already complete ({self.files.state}); nothing to do")
         else:
@@ -480,8 +431,7 @@ class Trainer:
         return StepResult(self.name, self.n_epochs, best, resumed, history=history, info=info)
 
 
-def train_step(cfg: Mapping[str, Any], step: str, phase: int | None, backend: Any,
-               model_config_path: str | Path, overwrite: bool = False) -> StepResult:
+def train_step(run: Run, step: str, phase: int | None, backend: Any, overwrite: bool = False) -> StepResult:
     """Run one launch of ``train.py`` (teacher, or one phase of kernel/depth/expand);
     ``overwrite`` trains the phase again from its start (see the module docstring)."""
-    return Trainer(cfg, step, phase, backend, model_config_path).run(overwrite)
+    return Trainer(run, step, phase, backend).run(overwrite)

@@ -1,7 +1,7 @@
 """A tiny elastic net and its data, shared by the distributed worker and the single-process check.
 
 Two optimizer steps, each with ``PASSES`` backward passes (micro-steps); each micro-step samples
-one of three branches with ``random.seed`` of the reference's seed formula (SPEC 3.6), so some
+one of three branches with ``random.seed`` of the reference's seed formula (docs/design.md#protocols), so some
 parameters get no gradient on some ranks. Each rank sees different data (seeded by its rank).
 """
 from __future__ import annotations

@@ -7,19 +7,19 @@ import sys
 from pathlib import Path
 
 
-from moofa.config import load_config
 from moofa.distributed import init_backend
+from moofa.run import Run
 from moofa.training.finetune import FinetuneTrainer
 from moofa.training.trainer import Trainer
 
 config, model_configs, step, phase, out = sys.argv[1:6]
-cfg = load_config(config, model_configs)
 backend = init_backend("cpu")
+run = Run.load(config, model_configs)
 sampled = []
 if step == "finetune":  # "phase" is the --subnet argument; there is no supernet to sample from
-    trainer = FinetuneTrainer(cfg, phase, backend, model_configs)
+    trainer = FinetuneTrainer(run, phase, backend)
 else:
-    trainer = Trainer(cfg, step, int(phase), backend, model_configs)
+    trainer = Trainer(run, step, int(phase), backend)
     original = trainer.supernet.sample_active_subnet
 
     def recording_sample(*a, **k):

@@ -1,5 +1,5 @@
-"""What eval and search modes share: building and loading the supernet from the run args, the
-analytic report of a subnet (peak memory, histogram, MMACs, parameters) and its plots."""
+"""What eval and search modes share: the analytic report of a subnet (peak memory, histogram,
+MMACs, parameters) and its plots."""
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -7,10 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from moofa.efficiency import MemoryOptions, count_params, flops, memory_layers, plot_memory_histogram
-from moofa.errors import ConfigError
-from moofa.models import Supernet, build_supernet, load_weights
 from moofa.models.spec import ModelSpec, SubnetConfig
-from moofa.search.arch_plot import draw_arch
+from moofa.evaluation.arch_plot import draw_arch
 
 UNITS = {"peak_memory": "elements", "memory_history": "elements", "flops": "MMACs",
          "params": "parameters", "accuracy": "fraction", "avg_forward_time": "seconds per batch"}
@@ -23,38 +21,9 @@ def units(options: MemoryOptions | None = None) -> dict[str, str]:
     return {**UNITS, "peak_memory": unit, "memory_history": unit}
 
 
-def expected_n_classes(args: Mapping[str, Any]) -> int:
-    """Classifier width implied by the dataset settings, without reading the data: 1000 for
-    imagenet/imagenette (labels are ImageNet ids), 10 for digits, ``synthetic.n_classes``."""
-    dataset = args["dataset"]
-    if dataset == "digits":
-        return 10
-    if dataset == "synthetic":
-        return int((args.get("synthetic") or {}).get("n_classes", 10))
-    return 1000
-
-
-def new_supernet(spec: ModelSpec, args: Mapping[str, Any], n_classes: int) -> Supernet:
-    """A randomly initialised supernet with the run's dropout, BN and kernel-transform settings."""
-    return build_supernet(spec, n_classes, dropout=float(args["dropout"]),
-                          bn_momentum=float(args["bn_momentum"]), bn_eps=float(args["bn_eps"]),
-                          kernel_transform=args.get("dy_conv_scaling_mode", 1) == 1)
-
-
-def load_supernet(spec: ModelSpec, args: Mapping[str, Any], n_classes: int) -> Supernet:
-    """The supernet with ``args.checkpoint`` loaded (CheckpointError names the file)."""
-    path = args.get("checkpoint")
-    if not path:
-        raise ConfigError("no supernet checkpoint given (needed to evaluate subnets; set "
-                          "search_config.evaluate: false for a predictor-only search)", key="args.checkpoint")
-    net = new_supernet(spec, args, n_classes)
-    load_weights(net, path)
-    return net
-
-
 def subnet_report(spec: ModelSpec, cfg: SubnetConfig, n_classes: int,
                   options: MemoryOptions | None = None) -> dict[str, Any]:
-    """Analytic facts of a subnet: ``peak_memory`` and ``memory_history`` (per layer, SPEC 4.1
+    """Analytic facts of a subnet: ``peak_memory`` and ``memory_history`` (per layer, docs/design.md#memory-model
     order) under the memory model ``options`` (elements by default, else bytes; ``memory_unit``
     says which), ``memory_layers`` (their names), ``flops`` (MMACs), ``params``."""
     options = options or MemoryOptions(n_classes=n_classes)

@@ -1,4 +1,4 @@
-"""``eval_and_search.py --mode eval`` (SPEC 8, fixed per SPEC 10 items 32-35).
+"""``eval_and_search.py --mode eval`` (docs/design.md#protocols, fixed per docs/design.md#departures-from-the-reference).
 
 ``--model supernet``: the supernet from ``args.checkpoint`` in the subnet of ``subnet_config``
 (null ks/e/d lists = the largest values; ``random_sample: true`` draws one arch with a
@@ -7,7 +7,7 @@
 
 ``--model teacher``: the static largest subnet with the teacher's weights from
 ``<args.teacher_path>/checkpoint/model_best.pth.tar`` (the file progressive shrinking distils
-from; the reference's eval read ``checkpoint.pth.tar``, SPEC 10 item 24), BN re-calibrated and
+from; the reference's eval read ``checkpoint.pth.tar``, docs/design.md#departures-from-the-reference), BN re-calibrated and
 evaluated at ``subnet_config.image_size``.
 
 Accuracy counts are all-reduced over ranks; forward time is synchronised after warm-up. Rank 0
@@ -15,88 +15,64 @@ always writes ``info.json`` (the arch dict actually evaluated, not the YAML) and
 ``draw_graphs``, the memory histogram and architecture plots, into
 ``<subnet_config.res_dir>/<subnet_config.name>/`` for the supernet and
 ``<subnet_config.res_dir>/<subnet_config.name>_teacher/`` for the teacher, so that the two never
-overwrite each other (:func:`eval_output_dir`). The folder is checked writable before the model
+overwrite each other (:meth:`moofa.run.Run.eval_dir`). The folder is checked writable before the model
 is loaded.
 """
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-from moofa.config import last_task_args
+from moofa.config import RunConfig
 from moofa.data import DataProvider
-from moofa.io import check_writable, write_json
-from moofa.models import load_weights
-from moofa.models.bn_calibration import set_running_statistics
-from moofa.models.spec import ModelSpec, SubnetConfig
-from moofa.predictor.encoder import ArchEncoder
-from moofa.search.report import (
-    draw_subnet_plots,
-    load_supernet,
-    new_supernet,
-    subnet_report,
-    units,
-)
 from moofa.efficiency import MemoryOptions
-from moofa.search.results import INFO_NAME
+from moofa.io import check_writable, write_json
+from moofa.models.bn_calibration import set_running_statistics
+from moofa.models.space import SearchSpace
+from moofa.models.spec import ModelSpec, SubnetConfig
+from moofa.run import INFO_NAME, Run
+from moofa.evaluation.report import draw_subnet_plots, subnet_report, units
 from moofa.training.evaluate import evaluate, evaluate_subnet
 
 log = logging.getLogger(__name__)
-TEACHER_FILE = Path("checkpoint") / "model_best.pth.tar"
 
 
-def eval_subnet_config(cfg: Mapping[str, Any], spec: ModelSpec) -> SubnetConfig:
+def eval_subnet_config(cfg: RunConfig, spec: ModelSpec) -> SubnetConfig:
     """The arch evaluated by ``--model supernet``: subnet_config's lists (nulls = max), or with
     ``random_sample`` one random arch (seeded by ``args.manual_seed``) at subnet_config.image_size."""
-    sc = cfg["subnet_config"]
-    r = int(sc["image_size"])
-    if sc["random_sample"]:
-        drawn = ArchEncoder(spec).random_sample(random.Random(int(cfg["args"]["manual_seed"])))
+    sc = cfg.subnet_config
+    r = int(sc.image_size)
+    if sc.random_sample:
+        drawn = SearchSpace(spec).sample(random.Random(int(cfg.args.manual_seed)))
         return SubnetConfig(drawn.ks, drawn.e, drawn.d, r)
     full = spec.max_config(r)
     return SubnetConfig.from_dict({k: sc[k] if sc[k] is not None else list(getattr(full, k))
                                    for k in ("ks", "e", "d")}, image_size=r).validate(spec)
 
 
-def teacher_checkpoint(args: Mapping[str, Any]) -> Path:
-    """``<teacher_path>/checkpoint/model_best.pth.tar``."""
-    return Path(args["teacher_path"]) / TEACHER_FILE
-
-
-def eval_output_dir(cfg: Mapping[str, Any], which: str = "supernet") -> Path:
-    """Where ``--mode eval --model <which>`` writes: ``<res_dir>/<name>`` (supernet) or
-    ``<res_dir>/<name>_teacher`` (teacher)."""
-    sc = cfg["subnet_config"]
-    name = str(sc["name"]) + ("_teacher" if which == "teacher" else "")
-    return Path(sc["res_dir"]) / name
-
-
-def run_eval(cfg: Mapping[str, Any], spec: ModelSpec, backend: Any, which: str = "supernet") -> dict:
+def run_eval(run: Run, backend: Any, which: str = "supernet") -> dict:
     """Evaluate the supernet's configured subnet or the teacher; returns the info dict (every
     rank); rank 0 writes it."""
     if which not in ("supernet", "teacher"):
         raise ValueError(f"which: expected 'supernet' or 'teacher', got {which!r}")
-    args = last_task_args(cfg)
-    sc = cfg["subnet_config"]
-    out = eval_output_dir(cfg, which)
+    cfg, args = run.cfg, run.args()
+    spec = run.spec(args)
+    sc = cfg.subnet_config
+    out = run.eval_dir(which)
     if backend.is_main:
         check_writable(out, "subnet_config.res_dir")
     provider = DataProvider(args, spec.image_sizes, backend.rank, backend.size)
     n = provider.n_classes
     if which == "supernet":
         arch = eval_subnet_config(cfg, spec)
-        supernet = load_supernet(spec, args, n).to(backend.device)
+        supernet = run.supernet(args, n, load=True).to(backend.device)
         res = evaluate_subnet(supernet, arch, provider, backend, split="test", time_forward=True)
-        source = str(args["checkpoint"])
+        source = str(args.checkpoint)
     else:
-        arch = spec.max_config(int(sc["image_size"]))
-        source = str(teacher_checkpoint(args))
-        teacher = new_supernet(spec, args, n).build_teacher()
-        load_weights(teacher, source)
-        teacher = teacher.to(backend.device)
+        arch = spec.max_config(int(sc.image_size))
+        source = str(run.teacher_file(args))
+        teacher = run.teacher(args, n).to(backend.device)
         set_running_statistics(teacher, provider.calibration_batches(arch.image_size))
         res = evaluate(teacher, provider.test_loader(arch.image_size), backend, time_forward=True)
     options = MemoryOptions.from_config(cfg, n)
@@ -105,10 +81,10 @@ def run_eval(cfg: Mapping[str, Any], spec: ModelSpec, backend: Any, which: str =
             "peak_memory": report["peak_memory"], "memory_history": report["memory_history"],
             "flops": report["flops"], "params": report["params"],
             "avg_forward_time": res.avg_forward_time, "config": arch.to_dict(), "model": spec.name,
-            "network": which, "checkpoint": source, "random_sample": bool(sc["random_sample"]),
+            "network": which, "checkpoint": source, "random_sample": bool(sc.random_sample),
             "memory_model": options.to_dict(), "units": units(options)}
     if backend.is_main:
-        if sc["draw_graphs"]:
+        if sc.draw_graphs:
             draw_subnet_plots(spec, arch, out, report, n, accuracy=res.top1)
         write_json(out / INFO_NAME, info)
         log.info("%s %s R=%d: top-1 %.2f%% top-5 %.2f%% on %s images, peak %s " + options.unit + ", %.1f MMACs, "

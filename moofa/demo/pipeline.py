@@ -1,4 +1,5 @@
-"""``python -m moofa.demo`` (what ``make demo`` runs): the whole MOOFA pipeline on CPU, in minutes.
+"""The demo's orchestration (``python -m moofa.demo``, what ``make demo`` runs): the whole MOOFA
+pipeline on CPU, in minutes. Checks: :mod:`moofa.demo.checks`; report: :mod:`moofa.demo.report`.
 
 For each demo model (``MOOFA`` and its ``OFA`` baseline: ``configs/demo_<label>.yaml`` with the
 scaled-down supernets of ``configs/demo_model_configs.yaml``) it runs the top-level scripts as a
@@ -42,17 +43,23 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from tqdm import tqdm
 
-from moofa.cli.common import ArgParser, run_cli
+from moofa.config import load_config, search_constraints, task_args
+from moofa.data.datasets import ensure_dataset
+from moofa.demo.checks import collect_checks, finetune_folder, scatter_path, teacher_info_path
+from moofa.demo.report import plot_memory_histograms, report_text, short_path, tail_lines, time_table
 from moofa.errors import MoofaInputError
 from moofa.io import atomic_write_text
+from moofa.run import INFO_NAME, constraint_dir, final_phase_file, teacher_file
+from moofa.training.checkpoint import PHASE_ORDER
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = ROOT / "configs"
 MODEL_CONFIGS = CONFIG_DIR / "demo_model_configs.yaml"
 LABELS: tuple[str, ...] = ("MOOFA", "OFA")
@@ -63,11 +70,6 @@ STATE_NAME = "demo.json"            # <out>/demo.json: mode of the run folder
 SUMMARY_NAME = "demo_summary.json"  # <out>/demo_summary.json: stages, times, checks
 STAGES_NAME = "demo_stages.json"    # <out>/<label>/demo_stages.json: finished stages
 STAGE_TIMEOUT_S = 4 * 3600          # one stage never runs longer than this
-MIN_TEACHER_ACCURACY = 0.30         # acceptance: the teacher's test top-1 (fraction) is above this
-# acceptance: fine-tuning may not lower the test top-1 by more than the test set's noise (fraction;
-# one percentage point on the 360 test digits is under 4 images)
-FINETUNE_TOLERANCE = 0.01
-MAX_BASELINE_DROP = 0.01            # acceptance: no answer is > 1 pp below the best measured subnet
 
 # Keys holding paths (section, key); values starting with PATH_PREFIX are moved under --out.
 PATH_KEYS: tuple[tuple[str, str], ...] = (
@@ -131,8 +133,6 @@ def demo_config(label: str, out: Path, quick: bool = False) -> dict:
 def write_demo_configs(out: Path, labels: Sequence[str], quick: bool) -> dict[str, Path]:
     """Write ``<out>/configs/demo_<label>.yaml`` for each label (validated with
     :func:`moofa.config.load_config`); returns their paths."""
-    from moofa.config import load_config
-
     paths = {}
     for label in labels:
         path = out / "configs" / f"demo_{label}.yaml"
@@ -161,29 +161,12 @@ class Stage:
 
     def shown(self) -> str:
         """The command as a user types it from the repository root (paths shortened)."""
-        return shlex.join(["python", self.script, *(_short(Path(a)) if os.sep in a else a for a in self.args)])
-
-
-def _short(path: Path) -> str:
-    """``path`` relative to the working directory when it lies below it."""
-    try:
-        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
-
-
-def scatter_path(cfg: Mapping[str, Any]) -> Path:
-    """Where the predictor's scatter plot goes: next to its checkpoint."""
-    return Path(cfg["search_config"]["acc_predictor_checkpoint"]).parent / "scatter.png"
+        return shlex.join(["python", self.script, *(short_path(Path(a)) if os.sep in a else a for a in self.args)])
 
 
 def pipeline_stages(label: str, config: Path, cfg: Mapping[str, Any]) -> list[Stage]:
     """The stages of one model, in order; ``cfg`` is ``config`` loaded with
     :func:`moofa.config.load_config`."""
-    from moofa.config import search_constraints
-    from moofa.search.results import INFO_NAME, constraint_dir
-    from moofa.training.checkpoint import PHASE_ORDER, final_phase_file
-
     args, sc = cfg["args"], cfg["search_config"]
     common = ["--config", str(config)]
     mc = ["--model_config_path", str(MODEL_CONFIGS)]
@@ -192,7 +175,7 @@ def pipeline_stages(label: str, config: Path, cfg: Mapping[str, Any]) -> list[St
         return Stage(label, name, script, [*common, *extra, *mc], outputs)
 
     stages = [stage("teacher", "train.py", ["--step", "teacher"],
-                    [Path(args["teacher_path"]) / "checkpoint" / "model_best.pth.tar"]),
+                    [teacher_file(args)]),
               stage("teacher_eval", "eval_and_search.py", ["--mode", "eval", "--model", "teacher"],
                     [teacher_info_path(cfg)])]
     for step in (s for s in PHASE_ORDER if s in cfg["tasks"]):
@@ -208,21 +191,6 @@ def pipeline_stages(label: str, config: Path, cfg: Mapping[str, Any]) -> list[St
     stages.append(stage("finetune", "train.py", ["--step", "finetune", "--subnet", str(tight)],
                         [tight / "finetuned" / INFO_NAME]))
     return stages
-
-
-def finetune_folder(cfg: Mapping[str, Any]) -> Path:
-    """The search result folder the demo fine-tunes: the tightest budget's."""
-    from moofa.config import search_constraints
-    from moofa.search.results import constraint_dir
-
-    return constraint_dir(cfg["search_config"]["res_dir"], min(search_constraints(cfg)))
-
-
-def teacher_info_path(cfg: Mapping[str, Any]) -> Path:
-    """``info.json`` of ``eval_and_search.py --mode eval --model teacher``."""
-    from moofa.search.eval_mode import eval_output_dir
-
-    return eval_output_dir(cfg, "teacher") / "info.json"
 
 
 def summary_stage(out: Path, cfgs: Mapping[str, Mapping[str, Any]]) -> Stage:
@@ -357,214 +325,7 @@ class Runner:
                 proc.terminate()
 
 
-# -------------------------------------------------------------------------------------- checks
-def teacher_accuracy(cfg: Mapping[str, Any]) -> float | None:
-    """The teacher's test top-1 (fraction) measured by ``eval_and_search.py --mode eval --model
-    teacher`` (its ``info.json``)."""
-    try:
-        value = json.loads(teacher_info_path(cfg).read_text()).get("accuracy")
-    except (OSError, ValueError):
-        return None
-    return float(value) if isinstance(value, (int, float)) else None
-
-
-def predictor_metrics(cfg: Mapping[str, Any]) -> dict[str, float]:
-    """Test metrics stored in the predictor checkpoint's ``info`` (Kendall's tau, RMSE in pp)."""
-    import torch
-
-    path = Path(cfg["search_config"]["acc_predictor_checkpoint"])
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, ValueError):
-        return {}
-    info = ckpt.get("info", {}) if isinstance(ckpt, dict) else {}
-    return {k: float(info[k]) for k in ("test_kendall_tau", "test_pearson", "test_rmse_pp")
-            if isinstance(info.get(k), (int, float))}
-
-
-def budget_rows(label: str, cfg: Mapping[str, Any], model_configs: Path = MODEL_CONFIGS) -> list[dict]:
-    """One row per search budget: the found subnet's peak (from info.json and recomputed with
-    :func:`moofa.efficiency.peak_memory`), accuracies and whether it fits."""
-    from moofa.config import search_constraints
-    from moofa.efficiency import peak_memory
-    from moofa.models.spec import get_model_spec
-    from moofa.search.results import INFO_NAME, constraint_dir
-
-    from moofa.efficiency import MemoryOptions
-    from moofa.search.sweep import deploys
-
-    spec = get_model_spec(cfg["args"]["model"], model_configs)
-    options = MemoryOptions.from_config(cfg, _n_classes(cfg))
-    rows = []
-    for c in search_constraints(cfg):
-        path = constraint_dir(cfg["search_config"]["res_dir"], c) / INFO_NAME
-        try:
-            info = json.loads(path.read_text())
-        except (OSError, ValueError):
-            rows.append({"label": label, "constraint": c, "info": str(path), "ok": False})
-            continue
-        recomputed = int(peak_memory(spec, info["config"], options))
-        deploy = info.get("deploy") or {}
-        wanted = deploys(cfg, c)
-        rows.append({"label": label, "constraint": c, "info": str(path), "peak_memory": int(info["peak_memory"]),
-                     "recomputed_peak": recomputed, "real_accuracy": info.get("real_accuracy"),
-                     "predicted_accuracy": info.get("predicted_accuracy"), "flops": info.get("flops"),
-                     "baseline_real_accuracy": (info.get("baseline") or {}).get("real_accuracy"),
-                     "image_size": info["config"].get("image_size"), "memory_unit": options.unit,
-                     "deployed": wanted, "int8_accuracy": deploy.get("int8_accuracy"),
-                     "pte_bytes": deploy.get("pte_bytes"),
-                     "ok": int(info["peak_memory"]) == recomputed <= c
-                     and (not wanted or deploy.get("int8_accuracy") is not None)})
-    return rows
-
-
-@dataclass
-class Checks:
-    """Acceptance criteria of the demo (fractions; Kendall's tau in [-1, 1])."""
-
-    teacher_accuracy: dict[str, float | None] = field(default_factory=dict)
-    kendall_tau: dict[str, float | None] = field(default_factory=dict)
-    budgets: list[dict] = field(default_factory=list)
-    finetune: list[dict] = field(default_factory=list)
-
-    def failures(self, quick: bool) -> list[str]:
-        """What fails. Budgets always count; accuracy and tau only in the full demo (the
-        --quick run trains for one epoch on toy data)."""
-        bad = [f"{r['label']}: subnet for budget {r['constraint']:,} has peak {r.get('peak_memory')} "
-               f"(recomputed {r.get('recomputed_peak')}), no info.json or no measured int8 top-1 "
-               f"({r['info']})"
-               for r in self.budgets if not r["ok"]]
-        if not quick:
-            bad += self.baseline_failures()
-            bad += [f"{k}: teacher test top-1 {_pct(v)} is not above {_pct(MIN_TEACHER_ACCURACY)}"
-                    for k, v in self.teacher_accuracy.items() if v is None or v <= MIN_TEACHER_ACCURACY]
-            bad += [f"{k}: predictor test Kendall tau {v} is not positive"
-                    for k, v in self.kendall_tau.items() if v is None or not v > 0]
-            bad += [f"{r['label']}: fine-tuning lowered the test top-1 of the budget {r['constraint']:,} subnet "
-                    f"from {_pct(r.get('before'))} to {_pct(r.get('after'))} (more than "
-                    f"{100 * FINETUNE_TOLERANCE:g} pp) or wrote no info.json ({r['info']})"
-                    for r in self.finetune if not r["ok"]]
-        return bad
-
-
-    def baseline_gaps(self) -> dict[str, list[float]]:
-        """Per model: found minus best already-measured subnet, both measured on the same test
-        images (fractions), one value a budget where both are known."""
-        out: dict[str, list[float]] = {}
-        for r in self.budgets:
-            if r.get("real_accuracy") is not None and r.get("baseline_real_accuracy") is not None:
-                out.setdefault(r["label"], []).append(r["real_accuracy"] - r["baseline_real_accuracy"])
-        return out
-
-    def baseline_failures(self) -> list[str]:
-        """The search's answers are on average no worse than the best subnet already measured, and
-        never more than MAX_BASELINE_DROP worse (on the same test images)."""
-        bad = []
-        for label, gaps in self.baseline_gaps().items():
-            if sum(gaps) / len(gaps) < 0:
-                bad.append(f"{label}: found subnets average {100 * sum(gaps) / len(gaps):+.2f} pp below "
-                           "the best already-measured subnets (test images)")
-            if min(gaps) < -MAX_BASELINE_DROP:
-                bad.append(f"{label}: a found subnet is {100 * min(gaps):+.2f} pp below the best "
-                           "already-measured subnet under its budget (test images)")
-        return bad
-
-
-def _n_classes(cfg: Mapping[str, Any]) -> int:
-    """Number of class folders of the dataset's ``train/``."""
-    train = Path(cfg["args"]["data_path"]) / "train"
-    return max(1, sum(1 for p in train.iterdir() if p.is_dir())) if train.is_dir() else 1
-
-
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.2f}%"
-
-
-def collect_checks(cfgs: Mapping[str, Mapping[str, Any]]) -> Checks:
-    checks = Checks()
-    for label, cfg in cfgs.items():
-        checks.teacher_accuracy[label] = teacher_accuracy(cfg)
-        checks.kendall_tau[label] = predictor_metrics(cfg).get("test_kendall_tau")
-        checks.budgets += budget_rows(label, cfg)
-        checks.finetune.append(finetune_row(label, cfg))
-    return checks
-
-
-def finetune_row(label: str, cfg: Mapping[str, Any]) -> dict:
-    """The fine-tuned tightest-budget subnet: test top-1 before and after (fractions, measured on
-    the whole test split), epochs, and whether it stayed within :data:`FINETUNE_TOLERANCE`."""
-    from moofa.config import search_constraints
-
-    path = finetune_folder(cfg) / "finetuned" / "info.json"
-    row: dict[str, Any] = {"label": label, "constraint": min(search_constraints(cfg)), "info": str(path)}
-    try:
-        info = json.loads(path.read_text())
-        row.update(before=float(info["test_top1_before"]), after=float(info["test_top1_after"]),
-                   n_images=int(info["n_test_images"]), epochs=int(info["epochs"]),
-                   peak_memory=int(info["peak_memory"]))
-    except (OSError, ValueError, KeyError, TypeError):
-        return dict(row, ok=False)
-    return dict(row, ok=row["after"] >= row["before"] - FINETUNE_TOLERANCE)
-
-
-# ------------------------------------------------------------------------------------- figures
-def plot_memory_histograms(cfgs: Mapping[str, Mapping[str, Any]], out_stem: Path,
-                           constraint: int | None = None) -> list[Path]:
-    """Side-by-side memory histograms (elements per layer, in execution order) of the subnets the
-    search found for one budget (default: the smallest common one), with the budget drawn."""
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import FuncFormatter
-
-    from moofa.config import search_constraints
-    from moofa.io import save_figure
-    from moofa.search.results import INFO_NAME, constraint_dir
-
-    common = sorted(set.intersection(*(set(search_constraints(c)) for c in cfgs.values())))
-    if not common:
-        return []
-    c = constraint if constraint is not None else common[0]
-    infos = {}
-    for label, cfg in cfgs.items():
-        path = constraint_dir(cfg["search_config"]["res_dir"], c) / INFO_NAME
-        if path.is_file():
-            infos[label] = json.loads(path.read_text())
-    if not infos:
-        return []
-    fig = Figure(figsize=(5.0 * len(infos), 3.6))
-    axes = fig.subplots(1, len(infos), sharey=True, squeeze=False)[0]
-    for ax, (label, info) in zip(axes, infos.items()):
-        hist = info["memory_history"]
-        peak = max(hist)
-        colours = ["#c0392b" if v == peak else "#2e86c1" for v in hist]
-        ax.bar(range(1, len(hist) + 1), hist, color=colours, width=0.85)
-        ax.axhline(c, color="black", linestyle="--", linewidth=1, label=f"budget {c:,} {info.get('memory_unit', 'elements')}")
-        cfg = info["config"]
-        ax.set_title(f"{label}: {info.get('model', '')}, R={cfg['image_size']}, peak {peak:,}", fontsize=9)
-        ax.set_xlabel("layer (execution order)")
-        ax.legend(loc="upper right", fontsize=8)
-    unit = next(iter(infos.values())).get("memory_unit", "elements")
-    axes[0].set_ylabel("memory (elements: input + output + weights)" if unit == "elements" else f"memory ({unit})")
-    axes[0].yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
-    fig.suptitle(f"Per-layer memory of the best subnet under a {c:,}-{unit[:-1]} budget", fontsize=10)
-    fig.tight_layout()
-    return save_figure(fig, out_stem)
-
-
 # ---------------------------------------------------------------------------------------- main
-def build_parser() -> ArgParser:
-    p = ArgParser(prog="python -m moofa.demo",
-                  description="Run the whole MOOFA pipeline (teacher, progressive shrinking, predictor "
-                  "dataset, predictor, memory-constrained search, OFA-vs-MOOFA comparison) on the embedded "
-                  "digits dataset. Rerun to resume; finished stages are reused.")
-    p.add_argument("--out", default=None, help=f"run folder (default {DEFAULT_OUT}/, with --quick {QUICK_OUT}/)")
-    p.add_argument("--quick", action="store_true", help="toy size (synthetic data, one epoch per phase), for tests")
-    p.add_argument("--models", nargs="+", choices=LABELS, default=list(LABELS), metavar="MODEL",
-                   help=f"which demo models to run ({', '.join(LABELS)}; default both)")
-    p.add_argument("--jobs", type=int, default=None,
-                   help="model chains run at once (default: one per model, at most one per CPU core)")
-    return p
-
-
 def _check_mode(out: Path, quick: bool) -> None:
     """A run folder holds one kind of run: refuse to mix --quick and full results."""
     path = out / STATE_NAME
@@ -584,36 +345,10 @@ def _threads_per_process(jobs: int) -> int:
     return max(1, min(4, (os.cpu_count() or 1) // jobs))
 
 
-def _time_table(results: Sequence[StageResult]) -> str:
-    """Per-stage wall and CPU seconds, one column per model."""
-    labels = list(dict.fromkeys(r.label for r in results))
-    names = list(dict.fromkeys(r.stage for r in results))
-    cell = {(r.label, r.stage): r for r in results}
-    width = 22
-    lines = ["stage (wall s / CPU s)" + "".join(f"{lab:>{width}}" for lab in labels)]
-    for name in names:
-        row = f"{name:<22}"
-        for lab in labels:
-            r = cell.get((lab, name))
-            txt = "-" if r is None else {"ran": f"{r.seconds:.1f} / {r.cpu_seconds:.1f}", "reused": "reused",
-                                          "failed": "FAILED", "not run": "not run"}[r.status]
-            row += f"{txt:>{width}}"
-        lines.append(row)
-    ran = [[r for r in results if r.label == lab and r.status == "ran"] for lab in labels]
-    lines.append(f"{'total':<22}" + "".join(
-        f"{f'{sum(r.seconds for r in rs):.1f} / {sum(r.cpu_seconds for r in rs):.1f}':>{width}}" for rs in ran))
-    return "\n".join(lines)
-
-
 def run_demo(out: Path, labels: Sequence[str], quick: bool = False, jobs: int | None = None,
              echo: Callable[[str], None] = print) -> dict:
     """Run (or resume) the demo in ``out``; returns the summary written to ``<out>/demo_summary.json``.
     Raises :class:`MoofaInputError` for bad input; a failed stage is reported in the summary."""
-    from tqdm import tqdm
-
-    from moofa.config import load_config, task_args
-    from moofa.data.datasets import ensure_dataset
-
     t_start = time.time()
     labels = list(dict.fromkeys(labels))
     out.mkdir(parents=True, exist_ok=True)
@@ -646,7 +381,7 @@ def run_demo(out: Path, labels: Sequence[str], quick: bool = False, jobs: int | 
 
     runner = Runner(out, threads, say, tick)
     say(f"{len(labels)} chain(s), {jobs} at a time, {threads} CPU thread(s) per process; "
-        f"stage logs in {_short(out)}/<model>/logs/")
+        f"stage logs in {short_path(out)}/<model>/logs/")
     try:
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             futures = [pool.submit(runner.run_chain, label, paths[label], chains[label]) for label in labels]
@@ -670,10 +405,10 @@ def run_demo(out: Path, labels: Sequence[str], quick: bool = False, jobs: int | 
                        failures=[f"{r.label} {r.stage}: exit {r.returncode}, log {r.log}" for r in failed],
                        seconds=round(time.time() - t_start, 1))
         atomic_write_text(out / SUMMARY_NAME, json.dumps(summary, indent=1) + "\n")
-        echo("\n" + _time_table(results))
+        echo("\n" + time_table(results))
         for r in failed:
             echo(f"\n{r.label} {r.stage} failed (exit {r.returncode}); last lines of {r.log}:")
-            echo(_tail(Path(r.log)))
+            echo(tail_lines(Path(r.log)))
         return summary
 
     summary_dir = out / "summary"
@@ -684,74 +419,8 @@ def run_demo(out: Path, labels: Sequence[str], quick: bool = False, jobs: int | 
                    checks=asdict(checks), figures=[str(p) for p in figures],
                    seconds=round(time.time() - t_start, 1))
     atomic_write_text(out / SUMMARY_NAME, json.dumps(summary, indent=1) + "\n")
-    echo(_report(out, labels, cfgs, results, checks, failures, data_seconds, summary["seconds"],
+    echo(report_text(out, labels, cfgs, results, checks, failures, data_seconds, summary["seconds"],
                  (summary_dir / "summary.md").read_text()))
     return summary
 
 
-def _tail(path: Path, n: int = 25) -> str:
-    try:
-        lines = path.read_text(errors="replace").replace("\r", "\n").splitlines()
-    except OSError:
-        return "(no log)"
-    return "\n".join(lines[-n:])
-
-
-def _report(out: Path, labels: Sequence[str], cfgs: Mapping[str, Mapping[str, Any]],
-            results: Sequence[StageResult], checks: Checks, failures: Sequence[str],
-            data_seconds: float, seconds: float, table: str) -> str:
-    o = _short(out)
-    lines = ["", "=" * 100, "Per-stage times (the models' chains ran side by side):",
-             _time_table(results), f"dataset preparation {data_seconds:.1f} s; demo wall time {seconds:.1f} s", "",
-             "Results:"]
-    for label in labels:
-        cfg = cfgs[label]
-        lines += [f"  {label} ({cfg['args']['model']}):",
-                  f"    teacher            {_short(Path(cfg['args']['teacher_path']))}",
-                  f"    supernet phases    {_short(Path(cfg['args']['path']) / 'checkpoint')}",
-                  f"    predictor dataset  {_short(Path(cfg['dataset_config']['output']))}",
-                  (f"    predictor          {_short(Path(cfg['search_config']['acc_predictor_checkpoint']))}"
-                   f" (scatter plot {_short(scatter_path(cfg))})"),
-                  f"    search results     {_short(Path(cfg['search_config']['res_dir']))}/constraint_<budget>/",
-                  f"    fine-tuned subnet  {_short(finetune_folder(cfg) / 'finetuned')}/"]
-    lines += [(f"  comparison           {o}/summary/ (summary.md, summary.csv, accuracy_vs_constraint.png, "
-               "memory_histograms.png)"), f"  stage logs           {o}/<model>/logs/", "", "Checks:"]
-    for label in labels:
-        tau = checks.kendall_tau.get(label)
-        n_classes = _n_classes(cfgs[label])
-        lines.append(f"  {label}: teacher test top-1 {_pct(checks.teacher_accuracy.get(label))} "
-                     f"(chance {_pct(1 / n_classes)}), predictor test Kendall tau "
-                     + ("n/a" if tau is None else f"{tau:+.3f}"))
-    for r in checks.budgets:
-        if "peak_memory" in r:
-            int8 = (f", int8 top-1 {_pct(r['int8_accuracy'])} (ExecuTorch, {r['pte_bytes']:,} B program)"
-                    if r.get("int8_accuracy") is not None else "")
-            lines.append(f"  {r['label']}: budget {r['constraint']:>7,} -> peak {r['peak_memory']:>7,} "
-                         f"{r.get('memory_unit', 'elements')} at R={r['image_size']}, measured top-1 "
-                         f"{_pct(r['real_accuracy'])} (best already-measured subnet "
-                         f"{_pct(r.get('baseline_real_accuracy'))}){int8} {'OK' if r['ok'] else 'FAILED'}")
-    for r in checks.finetune:
-        if "after" in r:
-            lines.append(f"  {r['label']}: budget {r['constraint']:>7,} subnet, {r['epochs']} fine-tuning epoch(s): test "
-                         f"top-1 {_pct(r['before'])} before -> {_pct(r['after'])} after ({r['n_images']:,} test "
-                         f"images) {'OK' if r['ok'] else 'LOWER BY MORE THAN ' + f'{100 * FINETUNE_TOLERANCE:g} pp'}")
-    for label, gaps in checks.baseline_gaps().items():
-        lines.append(f"  {label}: found minus best already-measured subnet on the test images: mean "
-                     f"{100 * sum(gaps) / len(gaps):+.2f} pp, worst {100 * min(gaps):+.2f} pp")
-    lines += ["  all checks passed" if not failures else "  FAILED: " + "; ".join(failures), "",
-              "Best subnet per peak-memory budget (top-1 % / peak memory / MMACs; int8 programs below):", "",
-              table]
-    return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ns = build_parser().parse_args(argv)
-    if ns.jobs is not None and ns.jobs < 1:
-        raise MoofaInputError("must be >= 1", key="--jobs", value=ns.jobs)
-    out = Path(ns.out) if ns.out else (QUICK_OUT if ns.quick else DEFAULT_OUT)
-    summary = run_demo(out, ns.models, ns.quick, ns.jobs)
-    return 0 if summary["ok"] else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(run_cli(main))

@@ -1,5 +1,5 @@
 """Architecture diagram of a subnet with matplotlib (the reference's ``net_viz.draw_arch`` drew it
-with graphviz, SPEC 8.3; no system graphviz is needed here).
+with graphviz, docs/design.md#protocols; no system graphviz is needed here).
 
 A top-to-bottom chain: first conv, block S, the active MBConv blocks of each stage (on a grey
 stage panel labelled with its number and depth), final expand, pooling, feature mix, classifier.

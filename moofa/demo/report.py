@@ -1,0 +1,135 @@
+"""What the demo prints and draws at the end: the per-stage time table, the report of outputs and
+checks, and the side-by-side memory histograms of the subnets found for one budget."""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+
+from moofa.config import RunConfig
+from moofa.demo.checks import FINETUNE_TOLERANCE, Checks, finetune_folder, n_classes_on_disk, pct, scatter_path
+from moofa.io import save_figure
+from moofa.run import INFO_NAME, constraint_dir
+
+
+def short_path(path: Path) -> str:
+    """``path`` relative to the working directory when it lies below it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def time_table(results: Sequence[Any]) -> str:
+    """Per-stage wall and CPU seconds, one column per model."""
+    labels = list(dict.fromkeys(r.label for r in results))
+    names = list(dict.fromkeys(r.stage for r in results))
+    cell = {(r.label, r.stage): r for r in results}
+    width = 22
+    lines = ["stage (wall s / CPU s)" + "".join(f"{lab:>{width}}" for lab in labels)]
+    for name in names:
+        row = f"{name:<22}"
+        for lab in labels:
+            r = cell.get((lab, name))
+            txt = "-" if r is None else {"ran": f"{r.seconds:.1f} / {r.cpu_seconds:.1f}", "reused": "reused",
+                                          "failed": "FAILED", "not run": "not run"}[r.status]
+            row += f"{txt:>{width}}"
+        lines.append(row)
+    ran = [[r for r in results if r.label == lab and r.status == "ran"] for lab in labels]
+    lines.append(f"{'total':<22}" + "".join(
+        f"{f'{sum(r.seconds for r in rs):.1f} / {sum(r.cpu_seconds for r in rs):.1f}':>{width}}" for rs in ran))
+    return "\n".join(lines)
+
+
+def tail_lines(path: Path, n: int = 25) -> str:
+    try:
+        lines = path.read_text(errors="replace").replace("\r", "\n").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join(lines[-n:])
+
+
+def report_text(out: Path, labels: Sequence[str], cfgs: Mapping[str, RunConfig],
+            results: Sequence[Any], checks: Checks, failures: Sequence[str],
+            data_seconds: float, seconds: float, table: str) -> str:
+    o = short_path(out)
+    lines = ["", "=" * 100, "Per-stage times (the models' chains ran side by side):",
+             time_table(results), f"dataset preparation {data_seconds:.1f} s; demo wall time {seconds:.1f} s", "",
+             "Results:"]
+    for label in labels:
+        cfg = cfgs[label]
+        lines += [f"  {label} ({cfg['args']['model']}):",
+                  f"    teacher            {short_path(Path(cfg['args']['teacher_path']))}",
+                  f"    supernet phases    {short_path(Path(cfg['args']['path']) / 'checkpoint')}",
+                  f"    predictor dataset  {short_path(Path(cfg['dataset_config']['output']))}",
+                  (f"    predictor          {short_path(Path(cfg['search_config']['acc_predictor_checkpoint']))}"
+                   f" (scatter plot {short_path(scatter_path(cfg))})"),
+                  f"    search results     {short_path(Path(cfg['search_config']['res_dir']))}/constraint_<budget>/",
+                  f"    fine-tuned subnet  {short_path(finetune_folder(cfg) / 'finetuned')}/"]
+    lines += [(f"  comparison           {o}/summary/ (summary.md, summary.csv, accuracy_vs_constraint.png, "
+               "memory_histograms.png)"), f"  stage logs           {o}/<model>/logs/", "", "Checks:"]
+    for label in labels:
+        tau = checks.kendall_tau.get(label)
+        n_classes = n_classes_on_disk(cfgs[label])
+        lines.append(f"  {label}: teacher test top-1 {pct(checks.teacher_accuracy.get(label))} "
+                     f"(chance {pct(1 / n_classes)}), predictor test Kendall tau "
+                     + ("n/a" if tau is None else f"{tau:+.3f}"))
+    for r in checks.budgets:
+        if "peak_memory" in r:
+            int8 = (f", int8 top-1 {pct(r['int8_accuracy'])} (ExecuTorch, {r['pte_bytes']:,} B program)"
+                    if r.get("int8_accuracy") is not None else "")
+            lines.append(f"  {r['label']}: budget {r['constraint']:>7,} -> peak {r['peak_memory']:>7,} "
+                         f"{r.get('memory_unit', 'elements')} at R={r['image_size']}, measured top-1 "
+                         f"{pct(r['real_accuracy'])} (best already-measured subnet "
+                         f"{pct(r.get('baseline_real_accuracy'))}){int8} {'OK' if r['ok'] else 'FAILED'}")
+    for r in checks.finetune:
+        if "after" in r:
+            lines.append(f"  {r['label']}: budget {r['constraint']:>7,} subnet, {r['epochs']} fine-tuning epoch(s): test "
+                         f"top-1 {pct(r['before'])} before -> {pct(r['after'])} after ({r['n_images']:,} test "
+                         f"images) {'OK' if r['ok'] else 'LOWER BY MORE THAN ' + f'{100 * FINETUNE_TOLERANCE:g} pp'}")
+    for label, gaps in checks.baseline_gaps().items():
+        lines.append(f"  {label}: found minus best already-measured subnet on the test images: mean "
+                     f"{100 * sum(gaps) / len(gaps):+.2f} pp, worst {100 * min(gaps):+.2f} pp")
+    lines += ["  all checks passed" if not failures else "  FAILED: " + "; ".join(failures), "",
+              "Best subnet per peak-memory budget (top-1 % / peak memory / MMACs; int8 programs below):", "",
+              table]
+    return "\n".join(lines)
+
+
+def plot_memory_histograms(cfgs: Mapping[str, RunConfig], out_stem: Path,
+                           constraint: int | None = None) -> list[Path]:
+    """Side-by-side memory histograms (elements per layer, in execution order) of the subnets the
+    search found for one budget (default: the smallest common one), with the budget drawn."""
+    common = sorted(set.intersection(*(set(c.search_config.sweep()) for c in cfgs.values())))
+    if not common:
+        return []
+    c = constraint if constraint is not None else common[0]
+    infos = {}
+    for label, cfg in cfgs.items():
+        path = constraint_dir(cfg["search_config"]["res_dir"], c) / INFO_NAME
+        if path.is_file():
+            infos[label] = json.loads(path.read_text())
+    if not infos:
+        return []
+    fig = Figure(figsize=(5.0 * len(infos), 3.6))
+    axes = fig.subplots(1, len(infos), sharey=True, squeeze=False)[0]
+    for ax, (label, info) in zip(axes, infos.items()):
+        hist = info["memory_history"]
+        peak = max(hist)
+        colours = ["#c0392b" if v == peak else "#2e86c1" for v in hist]
+        ax.bar(range(1, len(hist) + 1), hist, color=colours, width=0.85)
+        ax.axhline(c, color="black", linestyle="--", linewidth=1, label=f"budget {c:,} {info.get('memory_unit', 'elements')}")
+        cfg = info["config"]
+        ax.set_title(f"{label}: {info.get('model', '')}, R={cfg['image_size']}, peak {peak:,}", fontsize=9)
+        ax.set_xlabel("layer (execution order)")
+        ax.legend(loc="upper right", fontsize=8)
+    unit = next(iter(infos.values())).get("memory_unit", "elements")
+    axes[0].set_ylabel("memory (elements: input + output + weights)" if unit == "elements" else f"memory ({unit})")
+    axes[0].yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    fig.suptitle(f"Per-layer memory of the best subnet under a {c:,}-{unit[:-1]} budget", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, out_stem)
