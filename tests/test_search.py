@@ -277,9 +277,6 @@ def _results(project, tag: str) -> tuple[dict, str]:
     return infos, (res / "summary.csv").read_text()
 
 
-@pytest.mark.xfail(reason="known defect after merging the monotone sweep (issue 10) with content "
-                   "fingerprints (issue 12): a sweep killed and resumed does not yet end equal to an "
-                   "uninterrupted one; open in issue 12", strict=False)
 def test_search_killed_at_three_moments_ends_equal_to_an_uninterrupted_run(tiny):
     """SIGKILL at start-up (the lock is taken), while the first constraint writes its outputs, and
     during the second constraint; the rerun completes: every info.json (timings aside) and the

@@ -159,6 +159,12 @@ class RobustFitness:
     def _members(self, feats: np.ndarray) -> np.ndarray:
         return self.predictor.predict_members(feats)
 
+    def clear_cache(self) -> None:
+        """Forget the cached scores. A sweep clears them before each budget: a float32
+        prediction can differ in its last bit with the batch it was computed in, so scores
+        kept from another budget would make a resumed sweep differ from an uninterrupted one."""
+        self._cache.clear()
+
     def __call__(self, configs: Sequence[SubnetConfig]) -> Estimates:
         """Estimates of a batch; configs already scored (same one-hot encoding, i.e. the same
         network) are served from a cache (the evolution revisits many)."""

@@ -400,6 +400,7 @@ def _one_constraint(ctx: _Context, c: int, previous: Mapping[str, Any] | None, o
             if row.get("selection_accuracy") is not None:
                 ctx.selection_measured[ctx.key(SubnetConfig.from_dict(row["config"]))] = row["selection_accuracy"]
         return done
+    ctx.fitness.clear_cache()  # each budget scored as in an uninterrupted sweep (see clear_cache)
     payload = None
     if backend.is_main:
         prev_ind = prev_top = None
