@@ -107,7 +107,7 @@ from moofa.efficiency import (
     peak_memory,
     sample_feasible,
 )
-from moofa.errors import MoofaInputError
+from moofa.errors import MoofaInputError, on_main_rank
 from moofa.fingerprint import (
     change_message,
     data_identity,
@@ -506,17 +506,12 @@ def log_plan(plan: Plan, world: int) -> None:
 def prepare(spec: ModelSpec, dc: Mapping[str, Any], backend: Any, options: MemoryOptions | None = None) -> Plan:
     """Rank 0 plans (and logs) the run and broadcasts the plan; bad input found by rank 0 is
     raised on every rank."""
-    plan, error = None, None
-    if backend.is_main:
-        try:
-            plan = plan_run(spec, dc, options)
-            log_plan(plan, backend.size)
-        except MoofaInputError as err:
-            error = str(err)
-    plan, error = backend.broadcast_object((plan, error), 0)
-    if error is not None:
-        raise MoofaInputError(error)
-    return plan
+    def plan_and_log() -> Plan:
+        plan = plan_run(spec, dc, options)
+        log_plan(plan, backend.size)
+        return plan
+
+    return on_main_rank(backend, plan_and_log)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -233,30 +233,29 @@ class AccuracyPredictor(nn.Module):
     # ------------------------------------------------------------------------------ inference
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Mean member prediction (fractions) for a batch of member inputs ``(N, n_inputs)``."""
-        return torch.stack([m(x) for m in self.members], dim=0).mean(dim=0)
+        return self.member_outputs(x).mean(dim=0)
+
+    def member_outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """Each member's prediction (fractions) ``(n_members, N)`` for member inputs ``(N, n_inputs)``."""
+        return torch.stack([m(x) for m in self.members], dim=0)
+
+    def predict_features(self, feats: np.ndarray) -> np.ndarray:
+        """Predictions (fractions, float64): the members' mean for precomputed member inputs."""
+        return self.predict_members(feats).mean(axis=0)
 
     @torch.no_grad()
-    def _chunked(self, feats: np.ndarray, fn: Callable[[torch.Tensor], torch.Tensor]) -> list[np.ndarray]:
-        """``fn`` (float64 numpy) of member inputs in chunks of PREDICT_CHUNK rows, in eval mode."""
+    def predict_members(self, feats: np.ndarray) -> np.ndarray:
+        """Each member's predictions (fractions, float64 ``(n_members, N)``) for member inputs,
+        in eval mode and in chunks of PREDICT_CHUNK rows (bounded memory)."""
         was_training = self.training
         self.eval()
-        out = []
+        out = [np.zeros((len(self.members), 0))]
         for i in range(0, len(feats), PREDICT_CHUNK):
             x = torch.as_tensor(np.asarray(feats[i:i + PREDICT_CHUNK]), dtype=torch.float32,
                                 device=self.device)
-            out.append(fn(x).double().cpu().numpy())
+            out.append(self.member_outputs(x).double().cpu().numpy())
         self.train(was_training)
-        return out
-
-    def predict_features(self, feats: np.ndarray) -> np.ndarray:
-        """Predictions (fractions, float64) for precomputed member inputs."""
-        out = self._chunked(feats, self)
-        return np.concatenate(out) if out else np.zeros(0)
-
-    def predict_members(self, feats: np.ndarray) -> np.ndarray:
-        """Each member's predictions (fractions, float64 ``(n_members, N)``) for member inputs."""
-        out = self._chunked(feats, lambda x: torch.stack([m(x) for m in self.members], dim=0))
-        return np.concatenate(out, axis=1) if out else np.zeros((len(self.members), 0))
+        return np.concatenate(out, axis=1)
 
     def predict(self, configs: Iterable[ConfigLike],
                 known: "Mapping[str, np.ndarray] | None" = None) -> np.ndarray:
