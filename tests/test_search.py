@@ -300,6 +300,37 @@ def test_search_killed_at_three_moments_ends_equal_to_an_uninterrupted_run(tiny)
     assert not list(res.rglob(".*.tmp*")) and not (res / ".moofa.lock").exists()
 
 
+def test_exported_subnet_reproduces_the_reported_top1_after_the_baseline_is_measured(tiny):
+    """With measured subnets in the dataset, the best one under each budget (the baseline) is also
+    measured on the test images after the answer; the exported subnet must still be the answer as
+    measured (its own BN statistics), so evaluated alone it gives ``real_accuracy`` exactly."""
+    from moofa.data import DataProvider
+    from moofa.predictor import make_record
+    from moofa.training.evaluate import evaluate
+    project, spec = tiny
+    data = project.root / "measured_base.jsonl"
+    space, rng = SearchSpace(spec), random.Random(7)
+    rows = [SubnetConfig(r.ks, r.e, r.d, 32) for r in (space.sample(rng) for _ in range(12))]
+    # measured 10 pp below the predictor: the search prefers unmeasured candidates near them
+    pred = AccuracyPredictor.load(project.config["search_config"]["acc_predictor_checkpoint"], spec).predict(rows)
+    data.write_text("".join(json.dumps(make_record(r, float(p) - 0.1, model=spec.name)) + "\n"
+                            for r, p in zip(rows, pred)))
+    _write(project, "base", export=["subnet"], acc_dataset_path=str(data), rerank_top_k=0, pessimism=0.0,
+           bound_margin_pp=20.0)
+    project.run("eval_and_search.py", "--mode", "search")
+    args = last_task_args(load_config(project.config_path))
+    provider = DataProvider(args, spec.image_sizes, 0, 1)
+    differs = 0
+    for c in TINY_CONSTRAINTS:
+        d = project.root / "search_base" / f"constraint_{c}"
+        info = json.loads((d / "info.json").read_text())
+        differs += info["baseline"] is not None and info["baseline"]["config"] != info["config"]
+        net = load_exported(d / "subnet.pth.tar")
+        alone = evaluate(net, provider.test_loader(net.subnet_config.image_size))
+        assert alone.top1 == info["real_accuracy"] and alone.n_images == info["n_images"]
+    assert differs, "no budget measured a baseline other than its answer: the test would not fail"
+
+
 def test_predictor_only_search_resumes_without_data_or_checkpoint(tmp_path):
     project = make_tiny_project(tmp_path)
     spec = get_model_spec("TINY", project.model_config_path)

@@ -119,10 +119,9 @@ from moofa.fingerprint import (
     write_fingerprint,
 )
 from moofa.io import atomic_open
-from moofa.models.bn_calibration import set_running_statistics
 from moofa.models.spec import ModelSpec, SubnetConfig
 from moofa.predictor.dataset import append_records, make_record, read_jsonl, repair_tail
-from moofa.training.evaluate import evaluate
+from moofa.training.evaluate import calibrate_subnet, evaluate
 from moofa.predictor.encoder import ArchEncoder
 from tqdm import tqdm
 
@@ -581,8 +580,7 @@ class SubnetMeter:
 
     def accuracy(self, cfg: SubnetConfig) -> float:
         """Top-1 fraction of ``cfg`` on the evaluation subset (complete counts, no reduction)."""
-        self.supernet.set_subnet(cfg)
-        set_running_statistics(self.supernet, self.provider.calibration_batches(cfg.image_size))
+        calibrate_subnet(self.supernet, cfg, self.provider)
         return evaluate(self.supernet, self.loader(cfg.image_size), None).top1
 
 

@@ -55,7 +55,7 @@ from moofa.predictor.create import SubnetMeter
 from moofa.deploy import require_executorch
 from moofa.predictor.dataset import append_records
 from moofa.predictor.create import subnet_record
-from moofa.training.evaluate import evaluate_subnet
+from moofa.training.evaluate import calibrate_subnet, evaluate_subnet
 from moofa.search.export import export_subnet
 from moofa.deploy import DEPLOY_NAME, deploy_exported
 
@@ -454,6 +454,8 @@ def _one_constraint(ctx: _Context, c: int, previous: Mapping[str, Any] | None, o
                  "history": result.history, "operator_stats": result.to_dict()["stats"],
                  "memory_unit": limits.options.unit, "memory_model": limits.options.to_dict(),
                  "limits": limits.to_dict(), "units": units(limits.options), "fingerprint": fp})
+    if ctx.supernet is not None:  # the exported weights are those measured (not the baseline's BN)
+        calibrate_subnet(ctx.supernet, chosen, ctx.provider)
     if backend.is_main:
         _write_outputs(spec, info, report, out, ctx.supernet, list(sc["export"]), ctx.n_classes, c,
                        cfg if deploys(cfg, c) else None)

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from moofa.distributed import to_device
 from moofa.models.bn_calibration import set_running_statistics
 from moofa.models.spec import SubnetConfig
 
@@ -53,7 +54,7 @@ def evaluate(net: nn.Module, loader: Iterable, backend: Any = None, device: torc
             break
         if max_images is not None and seen + len(labels) > max_images:
             images, labels = images[: max_images - seen], labels[: max_images - seen]
-        images = images.to(device, non_blocking=True)
+        images = to_device(images, device)
         labels = labels.to(device, non_blocking=True)
         if time_forward:
             _sync(device)
@@ -78,6 +79,14 @@ def evaluate(net: nn.Module, loader: Iterable, backend: Any = None, device: torc
                       sum(timed) / len(timed) if timed else 0.0)
 
 
+def calibrate_subnet(supernet: nn.Module, config: SubnetConfig, provider: Any) -> None:
+    """Activate ``config`` and re-calibrate BN on the provider's fixed calibration subset at the
+    config's resolution (docs/design.md#protocols): the state every measurement and every export
+    of the subnet starts from."""
+    supernet.set_subnet(config)
+    set_running_statistics(supernet, provider.calibration_batches(config.image_size))
+
+
 def evaluate_subnet(supernet: nn.Module, config: SubnetConfig, provider: Any, backend: Any = None,
                     split: str = "test", max_images: int | None = None,
                     time_forward: bool = False) -> EvalResult:
@@ -85,8 +94,7 @@ def evaluate_subnet(supernet: nn.Module, config: SubnetConfig, provider: Any, ba
     config's resolution (docs/design.md#protocols) and evaluate on the ``split`` ("test" or "valid") loader;
     ``max_images`` selects a fixed, evenly spaced subset of the test set, identical on any number of
     ranks."""
-    supernet.set_subnet(config)
-    set_running_statistics(supernet, provider.calibration_batches(config.image_size))
+    calibrate_subnet(supernet, config, provider)
     if split == "test":
         loader = provider.test_loader(config.image_size, max_images)
     else:
