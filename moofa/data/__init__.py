@@ -5,7 +5,6 @@ from moofa.data.provider import (
                                  IMAGENETTE_IMAGENET_IDS,
                                  DataProvider,
                                  ResolutionDataset,
-                                 move_batch,
                                  use_cuda,
 )
 from moofa.data.samplers import (
@@ -27,7 +26,7 @@ from moofa.data.transforms import (
 )
 
 __all__ = ["DataProvider", "ResolutionDataset", "ensure_dataset", "write_dataset", "check_image_folder",
-           "IMAGENETTE_IMAGENET_IDS", "use_cuda", "move_batch", "SUB_SEED", "VALID_SEED",
+           "IMAGENETTE_IMAGENET_IDS", "use_cuda", "SUB_SEED", "VALID_SEED",
            "DistributedSubsetSampler",
            "ElasticResolutionBatchSampler", "calibration_indices", "candidate_sizes", "draw_resolution",
            "resolution_seed", "split_train_valid", "IMAGENET_MEAN", "IMAGENET_STD", "test_transform",

@@ -107,13 +107,6 @@ def use_cuda(device: str = "auto") -> bool:
     return device != "cpu" and torch.cuda.is_available()
 
 
-def move_batch(images: torch.Tensor, labels: torch.Tensor, device: torch.device | str):
-    """Copy a batch to ``device``; non-blocking from pinned memory when it is a CUDA device."""
-    device = torch.device(device)
-    nb = device.type == "cuda"
-    return images.to(device, non_blocking=nb), labels.to(device, non_blocking=nb)
-
-
 class ResolutionDataset(Dataset):
     """A view of an ImageFolder whose items are ``index`` or ``(index, image_size)``: the image is
     transformed by ``make_transform(image_size)`` (``default_size`` for plain indices). With

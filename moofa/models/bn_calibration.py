@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from moofa.distributed import to_device
 from moofa.models.dynamic import full_bn_mode
 
 
@@ -43,7 +44,7 @@ def set_running_statistics(net: nn.Module, batches: Iterable[torch.Tensor]) -> N
     try:
         with full_bn_mode():
             for images in batches:
-                net(images.to(device, non_blocking=True))
+                net(to_device(images, device))
     finally:
         for bn in bns:
             del bn.forward

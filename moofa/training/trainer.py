@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from moofa.config import phase_constraints, save_resolved_config, validation_subnets
 from moofa.data.provider import DataProvider
+from moofa.distributed import to_device
 from moofa.errors import CheckpointError, ConfigError, on_main_rank
 from moofa.fingerprint import (
     change_message,
@@ -255,7 +256,7 @@ class Trainer:
             lr = learning_rate(epoch, i, n_batches, self.init_lr, int(a["n_epochs"]), int(a["warmup_epochs"]),
                                float(a["warmup_lr"]), a["lr_schedule_type"])
             set_lr(self.optimizer, lr)
-            images = images.to(self.device, non_blocking=True)
+            images = to_device(images, self.device)
             labels = labels.to(self.device, non_blocking=True)
             soft = None
             if self.teacher is not None:
