@@ -16,8 +16,9 @@ from moofa.cli.common import run_cli
 from moofa.efficiency import (MemoryOptions, count_feasible, count_params, feasible_fraction,
                               feasible_resolutions, flops, flops_batch, macs, measure_peak_memory,
                               memory_bounds, memory_histogram, memory_layers, memory_range_table,
-                              peak_memory, peak_memory_batch, plot_memory_histogram, repair_config,
+                              peak_memory, peak_memory_batch, repair_config,
                               sample_feasible, stage_choices)
+from moofa.efficiency.plots import plot_memory_histogram
 from moofa.errors import InfeasibleConstraintError
 from moofa.models import MODELS, MobileNetV3, SubnetConfig, build_supernet, count_parameters, get_model_spec
 from moofa.profile import main as profile_main

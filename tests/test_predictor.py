@@ -20,7 +20,7 @@ from moofa.predictor import (AccuracyMLP, AccuracyPredictor, ArchEncoder, Predic
                              append_records, load_restricted_pickle, make_record, read_dataset,
                              regression_metrics, repair_tail, split_indices, train_predictor)
 from moofa.cli.train_predictor import main
-from moofa.predictor.training import feature_names
+from moofa.predictor.training import feature_names, kendall_tau, shuffle_split
 
 REF = Path(__file__).resolve().parents[2] / "shared" / "reference"
 PKL = REF / "ofa_imagenet_predictor_dataset.pkl"
@@ -321,6 +321,21 @@ def test_regression_metrics_golden():
     assert m["kendall_tau"] == pytest.approx(4 / 6)
     tr, te = split_indices(10, 0)
     assert sorted(np.concatenate([tr, te]).tolist()) == list(range(10)) and len(te) == 2
+
+
+@pytest.mark.parametrize("n,fraction,seed", [(10, 0.2, 0), (2610, 0.2, 0), (37, 0.15, 1001), (5, 0.5, 2**32 - 1)])
+def test_splits_and_kendall_tau_equal_scikit_learn_and_scipy(n, fraction, seed):
+    """Our numpy split and tau-b are the libraries' (the reference's split), rows and ties alike."""
+    from scipy.stats import kendalltau
+    from sklearn.model_selection import train_test_split
+    items = np.arange(100, 100 + n)
+    ours, theirs = shuffle_split(items, fraction, seed), train_test_split(items, test_size=fraction, random_state=seed)
+    assert [a.tolist() for a in ours] == [np.asarray(a).tolist() for a in theirs]
+    rng = np.random.default_rng(seed % 1000)
+    x, y = rng.integers(0, 6, n).astype(float), rng.integers(0, 4, n) + 0.5 * rng.random(n)
+    if n > 2:
+        assert kendall_tau(x, y) == pytest.approx(kendalltau(x, y)[0], rel=1e-12, abs=1e-15)
+    assert kendall_tau(x, x) == pytest.approx(1.0) and np.isnan(kendall_tau(np.ones(n), y))
 
 
 def test_quick_training_ranks_subnets(ofa_jsonl):

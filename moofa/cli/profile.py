@@ -22,8 +22,8 @@ from moofa.efficiency import (
     count_params,
     flops,
     memory_layers,
-    plot_memory_histogram,
 )
+from moofa.efficiency.plots import plot_memory_histogram
 from moofa.errors import ConfigError, MoofaInputError
 from moofa.io import write_json
 from moofa.models.spec import SubnetConfig, get_model_spec

@@ -27,8 +27,6 @@ import numpy as np
 from PIL import Image
 
 from moofa.errors import MoofaInputError
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 from moofa.config import DIGITS_SCHEMA, SYNTHETIC_SCHEMA
 
 MARKER = ".moofa_dataset.json"
@@ -53,6 +51,12 @@ def _write_split(root: Path, split: str, images: np.ndarray, labels: np.ndarray,
 
 def digits_arrays(image_size: int = 32, val_fraction: float = 0.2, seed: int = 0):
     """The scikit-learn digits as uint8 RGB arrays: ``(x_train, y_train, x_val, y_val)``."""
+    try:  # optional dependency (moofa[digits]): only this dataset needs scikit-learn
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError:
+        raise MoofaInputError("needs scikit-learn (pip install 'moofa[digits]')",
+                              key="args.dataset", value="digits") from None
     d = load_digits()
     gray = np.clip(d.images / 16.0 * 255.0 + 0.5, 0, 255).astype(np.uint8)  # 0..16 -> 0..255
     big = np.stack([np.asarray(Image.fromarray(g).resize((image_size, image_size),

@@ -1,6 +1,7 @@
 """Efficiency models (docs/design.md#memory-model): exact analytic peak memory (elements), a forward-hook profiler
 that checks it, MACs (MMACs) and parameter counts, exact feasibility bounds with
-constraint-aware sampling, and the memory histogram plot."""
+constraint-aware sampling. The memory histogram plot is :mod:`moofa.efficiency.plots` (not
+imported here: processes that do not plot need no matplotlib)."""
 from moofa.efficiency.bounds import (
                                      StageChoices,
                                      count_feasible,
@@ -23,10 +24,9 @@ from moofa.efficiency.memory import (
                                      peak_memory,
                                      peak_memory_batch,
 )
-from moofa.efficiency.plots import plot_memory_histogram
 
 __all__ = ["MemoryOptions", "DEFAULT_OPTIONS", "LayerMemory", "peak_memory", "peak_memory_batch",
            "memory_histogram", "memory_layers", "measure_peak_memory", "flops", "flops_batch", "macs",
            "count_params", "memory_bounds", "memory_range_table", "feasible_resolutions",
            "StageChoices", "stage_choices", "count_feasible", "feasible_fraction", "sample_feasible",
-           "repair_config", "plot_memory_histogram"]
+           "repair_config"]

@@ -6,7 +6,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from moofa.efficiency import MemoryOptions, count_params, flops, memory_layers, plot_memory_histogram
+from moofa.efficiency import MemoryOptions, count_params, flops, memory_layers
+from moofa.efficiency.plots import plot_memory_histogram
 from moofa.models.spec import ModelSpec, SubnetConfig
 from moofa.evaluation.arch_plot import draw_arch
 

@@ -3,12 +3,12 @@
 Recipe (all seeded; fixes docs/design.md#encoding):
 
 1. Remove repeated subnets (keeping the first record of each), then split the dataset with
-   ``train_test_split(test_size=test_fraction, random_state=seed)`` over the file order: the
+   scikit-learn's ``train_test_split(test_size=test_fraction, random_state=seed)`` over the file order: the
    test split is only used for the reported metrics. A dataset too small for the splits (fewer
    than :data:`MIN_TEST` test, :data:`MIN_VAL` validation or :data:`MIN_FIT` fitting subnets) is
    refused, naming the minimum (:func:`min_records`).
 2. For ensemble member ``m`` (seed ``seed * 1000 + m``), hold out ``val_fraction`` of the training
-   split (``train_test_split(random_state=seed * 1000 + m)``) for best-epoch selection.
+   split (the same split with ``random_state=seed * 1000 + m``) for best-epoch selection.
 3. Inputs: the one-hot encoding plus the extra features (log MMACs, log peak elements),
    normalised with the training split's mean/std. Target: accuracy fraction; ``base_acc`` = mean
    training accuracy.
@@ -31,8 +31,6 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
-from scipy.stats import kendalltau
-from sklearn.model_selection import train_test_split
 
 from moofa.config import PredictorRecipe
 from moofa.errors import MoofaInputError
@@ -73,15 +71,48 @@ def regression_metrics(real: Sequence[float], pred: Sequence[float]) -> dict[str
         "rmse_pp": float(100.0 * math.sqrt(np.mean(diff * diff))),
         "mae_pp": float(100.0 * np.mean(np.abs(diff))),
         "pearson": float("nan") if const else float(np.corrcoef(r, p)[0, 1]),
-        "kendall_tau": float("nan") if const else float(kendalltau(r, p)[0]),
+        "kendall_tau": float("nan") if const else kendall_tau(r, p),
     }
 
 
+def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
+    """Kendall's tau-b of two rankings (ties in either counted as scipy.stats.kendalltau counts
+    them), by counting pairs in row blocks: O(n^2) time, about a million pairs in memory."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    n = len(x)
+    block = max(1, 1_000_000 // max(n, 1))
+    score = 0.0  # concordant - discordant pairs, each counted twice (exact in float64)
+    for i in range(0, n, block):
+        score += float((np.sign(x[i:i + block, None] - x[None, :]) *
+                        np.sign(y[i:i + block, None] - y[None, :])).sum())
+    pairs = n * (n - 1) / 2
+
+    def tied(v: np.ndarray) -> float:
+        counts = np.unique(v, return_counts=True)[1].astype(np.float64)
+        return float((counts * (counts - 1) / 2).sum())
+
+    if pairs - tied(x) <= 0 or pairs - tied(y) <= 0:
+        return float("nan")
+    return float(min(1.0, max(-1.0, score / 2 / np.sqrt(pairs - tied(x)) / np.sqrt(pairs - tied(y)))))
+
+
+def shuffle_split(items: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) rows of ``items`` as scikit-learn's ``train_test_split(items,
+    test_size=test_fraction, random_state=seed)`` draws them (the reference's split):
+    ceil(test_fraction * n) test rows first in a ``RandomState(seed)`` permutation, the others
+    for training. ValueError when a side would be empty."""
+    n = len(items)
+    n_test = math.ceil(test_fraction * n)
+    if not 1 <= n_test < n:
+        raise ValueError(f"a test fraction of {test_fraction} of {n} items leaves a side empty")
+    perm = np.random.RandomState(int(seed)).permutation(n)
+    return np.asarray(items)[perm[n_test:]], np.asarray(items)[perm[:n_test]]
+
+
 def split_indices(n: int, seed: int, test_fraction: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
-    """(train, test) indices: scikit-learn ``train_test_split`` of ``range(n)`` with
-    ``random_state=seed`` (the reference's split for seed 0)."""
-    tr, te = train_test_split(np.arange(n), test_size=test_fraction, random_state=seed)
-    return np.asarray(tr), np.asarray(te)
+    """(train, test) indices: :func:`shuffle_split` of ``range(n)`` with ``seed`` (the
+    reference's split for seed 0)."""
+    return shuffle_split(np.arange(n), test_fraction, seed)
 
 
 def split_sizes(n: int, recipe: PredictorRecipe) -> dict[str, int]:
@@ -216,8 +247,7 @@ def fit_predictor(predictor: AccuracyPredictor, feats: np.ndarray, acc: np.ndarr
     results = []
     for m in range(len(predictor.members)):
         mseed = (seed * 1000 + m) % 2**32
-        fit_idx, val_idx = train_test_split(np.asarray(train_idx), test_size=recipe.val_fraction,
-                                            random_state=mseed)
+        fit_idx, val_idx = shuffle_split(np.asarray(train_idx), recipe.val_fraction, mseed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(mseed)
             member = AccuracyMLP(predictor.n_inputs, predictor.hidden_size, predictor.n_layers,
