@@ -25,7 +25,7 @@ $(HVD_STAMP): $(STAMP) scripts/install_horovod.sh
 horovod: $(HVD_STAMP)
 
 test: setup horovod
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile   # two workers, one test module each at a time
 
 demo: setup
 	$(BIN)/python -m moofa.demo
