@@ -68,7 +68,7 @@ def resolve_device(device: str | torch.device = "auto", local_rank: int = 0) -> 
 def to_device(images: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     """A batch of images ``(N, C, H, W)`` on ``device``, values unchanged: non-blocking (from
     pinned memory) on CUDA; on the CPU in the channels-last layout, in which oneDNN's depthwise
-    convolutions train and infer the supernets 1.6 to 2.6 times faster (benchmarks/README.md,
+    convolutions train and infer the supernets 1.2 to 2.6 times faster (benchmarks/README.md,
     "channels-last")."""
     device = torch.device(device)
     if device.type == "cpu":
