@@ -91,9 +91,10 @@ def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
         counts = np.unique(v, return_counts=True)[1].astype(np.float64)
         return float((counts * (counts - 1) / 2).sum())
 
-    if pairs - tied(x) <= 0 or pairs - tied(y) <= 0:
+    untied_x, untied_y = pairs - tied(x), pairs - tied(y)
+    if untied_x <= 0 or untied_y <= 0:
         return float("nan")
-    return float(min(1.0, max(-1.0, score / 2 / np.sqrt(pairs - tied(x)) / np.sqrt(pairs - tied(y)))))
+    return float(min(1.0, max(-1.0, score / 2 / np.sqrt(untied_x) / np.sqrt(untied_y))))
 
 
 def shuffle_split(items: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

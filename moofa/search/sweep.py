@@ -454,7 +454,7 @@ def _one_constraint(ctx: _Context, c: int, previous: Mapping[str, Any] | None, o
                  "history": result.history, "operator_stats": result.to_dict()["stats"],
                  "memory_unit": limits.options.unit, "memory_model": limits.options.to_dict(),
                  "limits": limits.to_dict(), "units": units(limits.options), "fingerprint": fp})
-    if ctx.supernet is not None:  # the exported weights are those measured (not the baseline's BN)
+    if ctx.supernet is not None and sc["export"]:  # export the weights as measured, not the baseline's BN
         calibrate_subnet(ctx.supernet, chosen, ctx.provider)
     if backend.is_main:
         _write_outputs(spec, info, report, out, ctx.supernet, list(sc["export"]), ctx.n_classes, c,
