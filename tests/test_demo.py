@@ -349,8 +349,16 @@ def test_runner_reuses_finished_stages_and_reruns_what_follows(tmp_path):
     stages = [demo.Stage("M", f"s{i}", str(script), [str(o)], [o]) for i, o in enumerate(outs)]
 
     def run(chain):
-        res = demo.Runner(tmp_path, 1, lambda msg: None, lambda: None).run_chain("M", config, chain)
+        res = demo.Runner(tmp_path, lambda msg: None, lambda: None).run_chain("M", config, chain)
         return [r.status for r in res], res
+
+    # a chain running alone (the other one finished) gets every core, up to 4 threads
+    probe = tmp_path / "threads.py"
+    probe.write_text("import os, sys, pathlib\npathlib.Path(sys.argv[1]).write_text(os.environ['OMP_NUM_THREADS'])\n")
+    seen = tmp_path / "seen"
+    demo.Runner(tmp_path, lambda msg: None, lambda: None).run_chain(
+        "P", config, [demo.Stage("P", "t", str(probe), [str(seen)], [seen])])
+    assert seen.read_text() == str(max(1, min(4, os.cpu_count() or 1)))
 
     status, res = run(stages)
     assert status == ["ran"] * 3 and all(r.returncode == 0 and r.cpu_seconds >= 0 for r in res)

@@ -21,7 +21,7 @@ within its budget, the fine-tuned subnet's test top-1 not lower than before fine
 :data:`FINETUNE_TOLERANCE`) and prints the per-stage times and the summary table.
 
 The embedded ``digits`` dataset is written once as an ImageFolder under the run folder. The models'
-stage chains run side by side, each process with ``cores / chains`` CPU threads. Rerunning
+stage chains run side by side, each process with ``cores / chains still running`` CPU threads. Rerunning
 resumes: a stage whose outputs exist is reused; a killed stage is simply run again and its script
 resumes (train.py from its per-phase checkpoint, the dataset from its JSON Lines file); once a
 stage runs, the later stages of its chain run too. Each stage's output goes to
@@ -239,18 +239,34 @@ class StageBook:
 class Runner:
     """Runs stage chains (one per model) side by side; stops every chain after a failure."""
 
-    def __init__(self, out: Path, threads: int, say: Callable[[str], None], tick: Callable[[], None]) -> None:
-        self.out, self.threads, self.say, self.tick = out, threads, say, tick
+    def __init__(self, out: Path, say: Callable[[str], None], tick: Callable[[], None]) -> None:
+        self.out, self.say, self.tick = out, say, tick
         self.stop = threading.Event()
         self._procs: set[subprocess.Popen] = set()
         self._lock = threading.Lock()
+        self._running_chains = 0
+
+    def threads(self) -> int:
+        """CPU threads for a stage starting now: the cores shared by the chains still running
+        (a chain that finished early leaves its cores to the others' later stages)."""
+        with self._lock:
+            return _threads_per_process(max(1, self._running_chains))
 
     def env(self) -> dict[str, str]:
-        n = str(self.threads)
+        n = str(self.threads())
         return dict(os.environ, OMP_NUM_THREADS=n, MKL_NUM_THREADS=n, PYTHONUNBUFFERED="1",
                     WANDB_MODE="offline", TQDM_MININTERVAL="5")
 
     def run_chain(self, label: str, config: Path, stages: Sequence[Stage]) -> list[StageResult]:
+        with self._lock:
+            self._running_chains += 1
+        try:
+            return self._run_chain(label, config, stages)
+        finally:
+            with self._lock:
+                self._running_chains -= 1
+
+    def _run_chain(self, label: str, config: Path, stages: Sequence[Stage]) -> list[StageResult]:
         book = StageBook(self.out / label / STAGES_NAME, config.read_text())
         results = []
         upstream_ran = False  # once a stage runs, every later stage runs too (its inputs changed)
@@ -278,12 +294,13 @@ class Runner:
         log = self.out / stage.label / "logs" / f"{stage.name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         shown = stage.shown()
-        self.say(f"[{stage.label}] {stage.name}: {shown}")
+        env = self.env()
+        self.say(f"[{stage.label}] {stage.name}: {shown}  ({env['OMP_NUM_THREADS']} thread(s))")
         t0 = time.time()
         with open(log, "a") as fh:
             fh.write(f"\n$ {shown}\n# {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
             fh.flush()
-            proc = subprocess.Popen(stage.argv(), cwd=ROOT, env=self.env(), stdout=fh,
+            proc = subprocess.Popen(stage.argv(), cwd=ROOT, env=env, stdout=fh,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
             with self._lock:
                 self._procs.add(proc)
@@ -366,7 +383,6 @@ def run_demo(out: Path, labels: Sequence[str], quick: bool = False, jobs: int | 
 
     chains = {label: pipeline_stages(label, paths[label], cfgs[label]) for label in labels}
     jobs = max(1, min(jobs or len(labels), len(labels), os.cpu_count() or 1))
-    threads = _threads_per_process(jobs)
     total = sum(len(s) for s in chains.values()) + 1
     bar = tqdm(total=total, desc="demo stages", unit="stage", dynamic_ncols=True)
     lock = threading.Lock()
@@ -379,9 +395,9 @@ def run_demo(out: Path, labels: Sequence[str], quick: bool = False, jobs: int | 
         with lock:
             bar.update(1)
 
-    runner = Runner(out, threads, say, tick)
-    say(f"{len(labels)} chain(s), {jobs} at a time, {threads} CPU thread(s) per process; "
-        f"stage logs in {short_path(out)}/<model>/logs/")
+    runner = Runner(out, say, tick)
+    say(f"{len(labels)} chain(s), {jobs} at a time, {_threads_per_process(jobs)} CPU thread(s) per process "
+        f"(more once a chain is done); stage logs in {short_path(out)}/<model>/logs/")
     try:
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             futures = [pool.submit(runner.run_chain, label, paths[label], chains[label]) for label in labels]

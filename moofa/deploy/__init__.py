@@ -10,8 +10,10 @@ ExecuTorch runtime (``python -m moofa.deploy``; ``search_config.export: [executo
   (the same network in fp32 PyTorch on the same images), ``n_images``, ``pte_bytes`` (int8 program
   size), ``runtime_memory_bytes`` (int8 program's planned activation arena, excluding the graph
   input/output and XNNPACK's internal scratch), ``fp32_pte_bytes``, ``fp32_runtime_memory_bytes``
-  (the portable program's whole planned arena), the analytic peaks beside them, logit checks of
-  both programs against PyTorch, timings and the inputs it was computed from.
+  (the portable program's whole planned arena), ``int8_delegate_calls`` and
+  ``int8_undelegated_ops`` (1 and ``{}`` when XNNPACK runs the whole network), the analytic peaks
+  beside them, logit checks of both programs against PyTorch, timings and the inputs it was
+  computed from.
 
 The network is quantised once per subnet: a folder whose ``deploy.json`` records the same inputs
 (the subnet file's hash, calibration settings, test data, executorch version) is reused.
@@ -32,6 +34,7 @@ from torch.utils.data import DataLoader, Subset
 
 from moofa.deploy.programs import (
     INSTALL_HINT,
+    RECIPE_VERSION,
     ProgramRunner,
     executorch_available,
     fp32_program,
@@ -147,7 +150,7 @@ def deploy_network(net: nn.Module, spec: ModelSpec, cfg: SubnetConfig, args: Map
     provider = _single_process_provider(args, r)
     fp = {"subnet_sha256": subnet_sha256, "config": cfg.to_dict(), "calibration_images": int(calibration_images),
           "per_channel": bool(per_channel), "data_path": str(provider.root), "n_test": len(provider.test_folder),
-          "executorch": importlib.metadata.version("executorch")}
+          "executorch": importlib.metadata.version("executorch"), "recipe": RECIPE_VERSION}
     if subnet_sha256 is not None and (done := _reuse(out, fp)) is not None:
         log.info("deploy: %s already holds these programs (same subnet and settings), reused", out)
         return done
@@ -176,6 +179,7 @@ def deploy_network(net: nn.Module, spec: ModelSpec, cfg: SubnetConfig, args: Map
             "memory": opts.to_dict(),
             "analytic_activations_elements": int(acts),
             "int8_ms_per_image": measured["int8_ms_per_image"], "checks": measured["checks"],
+            "int8_delegate_calls": p8.delegate_calls, "int8_undelegated_ops": p8.undelegated_ops,
             "seconds": {"quantize": q_seconds, "int8_lowering": p8.seconds, "fp32_lowering": p32.seconds},
             "model": spec.name, "config": cfg.to_dict(),
             "sources": {

@@ -12,20 +12,28 @@
 
 Both programs take one image (batch 1, 3 x R x R, float32) and return the logits. Graph input
 and output are not planned (``alloc_graph_input/output=False``): the caller owns those buffers.
+Networks are traced inside :func:`moofa.models.layers.single_op_pooling`, so that the whole int8
+network is one XNNPACK delegate call (``Program.delegate_calls``, ``Program.undelegated_ops``).
 """
 from __future__ import annotations
 
 import importlib.util
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import torch
 from torch import nn
 
 from moofa.errors import MoofaInputError
+from moofa.models.layers import single_op_pooling
 
 INSTALL_HINT = "pip install -e '.[deploy]' (or make setup)"
+MAX_CALIBRATION_BATCH = 256  # images per calibration forward
+# Bumped whenever the programs this module builds change, so that folders of older programs are
+# rebuilt rather than reused (2: single-op pooling, batched calibration).
+RECIPE_VERSION = 2
 
 
 def executorch_available() -> bool:
@@ -48,6 +56,8 @@ class Program:
     buffer: bytes
     planned_bytes: int
     seconds: float
+    delegate_calls: int = 0  # XNNPACK delegate calls in the program's graph
+    undelegated_ops: dict[str, int] = field(default_factory=dict)  # compute ops left to the portable kernels
 
     @property
     def size(self) -> int:
@@ -74,9 +84,29 @@ def _lower(module: nn.Module, example: torch.Tensor, delegate: bool) -> Program:
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 
         partitioner = [XnnpackPartitioner()]
-    prog = to_edge_transform_and_lower(ep, partitioner=partitioner).to_executorch(_backend_config())
+    edge = to_edge_transform_and_lower(ep, partitioner=partitioner)
+    calls, left = _graph_census(edge.exported_program().graph)
+    prog = edge.to_executorch(_backend_config())
     planned = sum(int(s) for s in prog.executorch_program.execution_plan[0].non_const_buffer_sizes)
-    return Program(bytes(prog.buffer), planned, time.perf_counter() - t0)
+    return Program(bytes(prog.buffer), planned, time.perf_counter() - t0, calls, left)
+
+
+# layout conversions of constants and the delegate's tuple unpacking: not compute
+_NOT_COMPUTE = ("executorch_call_delegate", "getitem", "_to_dim_order_copy")
+
+
+def _graph_census(graph: Any) -> tuple[int, dict[str, int]]:
+    """(delegate calls, {op name: count} of the compute ops outside any delegate) of an edge graph."""
+    calls, left = 0, Counter()
+    for node in graph.nodes:
+        if node.op != "call_function":
+            continue
+        name = getattr(node.target, "__name__", str(node.target))
+        if name == "executorch_call_delegate":
+            calls += 1
+        elif not any(tag in name for tag in _NOT_COMPUTE):
+            left[name] += 1
+    return calls, dict(left)
 
 
 def example_input(image_size: int) -> torch.Tensor:
@@ -87,29 +117,36 @@ def example_input(image_size: int) -> torch.Tensor:
 def fp32_program(net: nn.Module, image_size: int) -> Program:
     """The fp32 portable program of ``net`` (eval mode, CPU)."""
     require_executorch()
-    return _lower(net.cpu().eval(), example_input(image_size), delegate=False)
+    with single_op_pooling():
+        return _lower(net.cpu().eval(), example_input(image_size), delegate=False)
 
 
 @torch.no_grad()
 def quantize(net: nn.Module, image_size: int, calibration: Iterable[torch.Tensor],
              per_channel: bool = True) -> tuple[nn.Module, float]:
-    """PT2E int8 model of ``net`` calibrated on ``calibration`` (image batches); returns the
-    converted module and the seconds it took."""
+    """PT2E int8 model of ``net`` calibrated on ``calibration`` (image batches, any size); returns
+    the converted module and the seconds it took. The graph is traced with a dynamic batch size
+    so that calibration runs whole batches (observers reduce over the batch, as over one image
+    after another)."""
     require_executorch()
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
     )
-    from torch.export import export
+    from torch.export import Dim, export
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     t0 = time.perf_counter()
     net = net.cpu().eval()
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=per_channel))
-    prepared = prepare_pt2e(export(net, (example_input(image_size),)).module(), quantizer)
-    for images in calibration:  # the graph is exported for batch 1
-        for image in images.cpu().split(1):
-            prepared(image)
+    batch = Dim("batch", min=1, max=MAX_CALIBRATION_BATCH)
+    with single_op_pooling():
+        example = example_input(image_size).expand(2, -1, -1, -1)  # batch 1 would specialise
+        graph = export(net, (example,), dynamic_shapes=({0: batch},)).module()
+    prepared = prepare_pt2e(graph, quantizer)
+    for images in calibration:
+        for chunk in images.cpu().split(MAX_CALIBRATION_BATCH):
+            prepared(chunk)
     return convert_pt2e(prepared), time.perf_counter() - t0
 
 

@@ -6,10 +6,13 @@ Module and attribute names reproduce the reference's state-dict keys exactly
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from moofa.models.spec import ModelSpec, SubnetConfig, mid_channels, se_channels
 
@@ -28,9 +31,31 @@ def build_activation(name: str | None) -> nn.Module:
     return acts[name]()
 
 
+_SINGLE_OP_POOLING = False  # set only while tracing for deployment: see single_op_pooling()
+
+
 def global_avg_pool(x: torch.Tensor) -> torch.Tensor:
-    """Mean over W then H, keeping dims (the reference's pooling order)."""
+    """Mean over W then H, keeping dims (the reference's pooling order); one
+    ``adaptive_avg_pool2d`` inside :func:`single_op_pooling`."""
+    if _SINGLE_OP_POOLING:
+        return F.adaptive_avg_pool2d(x, 1)
     return x.mean(3, keepdim=True).mean(2, keepdim=True)
+
+
+@contextmanager
+def single_op_pooling() -> Iterator[None]:
+    """Trace global pooling as one ``adaptive_avg_pool2d`` (the same mean up to float rounding).
+
+    The XNNPACK quantiser and partitioner know that op but not a pair of ``mean`` over one
+    dimension each: with the reference's two means the int8 program fell apart into 14 delegate
+    calls with fp32 pooling between them (README, "Deploying the found subnet"). Used by ``torch.export`` in
+    :mod:`moofa.deploy`; training and evaluation keep the reference's order."""
+    global _SINGLE_OP_POOLING
+    before, _SINGLE_OP_POOLING = _SINGLE_OP_POOLING, True
+    try:
+        yield
+    finally:
+        _SINGLE_OP_POOLING = before
 
 
 class SEModule(nn.Module):
@@ -222,4 +247,4 @@ def count_parameters(net: nn.Module) -> int:
 
 
 __all__ = ["ConvLayer", "LinearLayer", "MBConvLayer", "ResidualBlock", "SEModule", "MobileNetV3",
-           "build_activation", "init_weights", "set_bn_param", "count_parameters"]
+           "build_activation", "single_op_pooling", "init_weights", "set_bn_param", "count_parameters"]
