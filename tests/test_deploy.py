@@ -182,3 +182,27 @@ def test_missing_extra_and_bad_subnet_give_one_error_line(deployed, capsys, monk
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pip install -e '.[deploy]'" in err[0]
     assert not (tmp_path / "o").exists()
+
+
+def test_another_budget_with_the_same_subnet_file_copies_the_programs(deployed, tmp_path, monkeypatch):
+    import shutil
+
+    import moofa.deploy as deploy
+
+    _, _, cfg, _, out, _ = deployed
+    other = tmp_path / "constraint_9000"
+    other.mkdir()
+    shutil.copy(out / "subnet.pth.tar", other / "subnet.pth.tar")
+
+    def no_lowering(*args, **kwargs):
+        raise AssertionError("the programs of the same subnet file were lowered again")
+
+    monkeypatch.setattr(deploy, "int8_program", no_lowering)
+    monkeypatch.setattr(deploy, "fp32_program", no_lowering)
+    dep = deploy.deploy_exported(other / "subnet.pth.tar", cfg, other, progress=False, reuse_from=[out])
+    assert dep == json.loads((out / DEPLOY_NAME).read_text()) == json.loads((other / DEPLOY_NAME).read_text())
+    for name in (INT8_NAME, FP32_NAME):
+        assert (other / name).read_bytes() == (out / name).read_bytes()
+    # the programs of another subnet file are not served
+    assert deploy._reuse(out, dict(dep["fingerprint"], subnet_sha256="0" * 64)) is None  # noqa: SLF001
+    assert deploy._reuse(out, dep["fingerprint"]) == dep  # noqa: SLF001

@@ -22,16 +22,22 @@ executorch itself is imported only when a program is built (the optional ``deplo
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
 
+from moofa.config import last_task_args
+from moofa.data import DataProvider
+from moofa.data.samplers import evenly_spaced
+from moofa.data.transforms import test_transform
 from moofa.deploy.programs import (
     INSTALL_HINT,
     RECIPE_VERSION,
@@ -43,18 +49,12 @@ from moofa.deploy.programs import (
     require_executorch,
 )
 from moofa.efficiency import MemoryOptions, peak_memory
+from moofa.errors import ConfigError
 from moofa.fingerprint import sha256_file
 from moofa.io import atomic_path, write_json
 from moofa.models.spec import ModelSpec, SubnetConfig
-from moofa.data import DataProvider
-from moofa.data.samplers import evenly_spaced
-from moofa.data.transforms import test_transform
-import json
-from tqdm import tqdm
-from moofa.config import last_task_args
-from moofa.errors import ConfigError
-from moofa.search.export import _head_settings, load_exported
 from moofa.run import expected_n_classes
+from moofa.search.export import _head_settings, load_exported
 
 log = logging.getLogger(__name__)
 DEPLOY_NAME, INT8_NAME, FP32_NAME = "deploy.json", "subnet_int8.pte", "subnet_fp32.pte"
@@ -139,10 +139,12 @@ def _measure(net: nn.Module, quantized: nn.Module, int8: ProgramRunner, fp32: Pr
 def deploy_network(net: nn.Module, spec: ModelSpec, cfg: SubnetConfig, args: Mapping[str, Any],
                    out_dir: str | Path, *, calibration_images: int = 256, per_channel: bool = True,
                    memory_options: MemoryOptions | None = None, subnet_sha256: str | None = None,
-                   progress: bool = True) -> dict[str, Any]:
+                   progress: bool = True, reuse_from: Iterable[str | Path] = ()) -> dict[str, Any]:
     """Quantise, lower and measure the static network ``net`` (architecture ``cfg`` of
     ``spec``) on the data of the run args ``args``; writes the folder described in the module
-    docstring and returns deploy.json's content."""
+    docstring and returns deploy.json's content. A folder of ``reuse_from`` (or ``out_dir``
+    itself) that holds the programs of the same inputs is copied instead (budgets whose answer
+    is the same subnet file)."""
     require_executorch()
     out = Path(out_dir)
     cfg = SubnetConfig.from_dict(cfg).validate(spec)
@@ -151,9 +153,16 @@ def deploy_network(net: nn.Module, spec: ModelSpec, cfg: SubnetConfig, args: Map
     fp = {"subnet_sha256": subnet_sha256, "config": cfg.to_dict(), "calibration_images": int(calibration_images),
           "per_channel": bool(per_channel), "data_path": str(provider.root), "n_test": len(provider.test_folder),
           "executorch": importlib.metadata.version("executorch"), "recipe": RECIPE_VERSION}
-    if subnet_sha256 is not None and (done := _reuse(out, fp)) is not None:
-        log.info("deploy: %s already holds these programs (same subnet and settings), reused", out)
-        return done
+    if subnet_sha256 is not None:
+        for folder in dict.fromkeys([out, *map(Path, reuse_from)]):
+            if (done := _reuse(folder, fp)) is None:
+                continue
+            if folder != out:
+                for name in (INT8_NAME, FP32_NAME):
+                    _write_bytes(out / name, (folder / name).read_bytes())
+                write_json(out / DEPLOY_NAME, done)
+            log.info("deploy: %s already holds these programs (same subnet and settings), reused", folder)
+            return done
     net = net.cpu().eval()
     calib = calibration_batches(provider, r, calibration_images)
     log.info("deploy: quantising (PT2E int8, %s weights) on %d training images at %d px",
@@ -203,7 +212,7 @@ def deploy_network(net: nn.Module, spec: ModelSpec, cfg: SubnetConfig, args: Map
 
 
 def deploy_exported(subnet_path: str | Path, cfg: Mapping[str, Any], out_dir: str | Path,
-                    progress: bool = True) -> dict[str, Any]:
+                    progress: bool = True, reuse_from: Iterable[str | Path] = ()) -> dict[str, Any]:
     """:func:`deploy_network` of an exported ``subnet.pth.tar`` with the data, memory model and
     ``deploy:`` settings of the loaded run config ``cfg``."""
     require_executorch()
@@ -219,4 +228,4 @@ def deploy_exported(subnet_path: str | Path, cfg: Mapping[str, Any], out_dir: st
     return deploy_network(net, spec, arch, args, out_dir, calibration_images=int(d["calibration_images"]),
                           per_channel=bool(d["per_channel"]),
                           memory_options=MemoryOptions.from_config(cfg, n_out),
-                          subnet_sha256=file_sha256(subnet_path), progress=progress)
+                          subnet_sha256=file_sha256(subnet_path), progress=progress, reuse_from=reuse_from)

@@ -499,7 +499,8 @@ def _write_outputs(spec: ModelSpec, info: dict, report: Mapping[str, Any], out: 
         info["export"] = [p.name for p in export_subnet(supernet, cfg, out / EXPORT_NAME,
                                                          with_onnx="onnx" in formats)]
         if deploy_cfg is not None:
-            dep = deploy_exported(out / EXPORT_NAME, deploy_cfg, out)
+            # a budget whose answer is another budget's subnet file copies that budget's programs
+            dep = deploy_exported(out / EXPORT_NAME, deploy_cfg, out, reuse_from=sorted(out.parent.glob("constraint_*")))
             info["deploy"] = {k: dep[k] for k in ("int8_accuracy", "fp32_accuracy", "n_images", "pte_bytes",
                                                   "runtime_memory_bytes", "fp32_pte_bytes",
                                                   "fp32_runtime_memory_bytes", "analytic_peak_memory",
