@@ -42,17 +42,58 @@ def _env() -> dict:
 @pytest.fixture(scope="module")
 def quick_demo(tmp_path_factory):
     """One ``--quick`` demo run (both models) through the real command line, then a second run
-    that must reuse every stage."""
+    that must reuse every stage; the folder of an independent second run is ``out.parent / "again"``."""
     out = tmp_path_factory.mktemp("demo") / "run"
-    cmd = [sys.executable, "-m", "moofa.demo", "--quick", "--out", str(out)]
-    first = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900, check=False)
-    assert first.returncode == 0, f"{first.stdout[-4000:]}\n{first.stderr[-4000:]}"
+
+    def launch(folder: Path, timeout: int) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "moofa.demo", "--quick", "--out", str(folder)]
+        done = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout, check=False)
+        assert done.returncode == 0, f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+        return done
+
+    first = launch(out, 900)
     summary1 = json.loads((out / demo.SUMMARY_NAME).read_text())
-    second = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300, check=False)
-    assert second.returncode == 0, f"{second.stdout[-4000:]}\n{second.stderr[-4000:]}"
+    launch(out, 300)
     summary2 = json.loads((out / demo.SUMMARY_NAME).read_text())
+    launch(out.parent / "again", 900)
     cfgs = {label: load_config(out / "configs" / f"demo_{label}.yaml", demo.MODEL_CONFIGS) for label in demo.LABELS}
     return out, cfgs, summary1, summary2, first.stdout + first.stderr
+
+
+# keys whose values are wall-clock times or moments, not results
+_TIMING = re.compile(r"(seconds|_time|_ms_per_image|finished|started|^time$|^date$)")
+
+
+def _results_only(obj, folder: Path):
+    """A JSON value without timings, and with the run folder's path replaced by ``<out>``."""
+    if isinstance(obj, dict):
+        return {k: _results_only(v, folder) for k, v in obj.items() if not _TIMING.search(k)}
+    if isinstance(obj, list):
+        return [_results_only(v, folder) for v in obj]
+    if isinstance(obj, str):
+        return obj.replace(str(folder.resolve()), "<out>").replace(str(folder), "<out>")
+    return obj
+
+
+@pytest.mark.slow
+def test_two_quick_demos_give_identical_numbers(quick_demo):
+    """Two runs of the same command into two folders: every info.json and demo_summary.json holds
+    the same numbers (times and paths aside)."""
+    out = quick_demo[0]
+    again = out.parent / "again"
+    files = sorted(p.relative_to(out) for p in out.rglob("*.json") if p.name in ("info.json", demo.SUMMARY_NAME))
+    assert len(files) >= 12 and Path(demo.SUMMARY_NAME) in files
+    assert files == sorted(p.relative_to(again) for p in again.rglob("*.json")
+                           if p.name in ("info.json", demo.SUMMARY_NAME))
+    for rel in files:
+        a = _results_only(json.loads((out / rel).read_text()), out)
+        b = _results_only(json.loads((again / rel).read_text()), again)
+        if rel.name == demo.SUMMARY_NAME:  # the first run folder was also resumed once (stage status)
+            a.pop("stages"), b.pop("stages")
+        assert a == b, rel
+    summary = json.loads((out / demo.SUMMARY_NAME).read_text())
+    env = summary["environment"]
+    assert env["torch"] == torch.__version__ and env["threads_per_stage"] >= 1 and env["cpu"]
 
 
 @pytest.mark.slow
@@ -352,13 +393,14 @@ def test_runner_reuses_finished_stages_and_reruns_what_follows(tmp_path):
         res = demo.Runner(tmp_path, lambda msg: None, lambda: None).run_chain("M", config, chain)
         return [r.status for r in res], res
 
-    # a chain running alone (the other one finished) gets every core, up to 4 threads
+    # every stage gets the runner's fixed thread count, whatever the other chains do
     probe = tmp_path / "threads.py"
     probe.write_text("import os, sys, pathlib\npathlib.Path(sys.argv[1]).write_text(os.environ['OMP_NUM_THREADS'])\n")
     seen = tmp_path / "seen"
-    demo.Runner(tmp_path, lambda msg: None, lambda: None).run_chain(
+    demo.Runner(tmp_path, lambda msg: None, lambda: None, threads=3).run_chain(
         "P", config, [demo.Stage("P", "t", str(probe), [str(seen)], [seen])])
-    assert seen.read_text() == str(max(1, min(4, os.cpu_count() or 1)))
+    assert seen.read_text() == "3"
+    assert demo.pipeline.threads_per_process(2) == max(1, min(4, (os.cpu_count() or 1) // 2))
 
     status, res = run(stages)
     assert status == ["ran"] * 3 and all(r.returncode == 0 and r.cpu_seconds >= 0 for r in res)

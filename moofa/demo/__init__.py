@@ -2,17 +2,16 @@
 acceptance checks (:mod:`moofa.demo.checks`) and its report (:mod:`moofa.demo.report`); the
 command line is :mod:`moofa.cli.demo` (``python -m moofa.demo``)."""
 from moofa.demo.checks import (
-    FINETUNE_TOLERANCE,
-    MAX_BASELINE_DROP,
-    MIN_TEACHER_ACCURACY,
+    ALPHA,
     Checks,
+    baseline_check,
     budget_rows,
     collect_checks,
     finetune_folder,
     finetune_row,
     predictor_metrics,
     scatter_path,
-    teacher_accuracy,
+    teacher_check,
     teacher_info_path,
 )
 from moofa.demo.pipeline import (
@@ -35,9 +34,9 @@ from moofa.demo.pipeline import (
 )
 from moofa.demo.report import plot_memory_histograms, report_text, time_table
 
-__all__ = ["FINETUNE_TOLERANCE", "MAX_BASELINE_DROP", "MIN_TEACHER_ACCURACY", "Checks", "budget_rows",
+__all__ = ["ALPHA", "Checks", "baseline_check", "budget_rows",
            "collect_checks", "finetune_folder", "finetune_row", "predictor_metrics",
-           "scatter_path", "teacher_accuracy", "teacher_info_path", "CONFIG_DIR", "DEFAULT_OUT",
+           "scatter_path", "teacher_check", "teacher_info_path", "CONFIG_DIR", "DEFAULT_OUT",
            "LABELS", "MODEL_CONFIGS", "QUICK_OUT", "ROOT", "STAGES_NAME", "STATE_NAME",
            "SUMMARY_NAME", "Runner", "Stage", "StageResult", "demo_config", "pipeline_stages",
            "run_demo", "write_demo_configs", "plot_memory_histograms", "report_text", "time_table"]

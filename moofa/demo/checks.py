@@ -1,7 +1,17 @@
-"""The demo's acceptance checks, read from the files the pipeline wrote: the teacher's measured
-test accuracy, the predictor's test Kendall tau, per search budget whether the found subnet
-fits (its peak recomputed from the config), is no worse than the best subnet already measured and,
-where deployed, has a measured int8 top-1, and whether fine-tuning kept the test top-1."""
+"""The demo's acceptance checks, read from the files the pipeline wrote. Every check is a claim a
+measurement can support (docs/statistics.md):
+
+* the teacher is above chance by an exact one-sided binomial test on the test images;
+* the predictor's test Kendall tau is positive;
+* every found subnet fits its budget (its peak recomputed from the config);
+* on the selection images the found subnet is at least the best subnet already measured under its
+  budget, exactly (the re-ranking guarantees it);
+* on the test images the found subnet is not *significantly* worse than that baseline, fine-tuning
+  does not make the subnet significantly worse, and the int8 program is not significantly worse
+  than fp32: a check fails only when the upper end of the paired 95 % interval is below 0.
+
+Every paired comparison, MOOFA against OFA on the same test images included, is recorded with its
+difference, interval, number of images and verdict (:func:`comparisons`)."""
 from __future__ import annotations
 
 import json
@@ -16,12 +26,9 @@ from moofa.config import RunConfig
 from moofa.efficiency import MemoryOptions, peak_memory
 from moofa.run import INFO_NAME, Run, constraint_dir
 from moofa.search.sweep import deploys
+from moofa.stats import Accuracy, Comparison, binomial_p_at_least, compare_stored
 
-MIN_TEACHER_ACCURACY = 0.30  # acceptance: the teacher's test top-1 (fraction) is above this
-# acceptance: fine-tuning may not lower the test top-1 by more than the test set's noise (fraction;
-# one percentage point on the 360 test digits is under 4 images)
-FINETUNE_TOLERANCE = 0.01
-MAX_BASELINE_DROP = 0.01     # acceptance: no answer is > 1 pp below the best measured subnet
+ALPHA = 0.05  # significance level of the teacher's binomial test (one-sided)
 
 
 def scatter_path(cfg: Mapping[str, Any]) -> Path:
@@ -39,14 +46,24 @@ def teacher_info_path(cfg: RunConfig) -> Path:
     return Run(cfg).eval_dir("teacher") / INFO_NAME
 
 
-def teacher_accuracy(cfg: Mapping[str, Any]) -> float | None:
-    """The teacher's test top-1 (fraction) measured by ``eval_and_search.py --mode eval --model
-    teacher`` (its ``info.json``)."""
+def _read(path: Path) -> dict | None:
     try:
-        value = json.loads(teacher_info_path(cfg).read_text()).get("accuracy")
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return float(value) if isinstance(value, (int, float)) else None
+    return data if isinstance(data, dict) else None
+
+
+def teacher_check(label: str, info: Mapping[str, Any] | None, n_classes: int) -> dict[str, Any]:
+    """The teacher's measured test top-1 with its Wilson interval, and the exact one-sided
+    binomial test against chance (1 / n_classes): ok when p < :data:`ALPHA`."""
+    row: dict[str, Any] = {"label": label, "chance": 1 / n_classes}
+    if not info or not isinstance(info.get("accuracy"), (int, float)) or not info.get("n_images"):
+        return dict(row, ok=False, accuracy=None)
+    acc = Accuracy.of(float(info["accuracy"]), int(info["n_images"]))
+    p = binomial_p_at_least(acc.correct, acc.n_images, 1 / n_classes)
+    return dict(row, accuracy=acc.value, interval=list(acc.interval), n_images=acc.n_images,
+                p_value=p, ok=p < ALPHA)
 
 
 def predictor_metrics(cfg: Mapping[str, Any]) -> dict[str, float]:
@@ -61,98 +78,161 @@ def predictor_metrics(cfg: Mapping[str, Any]) -> dict[str, float]:
             if isinstance(info.get(k), (int, float))}
 
 
+def baseline_check(selection: float | None, baseline_selection: float | None,
+                   versus: Comparison | None, reranked: bool = True) -> list[str]:
+    """Why a found subnet fails against the best already-measured subnet under its budget: below
+    it on the selection images (only when the answer was chosen by re-ranking, which guarantees
+    it), or significantly worse on the test images (paired interval entirely below 0)."""
+    bad = []
+    if reranked and selection is not None and baseline_selection is not None and selection < baseline_selection:
+        bad.append(f"below the best already-measured subnet on the selection images "
+                   f"({100 * selection:.2f} % < {100 * baseline_selection:.2f} %)")
+    if versus is not None and versus.significantly_worse:
+        bad.append(f"significantly worse than the best already-measured subnet on the test images "
+                   f"({versus.text()}, {versus.n_images:,} images)")
+    return bad
+
+
+def _comparison(d: Mapping[str, Any] | None) -> Comparison | None:
+    if not d:
+        return None
+    return Comparison(float(d["difference"]), (float(d["interval"][0]), float(d["interval"][1])),
+                      int(d["n_images"]), int(d.get("only_a_correct", 0)), int(d.get("only_b_correct", 0)))
+
+
 def budget_rows(label: str, cfg: RunConfig) -> list[dict]:
     """One row per search budget: the found subnet's peak (from info.json and recomputed with
-    :func:`moofa.efficiency.peak_memory`), accuracies, the int8 deployment and whether it fits."""
+    :func:`moofa.efficiency.peak_memory`), accuracies with their comparisons, the int8 deployment
+    and what fails (``problems``; ``ok`` when there is none)."""
     spec = cfg.spec
     options = MemoryOptions.from_config(cfg, n_classes_on_disk(cfg))
     rows = []
     for c in cfg.search_config.sweep():
         path = constraint_dir(cfg["search_config"]["res_dir"], c) / INFO_NAME
-        try:
-            info = json.loads(path.read_text())
-        except (OSError, ValueError):
-            rows.append({"label": label, "constraint": c, "info": str(path), "ok": False})
+        info = _read(path)
+        if info is None:
+            rows.append({"label": label, "constraint": c, "info": str(path), "ok": False,
+                         "problems": [f"no readable {path}"]})
             continue
         recomputed = int(peak_memory(spec, info["config"], options))
         deploy = info.get("deploy") or {}
+        base = info.get("baseline") or {}
         wanted = deploys(cfg, c)
+        versus = compare_stored(info.get("per_image"), "real_accuracy", info.get("per_image"), "baseline.real_accuracy")
+        int8 = _comparison(deploy.get("int8_minus_fp32"))
+        problems = []
+        if not int(info["peak_memory"]) == recomputed <= c:
+            problems.append(f"peak {info['peak_memory']} (recomputed {recomputed}) over the budget")
+        if wanted and deploy.get("int8_accuracy") is None:
+            problems.append("no measured int8 top-1")
+        problems += baseline_check(info.get("selection_accuracy"), base.get("dataset_accuracy"), versus,
+                                   bool(info.get("rerank")))
+        if int8 is not None and int8.significantly_worse:
+            problems.append(f"int8 significantly worse than fp32 ({int8.text()})")
+        n = int(info.get("n_images") or 0)
+        real = info.get("real_accuracy")
         rows.append({"label": label, "constraint": c, "info": str(path), "peak_memory": int(info["peak_memory"]),
-                     "recomputed_peak": recomputed, "real_accuracy": info.get("real_accuracy"),
-                     "predicted_accuracy": info.get("predicted_accuracy"), "flops": info.get("flops"),
-                     "baseline_real_accuracy": (info.get("baseline") or {}).get("real_accuracy"),
+                     "recomputed_peak": recomputed, "real_accuracy": real,
+                     "real_interval": list(Accuracy.of(real, n).interval) if real is not None and n else None,
+                     "n_images": n, "predicted_accuracy": info.get("predicted_accuracy"),
+                     "predicted_interval": info.get("predicted_interval"), "flops": info.get("flops"),
+                     "selection_accuracy": info.get("selection_accuracy"),
+                     "baseline_selection_accuracy": base.get("dataset_accuracy"),
+                     "baseline_real_accuracy": base.get("real_accuracy"),
+                     "vs_baseline": None if versus is None else versus.to_dict(),
                      "image_size": info["config"].get("image_size"), "memory_unit": options.unit,
                      "deployed": wanted, "int8_accuracy": deploy.get("int8_accuracy"),
-                     "pte_bytes": deploy.get("pte_bytes"),
-                     "ok": int(info["peak_memory"]) == recomputed <= c
-                     and (not wanted or deploy.get("int8_accuracy") is not None)})
+                     "fp32_accuracy": deploy.get("fp32_accuracy"),
+                     "int8_minus_fp32": None if int8 is None else int8.to_dict(),
+                     "pte_bytes": deploy.get("pte_bytes"), "per_image": info.get("per_image"),
+                     "problems": problems, "ok": not problems})
     return rows
 
 
 def finetune_row(label: str, cfg: RunConfig) -> dict:
     """The fine-tuned tightest-budget subnet: test top-1 before and after (fractions, measured on
-    the whole test split), epochs, and whether it stayed within :data:`FINETUNE_TOLERANCE`."""
+    the whole test split), the paired comparison, epochs, and ``ok`` unless fine-tuning made it
+    significantly worse."""
     path = finetune_folder(cfg) / "finetuned" / INFO_NAME
     row: dict[str, Any] = {"label": label, "constraint": min(cfg.search_config.sweep()), "info": str(path)}
+    info = _read(path)
     try:
-        info = json.loads(path.read_text())
         row.update(before=float(info["test_top1_before"]), after=float(info["test_top1_after"]),
                    n_images=int(info["n_test_images"]), epochs=int(info["epochs"]),
                    peak_memory=int(info["peak_memory"]))
-    except (OSError, ValueError, KeyError, TypeError):
+    except (KeyError, TypeError, ValueError):
         return dict(row, ok=False)
-    return dict(row, ok=row["after"] >= row["before"] - FINETUNE_TOLERANCE)
+    versus = _comparison(info.get("test_difference"))
+    return dict(row, after_minus_before=None if versus is None else versus.to_dict(),
+                ok=versus is None or not versus.significantly_worse)
+
+
+def model_comparisons(budgets: list[dict]) -> list[dict]:
+    """The first model's found subnet against each other model's under the same budget, paired on
+    the same test images (skipped where the images differ or were not stored)."""
+    labels = list(dict.fromkeys(r["label"] for r in budgets))
+    by = {(r["label"], r["constraint"]): r for r in budgets}
+    out = []
+    for other in labels[1:]:
+        for (label, c), r in by.items():
+            o = by.get((other, c))
+            if label != labels[0] or o is None:
+                continue
+            versus = compare_stored(r.get("per_image"), "real_accuracy", o.get("per_image"), "real_accuracy")
+            if versus is not None:
+                out.append({"what": f"{labels[0]} minus {other}, budget {c:,}, test images", "check": False,
+                            **versus.to_dict()})
+    return out
 
 
 @dataclass
 class Checks:
     """Acceptance criteria of the demo (fractions; Kendall's tau in [-1, 1])."""
 
-    teacher_accuracy: dict[str, float | None] = field(default_factory=dict)
+    teacher: list[dict] = field(default_factory=list)
     kendall_tau: dict[str, float | None] = field(default_factory=dict)
     budgets: list[dict] = field(default_factory=list)
     finetune: list[dict] = field(default_factory=list)
 
     def failures(self, quick: bool) -> list[str]:
-        """What fails. Budgets always count; accuracy and tau only in the full demo (the
-        --quick run trains for one epoch on toy data)."""
-        bad = [f"{r['label']}: subnet for budget {r['constraint']:,} has peak {r.get('peak_memory')} "
-               f"(recomputed {r.get('recomputed_peak')}), no info.json or no measured int8 top-1 "
-               f"({r['info']})"
+        """What fails. Budgets always count; teacher, tau and fine-tuning only in the full demo
+        (the --quick run trains for one epoch on toy data)."""
+        bad = [f"{r['label']}: subnet for budget {r['constraint']:,}: " + "; ".join(r["problems"]) + f" ({r['info']})"
                for r in self.budgets if not r["ok"]]
         if not quick:
-            bad += self.baseline_failures()
-            bad += [f"{k}: teacher test top-1 {pct(v)} is not above {pct(MIN_TEACHER_ACCURACY)}"
-                    for k, v in self.teacher_accuracy.items() if v is None or v <= MIN_TEACHER_ACCURACY]
+            bad += [f"{t['label']}: teacher test top-1 {pct(t.get('accuracy'))} is not significantly above "
+                    f"chance {pct(t['chance'])} (binomial p = {t.get('p_value', float('nan')):.3g})"
+                    for t in self.teacher if not t["ok"]]
             bad += [f"{k}: predictor test Kendall tau {v} is not positive"
                     for k, v in self.kendall_tau.items() if v is None or not v > 0]
-            bad += [f"{r['label']}: fine-tuning lowered the test top-1 of the budget {r['constraint']:,} subnet "
-                    f"from {pct(r.get('before'))} to {pct(r.get('after'))} (more than "
-                    f"{100 * FINETUNE_TOLERANCE:g} pp) or wrote no info.json ({r['info']})"
+            bad += [f"{r['label']}: fine-tuning made the budget {r['constraint']:,} subnet significantly worse "
+                    f"({pct(r.get('before'))} -> {pct(r.get('after'))}) or wrote no info.json ({r['info']})"
                     for r in self.finetune if not r["ok"]]
         return bad
 
-    def baseline_gaps(self) -> dict[str, list[float]]:
-        """Per model: found minus best already-measured subnet, both measured on the same test
-        images (fractions), one value a budget where both are known."""
-        out: dict[str, list[float]] = {}
+    def comparisons(self) -> list[dict]:
+        """Every paired comparison of the run: what is compared, ``difference``, ``interval``
+        ([lo, hi], fractions, 95 %), ``n_images``, ``verdict``, and whether it is a check."""
+        out = []
         for r in self.budgets:
-            if r.get("real_accuracy") is not None and r.get("baseline_real_accuracy") is not None:
-                out.setdefault(r["label"], []).append(r["real_accuracy"] - r["baseline_real_accuracy"])
-        return out
+            tag = f"{r['label']} budget {r['constraint']:,}"
+            if r.get("vs_baseline"):
+                out.append({"what": f"{tag}: found minus best already-measured subnet, test images", "check": True,
+                            **r["vs_baseline"]})
+            if r.get("int8_minus_fp32"):
+                out.append({"what": f"{tag}: int8 program minus fp32 network, test images", "check": True,
+                            **r["int8_minus_fp32"]})
+        for r in self.finetune:
+            if r.get("after_minus_before"):
+                out.append({"what": f"{r['label']} budget {r['constraint']:,}: fine-tuned minus before, test images",
+                            "check": True, **r["after_minus_before"]})
+        return out + model_comparisons(self.budgets)
 
-    def baseline_failures(self) -> list[str]:
-        """The search's answers are on average no worse than the best subnet already measured, and
-        never more than MAX_BASELINE_DROP worse (on the same test images)."""
-        bad = []
-        for label, gaps in self.baseline_gaps().items():
-            if sum(gaps) / len(gaps) < 0:
-                bad.append(f"{label}: found subnets average {100 * sum(gaps) / len(gaps):+.2f} pp below "
-                           "the best already-measured subnets (test images)")
-            if min(gaps) < -MAX_BASELINE_DROP:
-                bad.append(f"{label}: a found subnet is {100 * min(gaps):+.2f} pp below the best "
-                           "already-measured subnet under its budget (test images)")
-        return bad
+    def to_dict(self) -> dict[str, Any]:
+        """The checks as demo_summary.json stores them (per-image bit arrays left out)."""
+        budgets = [{k: v for k, v in r.items() if k != "per_image"} for r in self.budgets]
+        return {"teacher": self.teacher, "kendall_tau": self.kendall_tau, "budgets": budgets,
+                "finetune": self.finetune}
 
 
 def n_classes_on_disk(cfg: Mapping[str, Any]) -> int:
@@ -169,7 +249,7 @@ def collect_checks(cfgs: Mapping[str, RunConfig]) -> Checks:
     """The demo's acceptance checks over every model's outputs."""
     checks = Checks()
     for label, cfg in cfgs.items():
-        checks.teacher_accuracy[label] = teacher_accuracy(cfg)
+        checks.teacher.append(teacher_check(label, _read(teacher_info_path(cfg)), n_classes_on_disk(cfg)))
         checks.kendall_tau[label] = predictor_metrics(cfg).get("test_kendall_tau")
         checks.budgets += budget_rows(label, cfg)
         checks.finetune.append(finetune_row(label, cfg))

@@ -16,12 +16,12 @@ user would type them, one process per stage::
 then the OFA-vs-MOOFA comparison (``eval_and_search.py --mode summary``: ``summary/summary.md``,
 ``summary.csv``, ``accuracy_vs_constraint.png``) and a memory-histogram figure; it checks the
 acceptance criteria
-(teacher accuracy well above chance, positive Kendall's tau of the predictor, every found subnet
-within its budget, the fine-tuned subnet's test top-1 not lower than before fine-tuning by more than
-:data:`FINETUNE_TOLERANCE`) and prints the per-stage times and the summary table.
+(:mod:`moofa.demo.checks`: claims with their statistical tests) and prints the per-stage times and
+the summary table.
 
 The embedded ``digits`` dataset is written once as an ImageFolder under the run folder. The models'
-stage chains run side by side, each process with ``cores / chains still running`` CPU threads. Rerunning
+stage chains run side by side, every process with the same fixed number of CPU threads (``cores /
+chains``, recorded in demo_summary.json), so a stage's numbers depend only on its inputs. Rerunning
 resumes: a stage whose outputs exist is reused; a killed stage is simply run again and its script
 resumes (train.py from its per-phase checkpoint, the dataset from its JSON Lines file); once a
 stage runs, the later stages of its chain run too. Each stage's output goes to
@@ -36,6 +36,7 @@ import copy
 import hashlib
 import json
 import os
+import platform
 import shlex
 import subprocess
 import sys
@@ -47,6 +48,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 import yaml
 from tqdm import tqdm
 
@@ -239,34 +242,20 @@ class StageBook:
 class Runner:
     """Runs stage chains (one per model) side by side; stops every chain after a failure."""
 
-    def __init__(self, out: Path, say: Callable[[str], None], tick: Callable[[], None]) -> None:
+    def __init__(self, out: Path, say: Callable[[str], None], tick: Callable[[], None],
+                 threads: int = 1) -> None:
         self.out, self.say, self.tick = out, say, tick
+        self.threads = threads  # every stage's CPU threads: fixed, so its numbers depend on its inputs only
         self.stop = threading.Event()
         self._procs: set[subprocess.Popen] = set()
         self._lock = threading.Lock()
-        self._running_chains = 0
-
-    def threads(self) -> int:
-        """CPU threads for a stage starting now: the cores shared by the chains still running
-        (a chain that finished early leaves its cores to the others' later stages)."""
-        with self._lock:
-            return _threads_per_process(max(1, self._running_chains))
 
     def env(self) -> dict[str, str]:
-        n = str(self.threads())
+        n = str(self.threads)
         return dict(os.environ, OMP_NUM_THREADS=n, MKL_NUM_THREADS=n, PYTHONUNBUFFERED="1",
                     WANDB_MODE="offline", TQDM_MININTERVAL="5")
 
     def run_chain(self, label: str, config: Path, stages: Sequence[Stage]) -> list[StageResult]:
-        with self._lock:
-            self._running_chains += 1
-        try:
-            return self._run_chain(label, config, stages)
-        finally:
-            with self._lock:
-                self._running_chains -= 1
-
-    def _run_chain(self, label: str, config: Path, stages: Sequence[Stage]) -> list[StageResult]:
         book = StageBook(self.out / label / STAGES_NAME, config.read_text())
         results = []
         upstream_ran = False  # once a stage runs, every later stage runs too (its inputs changed)
@@ -358,8 +347,25 @@ def _check_mode(out: Path, quick: bool) -> None:
     atomic_write_text(path, json.dumps({"mode": mode}) + "\n")
 
 
-def _threads_per_process(jobs: int) -> int:
+def threads_per_process(jobs: int) -> int:
+    """CPU threads of every stage process when ``jobs`` chains run side by side: the cores shared
+    evenly (at most 4), fixed for the whole run."""
     return max(1, min(4, (os.cpu_count() or 1) // jobs))
+
+
+def environment(threads: int) -> dict[str, Any]:
+    """What the numbers of a run may depend on besides its inputs and seeds (demo_summary.json):
+    library versions, the thread count of every stage and the CPU."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        names = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                 if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+            "threads_per_stage": threads, "cpu_count": os.cpu_count(), "cpu": cpu,
+            "platform": platform.platform()}
 
 
 def run_demo(out: Path, labels: Sequence[str], quick: bool = False, jobs: int | None = None,
@@ -395,9 +401,9 @@ def run_demo(out: Path, labels: Sequence[str], quick: bool = False, jobs: int | 
         with lock:
             bar.update(1)
 
-    runner = Runner(out, say, tick)
-    say(f"{len(labels)} chain(s), {jobs} at a time, {_threads_per_process(jobs)} CPU thread(s) per process "
-        f"(more once a chain is done); stage logs in {short_path(out)}/<model>/logs/")
+    runner = Runner(out, say, tick, threads_per_process(jobs))
+    say(f"{len(labels)} chain(s), {jobs} at a time, {runner.threads} CPU thread(s) per process; "
+        f"stage logs in {short_path(out)}/<model>/logs/")
     try:
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             futures = [pool.submit(runner.run_chain, label, paths[label], chains[label]) for label in labels]
@@ -414,7 +420,8 @@ def run_demo(out: Path, labels: Sequence[str], quick: bool = False, jobs: int | 
 
     summary: dict[str, Any] = {"mode": "quick" if quick else "full", "out": str(out.resolve()),
                                "models": labels, "configs": {k: str(v) for k, v in paths.items()},
-                               "data_seconds": round(data_seconds, 2)}
+                               "data_seconds": round(data_seconds, 2),
+                               "environment": environment(runner.threads)}
     failed = [r for r in results if r.status == "failed"]
     if failed:
         summary.update(ok=False, stages=[asdict(r) for r in results],
@@ -432,7 +439,7 @@ def run_demo(out: Path, labels: Sequence[str], quick: bool = False, jobs: int | 
     checks = collect_checks(cfgs)
     failures = checks.failures(quick)
     summary.update(ok=not failures, failures=failures, stages=[asdict(r) for r in results],
-                   checks=asdict(checks), figures=[str(p) for p in figures],
+                   checks=checks.to_dict(), comparisons=checks.comparisons(), figures=[str(p) for p in figures],
                    seconds=round(time.time() - t_start, 1))
     atomic_write_text(out / SUMMARY_NAME, json.dumps(summary, indent=1) + "\n")
     echo(report_text(out, labels, cfgs, results, checks, failures, data_seconds, summary["seconds"],

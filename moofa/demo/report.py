@@ -11,9 +11,19 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from moofa.config import RunConfig
-from moofa.demo.checks import FINETUNE_TOLERANCE, Checks, finetune_folder, n_classes_on_disk, pct, scatter_path
+from moofa.demo.checks import Checks, finetune_folder, pct, scatter_path
 from moofa.io import save_figure
 from moofa.run import INFO_NAME, constraint_dir
+from moofa.stats import Accuracy
+
+
+def _cmp(d: Mapping[str, Any] | None) -> str:
+    """``+0.28 pp [-1.9, +2.5] (360 images, no significant difference)`` from a stored comparison."""
+    if not d:
+        return "n/a (per-image outcomes not stored)"
+    lo, hi = d["interval"]
+    return (f"{100 * d['difference']:+.2f} pp [{100 * lo:+.1f}, {100 * hi:+.1f}] "
+            f"({d['n_images']:,} images, {d['verdict']})")
 
 
 def short_path(path: Path) -> str:
@@ -71,29 +81,39 @@ def report_text(out: Path, labels: Sequence[str], cfgs: Mapping[str, RunConfig],
                   f"    search results     {short_path(Path(cfg['search_config']['res_dir']))}/constraint_<budget>/",
                   f"    fine-tuned subnet  {short_path(finetune_folder(cfg) / 'finetuned')}/"]
     lines += [(f"  comparison           {o}/summary/ (summary.md, summary.csv, accuracy_vs_constraint.png, "
-               "memory_histograms.png)"), f"  stage logs           {o}/<model>/logs/", "", "Checks:"]
-    for label in labels:
-        tau = checks.kendall_tau.get(label)
-        n_classes = n_classes_on_disk(cfgs[label])
-        lines.append(f"  {label}: teacher test top-1 {pct(checks.teacher_accuracy.get(label))} "
-                     f"(chance {pct(1 / n_classes)}), predictor test Kendall tau "
+               "memory_histograms.png)"), f"  stage logs           {o}/<model>/logs/", "",
+              "Checks (accuracies measured, with Wilson 95 % intervals; differences paired on the same images, "
+              "with 95 % intervals; docs/statistics.md):"]
+    for t in checks.teacher:
+        tau = checks.kendall_tau.get(t["label"])
+        acc = ("n/a" if t.get("accuracy") is None else
+               f"{Accuracy.of(t['accuracy'], t['n_images']).text()}, chance {pct(t['chance'])}, "
+               f"binomial p = {t['p_value']:.2g}")
+        lines.append(f"  {t['label']}: teacher test top-1 {acc}; predictor test Kendall tau "
                      + ("n/a" if tau is None else f"{tau:+.3f}"))
     for r in checks.budgets:
-        if "peak_memory" in r:
-            int8 = (f", int8 top-1 {pct(r['int8_accuracy'])} (ExecuTorch, {r['pte_bytes']:,} B program)"
-                    if r.get("int8_accuracy") is not None else "")
-            lines.append(f"  {r['label']}: budget {r['constraint']:>7,} -> peak {r['peak_memory']:>7,} "
-                         f"{r.get('memory_unit', 'elements')} at R={r['image_size']}, measured top-1 "
-                         f"{pct(r['real_accuracy'])} (best already-measured subnet "
-                         f"{pct(r.get('baseline_real_accuracy'))}){int8} {'OK' if r['ok'] else 'FAILED'}")
+        if "peak_memory" not in r:
+            continue
+        real = "n/a" if r["real_accuracy"] is None else Accuracy.of(r["real_accuracy"], r["n_images"]).text()
+        lines.append(f"  {r['label']}: budget {r['constraint']:>7,} -> peak {r['peak_memory']:>7,} "
+                     f"{r.get('memory_unit', 'elements')} at R={r['image_size']}, test top-1 {real} "
+                     f"{'OK' if r['ok'] else 'FAILED'}")
+        if r.get("selection_accuracy") is not None and r.get("baseline_selection_accuracy") is not None:
+            lines.append(f"      selection images: found {pct(r['selection_accuracy'])} vs best already-measured "
+                         f"{pct(r['baseline_selection_accuracy'])}")
+        if r.get("vs_baseline"):
+            lines.append(f"      test images: found minus best already-measured {_cmp(r['vs_baseline'])}")
+        if r.get("int8_accuracy") is not None:
+            lines.append(f"      int8 program (ExecuTorch, {r['pte_bytes']:,} B) {pct(r['int8_accuracy'])} vs fp32 "
+                         f"{pct(r.get('fp32_accuracy'))}: int8 minus fp32 {_cmp(r.get('int8_minus_fp32'))}")
     for r in checks.finetune:
         if "after" in r:
             lines.append(f"  {r['label']}: budget {r['constraint']:>7,} subnet, {r['epochs']} fine-tuning epoch(s): test "
-                         f"top-1 {pct(r['before'])} before -> {pct(r['after'])} after ({r['n_images']:,} test "
-                         f"images) {'OK' if r['ok'] else 'LOWER BY MORE THAN ' + f'{100 * FINETUNE_TOLERANCE:g} pp'}")
-    for label, gaps in checks.baseline_gaps().items():
-        lines.append(f"  {label}: found minus best already-measured subnet on the test images: mean "
-                     f"{100 * sum(gaps) / len(gaps):+.2f} pp, worst {100 * min(gaps):+.2f} pp")
+                         f"top-1 {pct(r['before'])} before -> {pct(r['after'])} after ({r['n_images']:,} test images), "
+                         f"after minus before {_cmp(r.get('after_minus_before'))} {'OK' if r['ok'] else 'FAILED'}")
+    for c in checks.comparisons():
+        if not c["check"]:
+            lines.append(f"  {c['what']}: {_cmp(c)}")
     lines += ["  all checks passed" if not failures else "  FAILED: " + "; ".join(failures), "",
               "Best subnet per peak-memory budget (top-1 % / peak memory / MMACs; int8 programs below):", "",
               table]

@@ -55,6 +55,7 @@ from moofa.io import atomic_path, write_json
 from moofa.models.spec import ModelSpec, SubnetConfig
 from moofa.run import expected_n_classes
 from moofa.search.export import _head_settings, load_exported
+from moofa.stats import pack_bits, paired_difference
 
 log = logging.getLogger(__name__)
 DEPLOY_NAME, INT8_NAME, FP32_NAME = "deploy.json", "subnet_int8.pte", "subnet_fp32.pte"
@@ -105,19 +106,23 @@ def _measure(net: nn.Module, quantized: nn.Module, int8: ProgramRunner, fp32: Pr
     """Top-1 of the int8 program (runtime, one image at a time) and of the fp32 network
     (PyTorch) on every image of ``loader``, plus logit checks on the first CHECK_IMAGES."""
     n = hit8 = hit32 = agree = 0
+    ok8: list[bool] = []
+    ok32: list[bool] = []
     diff_q = diff_fp32 = scale = 0.0
     seconds = 0.0
     bar = tqdm(total=len(loader.dataset), desc="int8 top-1 (ExecuTorch)", unit="img",
                disable=not progress, dynamic_ncols=True, mininterval=2.0)
     for images, labels in loader:
         ref = net(images)
+        ok32 += (ref.argmax(1) == labels).tolist()
         hit32 += int((ref.argmax(1) == labels).sum())
         for j in range(len(labels)):
             x = images[j:j + 1]
             t0 = time.perf_counter()
             y = int8(x)
             seconds += time.perf_counter() - t0
-            hit8 += int(int(y.argmax(1)) == int(labels[j]))
+            ok8.append(int(y.argmax(1)) == int(labels[j]))
+            hit8 += int(ok8[-1])
             if n < CHECK_IMAGES:
                 q = quantized(x)
                 diff_q = max(diff_q, float((y - q).abs().max()))
@@ -128,7 +133,10 @@ def _measure(net: nn.Module, quantized: nn.Module, int8: ProgramRunner, fp32: Pr
             bar.update()
     bar.close()
     checked = min(n, CHECK_IMAGES)
+    per_image = {"n_images": n, "int8_accuracy": pack_bits(ok8), "fp32_accuracy": pack_bits(ok32)}
+    versus = paired_difference(ok8, ok32) if n else None
     return {"int8_accuracy": hit8 / max(n, 1), "fp32_accuracy": hit32 / max(n, 1), "n_images": n,
+            "per_image": per_image, "int8_minus_fp32": None if versus is None else versus.to_dict(),
             "int8_ms_per_image": 1e3 * seconds / max(n, 1),
             "checks": {"n_images": checked, "int8_vs_pt2e_max_abs_diff": diff_q,
                        "int8_vs_pt2e_top1_agreement": agree / max(checked, 1),
@@ -181,7 +189,8 @@ def deploy_network(net: nn.Module, spec: ModelSpec, cfg: SubnetConfig, args: Map
     measured = _measure(net, quantized, ProgramRunner(p8.buffer), ProgramRunner(p32.buffer), loader, progress)
     opts = memory_options or MemoryOptions()
     acts = peak_memory(spec, cfg, MemoryOptions(count_weights=False))
-    info = {**{k: measured[k] for k in ("int8_accuracy", "fp32_accuracy", "n_images")},
+    info = {**{k: measured[k] for k in ("int8_accuracy", "fp32_accuracy", "n_images", "int8_minus_fp32",
+                                        "per_image")},
             "pte_bytes": p8.size, "runtime_memory_bytes": p8.planned_bytes,
             "fp32_pte_bytes": p32.size, "fp32_runtime_memory_bytes": p32.planned_bytes,
             "analytic_peak_memory": int(peak_memory(spec, cfg, opts)), "analytic_unit": opts.unit,

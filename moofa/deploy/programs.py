@@ -32,8 +32,9 @@ from moofa.models.layers import single_op_pooling
 INSTALL_HINT = "pip install -e '.[deploy]' (or make setup)"
 MAX_CALIBRATION_BATCH = 256  # images per calibration forward
 # Bumped whenever the programs this module builds change, so that folders of older programs are
-# rebuilt rather than reused (2: single-op pooling, batched calibration).
-RECIPE_VERSION = 2
+# rebuilt rather than reused (2: single-op pooling, batched calibration; 3: deploy.json stores the
+# per-image outcomes that paired comparisons need).
+RECIPE_VERSION = 3
 
 
 def executorch_available() -> bool:

@@ -33,6 +33,7 @@ from moofa.models.space import SearchSpace
 from moofa.models.spec import ModelSpec, SubnetConfig
 from moofa.run import INFO_NAME, Run
 from moofa.evaluation.report import draw_subnet_plots, subnet_report, units
+from moofa.stats import Accuracy
 from moofa.training.evaluate import evaluate, evaluate_subnet
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,8 @@ def run_eval(run: Run, backend: Any, which: str = "supernet") -> dict:
     options = MemoryOptions.from_config(cfg, n)
     report = subnet_report(spec, arch, n, options)
     info = {"accuracy": res.top1, "top5": res.top5, "loss": res.loss, "n_images": res.n_images,
+            "accuracy_interval": list(Accuracy.of(res.top1, res.n_images).interval),
+            "per_image": {**res.per_image("accuracy"), "images": f"the test split {provider.root / 'val'}"},
             "peak_memory": report["peak_memory"], "memory_history": report["memory_history"],
             "flops": report["flops"], "params": report["params"],
             "avg_forward_time": res.avg_forward_time, "config": arch.to_dict(), "model": spec.name,

@@ -31,6 +31,7 @@ from matplotlib.ticker import FuncFormatter
 from moofa.errors import MoofaInputError
 from moofa.io import atomic_write_text, save_figure
 from moofa.run import INFO_NAME, constraint_dir  # noqa: F401 (constraint_dir: re-exported)
+from moofa.stats import Accuracy, compare_stored
 
 SUMMARY_CSV, SUMMARY_MD, SUMMARY_PLOT = "summary.csv", "summary.md", "accuracy_vs_constraint"
 _DIR_RE = re.compile(r"^constraint_(\d+)$")
@@ -72,6 +73,9 @@ class ResultRow:
     predicted_source: str | None = None
     memory_unit: str = "elements"  # of peak_memory: elements (reference model) or bytes
     deploy: Mapping[str, Any] | None = None  # the int8 ExecuTorch export's measured figures
+    n_images: int = 0                           # test images behind top1 when measured
+    per_image: Mapping[str, Any] | None = None  # per-image outcomes (moofa.stats), for paired comparisons
+    vs_baseline: Mapping[str, Any] | None = None  # found minus baseline on the test images, paired
 
 
 @dataclass(frozen=True)
@@ -105,7 +109,10 @@ def _row(info: Mapping[str, Any], constraint: int, path: Path) -> ResultRow:
                          _describe(images.get("real_accuracy")), _opt(base.get("dataset_accuracy")),
                          _opt(base.get("real_accuracy")), info.get("predicted_source"),
                          str(info.get("memory_unit", "elements")),
-                         info.get("deploy") if isinstance(info.get("deploy"), Mapping) else None)
+                         info.get("deploy") if isinstance(info.get("deploy"), Mapping) else None,
+                         int(info.get("n_images") or 0),
+                         info.get("per_image") if isinstance(info.get("per_image"), Mapping) else None,
+                         base.get("real_difference") if isinstance(base.get("real_difference"), Mapping) else None)
     except (KeyError, TypeError, ValueError) as err:
         raise MoofaInputError(f"not a search result ({type(err).__name__}: {err})", file=path) from None
 
@@ -191,9 +198,47 @@ def summary_markdown(runs: Sequence[Run], title: str | None = None) -> str:
              "|---|" + "---|" * len(runs)]
     for c in constraints:
         lines.append(f"| < {format_constraint(c)} | " + " | ".join(_cell(m.get(c)) for m in maps) + " |")
+    lines += intervals_markdown(runs)
     for run in runs:
         lines += ["", *against_data_markdown(run)]
     return "\n".join(lines) + "\n" + deploy_markdown(runs)
+
+
+def _measured(row: ResultRow | None) -> str:
+    if row is None or row.predicted or row.top1 is None or not row.n_images:
+        return "-"
+    lo, hi = Accuracy.of(row.top1, row.n_images).interval
+    return f"{100 * row.top1:.2f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def _paired(d: Mapping[str, Any] | None) -> str:
+    """A stored comparison as ``+0.28 pp [-1.9, +2.5]`` (``*`` when significant)."""
+    if not d:
+        return "-"
+    lo, hi = d["interval"]
+    star = "" if lo <= 0 <= hi else " *"
+    return f"{100 * d['difference']:+.2f} [{100 * lo:+.1f}, {100 * hi:+.1f}]{star}"
+
+
+def intervals_markdown(runs: Sequence[Run]) -> list[str]:
+    """The measured top-1 of every cell with its Wilson 95 % interval and, with several runs, the
+    first run minus each other one, paired on the same test images (docs/statistics.md)."""
+    constraints, maps = _by_constraint(runs)
+    if not any(not r.predicted and r.n_images for run in runs for r in run.rows):
+        return []
+    n = sorted({r.n_images for run in runs for r in run.rows if r.n_images})
+    head = [f"{r.label} top-1 (%)" for r in runs] + [f"{runs[0].label} minus {r.label} (pp)" for r in runs[1:]]
+    lines = ["", (f"Measured top-1 with its Wilson 95 % interval (test images: {', '.join(f'{k:,}' for k in n)}); "
+                  "differences per image on the same test images with a paired-bootstrap 95 % interval, "
+                  "`*` = significant."), "",
+             "| Constraint | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
+    for c in constraints:
+        first = maps[0].get(c)
+        diffs = [compare_stored(first.per_image if first else None, "real_accuracy",
+                                m.get(c).per_image if m.get(c) else None, "real_accuracy") for m in maps[1:]]
+        cells = [_measured(m.get(c)) for m in maps] + [_paired(d.to_dict() if d else None) for d in diffs]
+        lines.append(f"| < {format_constraint(c)} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def deploy_markdown(runs: Sequence[Run]) -> str:
@@ -209,8 +254,9 @@ def deploy_markdown(runs: Sequence[Run]) -> str:
               "activation arena of each program (bytes; the int8 figure excludes XNNPACK's own scratch). "
               "Analytic: moofa's peak-memory model."), "",
              "| Model | Constraint | images | fp32 top-1 (%) | int8 top-1 (%) | int8 .pte (bytes) | "
-             "int8 planned (bytes) | fp32 planned (bytes) | analytic peak | analytic activations (elements) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "int8 planned (bytes) | fp32 planned (bytes) | analytic peak | analytic activations (elements) | "
+             "int8 minus fp32 (pp, paired 95 % interval) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, r in rows:
         d = r.deploy
         lines.append(f"| {label} | < {format_constraint(r.constraint)} | {d.get('n_images', '')} | "
@@ -218,7 +264,7 @@ def deploy_markdown(runs: Sequence[Run]) -> str:
                      f"{d.get('pte_bytes', 0):,} | {d.get('runtime_memory_bytes', 0):,} | "
                      f"{d.get('fp32_runtime_memory_bytes', 0):,} | "
                      f"{d.get('analytic_peak_memory', 0):,} {d.get('analytic_unit', '')} | "
-                     f"{d.get('analytic_activations_elements', 0):,} |")
+                     f"{d.get('analytic_activations_elements', 0):,} | {_paired(d.get('int8_minus_fp32'))} |")
     return "\n".join(lines) + "\n"
 
 
@@ -241,11 +287,12 @@ def against_data_markdown(run: Run) -> list[str]:
              "test = measured on the report images (" + (test or "not evaluated") + "); baseline = the "
              "best subnet already in the predictor dataset under the budget (its dataset accuracy, and "
              "its accuracy on the same test images). Accuracies in %.", "",
-             "| Budget | predicted | selection | test | baseline (dataset) | baseline (test) | test vs baseline (pp) |",
+             "| Budget | predicted | selection | test | baseline (dataset) | baseline (test) | "
+             "test vs baseline (pp, paired 95 % interval) |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         real = None if r.predicted else r.top1
-        gap = _delta(real, r.baseline_real_top1) if real is not None else \
+        gap = _paired(r.vs_baseline) if r.vs_baseline else _delta(real, r.baseline_real_top1) if real is not None else \
             _delta(r.predicted_top1, r.baseline_dataset_top1) + (" (predicted)" if r.baseline_dataset_top1 is not None
                                                                  and r.predicted_top1 is not None else "")
         lines.append(f"| < {format_constraint(r.constraint)} | {_pm(r.predicted_top1, r.predicted_std)} | "

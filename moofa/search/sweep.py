@@ -57,6 +57,7 @@ from moofa.predictor.dataset import append_records
 from moofa.predictor.create import subnet_record
 from moofa.training.evaluate import calibrate_subnet, evaluate_subnet
 from moofa.search.export import export_subnet
+from moofa.stats import compare_stored
 from moofa.deploy import DEPLOY_NAME, deploy_exported
 
 log = logging.getLogger(__name__)
@@ -415,16 +416,21 @@ def _one_constraint(ctx: _Context, c: int, previous: Mapping[str, Any] | None, o
     baseline = _baseline(ctx, c)
     rerank: list[dict] = []
     chosen = answer.config
-    evaluation = None
+    evaluation = per_image = None
     if ctx.evaluate:
         if ctx.top_k > 0:
             chosen, rerank = _rerank(ctx, c, answer, result.top, previous, baseline)
         evaluation = evaluate_subnet(ctx.supernet, chosen, ctx.provider, backend, split="test",
                                      time_forward=True)
+        per_image = {**evaluation.per_image("real_accuracy"), "images": _test_images(ctx, evaluation)}
         if baseline is not None:
             base_cfg = SubnetConfig.from_dict(baseline["config"])
-            baseline["real_accuracy"] = evaluation.top1 if ctx.key(base_cfg) == ctx.key(chosen) else \
-                evaluate_subnet(ctx.supernet, base_cfg, ctx.provider, backend, split="test").top1
+            base_eval = evaluation if ctx.key(base_cfg) == ctx.key(chosen) else \
+                evaluate_subnet(ctx.supernet, base_cfg, ctx.provider, backend, split="test")
+            baseline["real_accuracy"] = base_eval.top1
+            per_image.update(base_eval.per_image("baseline.real_accuracy"))
+            versus = compare_stored(per_image, "real_accuracy", per_image, "baseline.real_accuracy")
+            baseline["real_difference"] = versus.to_dict() if versus is not None else None
     est = ctx.fitness([chosen])
     limits = ctx.limits.with_memory(c)
     report = subnet_report(spec, chosen, ctx.n_classes, limits.options)
@@ -437,7 +443,7 @@ def _one_constraint(ctx: _Context, c: int, previous: Mapping[str, Any] | None, o
         "peak_memory": int(report["peak_memory"]), "config": chosen.to_dict(),
         "predicted_std": float(est.std[0]), "predicted_source": _predicted_source(ctx, est),
         "selection_accuracy": selection,
-        "images": _images(ctx, evaluation), "baseline": baseline,
+        "images": _images(ctx, evaluation), "baseline": baseline, "per_image": per_image,
         "answer": answer.to_dict() if ctx.key(chosen) == ctx.key(answer.config) else
         Individual(float(est.fitness[0]), chosen, int(report["peak_memory"]), float(est.mean[0]),
                    float(est.std[0]), float(est.distance[0]), bool(est.measured[0])).to_dict(),
@@ -483,10 +489,13 @@ def _images(ctx: _Context, evaluation: Any) -> dict[str, Any]:
         out["baseline.dataset_accuracy"] = out["selection_accuracy"]
     if evaluation is not None:
         out["real_accuracy"] = {"split": "test", "n_images": int(evaluation.n_images),
-                                "description": f"{evaluation.n_images:,} images of the test split "
-                                               f"{ctx.provider.root / 'val'}"}
+                                "description": _test_images(ctx, evaluation)}
         out["baseline.real_accuracy"] = out["real_accuracy"]
     return out
+
+
+def _test_images(ctx: _Context, evaluation: Any) -> str:
+    return f"{evaluation.n_images:,} images of the test split {ctx.provider.root / 'val'}"
 
 
 def _write_outputs(spec: ModelSpec, info: dict, report: Mapping[str, Any], out: Path, supernet: Any,
@@ -505,6 +514,7 @@ def _write_outputs(spec: ModelSpec, info: dict, report: Mapping[str, Any], out: 
                                                   "runtime_memory_bytes", "fp32_pte_bytes",
                                                   "fp32_runtime_memory_bytes", "analytic_peak_memory",
                                                   "analytic_unit", "analytic_activations_elements")}
+            info["deploy"]["int8_minus_fp32"] = dep.get("int8_minus_fp32")
             info["deploy"]["file"] = DEPLOY_NAME
             info["int8_accuracy"] = dep["int8_accuracy"]
             info["export"] += [n for n in ("subnet_int8.pte", "subnet_fp32.pte", DEPLOY_NAME)]
@@ -520,6 +530,10 @@ def _log_result(info: Mapping[str, Any]) -> None:
         measured += f"; best subnet already measured: {100 * base['dataset_accuracy']:.2f}% (dataset)"
         if base.get("real_accuracy") is not None:
             measured += f", {100 * base['real_accuracy']:.2f}% on the test images"
+        if base.get("real_difference"):
+            d = base["real_difference"]
+            measured += (f" (found minus baseline {100 * d['difference']:+.2f} pp "
+                         f"[{100 * d['interval'][0]:+.1f}, {100 * d['interval'][1]:+.1f}], {d['verdict']})")
     if info.get("deploy"):
         d = info["deploy"]
         measured += (f", int8 top-1 {100 * d['int8_accuracy']:.2f}% (ExecuTorch), program "

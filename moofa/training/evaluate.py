@@ -17,18 +17,25 @@ import torch.nn.functional as F
 from moofa.distributed import to_device
 from moofa.models.bn_calibration import set_running_statistics
 from moofa.models.spec import SubnetConfig
+from moofa.stats import pack_bits
 
 
 @dataclass
 class EvalResult:
-    """Top-1 and top-5 accuracy (fractions), mean cross-entropy loss, number of images, and the
-    mean forward time per batch in seconds (0 when not timed)."""
+    """Top-1 and top-5 accuracy (fractions), mean cross-entropy loss, number of images, the
+    mean forward time per batch in seconds (0 when not timed) and the per-image top-1 outcomes in
+    the loader's image order over all ranks (for paired comparisons, :mod:`moofa.stats`)."""
 
     top1: float
     top5: float
     loss: float
     n_images: int
     avg_forward_time: float = 0.0
+    correct: torch.Tensor | None = None   # bool, one per image
+
+    def per_image(self, key: str) -> dict[str, Any]:
+        """``{"n_images": N, key: packed bits}``: the record info.json files store."""
+        return {"n_images": self.n_images, key: pack_bits(self.correct.numpy())} if self.correct is not None else {}
 
 
 def _sync(device: torch.device) -> None:
@@ -48,6 +55,7 @@ def evaluate(net: nn.Module, loader: Iterable, backend: Any = None, device: torc
     net.eval()
     stats = torch.zeros(4, dtype=torch.float64)  # correct1, correct5, loss_sum, n
     times: list[float] = []
+    hits: list[torch.Tensor] = []
     seen = 0
     for i, (images, labels) in enumerate(loader):
         if max_images is not None and seen >= max_images:
@@ -66,17 +74,32 @@ def evaluate(net: nn.Module, loader: Iterable, backend: Any = None, device: torc
         k = min(5, logits.size(1))
         top = logits.topk(k, dim=1).indices
         hit = top.eq(labels.view(-1, 1))
+        hits.append(hit[:, 0].cpu())
         stats += torch.tensor([hit[:, 0].sum().item(), hit.any(dim=1).sum().item(),
                                F.cross_entropy(logits, labels, reduction="sum").item(), len(labels)],
                               dtype=torch.float64)
         seen += len(labels)
+    correct = torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)
     if backend is not None:
         stats = backend.allreduce_sum_(stats)
+        correct = _interleave(backend.allgather_object(correct))
     net.train(was_training)
     n = max(stats[3].item(), 1.0)
     timed = times[warmup_batches:] if len(times) > warmup_batches else times  # short loaders: all
     return EvalResult(stats[0].item() / n, stats[1].item() / n, stats[2].item() / n, int(stats[3].item()),
-                      sum(timed) / len(timed) if timed else 0.0)
+                      sum(timed) / len(timed) if timed else 0.0, correct)
+
+
+def _interleave(shards: list[torch.Tensor]) -> torch.Tensor | None:
+    """The per-image outcomes in image order from the ranks' shards (rank k evaluated every
+    world-th image from offset k, :class:`moofa.data.samplers.ShardSampler`); None when the shards
+    are not such a split (a capped loader)."""
+    out = torch.zeros(sum(len(s) for s in shards), dtype=torch.bool)
+    for rank, shard in enumerate(shards):
+        if len(out[rank::len(shards)]) != len(shard):
+            return None
+        out[rank::len(shards)] = shard
+    return out
 
 
 def calibrate_subnet(supernet: nn.Module, config: SubnetConfig, provider: Any) -> None:

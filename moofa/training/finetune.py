@@ -57,6 +57,7 @@ from moofa.fingerprint import normalise, sha256_file
 from moofa.run import INFO_NAME, PhaseFiles, Run
 from moofa.search.export import export_static, load_exported
 from moofa.search.results import read_json
+from moofa.stats import compare_stored
 from moofa.training.evaluate import EvalResult, evaluate
 from moofa.training.logger import RunLogger
 from moofa.training.trainer import Trainer, seed_everything
@@ -281,6 +282,11 @@ class FinetuneTrainer(Trainer):
         val = self._valid()
         report = subnet_report(self.subnet_spec, self.arch, self.provider.n_classes)
         n_test = test.n_images
+        before_bits = (self.before["test"].get("per_image") or {}).get("correct")
+        per_image = {**test.per_image("test_top1_after"), "images": f"the test split {self.provider.root / 'val'}"}
+        if before_bits is not None and per_image.get("n_images") == self.before["test"]["n_images"]:
+            per_image["test_top1_before"] = before_bits
+        versus = compare_stored(per_image, "test_top1_after", per_image, "test_top1_before")
         info: dict[str, Any] = {
             "format": INFO_FORMAT, "model": self.subnet_spec.name, "config": self.arch.to_dict(),
             "source": str(self.source.path), "source_kind": self.source.kind,
@@ -294,6 +300,7 @@ class FinetuneTrainer(Trainer):
             "valid_images": (f"{val.n_images:,} held-out training images (args.valid_size)"
                              if self.provider.valid_indices else "the test split (args.valid_size is null)"),
             "accuracy_source": "measured",
+            "per_image": per_image, "test_difference": None if versus is None else versus.to_dict(),
             "peak_memory": report["peak_memory"], "memory_history": report["memory_history"],
             "flops": report["flops"], "params": report["params"],
             "epochs": self.n_epochs, "n_epochs": int(self.args["n_epochs"]),
@@ -312,7 +319,8 @@ class FinetuneTrainer(Trainer):
             write_json(self.files.final, info)
             self.log.info(f"Fine-tuned {self.subnet_spec.name} R={self.arch.image_size}: test top-1 "
                           f"{100 * info['test_top1_before']:.2f}% -> {100 * test.top1:.2f}% on {n_test:,} images "
-                          f"({self.n_epochs} epochs); peak {report['peak_memory']:,} elements, "
+                          + ("" if versus is None else f"(after minus before {versus.text()}, {versus.verdict}) ")
+                          + f"({self.n_epochs} epochs); peak {report['peak_memory']:,} elements, "
                           f"{report['flops']:.1f} MMACs; wrote {out / EXPORT_NAME} and {self.files.final}")
         return info
 
@@ -323,7 +331,8 @@ def _n_classes(net: nn.Module) -> int:
 
 
 def _eval_dict(res: EvalResult) -> dict:
-    return {"top1": res.top1, "top5": res.top5, "loss": res.loss, "n_images": res.n_images}
+    return {"top1": res.top1, "top5": res.top5, "loss": res.loss, "n_images": res.n_images,
+            "per_image": res.per_image("correct")}
 
 
 def finetune(run: Run, subnet: str | Path, backend: Any, overwrite: bool = False):
