@@ -9,7 +9,8 @@ memory model); MFLOPs are MMACs. A cell's top-1 is the measured (real) accuracy 
 evaluated its subnets, else the predicted one, marked ``*``.
 
 Below Table 1, ``summary.md`` has one "search against its data" table per run: the predicted
-accuracy with its standard deviation, the measured accuracies and the images they were measured on,
+accuracy with its standard deviation and its 90 % interval (``predicted_interval``, fractions in
+info.json; docs/search.md), the measured accuracies and the images they were measured on,
 and as a baseline the best subnet that was already measured (in the predictor dataset) under the
 same budget, so a reader sees at which budgets the search beat the data it had.
 """
@@ -73,6 +74,7 @@ class ResultRow:
     predicted_source: str | None = None
     memory_unit: str = "elements"  # of peak_memory: elements (reference model) or bytes
     deploy: Mapping[str, Any] | None = None  # the int8 ExecuTorch export's measured figures
+    predicted_interval: tuple[float, float] | None = None  # 90 % interval (fractions); None in old results
     n_images: int = 0                           # test images behind top1 when measured
     per_image: Mapping[str, Any] | None = None  # per-image outcomes (moofa.stats), for paired comparisons
     vs_baseline: Mapping[str, Any] | None = None  # found minus baseline on the test images, paired
@@ -110,6 +112,7 @@ def _row(info: Mapping[str, Any], constraint: int, path: Path) -> ResultRow:
                          _opt(base.get("real_accuracy")), info.get("predicted_source"),
                          str(info.get("memory_unit", "elements")),
                          info.get("deploy") if isinstance(info.get("deploy"), Mapping) else None,
+                         _interval(info.get("predicted_interval")),
                          int(info.get("n_images") or 0),
                          info.get("per_image") if isinstance(info.get("per_image"), Mapping) else None,
                          base.get("real_difference") if isinstance(base.get("real_difference"), Mapping) else None)
@@ -119,6 +122,28 @@ def _row(info: Mapping[str, Any], constraint: int, path: Path) -> ResultRow:
 
 def _opt(x: Any) -> float | None:
     return None if x is None else float(x)
+
+
+def _interval(x: Any) -> tuple[float, float] | None:
+    """``[lo, hi]`` (fractions) from info.json; None when absent (results written before it)."""
+    if x is None:
+        return None
+    lo, hi = (float(v) for v in x)
+    if not lo <= hi:
+        raise ValueError(f"predicted_interval {x}: low above high")
+    return lo, hi
+
+
+def format_prediction(value: float | None, interval: Sequence[float] | None, source: str | None) -> str:
+    """``71.31 % [70.10, 72.00] (predicted)``: a predicted accuracy (fraction) in percent with its
+    90 % interval; ``(measured)`` when the value is a dataset measurement, no interval when none
+    was recorded."""
+    if value is None:
+        return ""
+    if source is not None and source.startswith("measured"):
+        return f"{100 * value:.2f} % (measured)"
+    span = "" if interval is None else f" [{100 * interval[0]:.2f}, {100 * interval[1]:.2f}]"
+    return f"{100 * value:.2f} %{span} (predicted)"
 
 
 def _describe(images: Any) -> str | None:
@@ -283,26 +308,33 @@ def against_data_markdown(run: Run) -> list[str]:
     test = next((r.test_images for r in rows if r.test_images), None)
     lines = [f"## {run.label}: the search against the data it had", "",
              "predicted = the search's estimate (± one standard deviation; a measured subnet shows its "
-             "measurement); selection = measured on the images used to choose (" + (sel or "none") + "); "
+             "measurement); 90 % interval = where the accuracy lies with 90 % probability, calibrated "
+             "on held-out measured subnets (docs/search.md); selection = measured on the images used to choose (" + (sel or "none") + "); "
              "test = measured on the report images (" + (test or "not evaluated") + "); baseline = the "
              "best subnet already in the predictor dataset under the budget (its dataset accuracy, and "
              "its accuracy on the same test images). Accuracies in %.", "",
-             "| Budget | predicted | selection | test | baseline (dataset) | baseline (test) | "
-             "test vs baseline (pp, paired 95 % interval) |",
-             "|---|---|---|---|---|---|---|"]
+             "| Budget | predicted | predicted (90 % interval) | selection | test | baseline (dataset) | "
+             "baseline (test) | test vs baseline (pp, paired 95 % interval) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         real = None if r.predicted else r.top1
         gap = _paired(r.vs_baseline) if r.vs_baseline else _delta(real, r.baseline_real_top1) if real is not None else \
             _delta(r.predicted_top1, r.baseline_dataset_top1) + (" (predicted)" if r.baseline_dataset_top1 is not None
                                                                  and r.predicted_top1 is not None else "")
         lines.append(f"| < {format_constraint(r.constraint)} | {_pm(r.predicted_top1, r.predicted_std)} | "
+                     f"{format_prediction(r.predicted_top1, r.predicted_interval, r.predicted_source)} | "
                      f"{_pct(r.selection_top1)} | {_pct(real)} | {_pct(r.baseline_dataset_top1)} | "
                      f"{_pct(r.baseline_real_top1)} | {gap} |")
     measured = [(r.top1, r.baseline_real_top1) for r in rows if not r.predicted and r.baseline_real_top1 is not None]
     if measured:
         d = [a - b for a, b in measured]
+        verdicts = [r.vs_baseline["verdict"] for r in rows if r.vs_baseline]
         lines += ["", f"On the test images the search's subnets are {100 * sum(d) / len(d):+.2f} pp from the "
-                  f"best already-measured subnet on average (worst {100 * min(d):+.2f} pp, {len(d)} budgets)."]
+                  f"best already-measured subnet on average (worst {100 * min(d):+.2f} pp, {len(d)} budgets)"
+                  + (f"; paired per budget: {verdicts.count('significantly worse')} significantly worse, "
+                     f"{verdicts.count('significantly better')} significantly better, "
+                     f"{verdicts.count('no significant difference')} without a significant difference."
+                     if verdicts else ".")]
     return lines
 
 
@@ -312,11 +344,13 @@ def summary_csv(runs: Sequence[Run]) -> str:
     ``<label> mflops`` (MMACs), ``<label> predicted_std_percent``, ``<label>
     selection_top1_percent`` (measured on the selection images), ``<label>
     baseline_dataset_top1_percent`` and ``<label> baseline_test_top1_percent`` (the best
-    already-measured subnet under the budget). Missing cells are empty."""
+    already-measured subnet under the budget), ``<label> predicted_interval_low_percent`` and
+    ``<label> predicted_interval_high_percent`` (the 90 % interval). Missing cells are empty."""
     constraints, maps = _by_constraint(runs)
     fields = ("top1_percent", "accuracy_source", "predicted_top1_percent", "peak_memory", "mflops",
               "predicted_std_percent", "selection_top1_percent", "baseline_dataset_top1_percent",
-              "baseline_test_top1_percent")
+              "baseline_test_top1_percent", "predicted_interval_low_percent",
+              "predicted_interval_high_percent")
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["constraint"] + [f"{r.label} {f}" for r in runs for f in fields])
@@ -329,7 +363,8 @@ def summary_csv(runs: Sequence[Run]) -> str:
             else:
                 row += [_pct(r.top1), "predicted" if r.predicted else "real", _pct(r.predicted_top1),
                         r.peak_memory, f"{r.mflops:.4f}", _pct(r.predicted_std), _pct(r.selection_top1),
-                        _pct(r.baseline_dataset_top1), _pct(r.baseline_real_top1)]
+                        _pct(r.baseline_dataset_top1), _pct(r.baseline_real_top1),
+                        *(("", "") if r.predicted_interval is None else map(_pct, r.predicted_interval))]
         w.writerow(row)
     return buf.getvalue()
 

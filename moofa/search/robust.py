@@ -22,10 +22,17 @@ candidate ``x`` (all accuracies are fractions) against the *measured* subnets of
 * a measured subnet (``d = 0``) is scored by its measurement: ``mu = fitness = measured``,
   ``sigma = 0`` (repeated measurements of one subnet are averaged).
 
+* 90 % interval (:meth:`RobustFitness.interval`, ``predicted_interval`` in info.json):
+  ``mu -+ q * scale`` with ``scale^2 = s_members^2 + s_local^2 + (distance_uncertainty *
+  max(0, d - d_ref))^2``; ``q`` is the split-conformal quantile of the normalised leave-one-out
+  residuals of the measured subnets (each scored without itself), ``d_ref`` their median
+  leave-one-out distance; a measured subnet gets ``[measured, measured]``.
+
 ``fitness: reference`` keeps the reference's behaviour: fitness = ``p(x)``, no data needed.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +48,7 @@ from moofa.efficiency.limits import fits_batch
 FITNESS_MODES = ("robust", "reference")
 OUTSIDE_PENALTY = 1.0  # fitness units (fraction = 100 pp) per gene beyond the trust radius
 CACHE_SIZE = 500_000   # scored networks kept (about 100 bytes each); cleared when full
+INTERVAL_LEVEL = 0.90  # coverage (fraction) of ``predicted_interval``
 
 
 @dataclass(frozen=True)
@@ -199,17 +207,8 @@ class RobustFitness:
             fit = raw - self.settings.pessimism * s_members
             return Estimates(fit, raw.copy(), s_members, raw, np.full(n, np.inf), np.zeros(n, dtype=bool))
         s = self.settings
-        a = torch.as_tensor(feats[:, :self.n_dim], dtype=torch.float32)
-        # distance in genes = |a xor m| / 2 over the one-hot vectors
-        dist = (a.sum(dim=1, keepdim=True) + self._norm[None, :] - 2.0 * (a @ self._onehot.T)) / 2.0
-        k = min(s.neighbours, self._onehot.shape[0])
-        d_k, idx = torch.topk(dist, k, dim=1, largest=False, sorted=True)
-        d_k, idx = d_k.double().numpy().clip(min=0.0), idx.numpy()
-        w = 1.0 / (1.0 + d_k)
-        r = self.residuals[idx]
-        mean = raw + (w * r).sum(axis=1) / w.sum(axis=1)
-        s_local = np.sqrt((w * r * r).sum(axis=1) / w.sum(axis=1))
-        d0 = d_k[:, 0]
+        shift, s_local, d0, idx = self._neighbour_terms(self._distances(feats))
+        mean = raw + shift
         std = np.sqrt(s_members ** 2 + s_local ** 2 + (s.distance_uncertainty_pp / 100.0 * d0) ** 2)
         mean = np.minimum(mean, self.cap)
         fit = mean - s.pessimism * std - OUTSIDE_PENALTY * np.maximum(0.0, d0 - s.trust_radius)
@@ -220,10 +219,117 @@ class RobustFitness:
             std[measured] = 0.0
         return Estimates(fit, mean, std, raw, d0, measured)
 
+    def _distances(self, feats: np.ndarray) -> torch.Tensor:
+        """Gene distances (n, measured) = |a xor m| / 2 over the one-hot vectors."""
+        a = torch.as_tensor(feats[:, :self.n_dim], dtype=torch.float32)
+        return (a.sum(dim=1, keepdim=True) + self._norm[None, :] - 2.0 * (a @ self._onehot.T)) / 2.0
+
+    def _neighbour_terms(self, dist: torch.Tensor, available: int | None = None
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """From distances to the measured subnets: the calibration shift (weighted mean residual
+        of the ``neighbours`` nearest, fraction), their weighted RMS residual ``s_local``
+        (fraction), the distance to the nearest (genes) and the neighbours' indices.
+        ``available``: how many measured subnets may be neighbours (default: all)."""
+        k = min(self.settings.neighbours, dist.shape[1] if available is None else available)
+        d_k, idx = torch.topk(dist, k, dim=1, largest=False, sorted=True)
+        d_k, idx = d_k.double().numpy().clip(min=0.0), idx.numpy()
+        w = 1.0 / (1.0 + d_k)
+        r = self.residuals[idx]
+        shift = (w * r).sum(axis=1) / w.sum(axis=1)
+        return shift, np.sqrt((w * r * r).sum(axis=1) / w.sum(axis=1)), d_k[:, 0], idx
+
+    # ------------------------------------------------------------------- the 90 % interval
+    def _scale(self, s_members: np.ndarray, s_local: np.ndarray, d0: np.ndarray,
+               reference_distance: float) -> np.ndarray:
+        """The interval's scale (fraction): like ``sigma`` but its distance term only counts the
+        genes beyond ``reference_distance``, the calibration's typical distance (closer than the
+        held-out subnets that calibrate it, the interval is not trusted to shrink)."""
+        beyond = np.maximum(0.0, d0 - reference_distance)
+        return np.sqrt(s_members ** 2 + s_local ** 2 +
+                       (self.settings.distance_uncertainty_pp / 100.0 * beyond) ** 2)
+
+    @property
+    def interval_calibration(self) -> IntervalCalibration | None:
+        """Leave-one-out conformal calibration of the interval (computed once; None without
+        data, with fewer than 2 measured subnets or under ``fitness: reference``)."""
+        if not hasattr(self, "_interval_cal"):
+            self._interval_cal = self._calibrate_interval() if len(self.configs) >= 2 else None
+        return self._interval_cal
+
+    def _calibrate_interval(self) -> IntervalCalibration:
+        """Each measured subnet ``j`` scored as the fitness would score it if it were not measured
+        (its neighbours and the cap taken from the others): normalised residual
+        ``|measured_j - mu_-j| / scale_-j``; their conformal quantile at :data:`INTERVAL_LEVEL`."""
+        feats = self.predictor.features(self.configs)
+        members = self._members(feats)
+        s_members = members.std(axis=0) if members.shape[0] > 1 else np.zeros(len(self.configs))
+        dist = self._distances(feats)
+        dist.fill_diagonal_(float("inf"))
+        shift, s_local, d0, _ = self._neighbour_terms(dist, available=len(self.configs) - 1)
+        acc = self.accuracies
+        top = int(np.argmax(acc))
+        cap = np.full(len(acc), float(acc.max()))
+        cap[top] = float(np.max(np.delete(acc, top)))
+        mu = np.minimum(acc - self.residuals + shift, cap + self.settings.bound_margin_pp / 100.0)
+        ref = float(np.median(d0))
+        scores = np.abs(acc - mu) / np.maximum(self._scale(s_members, s_local, d0, ref), 1e-12)
+        return IntervalCalibration(INTERVAL_LEVEL, conformal_quantile(scores, INTERVAL_LEVEL), ref, len(acc))
+
+    def interval(self, configs: Sequence[SubnetConfig]) -> np.ndarray | None:
+        """The 90 % interval ``(n, 2)`` of each config's accuracy (fractions, clipped to [0, 1]):
+        ``mean -+ quantile * scale`` for a prediction, ``[measured, measured]`` for a measured
+        subnet (its measurement; the sampling error of that measurement is not included). None
+        when there is no calibration (see :attr:`interval_calibration`)."""
+        cal = self.interval_calibration
+        if cal is None or not self.settings.robust:
+            return None
+        configs = list(configs)
+        est = self(configs)
+        feats = self.predictor.features(configs)
+        members = self._members(feats)
+        s_members = members.std(axis=0) if members.shape[0] > 1 else np.zeros(len(configs))
+        _, s_local, d0, _ = self._neighbour_terms(self._distances(feats))
+        half = cal.quantile * self._scale(s_members, s_local, d0, cal.reference_distance)
+        half[est.measured] = 0.0
+        return np.clip(np.stack([est.mean - half, est.mean + half], axis=1), 0.0, 1.0)
+
+    def interval_of(self, config: SubnetConfig) -> list[float] | None:
+        """``[lo, hi]`` of one config (fractions; :meth:`interval`), as info.json records it."""
+        iv = self.interval([config])
+        return None if iv is None else [float(iv[0, 0]), float(iv[0, 1])]
+
     def describe(self) -> dict[str, Any]:
         """What info.json records about the fitness."""
         out: dict[str, Any] = self.settings.to_dict()
         out["measured_subnets"] = len(self.configs)
         out["best_measured_accuracy"] = float(self.accuracies.max()) if self.has_data else None
         out["cap"] = self.cap if self.has_data else None
+        cal = self.interval_calibration if self.settings.robust else None
+        out["interval"] = None if cal is None else cal.to_dict()
         return out
+
+
+@dataclass(frozen=True)
+class IntervalCalibration:
+    """The conformal calibration of ``predicted_interval``: its level (fraction), the quantile of
+    the normalised leave-one-out residuals (interval half-width = quantile x scale; inf when too
+    few subnets calibrate it), the median leave-one-out distance (genes) beyond which the
+    width grows, and the number of measured subnets that calibrate it."""
+
+    level: float
+    quantile: float
+    reference_distance: float
+    n: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"level": self.level, "quantile": None if math.isinf(self.quantile) else self.quantile,
+                "reference_distance": self.reference_distance, "calibration_subnets": self.n,
+                "method": "split conformal, leave-one-out residuals of the robust fitness"}
+
+
+def conformal_quantile(scores: np.ndarray, level: float) -> float:
+    """The split-conformal quantile of ``scores``: the ``ceil((n + 1) level)``-th smallest, inf
+    when that exceeds ``n`` (too few scores for the level)."""
+    n = len(scores)
+    rank = math.ceil((n + 1) * level)
+    return math.inf if rank > n else float(np.sort(scores)[rank - 1])

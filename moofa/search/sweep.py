@@ -46,7 +46,7 @@ from moofa.evaluation.report import draw_subnet_plots, subnet_report, units
 from moofa.run import INFO_NAME, Run, constraint_dir
 from moofa.search.evolution import EvolutionFinder, Individual, SearchResult, check_constraints, search_budget
 from moofa.search.robust import FitnessSettings, RobustFitness
-from moofa.search.results import read_json, run_from_infos, write_summary
+from moofa.search.results import format_prediction, read_json, run_from_infos, write_summary
 from moofa.predictor import AccuracyPredictor
 from moofa.predictor.dataset import read_dataset
 import hashlib
@@ -442,6 +442,7 @@ def _one_constraint(ctx: _Context, c: int, previous: Mapping[str, Any] | None, o
         "predicted_accuracy": float(est.mean[0]), "real_accuracy": evaluation.top1 if evaluation else None,
         "peak_memory": int(report["peak_memory"]), "config": chosen.to_dict(),
         "predicted_std": float(est.std[0]), "predicted_source": _predicted_source(ctx, est),
+        "predicted_interval": ctx.fitness.interval_of(chosen),
         "selection_accuracy": selection,
         "images": _images(ctx, evaluation), "baseline": baseline, "per_image": per_image,
         "answer": answer.to_dict() if ctx.key(chosen) == ctx.key(answer.config) else
@@ -538,7 +539,8 @@ def _log_result(info: Mapping[str, Any]) -> None:
         d = info["deploy"]
         measured += (f", int8 top-1 {100 * d['int8_accuracy']:.2f}% (ExecuTorch), program "
                      f"{d['pte_bytes']:,} bytes, planned activations {d['runtime_memory_bytes']:,} bytes")
-    log.info("constraint %s: predicted top-1 %.2f%% +- %.2f, peak %s %s, %.1f MMACs, %.1f s search%s",
-             f"{info['constraint']:,}", 100 * info["predicted_accuracy"], 100 * info["predicted_std"],
+    log.info("constraint %s: top-1 %s, sd %.2f pp, peak %s %s, %.1f MMACs, %.1f s search%s",
+             f"{info['constraint']:,}", format_prediction(info["predicted_accuracy"], info.get("predicted_interval"),
+                                                                info.get("predicted_source")), 100 * info["predicted_std"],
              f"{info['peak_memory']:,}", info.get("memory_unit", "elements"), info["flops"],
              info["search_seconds"], measured)
