@@ -47,7 +47,7 @@ import numpy as np
 import yaml
 
 from moofa.errors import ConfigError
-from moofa.io import write_json
+from moofa.io import read_utf8, write_json
 from moofa.models.spec import ChoiceError, ModelSpec, SubnetConfig, load_model_configs, norm_expand
 
 STEPS: tuple[str, ...] = ("kernel", "depth", "expand")  # progressive shrinking, in its fixed order
@@ -785,7 +785,7 @@ _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
 
 def _read_yaml(path: Path) -> Any:
     try:
-        text = path.read_text()
+        text = read_utf8(path, ConfigError)
     except FileNotFoundError:
         raise ConfigError("config file not found", file=path) from None
     except OSError as err:
@@ -911,6 +911,8 @@ def load_config(path: str | Path, model_config_path: str | Path | None = None) -
     Raises :class:`ConfigError` (one line: file, dotted key, value) on bad input."""
     path = Path(path)
     raw = _read_yaml(path)
+    if raw is None:  # a 0-byte or comment-only file: a truncated copy, not "all defaults"
+        raise ConfigError("config file is empty (no keys)", file=path)
     try:
         data = _mapping(raw, "(top level)")
         for k in data:

@@ -126,6 +126,31 @@ def require_file(path: str | Path, what: str = "file", key: str | None = None,
     return path
 
 
+def read_json(path: str | Path) -> dict:
+    """Read a JSON object; MoofaInputError naming the file when missing or malformed."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise MoofaInputError("file not found", file=path) from None
+    except (OSError, json.JSONDecodeError) as err:
+        raise MoofaInputError(f"cannot read JSON ({err})", file=path) from None
+    if not isinstance(data, dict):
+        raise MoofaInputError("expected a JSON object", file=path)
+    return data
+
+
+def read_utf8(path: str | Path, error: type[MoofaInputError] = MoofaInputError) -> str:
+    """The text of ``path`` decoded as UTF-8 (whatever the locale); bytes that are not UTF-8
+    raise ``error`` naming the file and the byte offset. OSError propagates."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise error(f"not UTF-8 text: byte offset {err.start} ({err.reason}); save the file as "
+                    "UTF-8", file=path, value=data[err.start:err.start + 1]) from None
+
+
 def check_writable(folder: str | Path, key: str | None = None) -> Path:
     """Create ``folder`` (and its parents) and check that a file can be written there, before
     any long work. A file in the way, a missing permission or a read-only disk raises

@@ -7,9 +7,16 @@ host and its pid is gone (or now belongs to a process with another start time); 
 with a log line. A lock of another host is never taken over: the message names the file to
 remove. Creation is atomic (a complete file is hard-linked into place), and taking over retries
 a bounded number of times.
+
+The holder also keeps an advisory ``flock`` on the lock file while it holds it (the kernel drops
+it when the process dies). A lock file without a readable owner (empty or garbled: a crash
+before its contents reached the disk) is taken over, with a warning, when it is at least
+:data:`GARBLED_GRACE_S` old (younger, it may still be being written) and no live process holds
+its ``flock``; otherwise the run stops naming the file.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -26,6 +33,7 @@ from moofa.io import check_writable
 log = logging.getLogger(__name__)
 LOCK_NAME = ".moofa.lock"
 _ATTEMPTS = 5
+GARBLED_GRACE_S = 2.0  # seconds: a lock file without an owner younger than this may be mid-write
 
 
 def _start_time(pid: int) -> str | None:
@@ -64,6 +72,7 @@ class OutputLock:
         self.folder, self.what, self.key = Path(folder), what, key
         self.path = self.folder / name
         self.held = False
+        self._fd: int | None = None  # open on the lock file, holding its flock
 
     def _read(self) -> dict | None:
         try:
@@ -89,22 +98,54 @@ class OutputLock:
     def _create(self) -> bool:
         me = _owner()
         fd, tmp = tempfile.mkstemp(prefix=".moofa-lock.", suffix=".tmp", dir=self.folder)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a fresh file: never contended
         try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(me, fh)
+            os.write(fd, json.dumps(me).encode())
             try:
                 os.link(tmp, self.path)
             except FileExistsError:
+                os.close(fd)
                 return False
             except OSError:  # no hard links on this filesystem: exclusive create instead
+                os.close(fd)
                 try:
-                    with open(self.path, "x") as fh:
-                        json.dump(me, fh)
+                    fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
                 except FileExistsError:
                     return False
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                os.write(fd, json.dumps(me).encode())
+            self._fd = fd
             return True
         finally:
             os.unlink(tmp)
+
+    def _take_garbled(self) -> bool:
+        """Remove a lock file without a readable owner when no live process holds its flock;
+        False when one does. Waits out :data:`GARBLED_GRACE_S` for a file still being written."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return True
+        try:
+            age = time.time() - os.fstat(fd).st_mtime
+            if age < GARBLED_GRACE_S:
+                time.sleep(GARBLED_GRACE_S - age)
+                return True  # read it again
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:  # still the file examined (its owner never writes it after creation)
+                log.warning("taking over the lock %s: it names no owner (empty or garbled, "
+                            "%.0f s old) and no live process holds it", self.path, age)
+                self.path.unlink()
+            return True
+        finally:
+            os.close(fd)
 
     def acquire(self) -> "OutputLock":
         if self.held:
@@ -121,6 +162,12 @@ class OutputLock:
             if owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
                 self.held = True
                 return self
+            if owner.get("pid") is None or owner.get("host") is None:  # empty or garbled
+                if self._take_garbled():
+                    continue
+                raise MoofaInputError(
+                    f"another {self.what} holds the lock {self.path} (its file names no owner); "
+                    "wait for it to finish", file=self.folder, key=self.key)
             if not self._stale(owner):
                 raise MoofaInputError(
                     f"another {self.what} is writing here: pid {owner.get('pid')} on host "
@@ -146,6 +193,9 @@ class OutputLock:
                 self.path.unlink()
             except FileNotFoundError:
                 pass
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def __enter__(self) -> "OutputLock":
         return self.acquire()

@@ -14,6 +14,8 @@ come from the config; see ``docs/design.md#run-layout``)::
     <search_config.acc_predictor_checkpoint>                            predictor checkpoint
     <subnet_config.res_dir>/<subnet_config.name>[_teacher]/info.json    eval result (supernet, teacher)
     <search_config.res_dir>/constraint_<C>/info.json, summary.*         search results
+    <search_config.res_dir>/constraint_<C>/subnet.pth.tar               exported subnet (export)
+    <folder of the subnet>/finetuned/                                   its fine-tuning
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from moofa.config import RunConfig, TaskArgs, last_task_args, load_config, task_args
-from moofa.errors import ConfigError
+from moofa.errors import ConfigError, MoofaInputError
+from moofa.io import read_json
 from moofa.models.layers import MobileNetV3
 from moofa.models.spec import DEFAULT_MODEL_CONFIGS, ModelSpec
 from moofa.models.supernet import Supernet, build_supernet, load_weights
@@ -32,6 +35,48 @@ STATE_FILE = "checkpoint.pth.tar"   # resume state: epoch, best_acc, optimizer, 
 BEST_FILE = "model_best.pth.tar"    # {state_dict} of the best validation epoch
 INFO_NAME = "info.json"
 RECIPE_NAME = "recipe.json"         # a training launch's recorded inputs, beside its resume state
+EXPORT_NAME = "subnet.pth.tar"      # an exported subnet (search_config.export, fine-tuning)
+FINETUNED_NAME = "finetuned"        # fine-tuning's output folder, beside the subnet it tunes
+
+
+@dataclass(frozen=True)
+class SubnetSource:
+    """A ``--subnet`` argument (fine-tuning, deployment): ``kind`` "export" (``path`` is an
+    exported file) or "constraint_folder" (``path`` is a search result folder, ``info`` its
+    info.json); ``out_dir`` is the ``finetuned/`` folder next to it."""
+
+    kind: str
+    path: Path
+    out_dir: Path
+    info: dict | None = None
+
+    @classmethod
+    def resolve(cls, subnet: str | Path) -> "SubnetSource":
+        """Classify ``--subnet``; MoofaInputError naming it when it is neither a file nor a search
+        result folder."""
+        path = Path(subnet)
+        if path.is_file():
+            return cls("export", path, path.parent / FINETUNED_NAME)
+        if path.is_dir():
+            info_path = path / INFO_NAME
+            if not info_path.is_file():
+                raise MoofaInputError(f"not a search result folder (no {INFO_NAME}); give a constraint_<int>/ "
+                                      f"folder or an exported {EXPORT_NAME}", file=path, key="--subnet")
+            info = read_json(info_path)
+            if not isinstance(info.get("config"), Mapping):
+                raise MoofaInputError("has no subnet 'config'", file=info_path, key="config")
+            return cls("constraint_folder", path, path / FINETUNED_NAME, info)
+        raise MoofaInputError("no such file or folder", file=path, key="--subnet")
+
+    def export_file(self) -> Path:
+        """The exported subnet: the file given, or the folder's ``subnet.pth.tar``;
+        MoofaInputError naming the folder when it holds none."""
+        path = self.path if self.kind == "export" else self.path / EXPORT_NAME
+        if not path.is_file():
+            raise MoofaInputError(f"holds no exported {EXPORT_NAME} (search_config.export lists "
+                                  "subnet by default)", file=self.path,
+                                  key="--subnet")
+        return path
 
 
 def final_phase_file(path: str | Path, step: str, phase: int) -> Path:
@@ -192,4 +237,4 @@ class Run:
 
 
 __all__ = ["Run", "PhaseFiles", "final_phase_file", "teacher_file", "constraint_dir",
-           "expected_n_classes", "INFO_NAME", "RECIPE_NAME", "CHECKPOINT_DIR", "STATE_FILE", "BEST_FILE"]
+           "expected_n_classes", "SubnetSource", "EXPORT_NAME", "FINETUNED_NAME", "INFO_NAME", "RECIPE_NAME", "CHECKPOINT_DIR", "STATE_FILE", "BEST_FILE"]

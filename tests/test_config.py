@@ -129,7 +129,7 @@ def write(tmp_path: Path, text: str, name: str = "c.yaml") -> Path:
 
 
 def test_defaults_fill_every_key(tmp_path):
-    p = write(tmp_path, "")
+    p = write(tmp_path, "{}\n")  # an empty mapping; an empty file is an error
     cfg = load_config(p)
     assert cfg.path == p
     a = cfg["args"]
@@ -322,7 +322,7 @@ def test_task_args_merging(tmp_path):
 
 
 def test_default_task_args_and_last(tmp_path):
-    cfg = load_config(write(tmp_path, ""))
+    cfg = load_config(write(tmp_path, "{}\n"))
     assert task_args(cfg, "depth", 2)["base_lr"] == 7.5e-4
     assert task_args(cfg, "expand", 1)["warmup_lr"] == 2.5e-5
     last = last_task_args(cfg)
@@ -406,3 +406,21 @@ def test_honoured_and_new_keys_are_kept(tmp_path):
         (True, 0.8, True, True, -1, True, 3)
     assert a["base_stage_width"] is None and a["distort_color"] is None and a["lr_schedule_type"] is None
     assert a["data_path"] == "./data/digits/" and a["device"] == "cpu" and a["valid_size"] == 0.1
+
+
+@pytest.mark.parametrize("text", ["", "\n", "# nothing but a comment\n"])
+def test_empty_config_is_an_error_naming_the_file(tmp_path, text):
+    p = write(tmp_path, text, "empty.yaml")
+    with pytest.raises(ConfigError, match=f"^{p}: config file is empty"):
+        load_config(p)
+
+
+def test_config_that_is_not_utf8_names_the_byte_offset(tmp_path):
+    p = tmp_path / "latin1.yaml"
+    p.write_bytes("# Paramètres\nargs:\n  model: OFA\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as info:
+        load_config(p)
+    assert _one_line(info.value) == (f"{p}: not UTF-8 text: byte offset 7 (invalid continuation "
+                                     "byte); save the file as UTF-8 (got b'\\xe8')")
+    p.write_bytes("# Paramètres\nargs:\n  model: OFA\n".encode("utf-8"))
+    assert load_config(p).args.model == "OFA"  # UTF-8 whatever the locale

@@ -250,3 +250,39 @@ def test_two_processes_finetune_to_identical_weights(searched, two_process_resul
     two_process_results[launcher] = ranks[0]["weights"]
     if len(two_process_results) == 2:  # both launchers: the same result on the same seed
         assert two_process_results["torchrun"] == two_process_results["horovod"]
+
+
+def test_deploy_accepts_the_result_folder_fine_tuning_accepts(tmp_path, capsys, monkeypatch):
+    """Issue 22 item 8: ``python -m moofa.deploy --subnet <constraint folder>`` deploys the
+    folder's subnet.pth.tar (one resolver with fine-tuning's --subnet)."""
+    import moofa.deploy.__main__ as deploy_main
+    from moofa.run import SubnetSource
+    from moofa.training.finetune import SubnetSource as FinetuneSource
+    from tiny import make_tiny_project
+
+    project = make_tiny_project(tmp_path)
+    folder = tmp_path / "search" / "constraint_12345"
+    folder.mkdir(parents=True)
+    (folder / "info.json").write_text(json.dumps({"config": {"ks": [3], "e": [2], "d": [1],
+                                                             "image_size": 32}}))
+    seen = []
+
+    def fake_deploy(subnet, cfg, out, progress=True):
+        seen.append(Path(subnet))
+        return {"int8_accuracy": 0.5, "fp32_accuracy": 0.5, "n_images": 40, "pte_bytes": 1,
+                "runtime_memory_bytes": 1, "analytic_peak_memory": 1, "analytic_unit": "elements"}
+
+    monkeypatch.setattr(deploy_main, "deploy_exported", fake_deploy)
+    monkeypatch.setattr(deploy_main, "require_executorch", lambda: None)
+    argv = ["--subnet", str(folder), "--config", str(project.config_path),
+            "--output", str(tmp_path / "o"), "--no-progress"]
+    assert run_cli(deploy_main.main, argv) == 2  # the folder holds no subnet.pth.tar yet
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {folder}: --subnet: holds no exported subnet.pth.tar "
+                   "(search_config.export lists subnet by default)"]
+    (folder / "subnet.pth.tar").write_bytes(b"exported")
+    assert run_cli(deploy_main.main, argv) == 0
+    assert seen == [folder / "subnet.pth.tar"]
+    assert run_cli(deploy_main.main, [*argv[:1], str(folder / "subnet.pth.tar"), *argv[2:]]) == 0
+    assert seen[-1] == folder / "subnet.pth.tar"
+    assert FinetuneSource is SubnetSource and SubnetSource.resolve(folder).kind == "constraint_folder"

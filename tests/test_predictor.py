@@ -301,6 +301,8 @@ def test_jsonl_append_read_and_repair(tmp_path):
     ({"colour": 1}, "line 2: unknown field 'colour'"),
     ({"model": "OFA"}, "line 2: model: 'OFA' does not match"),
     (None, "line 2: missing field 'accuracy'"),
+    ({"peak_memory": 0}, "line 2: peak_memory: must be > 0, got 0"),
+    ({"flops": -3.5}, r"line 2: flops: must be > 0, got -3.5"),
 ])
 def test_jsonl_bad_line_names_the_line(tmp_path, change, message):
     rec = make_record(CONFIG_A, 0.6)
@@ -435,3 +437,73 @@ def test_cli_unsupported_plot_suffix_exits_2_before_training(tmp_path, capsys):
     assert "plot.xyz" in err and "'.xyz'" in err
     assert run_cli(main, ["--config", str(cfg)]) == 2  # then the missing dataset is named
     assert "missing.jsonl: dataset file not found" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------- bad numbers (issue 22, item 6)
+def test_pickle_efficiency_not_positive_or_finite_names_the_entry(tmp_path):
+    obj = load_restricted_pickle(need(PKL))
+    for bad in (-262912.0, 0, float("nan"), float("inf")):
+        shard = {k: list(v[:10]) for k, v in obj.items()}
+        shard["efficiencies"][3] = bad
+        path = tmp_path / "bad.pkl"
+        path.write_bytes(pickle.dumps(shard))
+        with pytest.raises(MoofaInputError, match=r"bad\.pkl: efficiencies: entry 3: must be a "
+                           r"finite number > 0 \(got ") as info:
+            read_dataset(path, "OFA")
+        assert repr(bad) in str(info.value)
+
+
+def test_wrong_file_efficiency_values_are_counted_and_replaced_by_exact_ones(ofa_jsonl, caplog):
+    sub = ofa_jsonl.subset(np.arange(0, 2610, 40))  # 66 subnets
+    spec = get_model_spec("OFA")
+    from moofa.efficiency import flops_batch
+    exact_flops = np.asarray(flops_batch(spec, sub.configs), dtype=np.float64)
+    wrong = sub.subset(np.arange(len(sub)))
+    wrong.peak_memory = sub.peak_memory.copy()
+    wrong.peak_memory[[1, 4, 9, 20, 33]] *= 10  # ten times too large
+    wrong.flops = exact_flops.copy()
+    wrong.flops[[2, 7]] += 50.0
+    recipe = PredictorRecipe(hidden_size=16, ensemble=1, epochs=2, batch_size=32)
+    good_pred, good = train_predictor(sub, "OFA", seed=0, recipe=recipe, device="cpu")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="moofa.predictor.training"):
+        pred, m = train_predictor(wrong, "OFA", seed=0, recipe=recipe, device="cpu")
+    msgs = [r.getMessage() for r in caplog.records if "exact" in r.getMessage()]
+    assert len(msgs) == 2
+    assert "5 of 66 record(s) have a peak_memory value" in msgs[0]
+    assert "2 of 66 record(s) have a flops value" in msgs[1]
+    assert m["rmse_pp"] == good["rmse_pp"]  # the exact values were used
+    assert torch.equal(pred.feature_mean, good_pred.feature_mean)
+
+
+def test_predictor_with_nan_metrics_is_never_written(tmp_path, ofa_jsonl, capsys, monkeypatch):
+    import moofa.predictor.training as training
+    data = tmp_path / "data.jsonl"
+    append_records(data, ofa_jsonl.subset(np.arange(60)).records(), "OFA")
+    cfg = _write_config(tmp_path, data)
+    fit = training.fit_predictor
+
+    def diverging(predictor, *args, **kw):  # training that ends in NaN weights
+        out = fit(predictor, *args, **kw)
+        with torch.no_grad():
+            for p in predictor.parameters():
+                p.fill_(float("nan"))
+        return out
+
+    monkeypatch.setattr(training, "fit_predictor", diverging)
+    assert run_cli(main, ["--config", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {data}: test RMSE (pp): ")
+    assert "non-finite" in err[0] and err[0].endswith("(got nan)")
+    assert not (tmp_path / "ck" / "pred.pth.tar").exists()
+
+
+def test_nan_checkpoint_prediction_names_the_checkpoint(tmp_path):
+    pred = AccuracyPredictor("OFA", hidden_size=8)
+    with torch.no_grad():
+        pred.members[0].layers[0][0].weight.fill_(float("nan"))
+    path = pred.save(tmp_path / "nan.pth.tar")
+    loaded = AccuracyPredictor.load(path, "OFA", device="cpu")
+    with pytest.raises(CheckpointError, match=r"nan\.pth\.tar: predictor returned a non-finite "
+                       r"accuracy .*\(got nan\)"):
+        loaded.predict([CONFIG_A | {"e": [3] * 20}])

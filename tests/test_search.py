@@ -543,3 +543,22 @@ def test_selection_and_report_images_are_disjoint(tmp_path):
     from moofa.errors import MoofaInputError
     with pytest.raises(MoofaInputError, match="valid_size"):
         split_images(DataProvider(make_args(tmp_path, valid_size=None), [16]), "selection", None)
+
+
+def test_search_with_a_nan_predictor_is_one_error_line(tmp_path, capsys):
+    """Issue 22 item 6: a predictor that predicts NaN ends in one error naming its checkpoint."""
+    from moofa.cli.common import run_cli
+    from moofa.cli.eval_and_search import main
+    project = make_tiny_project(tmp_path)
+    spec = get_model_spec("TINY", project.model_config_path)
+    pred = _random_predictor(spec)
+    with torch.no_grad():
+        pred.members[0].layers[-1].weight.fill_(float("nan"))
+    ck = Path(project.config["search_config"]["acc_predictor_checkpoint"])
+    pred.save(ck)
+    _write(project, "nan", evaluate=False)
+    rc = run_cli(main, ["--config", str(project.config_path), "--mode", "search",
+                        "--model_config_path", str(project.model_config_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith(f"error: {ck}: predictor returned a non-finite accuracy")

@@ -193,3 +193,92 @@ def test_wandb_offline_run_is_logged(tmp_path) -> None:
     project.run("train.py", "--step", "teacher")
     runs = list((tmp_path / "run" / "teacher" / "logs" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
+    # log.jsonl: every accuracy a fraction (issue 22 item 8: train_top1 was percent)
+    (line,) = (tmp_path / "run" / "teacher" / "logs" / "log.jsonl").read_text().splitlines()
+    rec = json.loads(line)
+    accs = [rec["train_top1"], rec["train_top5"], rec["val_acc"], *rec["per_subnet"].values()]
+    assert len(rec["per_subnet"]) == 2 and all(0.0 <= a <= 1.0 for a in accs), rec
+    assert rec["train_top5"] >= rec["train_top1"] > 0.05  # 4 classes: chance is 0.25
+    assert rec["val_acc"] == pytest.approx(sum(rec["per_subnet"].values()) / 2, abs=1e-5)
+
+
+WANDB_SCRIPT = """
+import logging, sys
+logging.basicConfig(level=logging.INFO)
+from moofa.training.logger import RunLogger
+log = RunLogger(sys.argv[1], True, "teacher", {"use_wandb": True, "project_name": "moofa-test"}, {"a": 1})
+log.record(epoch=1, train_top1=0.5)
+log.close()
+print("logger closed")
+"""
+
+
+def test_wandb_without_login_logs_offline_and_never_prompts(tmp_path) -> None:
+    """Issue 22 item 7: an interactive terminal, no WANDB_API_KEY, WANDB_MODE or netrc (empty
+    HOME): wandb starts offline, saying so, instead of waiting at its "Enter your choice:"."""
+    import pty
+    import select
+    import sys
+    pytest.importorskip("wandb")
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") and k != "NETRC"}
+    env.update(HOME=str(home), PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    master, slave = pty.openpty()  # stdin and stdout are a terminal: wandb may prompt
+    proc = subprocess.Popen([sys.executable, "-c", WANDB_SCRIPT, str(tmp_path / "run")],
+                            stdin=slave, stdout=slave, stderr=slave, env=env, cwd=tmp_path)
+    os.close(slave)
+    out = b""
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if select.select([master], [], [], 1.0)[0]:
+                try:
+                    out += os.read(master, 65536)
+                except OSError:
+                    break
+        try:  # the terminal closes as the process exits
+            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+        timed_out = proc.poll() is None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        os.close(master)
+    text = out.decode(errors="replace")
+    assert not timed_out, f"wandb blocked (a prompt?):\n{text[-2000:]}"
+    assert proc.returncode == 0 and "logger closed" in text, text[-2000:]
+    assert "wandb logs offline" in text and "Enter your choice" not in text
+    assert len(list((tmp_path / "run" / "logs" / "wandb").glob("offline-run-*"))) == 1
+
+
+def test_wandb_mode_decision(tmp_path) -> None:
+    from moofa.training.logger import wandb_mode
+    home = tmp_path / "home"
+    home.mkdir()
+    assert wandb_mode({"HOME": str(home)})[0] == "offline"
+    assert wandb_mode({"HOME": str(home), "WANDB_MODE": "disabled"}) == ("disabled", "WANDB_MODE")
+    assert wandb_mode({"HOME": str(home), "WANDB_MODE": "online"})[0] == "offline"  # no login
+    assert wandb_mode({"HOME": str(home), "WANDB_API_KEY": "k" * 40})[0] == "online"
+    (home / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password " + "p" * 40 + "\n")
+    (home / ".netrc").chmod(0o600)
+    assert wandb_mode({"HOME": str(home)}) == ("online", "netrc entry for api.wandb.ai")
+    assert wandb_mode({"HOME": str(home), "WANDB_BASE_URL": "https://wandb.example.org"})[0] == "offline"
+
+
+@pytest.mark.parametrize("content, expect", [
+    (b"", "config file is empty"),
+    ("# Paramètres\n".encode("latin-1"), "not UTF-8 text: byte offset 7"),
+])
+def test_unusable_config_is_one_error_line_and_creates_nothing(tmp_path, capsys, monkeypatch,
+                                                               content, expect) -> None:
+    """Issue 22 items 7-8: an empty or Latin-1 config names itself; no folder appears."""
+    monkeypatch.chdir(tmp_path)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_bytes(content)
+    rc = run_cli(train_main, ["--config", str(cfg), "--step", "teacher"])
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if line]
+    assert rc == 2 and len(err) == 1 and err[0].startswith(f"error: {cfg}: {expect}"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]

@@ -360,6 +360,53 @@ def test_second_search_into_one_res_dir_stops_naming_the_first(tmp_path, capsys,
         OutputLock(res, "search").acquire()
 
 
+@pytest.mark.parametrize("content", [b"", b'{"pid": 12', b"[]"])
+def test_garbled_lock_is_taken_over_unless_a_live_process_holds_it(tmp_path, caplog, monkeypatch,
+                                                                    content):
+    """Issue 22 item 8: a lock file a kill left empty or garbled names no owner ("pid None on host
+    None" before); it is taken over when no live process holds its flock."""
+    import fcntl
+    import time
+    import moofa.lock as lock_mod
+    res = tmp_path / "search"
+    res.mkdir()
+    path = res / LOCK_NAME
+    path.write_bytes(content)
+    old = time.time() - 60
+    os.utime(path, (old, old))
+    holder = os.open(path, os.O_RDONLY)  # a live process still holding it
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(MoofaInputError) as info:
+            OutputLock(res, "search").acquire()
+        assert str(info.value) == (f"{res}: another search holds the lock {path} (its file names "
+                                   "no owner); wait for it to finish")
+    finally:
+        os.close(holder)
+    with caplog.at_level(logging.WARNING, logger="moofa.lock"):
+        with OutputLock(res, "search"):
+            assert json.loads(path.read_text())["pid"] == os.getpid()
+    assert f"taking over the lock {path}: it names no owner" in caplog.text
+    assert not path.exists()
+    # a young one may still be being written: waited for, then taken over
+    monkeypatch.setattr(lock_mod, "GARBLED_GRACE_S", 0.5)
+    path.write_bytes(content)
+    t0 = time.monotonic()
+    with OutputLock(res, "search"):
+        assert time.monotonic() - t0 >= 0.4 and json.loads(path.read_text())["pid"] == os.getpid()
+
+
+def test_held_lock_keeps_its_flock_until_released(tmp_path):
+    import fcntl
+    res = tmp_path / "out"
+    with OutputLock(res, "run"):
+        fd = os.open(res / LOCK_NAME, os.O_RDONLY)
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.close(fd)
+    assert not (res / LOCK_NAME).exists()
+
+
 # ----------------------------------------------------------------------- 5. smaller things
 def test_duplicate_records_are_removed_before_the_split(caplog):
     spec = get_model_spec("OFA")

@@ -13,6 +13,8 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from moofa.io import read_utf8
+
 MODELS: tuple[str, ...] = ("OFA", "CompOFA", "MOOFA_V1", "MOOFA_V2", "MOOFA_V3")
 N_STAGES = 5
 ACTIVATIONS = ("relu", "h_swish")
@@ -300,7 +302,7 @@ def load_model_configs(path: str | Path) -> dict[str, ModelSpec]:
     """Read a model_configs.yaml; raises ValueError naming the file and key on bad content."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = read_utf8(path)
     except OSError as err:
         raise ValueError(f"{path}: cannot read model config file ({err.strerror})") from None
     try:

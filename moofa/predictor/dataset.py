@@ -7,7 +7,8 @@ JSON Lines: one subnet a line, e.g.::
 
 ``ks``, ``e``, ``d``, ``image_size`` and ``accuracy`` (a fraction in [0, 1]) are required;
 ``peak_memory`` (elements), ``flops`` (MMACs) and ``model`` (the model name, checked when present)
-are optional. Other keys are an error. The file is append-only (:func:`append_records`), so a run
+are optional; ``peak_memory`` and ``flops`` must be finite and > 0 (training checks them against
+the exact values of the config and uses those). Other keys are an error. The file is append-only (:func:`append_records`), so a run
 resumes by appending and files merge by concatenation; a line torn by a kill can be dropped with
 :func:`repair_tail`.
 
@@ -146,8 +147,8 @@ def parse_record(rec: Any, spec: ModelSpec) -> tuple[SubnetConfig, float, float,
     for key in ("peak_memory", "flops"):
         if key in rec and rec[key] is not None:
             x = _number(rec, key)
-            if x < 0:
-                raise ValueError(f"{key}: must be >= 0, got {rec[key]!r}")
+            if x <= 0:
+                raise ValueError(f"{key}: must be > 0, got {rec[key]!r}")
             vals.append(x)
         else:
             vals.append(float("nan"))
@@ -360,8 +361,8 @@ def read_pickle(path: "str | Path", model: "str | ModelSpec",
         acc.append(a)
     if not configs:
         raise MoofaInputError("dataset is empty", file=path)
-    peak = np.array([float(x) for x in cols["efficiencies"]]) if "efficiencies" in cols \
-        else np.full(n, np.nan)
+    peak = np.array([_efficiency(x, i, path) for i, x in enumerate(cols["efficiencies"])]) \
+        if "efficiencies" in cols else np.full(n, np.nan)
     features = None
     if "features" in cols:
         features = np.stack([np.asarray(f, dtype=np.float64).reshape(-1) for f in cols["features"]])
@@ -377,6 +378,19 @@ def read_pickle(path: "str | Path", model: "str | ModelSpec",
                                   file=path, key="features")
     return PredictorDataset(spec.name, configs, np.array(acc), peak, np.full(n, np.nan),
                             str(path), features)
+
+
+def _efficiency(value: Any, index: int, path: Path) -> float:
+    """A pickle's stored peak memory (elements): a finite number > 0, else MoofaInputError
+    naming the entry."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        x = math.nan
+    if isinstance(value, (bool, str, bytes)) or not math.isfinite(x) or x <= 0:
+        raise MoofaInputError(f"entry {index}: must be a finite number > 0", file=path,
+                              key="efficiencies", value=value)
+    return x
 
 
 def read_dataset(path: "str | Path", model: "str | ModelSpec",

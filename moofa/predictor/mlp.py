@@ -163,6 +163,7 @@ class AccuracyPredictor(nn.Module):
         self.register_buffer("feature_std", torch.ones(n_extra, dtype=torch.float64))
         self.info: dict[str, Any] = {}
         self.recorded_model: str | None = self.spec.name  # the model its file names (None: none)
+        self.source: Path | None = None  # the checkpoint it was loaded from
 
     # ------------------------------------------------------------------------------ properties
     @property
@@ -244,9 +245,10 @@ class AccuracyPredictor(nn.Module):
         return self.predict_members(feats).mean(axis=0)
 
     @torch.no_grad()
-    def predict_members(self, feats: np.ndarray) -> np.ndarray:
+    def predict_members(self, feats: np.ndarray, check: bool = True) -> np.ndarray:
         """Each member's predictions (fractions, float64 ``(n_members, N)``) for member inputs,
-        in eval mode and in chunks of PREDICT_CHUNK rows (bounded memory)."""
+        in eval mode and in chunks of PREDICT_CHUNK rows (bounded memory). With ``check`` a
+        prediction that is not finite raises :class:`CheckpointError` naming :attr:`source`."""
         was_training = self.training
         self.eval()
         out = [np.zeros((len(self.members), 0))]
@@ -255,7 +257,12 @@ class AccuracyPredictor(nn.Module):
                                 device=self.device)
             out.append(self.member_outputs(x).double().cpu().numpy())
         self.train(was_training)
-        return np.concatenate(out, axis=1)
+        preds = np.concatenate(out, axis=1)
+        if check and not np.isfinite(preds).all():
+            raise CheckpointError("predictor returned a non-finite accuracy (trained on bad "
+                                  "data?); retrain it", file=self.source or "predictor",
+                                  value=float(preds[~np.isfinite(preds)][0]))
+        return preds
 
     def predict(self, configs: Iterable[ConfigLike],
                 known: "Mapping[str, np.ndarray] | None" = None) -> np.ndarray:
@@ -316,6 +323,7 @@ class AccuracyPredictor(nn.Module):
             pred = cls._from_checkpoint(obj, encoder, path)
         else:
             pred = cls._from_reference(obj, encoder, path)
+        pred.source = path
         return pred.to(auto_device(device)).eval()
 
     @classmethod

@@ -298,8 +298,9 @@ def train_predictor(dataset: PredictorDataset, model: "str | ModelSpec | None" =
     members removed by :func:`drop_collapsed`) and ``seconds``.
 
     ``n_classes``: classifier width of the FLOPs input (the dataset's class count, as in dataset
-    creation); the FLOPs input is always computed, never taken from the file, so that training and
-    search compute it identically (a file value computed otherwise is reported with a warning).
+    creation); the extra inputs are always computed exactly, never taken from the file, so that
+    training and search compute them identically (file values that differ are counted in one
+    warning per column). Metrics that are not finite raise :class:`MoofaInputError`.
     """
     recipe = recipe or PredictorRecipe()
     spec = get_model_spec(model if model is not None else dataset.model, model_configs)
@@ -314,8 +315,8 @@ def train_predictor(dataset: PredictorDataset, model: "str | ModelSpec | None" =
     t0 = time.perf_counter()
     predictor = AccuracyPredictor(spec, recipe.hidden_size, recipe.n_layers, recipe.ensemble,
                                   feature_names(recipe), n_classes=n_classes)
-    raw = predictor.raw_extra(dataset.configs, {"peak_memory": dataset.peak_memory})
-    _check_file_flops(predictor, raw, dataset)
+    raw = predictor.raw_extra(dataset.configs)  # exact values, as the search computes them
+    _check_file_values(predictor, raw, dataset)
     predictor.fit_feature_norm(raw[train_idx])
     known = {n: raw[:, j] for j, n in enumerate(predictor.extra_features)}
     feats = predictor.features(dataset.configs, known)
@@ -325,8 +326,12 @@ def train_predictor(dataset: PredictorDataset, model: "str | ModelSpec | None" =
                                 progress)
     dropped = drop_collapsed(predictor, results)
     predictor.eval()
-    pred = predictor.predict_features(feats[test_idx])
+    pred = predictor.predict_members(feats[test_idx], check=False).mean(axis=0)
     metrics: dict[str, Any] = regression_metrics(dataset.accuracies[test_idx], pred)
+    if not (math.isfinite(metrics["rmse_pp"]) and math.isfinite(metrics["mae_pp"])):
+        raise MoofaInputError("training gave a predictor with non-finite test metrics (no "
+                              "checkpoint written); check the dataset's values", file=dataset.source
+                              or None, key="test RMSE (pp)", value=metrics["rmse_pp"])
     metrics.update(
         n_train=int(len(train_idx)), n_test=int(len(test_idx)), seed=int(seed),
         member_val_rmse_pp=[r.val_rmse_pp for r in results],
@@ -341,17 +346,29 @@ def train_predictor(dataset: PredictorDataset, model: "str | ModelSpec | None" =
     return predictor, metrics
 
 
-def _check_file_flops(predictor: AccuracyPredictor, raw: np.ndarray, dataset: PredictorDataset) -> None:
-    """Warn when the dataset's ``flops`` values differ from the FLOPs input computed here (a file
-    written for another class count): the computed values are used."""
-    if "flops" not in predictor.extra_features:
-        return
-    col = raw[:, predictor.extra_features.index("flops")]
-    have = np.isfinite(dataset.flops)
-    if have.any() and not np.allclose(dataset.flops[have], col[have], rtol=1e-6, atol=1e-9):
-        log.warning("%s: its flops values differ from the FLOPs of a %d-class network; the "
-                    "predictor uses the computed ones (the search computes them the same way)",
-                    dataset.source, predictor.n_classes)
+def _check_file_values(predictor: AccuracyPredictor, raw: np.ndarray,
+                       dataset: PredictorDataset) -> None:
+    """Compare the dataset's ``peak_memory`` (elements) and ``flops`` (MMACs) values with the
+    exact values of each record's config (``raw``: the predictor's computed extra inputs; the
+    FLOPs of a ``predictor.n_classes``-class network) and warn once per column, counting the
+    records that differ: the predictor uses the exact values (the search computes them the same
+    way)."""
+    for name, col in dataset.known().items():
+        have = np.flatnonzero(np.isfinite(col))
+        if not have.size:
+            continue
+        if name in predictor.extra_features:
+            exact = raw[have, predictor.extra_features.index(name)]
+        else:
+            exact = EXTRA_FEATURES[name][0](predictor.spec, [dataset.configs[i] for i in have],
+                                            predictor.n_classes)
+        bad = int((~np.isclose(col[have], exact, rtol=1e-6, atol=1e-9)).sum())
+        if bad:
+            extra = f" of a {predictor.n_classes}-class network" if name == "flops" else ""
+            log.warning("%s: %d of %d record(s) have a %s value that differs from the exact one%s "
+                        "of their config; the predictor uses the exact values (the search computes "
+                        "them the same way)", dataset.source or "dataset", bad, have.size, name,
+                        extra)
 
 
 # ---------------------------------------------------------------------------------------- CLI

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -30,7 +29,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from moofa.errors import MoofaInputError
-from moofa.io import atomic_write_text, save_figure
+from moofa.io import atomic_write_text, read_json, save_figure  # noqa: F401 (read_json: re-exported)
 from moofa.run import INFO_NAME, constraint_dir  # noqa: F401 (constraint_dir: re-exported)
 from moofa.stats import Accuracy, compare_stored
 
@@ -39,20 +38,6 @@ _DIR_RE = re.compile(r"^constraint_(\d+)$")
 
 
 # ------------------------------------------------------------------------------------------ files
-def read_json(path: str | Path) -> dict:
-    """Read a JSON object; MoofaInputError naming the file when missing or malformed."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise MoofaInputError("file not found", file=path) from None
-    except (OSError, json.JSONDecodeError) as err:
-        raise MoofaInputError(f"cannot read JSON ({err})", file=path) from None
-    if not isinstance(data, dict):
-        raise MoofaInputError("expected a JSON object", file=path)
-    return data
-
-
 # ---------------------------------------------------------------------------------------- reading
 @dataclass(frozen=True)
 class ResultRow:

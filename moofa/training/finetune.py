@@ -37,9 +37,8 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -54,16 +53,13 @@ from moofa.models.layers import MobileNetV3
 from moofa.models.spec import ModelSpec, SubnetConfig
 from moofa.evaluation.report import UNITS, subnet_report
 from moofa.fingerprint import normalise, sha256_file
-from moofa.run import INFO_NAME, PhaseFiles, Run
+from moofa.run import EXPORT_NAME, FINETUNED_NAME as OUT_NAME, INFO_NAME, PhaseFiles, Run, SubnetSource
 from moofa.search.export import export_static, load_exported
-from moofa.search.results import read_json
 from moofa.stats import compare_stored
 from moofa.training.evaluate import EvalResult, evaluate
 from moofa.training.logger import RunLogger
 from moofa.training.trainer import Trainer, seed_everything
 
-OUT_NAME = "finetuned"
-EXPORT_NAME = "subnet.pth.tar"
 INPUTS_NAME = "inputs.json"
 BEFORE_NAME = "before.json"
 INFO_FORMAT = "moofa-finetune/1"
@@ -71,36 +67,6 @@ INFO_FORMAT = "moofa-finetune/1"
 # frequency, and the device (a CPU run may resume on a GPU, as every phase). Everything else counts,
 # also n_worker and validation_frequency: both change what the global RNG draws.
 _NOT_INPUTS = ("path", "teacher_path", "checkpoint", "data_path", "print_frequency", "device")
-
-
-@dataclass(frozen=True)
-class SubnetSource:
-    """Where the subnet to fine-tune comes from: ``kind`` "export" (``path`` is the file) or
-    "constraint_folder" (``path`` is the folder, ``info`` its info.json); ``out_dir`` is the
-    ``finetuned/`` folder next to it."""
-
-    kind: str
-    path: Path
-    out_dir: Path
-    info: dict | None = None
-
-    @classmethod
-    def resolve(cls, subnet: str | Path) -> "SubnetSource":
-        """Classify ``--subnet``; MoofaInputError naming it when it is neither a file nor a search
-        result folder."""
-        path = Path(subnet)
-        if path.is_file():
-            return cls("export", path, path.parent / OUT_NAME)
-        if path.is_dir():
-            info_path = path / INFO_NAME
-            if not info_path.is_file():
-                raise MoofaInputError(f"not a search result folder (no {INFO_NAME}); give a constraint_<int>/ "
-                                      f"folder or an exported {EXPORT_NAME}", file=path, key="--subnet")
-            info = read_json(info_path)
-            if not isinstance(info.get("config"), Mapping):
-                raise MoofaInputError("has no subnet 'config'", file=info_path, key="config")
-            return cls("constraint_folder", path, path / OUT_NAME, info)
-        raise MoofaInputError("no such file or folder", file=path, key="--subnet")
 
 
 class FinetuneTrainer(Trainer):

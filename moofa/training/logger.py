@@ -1,16 +1,58 @@
 """Run logs: console lines, ``logs/*.txt`` like the reference, a JSON Lines log and wandb.
 
-Only rank 0 writes. wandb is imported lazily and only when enabled (it honours WANDB_MODE, so
-``WANDB_MODE=offline`` works without a network)."""
+Only rank 0 writes. wandb is imported lazily and only when enabled, and never prompts
+(:func:`wandb_mode`): without a login it logs offline (``wandb sync`` uploads the run later).
+
+``log.jsonl`` holds one JSON object a line: ``tag``, ``time`` (Unix seconds) and the caller's
+fields. Accuracies in it (``train_top1``, ``val_acc``, ...) are fractions in [0, 1], losses are
+per-sample means (docs/design.md#run-layout)."""
 from __future__ import annotations
 
 import json
 import logging
+import netrc
+import os
 import time
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import urlparse
 
 LOG = logging.getLogger("moofa")
+WANDB_HOST = "https://api.wandb.ai"  # wandb's default server (WANDB_BASE_URL overrides it)
+_NO_LOGIN_MODES = ("offline", "disabled", "dryrun")  # WANDB_MODE values that need no login
+
+
+def _netrc_has(host: str, env: Mapping[str, str]) -> bool:
+    """Whether the netrc file wandb reads (``NETRC``, else ``~/.netrc`` or ``~/_netrc``) holds
+    credentials for ``host``; an unreadable or malformed file holds none."""
+    home = Path(env.get("HOME") or Path.home())
+    paths = [Path(env["NETRC"]).expanduser()] if env.get("NETRC") else \
+        [home / ".netrc", home / "_netrc"]
+    for path in paths:
+        if path.is_file():
+            try:
+                return netrc.netrc(str(path)).authenticators(host) is not None
+            except (OSError, netrc.NetrcParseError):
+                return False
+    return False
+
+
+def wandb_mode(env: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """The wandb mode to start with, never one that prompts, and why: ``WANDB_MODE`` when it needs
+    no login (offline, disabled, dryrun); else ``"online"`` when credentials exist without asking
+    (``WANDB_API_KEY``, ``WANDB_IDENTITY_TOKEN_FILE`` or a netrc entry for the server); else
+    ``"offline"`` (wandb would wait at its "Enter your choice:" prompt)."""
+    env = os.environ if env is None else env
+    mode = env.get("WANDB_MODE", "").strip().lower()
+    if mode in _NO_LOGIN_MODES:
+        return mode, "WANDB_MODE"
+    for key in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE"):
+        if env.get(key):
+            return "online", key
+    host = urlparse(env.get("WANDB_BASE_URL") or WANDB_HOST).hostname or ""
+    if host and _netrc_has(host, env):
+        return "online", f"netrc entry for {host}"
+    return "offline", f"no wandb login (WANDB_API_KEY or a netrc entry for {host})"
 
 
 class RunLogger:
@@ -27,8 +69,12 @@ class RunLogger:
         if wandb_cfg and wandb_cfg.get("use_wandb"):
             try:
                 import wandb  # noqa: PLC0415 (optional dependency)
+                mode, why = wandb_mode()
+                if mode == "offline":
+                    LOG.info("wandb logs offline to %s (%s); upload it later with `wandb sync`",
+                             self.dir, why)
                 self.wandb = wandb.init(project=wandb_cfg.get("project_name"), config=dict(config or {}),
-                                        dir=str(self.dir), name=tag, reinit=True)
+                                        dir=str(self.dir), name=tag, reinit=True, mode=mode)
             except Exception as err:  # wandb missing or misconfigured: keep training, say so
                 LOG.warning("wandb disabled: %s", err)
 

@@ -284,12 +284,12 @@ class Trainer:
                 bar.set_postfix(loss=f"{sums[0].item() / max(sums[3].item(), 1):.3f}", lr=f"{lr:.2e}")
         sums = self.backend.allreduce_sum_(sums)
         n = max(sums[3].item(), 1.0)
-        return {"train_loss": sums[0].item() / n, "train_top1": 100 * sums[1].item() / n,
-                "train_top5": 100 * sums[2].item() / n, "learning_rate": lr}
+        return {"train_loss": sums[0].item() / n, "train_top1": sums[1].item() / n,
+                "train_top5": sums[2].item() / n, "learning_rate": lr}
 
     # ---------------------------------------------------------------------------- validation
     def validate(self) -> tuple[float, dict[str, float]]:
-        """Mean validation top-1 (fraction) and the per-subnet top-1 (percent, for the logs)."""
+        """Mean validation top-1 and the per-subnet top-1 (fractions)."""
         results: dict[str, float] = {}
         if self.step == "teacher":
             items = [(f"R{r}", r, None) for r in self.spec.image_sizes]
@@ -408,10 +408,10 @@ class Trainer:
                 val, per = self.validate()
                 is_best = val > best or not self.files.best.is_file()
                 best = max(best, val)
-                metrics.update(val_acc=val, per_subnet={k: round(100 * v, 3) for k, v in per.items()})
+                metrics.update(val_acc=val, per_subnet={k: round(v, 5) for k, v in per.items()})
                 entries = ", ".join(f"{k} ({100 * v:.2f})" for k, v in per.items())
                 self.log.valid(f"Valid [{epoch + 1}/{self.n_epochs}] top-1={100 * val:.3f}% "
-                               f"(best {100 * best:.3f}%), Train top-1 {metrics['train_top1']:.3f}%, "
+                               f"(best {100 * best:.3f}%), Train top-1 {100 * metrics['train_top1']:.3f}%, "
                                f"Train loss {metrics['train_loss']:.4f}\t{entries}")
             self.save_state(epoch, best, is_best)
             skipped = self.backend.allreduce_sum_(
@@ -420,7 +420,7 @@ class Trainer:
                            skipped_images=int(skipped[0].item()))
             self.log.record(**metrics)
             self.log.info(f"epoch {epoch + 1}/{self.n_epochs} loss {metrics['train_loss']:.4f} "
-                          f"train top-1 {metrics['train_top1']:.2f}% "
+                          f"train top-1 {100 * metrics['train_top1']:.2f}% "
                           + (f"val top-1 {100 * metrics['val_acc']:.2f}% " if "val_acc" in metrics else "")
                           + f"({metrics['seconds']:.1f}s)"
                           + (f", skipped {metrics['skipped_images']} corrupt image(s) (paths in the "
