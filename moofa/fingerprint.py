@@ -170,6 +170,23 @@ def data_identity(args: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def unrecorded_images(recorded: Mapping[str, Any] | None, current: Mapping[str, Any]) -> bool:
+    """Whether ``recorded`` (an older result) has a ``data`` section without the ``images`` that
+    ``current`` records (docs/resume.md: such a result is reused with a warning)."""
+    old, new = (recorded or {}).get("data"), current.get("data")
+    return (isinstance(old, Mapping) and isinstance(new, Mapping) and "images" not in old
+            and "images" in new)
+
+
+def comparable(recorded: Mapping[str, Any] | None, current: Mapping[str, Any]) -> dict[str, Any]:
+    """``current`` as it compares with ``recorded``: without ``data.images`` when
+    :func:`unrecorded_images`."""
+    out = dict(current)
+    if unrecorded_images(recorded, current):
+        out["data"] = {k: v for k, v in current["data"].items() if k != "images"}
+    return out
+
+
 def subset(mapping: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
     """The entries of ``mapping`` named in ``keys`` (absent ones skipped)."""
     return {k: mapping[k] for k in keys if k in mapping}

@@ -246,3 +246,80 @@ def test_evaluation_shards_cover_each_image_once() -> None:
         shards = [list(ShardSampler(subset, world, r)) for r in range(world)]
         assert sorted(i for s in shards for i in s) == sorted(subset)  # no padding, no duplicates
     assert evenly_spaced(5, None) == evenly_spaced(5, 9) == [0, 1, 2, 3, 4]
+
+
+# ---- hostile image folders (issue 22, item 5) ---------------------------------------------------
+
+def test_symlink_loop_in_a_class_folder_is_not_followed(tmp_path, caplog):
+    args = make_args(tmp_path)
+    root = ensure_dataset(args)
+    cls = root / "train" / "1"
+    (cls / "up").symlink_to("..")                      # a loop: train/1/up/1/up/...
+    (cls / "twin").symlink_to(root / "train" / "2")    # another class's images
+    extra = tmp_path / "extra"                         # a folder outside the dataset: followed
+    extra.mkdir()
+    for i in range(2):
+        Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(extra / f"e{i}.png")
+    (cls / "more").symlink_to(extra)
+    with caplog.at_level("WARNING", logger="moofa.data"):
+        p = DataProvider(args, [16])
+        again = DataProvider(args, [16])
+    labels = [t for _, t in p.train_folder.samples]
+    assert len(labels) == 4 * 30 + 2 and [labels.count(c) for c in range(4)] == [30, 32, 30, 30]
+    assert [s for s, _ in again.train_folder.samples] == [s for s, _ in p.train_folder.samples]
+    assert [s for s, _ in p.train_folder.samples if "more" in s] == [str(cls / "more" / "e0.png"),
+                                                                     str(cls / "more" / "e1.png")]
+    warned = [r.getMessage() for r in caplog.records if "not following symlink" in r.getMessage()]
+    assert len(warned) == 2  # once per link and process, not again for the second provider
+    assert any(f"{cls / 'up'} -> {root / 'train'}" in w for w in warned)
+    assert any(str(cls / "twin") in w for w in warned)
+
+
+def test_16_bit_and_other_modes_load_as_8_bit_rgb(tmp_path):
+    args = make_args(tmp_path)
+    root = ensure_dataset(args)
+    old = sorted((root / "train" / "0").glob("*.png"))
+    k = np.arange(256).reshape(16, 16)
+    grey = np.repeat(k[..., None], 3, axis=-1)
+    alpha = np.where(k < 128, 0, 255).astype(np.uint8)
+    palette = Image.fromarray((k % 2).astype(np.uint8), "P")
+    palette.putpalette([255, 0, 0, 0, 0, 255])
+    cases = {  # name: (image, expected RGB array)
+        "i16.png": (Image.fromarray((k * 257).astype(np.uint16)), grey),           # I;16
+        "i16b.tif": (Image.fromarray((k * 257).astype(">u2")), grey),              # I;16B
+        "i32.tif": (Image.fromarray((k * 257).astype(np.int32)), grey),            # I
+        "float.tif": (Image.fromarray((k / 255).astype(np.float32)), grey),        # F in 0..1
+        "la.png": (Image.fromarray(np.stack([np.zeros_like(alpha), alpha], -1), "LA"),
+                   np.repeat(np.where(k < 128, 255, 0)[..., None], 3, -1)),        # onto white
+        "p_transparent.png": (palette, np.where((k % 2 == 0)[..., None], [255, 255, 255], [0, 0, 255])),
+        "cmyk.tif": (Image.fromarray(np.stack([k, 0 * k, 0 * k, 0 * k], -1).astype(np.uint8), "CMYK"),
+                     np.stack([255 - k, 255 + 0 * k, 255 + 0 * k], -1)),
+    }
+    for path, (name, (img, _)) in zip(old, cases.items()):
+        path.unlink()  # replace an image: the dataset keeps its image count
+        img.save(path.with_name(name), **({"transparency": 0} if img.mode == "P" else {}))
+    assert Image.open(root / "train" / "0" / "i16.png").mode == "I;16"
+    p = DataProvider(args, [16])
+    for name, (_, expected) in cases.items():
+        got = p.train_folder.loader(str(root / "train" / "0" / name))
+        assert got.mode == "RGB", name
+        assert np.array_equal(np.asarray(got), expected.astype(np.uint8)), name
+
+
+def test_corrupt_file_is_counted_once_and_named_once_per_process(tmp_path, caplog):
+    args = make_args(tmp_path, bn_calib_images=2000, bn_calib_batch_size=40)
+    root = ensure_dataset(args)
+    bad = sorted((root / "train").rglob("*.png"))[3]
+    bad.write_bytes(bad.read_bytes()[:60])  # a truncated image
+    with caplog.at_level("WARNING", logger="moofa.data"):
+        p = DataProvider(args, [8, 16])
+        for epoch in (0, 1):
+            list(p.train_loader(epoch))
+        list(p.valid_loader(16))
+        p.calibration_batches(8), p.calibration_batches(16)  # read again at two resolutions
+        assert p.bad_images.take() == {str(bad)} and p.bad_images.take() == set()
+        other = DataProvider(args, [16])
+        other.calibration_batches(16)
+        assert other.bad_images.take() == {str(bad)}
+    named = [r for r in caplog.records if str(bad) in r.getMessage()]
+    assert len(named) == 1 and "skipping corrupt image" in named[0].getMessage()

@@ -8,10 +8,14 @@ in unpadded shards when there are several processes (exact all-reduced counts). 
 subset of the training folder, augmented deterministically, cached per resolution.
 
 Corrupt images: an image file that does not decode (truncated JPEG, not an image) is dropped
-from its batch by every loader of the provider; its path is logged once and
-:attr:`DataProvider.bad_images` counts the drops (the trainer reports the count per epoch). With
+from its batch by every loader of the provider; its path is logged once per process and
+:attr:`DataProvider.bad_images` collects the files (the trainer reports how many per epoch: files,
+not the re-reads of one file at several resolutions). With
 ``args.corrupt_images: error`` the first such file stops the run instead (exit 2 naming it). The
 decision is made in the main process, so it works with any number of loader workers.
+
+Folders are read by :class:`moofa.data.folder.ImageFiles` (symlink loops skipped, 16-bit and
+other unusual image modes converted to 8-bit RGB correctly).
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.datasets import ImageFolder
 
 from moofa.data.datasets import ensure_dataset
+from moofa.data.folder import ImageFiles
 from moofa.data.samplers import (
     SUB_SEED,
     DistributedSubsetSampler,
@@ -49,14 +54,18 @@ class BadImage(NamedTuple):
     reason: str
 
 
+_WARNED_IMAGES: set[str] = set()  # each corrupt file is named once per process
+
+
 class BadImageLog:
-    """Corrupt images met by a provider's loaders (main process): logged once per path,
-    counted per occurrence; ``fatal`` raises :class:`MoofaInputError` naming the first one."""
+    """Corrupt image files met by a provider's loaders (main process), counted as files (one
+    file re-read at several resolutions counts once) and logged once per process;
+    ``fatal`` raises :class:`MoofaInputError` naming the first one."""
 
     def __init__(self, fatal: bool = False) -> None:
         self.fatal = fatal
-        self.paths: set[str] = set()
-        self.count = 0
+        self.paths: set[str] = set()  # every corrupt file met
+        self._new: set[str] = set()   # ... since the last take()
 
     def report(self, bad: Sequence[BadImage]) -> None:
         for item in bad:
@@ -64,15 +73,16 @@ class BadImageLog:
             if self.fatal:
                 raise MoofaInputError(f"corrupt image ({reason}); set args.corrupt_images: skip to "
                                       "skip such files", file=path, key="args.corrupt_images")
-            self.count += 1
-            if path not in self.paths:
-                self.paths.add(path)
+            self.paths.add(path)
+            self._new.add(path)
+            if path not in _WARNED_IMAGES:
+                _WARNED_IMAGES.add(path)
                 log.warning("skipping corrupt image %s (%s)", path, reason)
 
-    def take(self) -> int:
-        """Images dropped since the last call."""
-        n, self.count = self.count, 0
-        return n
+    def take(self) -> set[str]:
+        """The corrupt files met since the last call."""
+        new, self._new = self._new, set()
+        return new
 
 
 def collate_skipping(batch: list) -> tuple:
@@ -205,7 +215,7 @@ class DataProvider:
     # -- datasets --------------------------------------------------------------------------------
     def _folder(self, split: str) -> ImageFolder:
         try:
-            return ImageFolder(str(self.root / split))
+            return ImageFiles(self.root / split)
         except (FileNotFoundError, OSError) as err:
             raise MoofaInputError(f"cannot read {self.root / split} as an ImageFolder ({err})",
                                   key="args.data_path", value=str(self.root)) from None

@@ -11,7 +11,8 @@ from; the reference's eval read ``checkpoint.pth.tar``, docs/design.md#departure
 evaluated at ``subnet_config.image_size``.
 
 Accuracy counts are all-reduced over ranks; forward time is synchronised after warm-up. Rank 0
-always writes ``info.json`` (the arch dict actually evaluated, not the YAML) and, with
+always writes ``info.json`` (the arch dict actually evaluated, not the YAML, and under ``data`` the
+images it was measured on: :func:`moofa.data.folder.data_fingerprint`) and, with
 ``draw_graphs``, the memory histogram and architecture plots, into
 ``<subnet_config.res_dir>/<subnet_config.name>/`` for the supernet and
 ``<subnet_config.res_dir>/<subnet_config.name>_teacher/`` for the teacher, so that the two never
@@ -26,6 +27,7 @@ from typing import Any
 
 from moofa.config import RunConfig
 from moofa.data import DataProvider
+from moofa.data.folder import data_fingerprint
 from moofa.efficiency import MemoryOptions
 from moofa.io import check_writable, write_json
 from moofa.models.bn_calibration import set_running_statistics
@@ -85,7 +87,8 @@ def run_eval(run: Run, backend: Any, which: str = "supernet") -> dict:
             "flops": report["flops"], "params": report["params"],
             "avg_forward_time": res.avg_forward_time, "config": arch.to_dict(), "model": spec.name,
             "network": which, "checkpoint": source, "random_sample": bool(sc.random_sample),
-            "memory_model": options.to_dict(), "units": units(options)}
+            "memory_model": options.to_dict(), "units": units(options),
+            "data": data_fingerprint(args, {"train": provider.train_folder, "val": provider.test_folder})}
     if backend.is_main:
         if sc.draw_graphs:
             draw_subnet_plots(spec, arch, out, report, n, accuracy=res.top1)

@@ -67,7 +67,8 @@ Files
 Inputs (no stale resume)
     Beside the dataset, ``<name>.recipe.json`` records what its records are measured with
     (:func:`dataset_recipe`): the model, the supernet checkpoint by content, the evaluation
-    subset, the BN re-calibration and data settings, the bins and the seed. A run that finds
+    subset, the BN re-calibration and data settings, the images of train/ and val/ (file list,
+    sizes, mtimes), the bins and the seed. A run that finds
     existing records with another recipe stops with exit 2 naming what changed;
     ``--overwrite`` deletes the dataset and starts it again. ``n_samples`` and
     ``max_attempts`` are not part of it: raising them extends the dataset. Records without a
@@ -108,14 +109,16 @@ from moofa.efficiency import (
     sample_feasible,
 )
 from moofa.errors import MoofaInputError, on_main_rank
+from moofa.data.folder import data_fingerprint
 from moofa.fingerprint import (
     change_message,
-    data_identity,
+    comparable,
     file_fingerprint,
     model_identity,
     normalise,
     read_fingerprint,
     same,
+    unrecorded_images,
     write_fingerprint,
 )
 from moofa.io import atomic_open
@@ -284,7 +287,7 @@ def dataset_recipe(spec: ModelSpec, dc: Mapping[str, Any], args: Mapping[str, An
     (a MemoryOptions) decides the bins' unit."""
     recipe = {"model_spec": model_identity(spec), "checkpoint": file_fingerprint(args["checkpoint"]),
               "dataset_config": {k: dc[k] for k in RECIPE_DATASET_KEYS},
-              "args": {k: args.get(k) for k in RECIPE_ARGS_KEYS}, "data": data_identity(args)}
+              "args": {k: args.get(k) for k in RECIPE_ARGS_KEYS}, "data": data_fingerprint(args)}
     if memory is not None and not memory.is_reference:  # the reference model keeps old recipes valid
         recipe["memory"] = dataclasses.asdict(memory)
     return normalise(recipe)
@@ -306,9 +309,12 @@ def check_recipe(paths: OutputPaths, recipe: Mapping[str, Any], overwrite: bool 
                     "this checkpoint and settings; new records are appended", paths.jsonl, side.name)
         return
     recorded = read_fingerprint(side)
-    if has_records and not same(recorded, recipe):
+    if has_records and unrecorded_images(recorded, recipe):
+        LOG.warning("%s records no image list (written before images were fingerprinted): its records "
+                    "are kept without checking the images; --overwrite measures them again", side)
+    if has_records and not same(recorded, comparable(recorded, recipe)):
         raise MoofaInputError(change_message(
-            f"the {paths.jsonl.name} records", recorded, recipe,
+            f"the {paths.jsonl.name} records", recorded, comparable(recorded, recipe),
             "rerun with --overwrite to measure the dataset again, or choose another dataset_config.output"),
             file=paths.jsonl)
     if not has_records:

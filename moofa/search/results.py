@@ -147,7 +147,8 @@ def run_from_infos(label: str, infos: Iterable[Mapping[str, Any]], where: str | 
 
 def read_run(res_dir: str | Path, label: str | None = None) -> Run:
     """Read every ``constraint_<int>/info.json`` under ``res_dir``; the label defaults to the
-    ``model`` recorded in the results, else the folder name. MoofaInputError if there is none."""
+    ``model`` recorded in the results, else the folder name. MoofaInputError if there is none,
+    or if the results name several models."""
     res_dir = Path(res_dir)
     if not res_dir.is_dir():
         raise MoofaInputError("results folder not found", file=res_dir)
@@ -163,6 +164,9 @@ def read_run(res_dir: str | Path, label: str | None = None) -> Run:
             models.add(str(info["model"]))
     if not infos:
         raise MoofaInputError(f"no constraint_<int>/{INFO_NAME} results in this folder", file=res_dir)
+    if len(models) > 1:
+        raise MoofaInputError(f"holds the results of {len(models)} models ({', '.join(sorted(models))}); "
+                              "give each model its own results folder", file=res_dir)
     if label is None:
         label = models.pop() if len(models) == 1 else res_dir.name
     return run_from_infos(label, infos, res_dir)

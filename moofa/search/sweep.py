@@ -15,7 +15,8 @@ Budgets and peaks are in the unit of the ``memory:`` model (elements by default,
 Resume: a constraint whose ``info.json`` records the same search is not searched again. The
 fingerprint (:func:`fingerprint`) holds the model, the constraint, the search and fitness
 settings, the predictor, the measured dataset of the robust fitness and (with evaluation) the
-supernet checkpoint *by content* (:mod:`moofa.fingerprint`), the data and BN-calibration settings,
+supernet checkpoint *by content* (:mod:`moofa.fingerprint`), the data (its image lists with sizes and
+mtimes, :func:`moofa.data.folder.data_fingerprint`) and BN-calibration settings,
 and the answer of the previous (smaller) budget that seeded this one. When an existing result
 records other inputs the run stops at once with exit 2, naming what changed; ``overwrite=True``
 (``--overwrite``) redoes every constraint instead. A result whose inputs agree but whose previous
@@ -38,7 +39,7 @@ from moofa.config import SearchSettings
 from moofa.efficiency import MemoryOptions
 from moofa.efficiency.limits import Limits, violations
 from moofa.errors import CheckpointError, ConfigError, MoofaInputError, on_main_rank
-from moofa.fingerprint import change_message, data_identity, file_fingerprint, model_identity, same
+from moofa.fingerprint import change_message, comparable, file_fingerprint, model_identity, same, unrecorded_images
 from moofa.io import clean_stale_temps, require_file, write_json
 from moofa.lock import OutputLock
 from moofa.models.spec import ModelSpec, SubnetConfig
@@ -51,6 +52,7 @@ from moofa.predictor import AccuracyPredictor
 from moofa.predictor.dataset import read_dataset
 import hashlib
 from moofa.data import DataProvider
+from moofa.data.folder import data_fingerprint
 from moofa.predictor.create import SubnetMeter
 from moofa.deploy import require_executorch
 from moofa.predictor.dataset import append_records
@@ -126,7 +128,7 @@ def search_inputs(cfg: Mapping[str, Any], spec: ModelSpec, args: Mapping[str, An
         if ckpt:
             require_file(ckpt, "checkpoint file", "args.checkpoint", CheckpointError)
         out["checkpoint"] = file_fingerprint(ckpt) if ckpt else None
-        out["data"] = {**data_identity(args), "bn_calib_images": args.get("bn_calib_images"),
+        out["data"] = {**data_fingerprint(args), "bn_calib_images": args.get("bn_calib_images"),
                        "bn_calib_batch_size": args.get("bn_calib_batch_size")}
     return out
 
@@ -202,16 +204,21 @@ def check_finished(res_dir: str | Path, fps: Mapping[int, Mapping[str, Any]], ov
             continue
         recorded = dict(info.get("fingerprint") or {})
         recorded.pop("previous", None)
-        if not same(recorded, fp):
+        if unrecorded_images(recorded, fp):
+            log.warning("%s records no image list (written before images were fingerprinted): reused "
+                        "without checking its images; --overwrite redoes it", path)
+        current = comparable(recorded, fp)
+        if not same(recorded, current):
             raise MoofaInputError(change_message(
-                f"this search result (constraint {c:,})", recorded, fp,
+                f"this search result (constraint {c:,})", recorded, current,
                 "rerun with --overwrite to redo the search, or choose another search_config.res_dir"),
                 file=path)
 
 
 def _done(info_path: Path, fp: Mapping[str, Any]) -> dict | None:
     info = _existing(info_path)
-    return info if info is not None and same(info.get("fingerprint"), fp) else None
+    recorded = None if info is None else info.get("fingerprint")
+    return info if info is not None and same(recorded, comparable(recorded, fp)) else None
 
 
 class _Context:

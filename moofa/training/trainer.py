@@ -414,10 +414,9 @@ class Trainer:
                                f"(best {100 * best:.3f}%), Train top-1 {100 * metrics['train_top1']:.3f}%, "
                                f"Train loss {metrics['train_loss']:.4f}\t{entries}")
             self.save_state(epoch, best, is_best)
-            skipped = self.backend.allreduce_sum_(
-                torch.tensor([float(self.provider.bad_images.take())], dtype=torch.float64))
+            skipped = set().union(*self.backend.allgather_object(self.provider.bad_images.take()))
             metrics.update(epoch=epoch + 1, seconds=round(time.time() - t0, 2),
-                           skipped_images=int(skipped[0].item()))
+                           skipped_images=len(skipped))
             self.log.record(**metrics)
             self.log.info(f"epoch {epoch + 1}/{self.n_epochs} loss {metrics['train_loss']:.4f} "
                           f"train top-1 {100 * metrics['train_top1']:.2f}% "
