@@ -16,12 +16,11 @@ from moofa.demo.checks import (
     teacher_info_path,
 )
 from moofa.demo.pipeline import (
-    CONFIG_DIR,
     DEFAULT_OUT,
     LABELS,
     MODEL_CONFIGS,
     QUICK_OUT,
-    ROOT,
+    SCRIPT_MODULES,
     STAGES_NAME,
     STATE_NAME,
     SUMMARY_NAME,
@@ -37,7 +36,7 @@ from moofa.demo.report import plot_memory_histograms, report_text, time_table
 
 __all__ = ["FINETUNE_TOLERANCE", "MAX_BASELINE_DROP", "MIN_TEACHER_ACCURACY", "Checks", "budget_rows",
            "collect_checks", "finetune_folder", "finetune_row", "predictor_metrics",
-           "scatter_path", "teacher_accuracy", "teacher_info_path", "CONFIG_DIR", "DEFAULT_OUT",
-           "LABELS", "MODEL_CONFIGS", "QUICK_OUT", "ROOT", "STAGES_NAME", "STATE_NAME",
+           "scatter_path", "teacher_accuracy", "teacher_info_path", "DEFAULT_OUT",
+           "LABELS", "MODEL_CONFIGS", "QUICK_OUT", "SCRIPT_MODULES", "STAGES_NAME", "STATE_NAME",
            "SUMMARY_NAME", "Runner", "Stage", "StageResult", "demo_config", "pipeline_stages",
            "run_demo", "write_demo_configs", "plot_memory_histograms", "report_text", "time_table"]
