@@ -157,8 +157,8 @@ def write_demo_configs(out: Path, labels: Sequence[str], quick: bool) -> dict[st
 # -------------------------------------------------------------------------------------- stages
 @dataclass
 class Stage:
-    """One process of the pipeline: shown as ``python <script> <args>``, run as
-    ``python -m <its module> <args>`` (:data:`SCRIPT_MODULES`) from the current folder."""
+    """One process of the pipeline: shown as ``python <script> <args>``, run from the current
+    folder as ``python -m <its module> <args>`` (a top-level script, :data:`SCRIPT_MODULES`)."""
 
     label: str
     name: str
@@ -167,7 +167,10 @@ class Stage:
     outputs: list[Path]
 
     def argv(self) -> list[str]:
-        return [sys.executable, "-m", SCRIPT_MODULES[self.script], *self.args]
+        """This interpreter running the script's module (:data:`SCRIPT_MODULES`), or any other
+        script file as given."""
+        module = SCRIPT_MODULES.get(self.script)
+        return [sys.executable, *(["-m", module] if module else [self.script]), *self.args]
 
     def shown(self) -> str:
         """The command as a user types it from the repository root (paths shortened)."""
