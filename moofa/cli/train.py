@@ -67,3 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run() -> int:
     """Console-script entry point: :func:`main` with the one-line error handling."""
     return run_cli(main)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

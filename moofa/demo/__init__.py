@@ -15,12 +15,11 @@ from moofa.demo.checks import (
     teacher_info_path,
 )
 from moofa.demo.pipeline import (
-    CONFIG_DIR,
     DEFAULT_OUT,
     LABELS,
     MODEL_CONFIGS,
     QUICK_OUT,
-    ROOT,
+    SCRIPT_MODULES,
     STAGES_NAME,
     STATE_NAME,
     SUMMARY_NAME,
@@ -36,7 +35,7 @@ from moofa.demo.report import plot_memory_histograms, report_text, time_table
 
 __all__ = ["ALPHA", "Checks", "baseline_check", "budget_rows",
            "collect_checks", "finetune_folder", "finetune_row", "predictor_metrics",
-           "scatter_path", "teacher_check", "teacher_info_path", "CONFIG_DIR", "DEFAULT_OUT",
-           "LABELS", "MODEL_CONFIGS", "QUICK_OUT", "ROOT", "STAGES_NAME", "STATE_NAME",
+           "scatter_path", "teacher_check", "teacher_info_path", "DEFAULT_OUT",
+           "LABELS", "MODEL_CONFIGS", "QUICK_OUT", "SCRIPT_MODULES", "STAGES_NAME", "STATE_NAME",
            "SUMMARY_NAME", "Runner", "Stage", "StageResult", "demo_config", "pipeline_stages",
            "run_demo", "write_demo_configs", "plot_memory_histograms", "report_text", "time_table"]

@@ -2,8 +2,10 @@
 pipeline on CPU, in minutes. Checks: :mod:`moofa.demo.checks`; report: :mod:`moofa.demo.report`.
 
 For each demo model (``MOOFA`` and its ``OFA`` baseline: ``configs/demo_<label>.yaml`` with the
-scaled-down supernets of ``configs/demo_model_configs.yaml``) it runs the top-level scripts as a
-user would type them, one process per stage::
+scaled-down supernets of ``configs/demo_model_configs.yaml``, read from the copies packaged in
+:mod:`moofa.resources`) it runs the steps of the top-level scripts, one process per stage, each as
+``python -m moofa.cli.<module>`` with this interpreter from the current folder (so an installed
+package needs no repository); logs show the command a user types::
 
     train.py --step teacher                                  (the teacher)
     eval_and_search.py --mode eval --model teacher           (its test accuracy)
@@ -59,12 +61,11 @@ from moofa.demo.checks import collect_checks, finetune_folder, scatter_path, tea
 from moofa.demo.report import plot_memory_histograms, report_text, short_path, tail_lines, time_table
 from moofa.errors import MoofaInputError
 from moofa.io import atomic_write_text
+from moofa.resources import resource_path
 from moofa.run import INFO_NAME, constraint_dir, final_phase_file, teacher_file
 from moofa.training.checkpoint import PHASE_ORDER
 
-ROOT = Path(__file__).resolve().parents[2]
-CONFIG_DIR = ROOT / "configs"
-MODEL_CONFIGS = CONFIG_DIR / "demo_model_configs.yaml"
+MODEL_CONFIGS = resource_path("demo_model_configs.yaml")
 LABELS: tuple[str, ...] = ("MOOFA", "OFA")
 DEFAULT_OUT = Path("demo_runs")
 QUICK_OUT = DEFAULT_OUT / "quick"
@@ -73,6 +74,14 @@ STATE_NAME = "demo.json"            # <out>/demo.json: mode of the run folder
 SUMMARY_NAME = "demo_summary.json"  # <out>/demo_summary.json: stages, times, checks
 STAGES_NAME = "demo_stages.json"    # <out>/<label>/demo_stages.json: finished stages
 STAGE_TIMEOUT_S = 4 * 3600          # one stage never runs longer than this
+# Each top-level script a stage shows -> the module a stage runs (``python -m``); the scripts are
+# thin wrappers around these modules' ``main``.
+SCRIPT_MODULES: dict[str, str] = {
+    "train.py": "moofa.cli.train",
+    "eval_and_search.py": "moofa.cli.eval_and_search",
+    "create_moofa_predictor_dataset.py": "moofa.cli.create_dataset",
+    "train_moofa_predictor.py": "moofa.cli.train_predictor",
+}
 
 # Keys holding paths (section, key); values starting with PATH_PREFIX are moved under --out.
 PATH_KEYS: tuple[tuple[str, str], ...] = (
@@ -119,7 +128,7 @@ def _relocate(value: Any, out: Path) -> Any:
 def demo_config(label: str, out: Path, quick: bool = False) -> dict:
     """The raw YAML of ``configs/demo_<label>.yaml`` with ``--quick`` overrides merged and every
     ``demo_runs/...`` path moved under ``out`` (absolute)."""
-    src = CONFIG_DIR / f"demo_{label}.yaml"
+    src = resource_path(f"demo_{label}.yaml")
     try:
         raw = yaml.safe_load(src.read_text())
     except OSError as err:
@@ -151,7 +160,8 @@ def write_demo_configs(out: Path, labels: Sequence[str], quick: bool) -> dict[st
 # -------------------------------------------------------------------------------------- stages
 @dataclass
 class Stage:
-    """One process of the pipeline: ``python <script> <args>`` run from the repository root."""
+    """One process of the pipeline: shown as ``python <script> <args>``, run from the current
+    folder as ``python -m <its module> <args>`` (a top-level script, :data:`SCRIPT_MODULES`)."""
 
     label: str
     name: str
@@ -160,7 +170,10 @@ class Stage:
     outputs: list[Path]
 
     def argv(self) -> list[str]:
-        return [sys.executable, str(ROOT / self.script), *self.args]
+        """This interpreter running the script's module (:data:`SCRIPT_MODULES`), or any other
+        script file as given."""
+        module = SCRIPT_MODULES.get(self.script)
+        return [sys.executable, *(["-m", module] if module else [self.script]), *self.args]
 
     def shown(self) -> str:
         """The command as a user types it from the repository root (paths shortened)."""
@@ -289,7 +302,7 @@ class Runner:
         with open(log, "a") as fh:
             fh.write(f"\n$ {shown}\n# {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
             fh.flush()
-            proc = subprocess.Popen(stage.argv(), cwd=ROOT, env=env, stdout=fh,
+            proc = subprocess.Popen(stage.argv(), cwd=Path.cwd(), env=env, stdout=fh,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
             with self._lock:
                 self._procs.add(proc)

@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from moofa.io import read_utf8
+from moofa.resources import resource_path
 
 MODELS: tuple[str, ...] = ("OFA", "CompOFA", "MOOFA_V1", "MOOFA_V2", "MOOFA_V3")
 N_STAGES = 5
@@ -282,7 +283,8 @@ def model_spec_from_entry(name: str, entry: Mapping[str, Any], source: str = "mo
                      listed=(tuple(sizes), tuple(written_ks), tuple(written_ex), tuple(written_depth)))
 
 
-DEFAULT_MODEL_CONFIGS = Path(__file__).resolve().parents[2] / "model_configs.yaml"
+# the packaged model_configs.yaml (the repository's top-level file is its documented copy)
+DEFAULT_MODEL_CONFIGS = resource_path("model_configs.yaml")
 
 _BUILTIN: dict[str, dict] = {
     "OFA": dict(model_class="OFAMobileNetV3", expand_list=[3, 4, 6]),
