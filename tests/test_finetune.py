@@ -118,7 +118,10 @@ def test_finetune_writes_its_folder_and_the_export_reproduces_it(searched):
     assert "already complete" in again.stderr
 
 
-def test_killed_finetune_resumes_to_the_same_weights(searched, tmp_path):
+@pytest.mark.parametrize("kill_after", [1, 2])
+def test_killed_finetune_resumes_to_the_same_weights(searched, tmp_path, kill_after):
+    """SIGKILL after ``kill_after`` validated epochs (of 4); the resumed launch, whose first
+    validation builds the BN-calibration batches again, ends on the same weights bit for bit."""
     project, _, _, _, folder, _, _ = searched
     other = tmp_path / "copy"
     other.mkdir()
@@ -129,12 +132,13 @@ def test_killed_finetune_resumes_to_the_same_weights(searched, tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 900  # generous: a loaded 2-core machine runs this 10x slower than idle
     while (time.time() < deadline and proc.poll() is None
-           and not (log.is_file() and len(log.read_text().splitlines()) >= 2)):
+           and not (log.is_file() and len(log.read_text().splitlines()) >= kill_after)):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = len(log.read_text().splitlines())
-    assert 2 <= done < 4 and not (other / "finetuned" / "info.json").exists()
+    assert kill_after <= done < 4 and not (other / "finetuned" / "info.json").exists()
+    assert "val_acc" in json.loads(log.read_text().splitlines()[done - 1])
     r = project.run("train.py", "--step", "finetune", "--subnet", str(other / "subnet.pth.tar"))
     assert "Resumed finetune from" in r.stderr and f"at epoch {done}" in r.stderr
     ref = torch.load(folder / "finetuned" / "subnet.pth.tar", weights_only=True)["state_dict"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -174,7 +175,7 @@ def tiny(tmp_path_factory):
 def _write(project, tag: str, **search) -> None:
     # test batch = 4 x 2 = 8 images: 5 batches of the 40 test images, 3 timed after 2 warm-up ones
     project.write(args=dict(base_batch_size=2), search_config=dict(constraints=TINY_CONSTRAINTS, res_dir=str(project.root / f"search_{tag}"),
-                                     append_measurements=False, **search),
+                                     **{"append_measurements": False, **search}),
                   subnet_config=dict(res_dir=str(project.root / f"eval_{tag}"), random_sample=True))
 
 
@@ -300,21 +301,64 @@ def test_search_killed_at_three_moments_ends_equal_to_an_uninterrupted_run(tiny)
     assert not list(res.rglob(".*.tmp*")) and not (res / ".moofa.lock").exists()
 
 
+def test_search_killed_after_a_budget_appends_every_measurement_once(tiny):
+    """Issue 22: SIGKILL once the first budget's info.json is written, then once the resumed run
+    has appended its measurements; the rerun completes, and a further rerun appends nothing. The
+    dataset ends line for line as after an uninterrupted sweep: the first budget's re-ranking
+    measurements (re-queued from its info.json) are there exactly once."""
+    project, spec = tiny
+    base = project.root / "measured_append.jsonl"
+    _measured_dataset(project, spec, base, seed=11)
+    data = {tag: project.root / f"measured_{tag}.jsonl" for tag in ("append_ref", "append_kill")}
+    for tag, path in data.items():
+        shutil.copy(base, path)
+        _write(project, tag, export=False, acc_dataset_path=str(path), append_measurements=True)
+        if tag == "append_ref":
+            project.run("eval_and_search.py", "--mode", "search")
+    expected = data["append_ref"].read_text().splitlines()
+    added = [json.loads(line) for line in expected[len(base.read_text().splitlines()):]]
+    first = project.root / "search_append_kill" / f"constraint_{TINY_CONSTRAINTS[0]}" / "info.json"
+    assert project.kill_when("eval_and_search.py", "--mode", "search", when=first.is_file)
+    assert data["append_kill"].read_text() == base.read_text()  # nothing appended yet
+    info = json.loads(first.read_text())
+    new = [SubnetConfig.from_dict(r["config"]) for r in info["rerank"] if r["newly_measured"]]
+    assert new, "the first budget measured nothing: the test would not fail"
+    # the first budget's measurements are in the uninterrupted sweep's appends
+    assert [SubnetConfig.from_dict(r) for r in added[:len(new)]] == new
+    assert all(r["source"] == "search re-ranking" for r in added)
+    size = base.stat().st_size
+    project.kill_when("eval_and_search.py", "--mode", "search",  # after the append, if not ended
+                      when=lambda: data["append_kill"].stat().st_size > size)
+    for _ in range(2):
+        project.run("eval_and_search.py", "--mode", "search")
+        assert data["append_kill"].read_text().splitlines() == expected
+    for c in TINY_CONSTRAINTS:  # and the same answers
+        ref, got = (json.loads((project.root / f"search_{tag}" / f"constraint_{c}" / "info.json").read_text())
+                    for tag in data)
+        assert (got["config"], got["real_accuracy"], got["rerank"]) == (ref["config"], ref["real_accuracy"], ref["rerank"])
+
+
+def _measured_dataset(project, spec, path: Path, seed: int = 7) -> list[SubnetConfig]:
+    """12 random subnets written to ``path`` as measured 10 pp below the project's predictor."""
+    from moofa.predictor import make_record
+    space, rng = SearchSpace(spec), random.Random(seed)
+    rows = [SubnetConfig(r.ks, r.e, r.d, 32) for r in (space.sample(rng) for _ in range(12))]
+    pred = AccuracyPredictor.load(project.config["search_config"]["acc_predictor_checkpoint"], spec).predict(rows)
+    path.write_text("".join(json.dumps(make_record(r, float(p) - 0.1, model=spec.name)) + "\n"
+                            for r, p in zip(rows, pred)))
+    return rows
+
+
 def test_exported_subnet_reproduces_the_reported_top1_after_the_baseline_is_measured(tiny):
     """With measured subnets in the dataset, the best one under each budget (the baseline) is also
     measured on the test images after the answer; the exported subnet must still be the answer as
     measured (its own BN statistics), so evaluated alone it gives ``real_accuracy`` exactly."""
     from moofa.data import DataProvider
-    from moofa.predictor import make_record
     from moofa.training.evaluate import evaluate
     project, spec = tiny
     data = project.root / "measured_base.jsonl"
-    space, rng = SearchSpace(spec), random.Random(7)
-    rows = [SubnetConfig(r.ks, r.e, r.d, 32) for r in (space.sample(rng) for _ in range(12))]
     # measured 10 pp below the predictor: the search prefers unmeasured candidates near them
-    pred = AccuracyPredictor.load(project.config["search_config"]["acc_predictor_checkpoint"], spec).predict(rows)
-    data.write_text("".join(json.dumps(make_record(r, float(p) - 0.1, model=spec.name)) + "\n"
-                            for r, p in zip(rows, pred)))
+    _measured_dataset(project, spec, data)
     _write(project, "base", export=["subnet"], acc_dataset_path=str(data), rerank_top_k=0, pessimism=0.0,
            bound_margin_pp=20.0)
     project.run("eval_and_search.py", "--mode", "search")

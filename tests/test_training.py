@@ -282,3 +282,50 @@ def test_unusable_config_is_one_error_line_and_creates_nothing(tmp_path, capsys,
     err = [line for line in capsys.readouterr().err.strip().splitlines() if line]
     assert rc == 2 and len(err) == 1 and err[0].startswith(f"error: {cfg}: {expect}"), err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]
+
+
+def _kernel_project(root: Path):
+    """A tiny project whose kernel phase (5 epochs, validated every 2nd and after the last) starts
+    from a random teacher written like ``train.py --step teacher`` would."""
+    from moofa.models import build_supernet
+    from moofa.models.spec import get_model_spec
+    project = make_tiny_project(root, args={"validation_frequency": 2},
+                                args_per_task={"kernel_1": {"n_epochs": 5}})
+    torch.manual_seed(0)
+    teacher = build_supernet(get_model_spec("TINY", project.model_config_path), n_classes=4).build_teacher()
+    path = root / "run" / "teacher" / "checkpoint" / "model_best.pth.tar"
+    path.parent.mkdir(parents=True)
+    torch.save({"state_dict": teacher.state_dict()}, path)
+    return project
+
+
+def test_phase_killed_after_a_validation_resumes_bit_identical(tmp_path) -> None:
+    """Issue 22: SIGKILL after a validation epoch; the resumed launch builds its BN-calibration
+    batches again at its first validation, which must not shift the global RNG: every epoch's loss
+    and the final weights equal an uninterrupted run's bit for bit."""
+    runs = {}
+    for name in ("whole", "killed"):
+        project = _kernel_project(tmp_path / name)
+        log = tmp_path / name / "run" / "logs" / "log.jsonl"
+        if name == "killed":
+            def validated() -> bool:  # epoch 2 (validated) logged: now inside epoch 3
+                lines = log.read_text().splitlines() if log.is_file() else []
+                return len(lines) >= 2 and "val_acc" in json.loads(lines[1])
+            assert project.kill_when("train.py", "--step", "kernel", "--phase", "1", when=validated)
+            done = len(log.read_text().splitlines())
+            assert 2 <= done <= 3, done  # a validation in the resumed launch, then an epoch of training
+            r = project.run("train.py", "--step", "kernel", "--phase", "1")
+            assert f"at epoch {done}" in r.stderr
+        else:
+            project.run("train.py", "--step", "kernel", "--phase", "1")
+        records = [json.loads(line) for line in log.read_text().splitlines()]
+        weights = torch.load(tmp_path / name / "run" / "checkpoint" / "checkpoint-kernel_1.pth.tar",
+                             weights_only=True)["state_dict"]
+        runs[name] = records, weights
+    (whole, ref), (killed, got) = runs["whole"], runs["killed"]
+    assert [r["epoch"] for r in killed] == [1, 2, 3, 4, 5] and [r["epoch"] for r in whole] == [1, 2, 3, 4, 5]
+    assert [r["train_loss"] for r in killed] == [r["train_loss"] for r in whole]
+    assert [r.get("val_acc") for r in killed] == [r.get("val_acc") for r in whole]
+    assert ref.keys() == got.keys()
+    differ = [k for k in ref if not torch.equal(ref[k], got[k])]
+    assert not differ, f"{len(differ)} of {len(ref)} tensors differ, e.g. {differ[:3]}"

@@ -5,7 +5,10 @@ elastic-resolution batch sampler (one size per batch, drawn in the main process)
 augmentation at that size. Validation loader: the held-out training images (``valid_size``) with
 the test transform, or the test loader when ``valid_size`` is null. Test loader: ``val/``, sharded
 in unpadded shards when there are several processes (exact all-reduced counts). BN-calibration batches: a fixed
-subset of the training folder, augmented deterministically, cached per resolution.
+subset of the training folder, augmented deterministically, cached per resolution. Only the
+training loader draws from the global torch RNG (saved in the resume state); the others use a
+private generator, so a resumed launch, which builds its calibration batches again, trains bit for
+bit as an uninterrupted one.
 
 Corrupt images: an image file that does not decode (truncated JPEG, not an image) is dropped
 from its batch by every loader of the provider; its path is logged once per process and
@@ -44,6 +47,7 @@ from moofa.errors import MoofaInputError
 
 IMAGENETTE_IMAGENET_IDS = (0, 217, 482, 491, 497, 566, 569, 571, 574, 701)
 _MASK63 = (1 << 63) - 1
+EVAL_LOADER_SEED = 0  # private generator of the non-training loaders (their worker seeds only)
 log = logging.getLogger("moofa.data")
 
 
@@ -228,7 +232,13 @@ class DataProvider:
               item_seed: int | None = None) -> ResolutionDataset:
         return ResolutionDataset(folder, make_tf, size, self.label_map, item_seed)
 
-    def _loader(self, dataset: Dataset, **kw: Any) -> DataLoader:
+    def _loader(self, dataset: Dataset, global_rng: bool = False, **kw: Any) -> DataLoader:
+        """A loader with the provider's workers, pinning and corrupt-image handling. Unless
+        ``global_rng`` (the training loader) it draws its per-iteration seed from a private
+        generator: iterating it leaves the global torch RNG untouched, so validation and BN
+        calibration (whose batches a resumed launch builds again) never shift training's draws."""
+        if not global_rng:
+            kw.setdefault("generator", torch.Generator().manual_seed(EVAL_LOADER_SEED))
         return SkippingLoader(dataset, num_workers=self.n_worker, pin_memory=self.pin_memory,
                               bad_images=self.bad_images, **kw)
 
@@ -252,7 +262,7 @@ class DataProvider:
                 sampler, self.train_batch_size, self.candidates, drop_last=False,
                 sync=not self.args.get("not_sync_distributed_image_size", False), rank=self.rank)
             self._train_loader = self._loader(self._view(self.train_folder, self._train_tf, self.max_size),
-                                              batch_sampler=batches,
+                                              global_rng=True, batch_sampler=batches,
                                               persistent_workers=self.n_worker > 0)
         if epoch is not None:
             self._train_loader.batch_sampler.set_epoch(epoch)

@@ -22,6 +22,9 @@ records other inputs the run stops at once with exit 2, naming what changed; ``o
 (``--overwrite``) redoes every constraint instead. A result whose inputs agree but whose previous
 budget's answer differs (that budget was redone) is searched again. With ``evaluate: false``
 neither the supernet checkpoint nor the dataset is read, and ``real_accuracy`` is null.
+The re-ranking measurements go to ``acc_dataset_path`` after the last budget; a resumed sweep
+re-queues those of the budgets it skips (their ``info.json``) and appends only rows the file does
+not hold yet (:func:`append_measurements`): each is there exactly once, interrupted or not.
 
 Before any work rank 0 checks ``res_dir`` writable, takes its lock (:class:`moofa.lock.OutputLock`:
 a second search into the same folder stops with exit 2 naming the first one's pid and host) and
@@ -322,9 +325,9 @@ def _sweep(run: Run, spec: ModelSpec, backend: Any, overwrite: bool,
     if backend.is_main and ctx.new_records and sc["append_measurements"]:
         path = Path(sc["acc_dataset_path"])
         if path.suffix.lower() == ".jsonl":
-            n = append_records(path, ctx.new_records, spec)
-            log.info("appended %d re-ranking measurement(s) to %s (retrain the predictor and search "
-                     "again for the next round)", n, path)
+            n = append_measurements(path, ctx.new_records, spec)
+            log.info("appended %d re-ranking measurement(s) to %s (%d already there; retrain the "
+                     "predictor and search again for the next round)", n, path, len(ctx.new_records) - n)
         else:
             log.warning("re-ranking measurements not appended: %s is not a .jsonl dataset", path)
     if backend.is_main:
@@ -333,6 +336,40 @@ def _sweep(run: Run, spec: ModelSpec, backend: Any, overwrite: bool,
             log.info("wrote %s", p)
     backend.barrier()
     return infos
+
+
+def _record_key(rec: Mapping[str, Any]) -> str:
+    """A dataset row by content (key order aside): the same measurement gives the same key."""
+    return json.dumps(rec, sort_keys=True)
+
+
+def append_measurements(path: Path, records: list[dict], spec: ModelSpec) -> int:
+    """Append to ``path`` the re-ranking ``records`` (:data:`RERANK_SOURCE` rows) that it does not
+    hold yet (:func:`_record_key`); returns how many were appended. A resumed sweep re-queues the
+    measurements of the budgets it skips (their ``info.json`` ``rerank`` rows), so each one is in
+    the dataset exactly once whether the sweep was killed before, during or after its append."""
+    have: set[str] = set()
+    if path.is_file():
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(rec, dict) and rec.get("source") == RERANK_SOURCE:
+                    have.add(_record_key(rec))
+    new = []
+    for rec in records:
+        key = _record_key(rec)
+        if key not in have:
+            have.add(key)
+            new.append(rec)
+    return append_records(path, new, spec)
+
+
+def _rerank_record(ctx: _Context, config: SubnetConfig, accuracy: float) -> dict:
+    """The dataset row of one re-ranking measurement (selection top-1, a fraction)."""
+    return dict(subnet_record(ctx.spec, config, accuracy, ctx.n_classes), source=RERANK_SOURCE)
 
 
 def _measure(ctx: _Context, configs: list[SubnetConfig]) -> list[float]:
@@ -376,7 +413,7 @@ def _rerank(ctx: _Context, c: int, found: Individual, top: list[Individual],
         pool[i] = (cfg, acc, pool[i][2])
         ctx.selection_measured[ctx.key(cfg)] = acc
 
-        ctx.new_records.append(dict(subnet_record(ctx.spec, cfg, acc, ctx.n_classes), source=RERANK_SOURCE))
+        ctx.new_records.append(_rerank_record(ctx, cfg, acc))
     rows = []
     for i, (cfg, acc, row) in enumerate(pool):
         rows.append(dict(row, config=cfg.to_dict(), selection_accuracy=acc, newly_measured=i in todo))
@@ -406,7 +443,10 @@ def _one_constraint(ctx: _Context, c: int, previous: Mapping[str, Any] | None, o
             log.info("constraint %s: already done with the same inputs (%s), skipping", f"{c:,}", out / INFO_NAME)
         for row in done.get("rerank", []):
             if row.get("selection_accuracy") is not None:
-                ctx.selection_measured[ctx.key(SubnetConfig.from_dict(row["config"]))] = row["selection_accuracy"]
+                measured = SubnetConfig.from_dict(row["config"])
+                ctx.selection_measured[ctx.key(measured)] = row["selection_accuracy"]
+                if row.get("newly_measured"):  # re-queued: appended once, at the end (append_measurements)
+                    ctx.new_records.append(_rerank_record(ctx, measured, row["selection_accuracy"]))
         return done
     ctx.fitness.clear_cache()  # each budget scored as in an uninterrupted sweep (see clear_cache)
     payload = None
