@@ -8,7 +8,7 @@
   forwards, ``convert_pt2e``), exported again and lowered with the ``XnnpackPartitioner``. The
   delegate is required: the portable kernels have no out variants of the
   ``quantized_decomposed`` ops. XNNPACK owns its working memory, so the int8 plan counts only
-  what ExecuTorch itself places (see docs in the README, "Deploying the found subnet").
+  what ExecuTorch itself places (docs/deploy.md).
 
 Both programs take one image (batch 1, 3 x R x R, float32) and return the logits. Graph input
 and output are not planned (``alloc_graph_input/output=False``): the caller owns those buffers.

@@ -48,7 +48,7 @@ def single_op_pooling() -> Iterator[None]:
 
     The XNNPACK quantiser and partitioner know that op but not a pair of ``mean`` over one
     dimension each: with the reference's two means the int8 program fell apart into 14 delegate
-    calls with fp32 pooling between them (README, "Deploying the found subnet"). Used by ``torch.export`` in
+    calls with fp32 pooling between them (docs/deploy.md). Used by ``torch.export`` in
     :mod:`moofa.deploy`; training and evaluation keep the reference's order."""
     global _SINGLE_OP_POOLING
     before, _SINGLE_OP_POOLING = _SINGLE_OP_POOLING, True
