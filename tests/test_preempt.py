@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -112,21 +113,29 @@ def test_a_stop_that_hangs_is_forced_after_the_grace_period():
 
 
 @pytest.mark.distributed
-def test_sigterm_under_torchrun_stops_every_rank_and_resumes(tmp_path):
-    """torchrun forwards the SIGTERM to both ranks: they stop within the bound, rank 0 says so
-    once and releases the lock, and the same command resumes from the last epoch."""
+@pytest.mark.parametrize("launcher", ["torchrun", "horovod"])
+def test_sigterm_under_a_launcher_stops_every_rank_and_resumes(tmp_path, launcher):
+    """The launcher forwards the SIGTERM to both ranks: they stop within the bound, rank 0 says
+    so once and releases the lock, and the same command resumes from the last epoch."""
+    if launcher == "horovod":
+        pytest.importorskip("horovod.torch", reason="Horovod is built by `make test` (scripts/install_horovod.sh)")
     project = make_tiny_project(tmp_path, args_per_task={"teacher": {"n_epochs": 3}})
     log = tmp_path / "run" / "teacher" / "logs" / "log.jsonl"
     lock = tmp_path / "run" / "teacher" / "checkpoint" / LOCK_NAME
     cmd = ("train.py", "--step", "teacher")
-    stopped = project.signal_when(*cmd, nproc=2, when=lambda: log.is_file() and len(log.read_text().splitlines()) >= 1)
+    stopped = project.signal_when(*cmd, nproc=2, launcher=launcher, when=lambda: log.is_file() and len(log.read_text().splitlines()) >= 1)
     assert stopped is not None, "the run ended before its SIGTERM"
-    lines = [line for line in stopped.stderr.splitlines() if line.startswith("stopped by")]
+    # horovodrun prefixes each line with its rank
+    lines = [line for line in (re.sub(r"^\[\d+\]<stderr>:", "", x) for x in stopped.stderr.splitlines())
+             if line.startswith("stopped by")]
     assert lines in (["stopped by SIGTERM at epoch 2/3 (teacher); rerun the same command to resume"],
                      ["stopped by SIGTERM at epoch 1/3 (teacher); rerun the same command to resume"]), \
         stopped.stderr[-3000:]
     assert stopped.stop_seconds < preempt.DEFAULT_GRACE and not lock.exists()
-    rerun = project.run(*cmd, nproc=2)
+    if launcher == "horovod":  # it reports each rank's exit status
+        assert "Process 0 exit with status code 143" in stopped.stdout
+        assert "Process 1 exit with status code 143" in stopped.stdout
+    rerun = project.run(*cmd, nproc=2, launcher=launcher)
     assert "Resumed teacher" in rerun.stderr and not lock.exists()
     assert [json.loads(x)["epoch"] for x in log.read_text().splitlines()] == [1, 2, 3]
 

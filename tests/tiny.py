@@ -114,13 +114,13 @@ class TinyProject:
         return self.signal_when(script, *args, when=when, sig=signal.SIGKILL, timeout=timeout) is not None
 
     def signal_when(self, script: str, *args: str, when: Callable[[], bool], sig: int = signal.SIGTERM,
-                    nproc: int = 1, timeout: float = 900, stop_timeout: float = 60
-                    ) -> subprocess.CompletedProcess | None:
-        """Start a top-level script with this project's config (under torchrun when ``nproc`` >
-        1) and send it ``sig`` as soon as ``when()`` holds (polled every 10 ms). Returns the
+                    nproc: int = 1, launcher: str = "torchrun", timeout: float = 900,
+                    stop_timeout: float = 60) -> subprocess.CompletedProcess | None:
+        """Start a top-level script with this project's config (under ``launcher`` when ``nproc``
+        > 1) and send it ``sig`` as soon as ``when()`` holds (polled every 10 ms). Returns the
         ended process (exit status, stdout, stderr; ``stop_seconds``: from the signal to the
         exit, at most ``stop_timeout``) or None when it ended before the signal."""
-        cmd = self.command(script, *args, nproc=nproc)
+        cmd = self.command(script, *args, nproc=nproc, launcher=launcher)
         with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
             proc = subprocess.Popen(cmd, cwd=self.root, env=script_env(), stdout=out, stderr=err)
             try:
