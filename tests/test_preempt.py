@@ -17,7 +17,7 @@ from moofa import preempt
 from moofa.cli.common import run_cli
 from moofa.lock import LOCK_NAME, OutputLock
 
-from tiny import PYTHON, ROOT, make_tiny_project, script_env, stopped_at
+from tiny import PYTHON, ROOT, make_tiny_project, script_env
 
 
 def _job(folder: Path, sig: int, reached: list[int], then=None):
