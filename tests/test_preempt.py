@@ -138,4 +138,3 @@ def test_sigterm_under_a_launcher_stops_every_rank_and_resumes(tmp_path, launche
     rerun = project.run(*cmd, nproc=2, launcher=launcher)
     assert "Resumed teacher" in rerun.stderr and not lock.exists()
     assert [json.loads(x)["epoch"] for x in log.read_text().splitlines()] == [1, 2, 3]
-
