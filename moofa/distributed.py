@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from moofa.errors import MoofaInputError
+from moofa.preempt import stop_signal
 import torch.distributed as dist
 
 __all__ = [
@@ -307,9 +308,11 @@ class TorchBackend(Backend):
 
     def shutdown(self) -> None:
         """Wait for every rank, then tear the group down (a rank leaving while another still
-        talks to it can abort gloo at exit)."""
+        talks to it can abort gloo at exit). A rank that is stopping (moofa.preempt) does not
+        wait: the others may be stopping inside another collective."""
         if self._dist.is_initialized():
-            self._dist.barrier()
+            if stop_signal() is None:
+                self._dist.barrier()
             self._dist.destroy_process_group()
 
     def distributed_optimizer(self, optimizer, named_parameters=None, backward_passes_per_step=1,

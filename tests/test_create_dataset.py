@@ -388,3 +388,32 @@ def test_missing_checkpoint_exits_2(tiny) -> None:
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "nope.pth.tar" in lines[0]
+
+
+def test_sigterm_at_three_moments_ends_equal_to_an_uninterrupted_run(tiny, single_run) -> None:
+    """Issue 22: SIGTERM while planning (the lock taken), after 3 and after 7 records. Each
+    stopped run exits 143 with one ``stopped by SIGTERM at subnet k/10`` line (k: the subnet in
+    flight, whose measurement is abandoned) and releases its lock; the rerun completes the file
+    with the uninterrupted run's records."""
+    from tiny import stopped_at
+
+    out = tiny.project.root / "sigterm.jsonl"
+    lock = out.parent / f".{out.name}.lock"
+    tiny.project.write(dataset_config={"output": str(out)})
+
+    def n_records() -> int:
+        return len(out.read_text().splitlines()) if out.is_file() else 0
+
+    for i, n in enumerate([0, 3, 7]):
+        stopped = tiny.project.signal_when(SCRIPT, when=lock.is_file if n == 0 else lambda: n_records() >= n)
+        assert stopped is not None, f"run {i} ended before its SIGTERM"
+        where = stopped_at(stopped)
+        if n == 0:
+            assert where is None
+        else:  # the subnet in flight, or the one just appended
+            assert where in (f"subnet {n_records() + 1}/{N_SAMPLES}", f"subnet {n_records()}/{N_SAMPLES}"), where
+        assert not lock.exists() and stopped.stop_seconds < 30
+    assert 7 <= n_records() < N_SAMPLES
+    rerun = tiny.project.run(SCRIPT)
+    assert "taking over the stale lock" not in rerun.stderr
+    assert _records(out) == single_run[1] and not lock.exists()

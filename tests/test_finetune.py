@@ -290,3 +290,24 @@ def test_deploy_accepts_the_result_folder_fine_tuning_accepts(tmp_path, capsys, 
     assert run_cli(deploy_main.main, [*argv[:1], str(folder / "subnet.pth.tar"), *argv[2:]]) == 0
     assert seen[-1] == folder / "subnet.pth.tar"
     assert FinetuneSource is SubnetSource and SubnetSource.resolve(folder).kind == "constraint_folder"
+def test_sigterm_stops_finetune_cleanly_and_it_resumes_to_the_same_weights(searched, tmp_path):
+    """Issue 22: SIGTERM in epoch 2 of 4: exit 143, one ``stopped by SIGTERM at epoch 2/4
+    (finetune)`` line, the lock beside finetuned/ released; the same command ends with the
+    uninterrupted fine-tuning's weights."""
+    from tiny import stopped_at
+
+    project, _, _, _, folder, _, _ = searched
+    other = tmp_path / "term"
+    other.mkdir()
+    shutil.copy(folder / "subnet.pth.tar", other / "subnet.pth.tar")
+    log = other / "finetuned" / "logs" / "log.jsonl"
+    cmd = ("train.py", "--step", "finetune", "--subnet", str(other / "subnet.pth.tar"))
+    stopped = project.signal_when(*cmd, when=lambda: log.is_file() and len(log.read_text().splitlines()) >= 1)
+    assert stopped is not None, "the run ended before its SIGTERM"
+    assert stopped_at(stopped) in ("epoch 2/4 (finetune)", "epoch 1/4 (finetune)")
+    assert not (other / ".moofa-finetune.lock").exists() and not (other / "finetuned" / "info.json").exists()
+    r = project.run(*cmd)
+    assert "Resumed finetune from" in r.stderr
+    ref = torch.load(folder / "finetuned" / "subnet.pth.tar", weights_only=True)["state_dict"]
+    got = torch.load(other / "finetuned" / "subnet.pth.tar", weights_only=True)["state_dict"]
+    assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)

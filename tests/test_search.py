@@ -606,3 +606,31 @@ def test_search_with_a_nan_predictor_is_one_error_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1, err
     assert err[0].startswith(f"error: {ck}: predictor returned a non-finite accuracy")
+def test_search_sigterm_at_three_moments_ends_equal_to_an_uninterrupted_run(tiny):
+    """Issue 22: SIGTERM at start-up (the lock taken), while the first budget writes its outputs
+    and during the second budget. Each stopped run exits 143 with one ``stopped by SIGTERM at
+    budget k/2 (constraint c)`` line and releases its lock; the rerun completes: every info.json
+    (timings aside) and the summary equal an uninterrupted run's."""
+    from tiny import stopped_at
+
+    project, _ = tiny
+    _write(project, "ref", export=False)
+    if not (project.root / "search_ref" / "summary.csv").is_file():  # the SIGKILL test's, if it ran
+        project.run("eval_and_search.py", "--mode", "search")
+    expected = _results(project, "ref")
+    _write(project, "term", export=False)
+    res = project.root / "search_term"
+    first = res / f"constraint_{TINY_CONSTRAINTS[0]}"
+    budget = [f"budget {i + 1}/2 (constraint {c:,})" for i, c in enumerate(TINY_CONSTRAINTS)]
+    lock = res / ".moofa.lock"
+    for i, (when, at) in enumerate([(lock.is_file, {None}), (first.is_dir, {budget[0]}),
+                                    ((first / "info.json").is_file, set(budget))]):
+        stopped = project.signal_when("eval_and_search.py", "--mode", "search", when=when)
+        assert stopped is not None, f"run {i} ended before its SIGTERM"
+        assert stopped_at(stopped) in at
+        assert not lock.exists() and stopped.stop_seconds < 30
+    assert not (res / f"constraint_{TINY_CONSTRAINTS[1]}" / "info.json").exists()
+    rerun = project.run("eval_and_search.py", "--mode", "search")
+    assert "taking over the stale lock" not in rerun.stderr and "already done with the same inputs" in rerun.stderr
+    assert _results(project, "term") == expected
+    assert not list(res.rglob(".*.tmp*")) and not lock.exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import time
@@ -329,3 +330,70 @@ def test_phase_killed_after_a_validation_resumes_bit_identical(tmp_path) -> None
     assert ref.keys() == got.keys()
     differ = [k for k in ref if not torch.equal(ref[k], got[k])]
     assert not differ, f"{len(differ)} of {len(ref)} tensors differ, e.g. {differ[:3]}"
+
+
+def _state(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _assert_identical(a, b, where: str = "") -> None:
+    """Nested dicts/lists of tensors and numbers equal bit for bit."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for k in a:
+            _assert_identical(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_identical(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def test_sigterm_at_three_moments_resumes_to_the_uninterrupted_weights(tmp_path) -> None:
+    """Issue 22: SIGTERM at start-up (the lock taken), in epoch 2 and in epoch 3 of kernel_1
+    (3 epochs, validated after the last one, as the demo's phases). Each stopped launch exits 143
+    with one ``stopped by SIGTERM at epoch k/3 (kernel_1)`` line and leaves no lock; the rerun
+    ends with the uninterrupted launch's weights and optimizer state, bit for bit."""
+    from moofa.models import build_supernet
+    from moofa.models.spec import get_model_spec
+    from tiny import stopped_at
+
+    project = make_tiny_project(tmp_path, args_per_task={"kernel_1": {"n_epochs": 3, "validation_frequency": 3}})
+    teacher = tmp_path / "run" / "teacher" / "checkpoint" / "model_best.pth.tar"
+    teacher.parent.mkdir(parents=True)
+    torch.manual_seed(0)
+    spec = get_model_spec("TINY", project.model_config_path)
+    torch.save({"state_dict": build_supernet(spec, n_classes=4).build_teacher().state_dict()}, teacher)
+    cmd = ("train.py", "--step", "kernel", "--phase", "1")
+
+    def phase(name: str) -> tuple[Path, Path, Path]:
+        """(final weights, resume state, log) of kernel_1 under args.path ``name``"""
+        run = tmp_path / name
+        project.write(args={"path": str(run)})
+        return (run / "checkpoint" / "checkpoint-kernel_1.pth.tar",
+                run / "checkpoint" / "kernel_1" / "checkpoint.pth.tar", run / "logs" / "log.jsonl")
+
+    final_ref, state_ref, _ = phase("ref")
+    project.run(*cmd)
+    final, state, log = phase("stopped")
+    lock = state.parent / ".moofa.lock"
+
+    def epochs_done() -> int:
+        return len(log.read_text().splitlines()) if log.is_file() else 0
+
+    for i, (when, at) in enumerate([(lock.is_file, {None}), (lambda: epochs_done() >= 1, {1, 2}),
+                                    (lambda: epochs_done() >= 2, {2, 3})]):
+        stopped = project.signal_when(*cmd, when=when)
+        assert stopped is not None, f"run {i} ended before its SIGTERM"
+        where = stopped_at(stopped)
+        assert (where if where is None else int(re.fullmatch(r"epoch (\d)/3 \(kernel_1\)", where)[1])) in at, where
+        assert not lock.exists() and not final.exists() and stopped.stop_seconds < 30
+    assert _state(state)["epoch"] + 1 == epochs_done() == 2
+    rerun = project.run(*cmd)
+    assert "Resumed kernel_1" in rerun.stderr and "at epoch 2" in rerun.stderr
+    _assert_identical(_state(final_ref)["state_dict"], _state(final)["state_dict"], "state_dict")
+    _assert_identical(_state(state_ref)["optimizer"], _state(state)["optimizer"], "optimizer")
+    assert not lock.exists() and [json.loads(x)["epoch"] for x in log.read_text().splitlines()] == [1, 2, 3]

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,11 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
+
+
+def script_env() -> dict[str, str]:
+    """The environment of the scripts the tests start: unbuffered, wandb offline, one thread."""
+    return dict(os.environ, PYTHONUNBUFFERED="1", WANDB_MODE="offline", OMP_NUM_THREADS="1")
 
 TINY_MODELS = {
     "TINY": dict(model_class="OFAMobileNetV3CtV3", expand_list=[2, 3, 4], ks_list=[3, 5, 7],
@@ -79,47 +86,61 @@ class TinyProject:
         self.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         return self.config_path
 
-    def run(self, script: str, *args: str, nproc: int = 1, launcher: str = "torchrun",
-            timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
-        """Run a top-level script (train.py, ...) with this project's config."""
+    def command(self, script: str, *args: str, nproc: int = 1, launcher: str = "torchrun") -> list[str]:
+        """The command line of a top-level script (train.py, ...) with this project's config,
+        under ``launcher`` (torchrun or horovod) when ``nproc`` > 1."""
         cmd = [str(ROOT / script), "--config", str(self.config_path),
                "--model_config_path", str(self.model_config_path), *args]
         if nproc > 1 and launcher == "torchrun":
-            cmd = [PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-                   "--master_port", str(free_port()), *cmd]
-        elif nproc > 1:
-            cmd = [str(Path(PYTHON).parent / "horovodrun"), "-np", str(nproc), "--gloo", PYTHON, *cmd]
-        else:
-            cmd = [PYTHON, *cmd]
-        env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_MODE="offline", OMP_NUM_THREADS="1")
-        proc = subprocess.run(cmd, cwd=self.root, env=env, capture_output=True, text=True, timeout=timeout)
+            return [PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+                    "--master_port", str(free_port()), *cmd]
+        if nproc > 1:
+            return [str(Path(PYTHON).parent / "horovodrun"), "-np", str(nproc), "--gloo", PYTHON, *cmd]
+        return [PYTHON, *cmd]
+
+    def run(self, script: str, *args: str, nproc: int = 1, launcher: str = "torchrun",
+            timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+        """Run a top-level script (train.py, ...) with this project's config."""
+        cmd = self.command(script, *args, nproc=nproc, launcher=launcher)
+        proc = subprocess.run(cmd, cwd=self.root, env=script_env(), capture_output=True, text=True, timeout=timeout)
         if check and proc.returncode != 0:
             raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
         return proc
-
 
     def kill_when(self, script: str, *args: str, when: Callable[[], bool], timeout: float = 900) -> bool:
         """Start a top-level script with this project's config and SIGKILL it as soon as
         ``when()`` holds (polled every 10 ms). Returns True when it was killed, False when it
         ended first."""
-        cmd = [PYTHON, str(ROOT / script), "--config", str(self.config_path),
-               "--model_config_path", str(self.model_config_path), *args]
-        env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_MODE="offline", OMP_NUM_THREADS="1")
-        proc = subprocess.Popen(cmd, cwd=self.root, env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        try:
-            deadline = time.monotonic() + timeout
-            while proc.poll() is None and time.monotonic() < deadline:
-                if when():
-                    proc.send_signal(signal.SIGKILL)
-                    proc.wait(30)
-                    return True
-                time.sleep(0.01)
-            return False
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        return self.signal_when(script, *args, when=when, sig=signal.SIGKILL, timeout=timeout) is not None
+
+    def signal_when(self, script: str, *args: str, when: Callable[[], bool], sig: int = signal.SIGTERM,
+                    nproc: int = 1, launcher: str = "torchrun", timeout: float = 900,
+                    stop_timeout: float = 60) -> subprocess.CompletedProcess | None:
+        """Start a top-level script with this project's config (under ``launcher`` when ``nproc``
+        > 1) and send it ``sig`` as soon as ``when()`` holds (polled every 10 ms). Returns the
+        ended process (exit status, stdout, stderr; ``stop_seconds``: from the signal to the
+        exit, at most ``stop_timeout``) or None when it ended before the signal."""
+        cmd = self.command(script, *args, nproc=nproc, launcher=launcher)
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            proc = subprocess.Popen(cmd, cwd=self.root, env=script_env(), stdout=out, stderr=err)
+            try:
+                deadline = time.monotonic() + timeout
+                while proc.poll() is None and time.monotonic() < deadline:
+                    if when():
+                        sent = time.monotonic()
+                        proc.send_signal(sig)
+                        proc.wait(stop_timeout)
+                        out.seek(0)
+                        err.seek(0)
+                        done = subprocess.CompletedProcess(cmd, proc.returncode, out.read(), err.read())
+                        done.stop_seconds = time.monotonic() - sent  # type: ignore[attr-defined]
+                        return done
+                    time.sleep(0.01)
+                return None
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
 
 
 def free_port() -> int:
@@ -136,3 +157,17 @@ def make_tiny_project(root: Path, model: str = "TINY", **overrides: Any) -> Tiny
     project = TinyProject(root, root / "config.yaml", mc, deep_update(tiny_config(root, model), overrides))
     project.write()
     return project
+
+
+def stopped_at(proc: subprocess.CompletedProcess, sig: int = signal.SIGTERM) -> str | None:
+    """Check that ``proc`` (from :meth:`TinyProject.signal_when`) stopped gracefully on ``sig``:
+    exit status 128 + ``sig``, exactly one ``stopped by <SIG>`` line, no traceback. Returns where
+    the line says it stopped (``epoch 2/3 (kernel_1)``), None for a stop before the job's loop."""
+    name = signal.Signals(sig).name
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("stopped by")]
+    assert proc.returncode == 128 + sig, (proc.returncode, proc.stderr[-3000:])
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    m = re.fullmatch(rf"stopped by {name}(?: at (.+); rerun the same command to resume|; rerun the same command)",
+                     lines[0])
+    assert m, lines[0]
+    return m.group(1)

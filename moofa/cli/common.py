@@ -1,12 +1,15 @@
-"""Shared command-line plumbing: exit codes and one-line errors (README)."""
+"""Shared command-line plumbing: exit codes, one-line errors and graceful stops (README)."""
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
 from typing import Callable, Sequence
 
 from moofa.errors import MoofaInputError
+from moofa.preempt import StopSignals, exit_status, stop_line
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -16,19 +19,52 @@ def error_line(message: str) -> str:
     return "error: " + " ".join(str(message).split())
 
 
+def launch_rank() -> int:
+    """This process's rank as set by its launcher (the variables :mod:`moofa.distributed` reads;
+    0 for a plain process), read without importing torch."""
+    for key in ("RANK", "HOROVOD_RANK", "OMPI_COMM_WORLD_RANK"):
+        value = os.environ.get(key, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
+def _close_progress_bars() -> None:
+    """Close the tqdm bars a stopped loop left open (each ends its line)."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
-    """Run ``main(argv)``; bad input -> one ``error:`` line and exit 2; anything else propagates
-    (Python prints the traceback and exits 1)."""
+    """Run ``main(argv)``; bad input -> one ``error:`` line and exit 2; SIGTERM or SIGINT (Ctrl-C)
+    -> the job stops (its locks released), one ``stopped by SIG... at ...`` line (rank 0) and
+    exit 128 + the signal (:mod:`moofa.preempt`); anything else propagates (Python prints the
+    traceback and exits 1)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
-    try:
-        rc = main(argv)
-    except MoofaInputError as err:
-        print(error_line(str(err)), file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    rank = launch_rank()
+    with StopSignals(quiet=rank != 0) as stop:
+        try:
+            try:
+                rc = main(argv)
+            finally:
+                stop.hold()
+        except (Exception, KeyboardInterrupt) as err:
+            # an error while stopping (a collective whose peer stopped first) is the stop too
+            signum = getattr(err, "signum", None) or stop.signum
+            if signum is None and isinstance(err, KeyboardInterrupt):
+                signum = signal.SIGINT
+            if signum is not None:
+                if rank == 0:
+                    _close_progress_bars()  # the line starts a line of its own
+                    print(stop_line(signum), file=sys.stderr)
+                return exit_status(signum)
+            if isinstance(err, MoofaInputError):
+                print(error_line(str(err)), file=sys.stderr)
+                return EXIT_BAD_INPUT
+            raise
     return int(rc or 0)
 
 

@@ -123,6 +123,7 @@ from moofa.fingerprint import (
 )
 from moofa.io import atomic_open
 from moofa.models.spec import ModelSpec, SubnetConfig
+from moofa import preempt
 from moofa.predictor.dataset import append_records, make_record, read_jsonl, repair_tail
 from moofa.training.evaluate import calibrate_subnet, evaluate
 from moofa.predictor.encoder import ArchEncoder
@@ -635,6 +636,7 @@ def run_plan(plan: Plan, meter: SubnetMeter, backend: Any, n_classes: int, log_i
                    desc="subnets", unit="subnet", dynamic_ncols=True)
         bar.set_postfix_str(fill_text(per_bin, quotas))
     for start in range(0, len(cands), world):
+        preempt.progress("subnet", plan.existing.n_records + start + 1, plan.existing.n_records + len(cands))
         mine = start + rank
         record = None
         if mine < len(cands):

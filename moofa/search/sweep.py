@@ -45,6 +45,7 @@ from moofa.errors import CheckpointError, ConfigError, MoofaInputError, on_main_
 from moofa.fingerprint import change_message, comparable, file_fingerprint, model_identity, same, unrecorded_images
 from moofa.io import clean_stale_temps, require_file, write_json
 from moofa.lock import OutputLock
+from moofa import preempt
 from moofa.models.spec import ModelSpec, SubnetConfig
 from moofa.evaluation.report import draw_subnet_plots, subnet_report, units
 from moofa.run import INFO_NAME, Run, constraint_dir
@@ -321,6 +322,7 @@ def _sweep(run: Run, spec: ModelSpec, backend: Any, overwrite: bool,
                  f"; max_mmacs {lim.max_mmacs}, max_params {lim.max_params}" if lim.extra else "")
     infos: list[dict] = []
     for c in constraints:  # ascending: each budget starts from the previous answer
+        preempt.progress("budget", len(infos) + 1, len(constraints), f"constraint {c:,}")
         infos.append(_one_constraint(ctx, c, infos[-1] if infos else None, overwrite))
     if backend.is_main and ctx.new_records and sc["append_measurements"]:
         path = Path(sc["acc_dataset_path"])

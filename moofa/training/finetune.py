@@ -112,9 +112,13 @@ class FinetuneTrainer(Trainer):
             clean_stale_temps(folders=[out], recursive=True)
             return moved
 
-        moved = on_main_rank(backend, take_folder)
-        backend.barrier()
-        self.log = RunLogger(out, backend.is_main, self.name, self.cfg.wandb, self.args.as_dict())
+        try:
+            moved = on_main_rank(backend, take_folder)
+            backend.barrier()
+            self.log = RunLogger(out, backend.is_main, self.name, self.cfg.wandb, self.args.as_dict())
+        except BaseException:  # stopped or failed before run() (which releases it)
+            self.lock.release()
+            raise
         if moved is not None:
             self.log.info(f"{out} held a fine-tuning of other inputs; moved it to {moved}")
         seed_everything(int(a["manual_seed"]))  # the same RNG state whatever __init__ drew

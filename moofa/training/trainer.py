@@ -43,6 +43,7 @@ from moofa.fingerprint import (
 )
 from moofa.io import atomic_save, check_writable, clean_stale_temps, require_file
 from moofa.lock import OutputLock
+from moofa import preempt
 from moofa.models.bn_calibration import set_running_statistics
 from moofa.models.spec import ModelSpec
 from moofa.models.supernet import load_checkpoint_file, load_weights
@@ -131,8 +132,8 @@ class Trainer:
             self.lock.acquire()
             clean_stale_temps(self.files.owned)
 
-        on_main_rank(backend, take_folder)
         try:
+            on_main_rank(backend, take_folder)
             self._init_rest(run, step, backend)
         except BaseException:
             self.lock.release()
@@ -400,6 +401,7 @@ class Trainer:
                           f"{self.backend.size} process(es) on {self.device}, init_lr {self.init_lr:g}")
         history = []
         for epoch in range(start, self.n_epochs):
+            preempt.progress("epoch", epoch + 1, self.n_epochs, self.name)
             t0 = time.time()
             metrics = self.train_epoch(epoch)
             due = (epoch + 1) % int(self.args["validation_frequency"]) == 0 or epoch + 1 == self.n_epochs
