@@ -66,12 +66,14 @@ def quick_demo(tmp_path_factory):
 _TIMING = re.compile(r"(seconds|_time|_ms_per_image|finished|started|^time$|^date$)")
 
 
-def _results_only(obj, folder: Path):
-    """A JSON value without timings, and with the run folder's path replaced by ``<out>``."""
+def _results_only(obj, folder: Path, key: str = ""):
+    """A JSON value without timings, and with the run folder's path replaced by ``<out>``. The
+    images' identity hashes their files' mtimes (when each run wrote its dataset): left out too."""
     if isinstance(obj, dict):
-        return {k: _results_only(v, folder) for k, v in obj.items() if not _TIMING.search(k)}
+        return {k: _results_only(v, folder, k) for k, v in obj.items()
+                if not _TIMING.search(k) and not (key in ("train", "val") and k == "sha256")}
     if isinstance(obj, list):
-        return [_results_only(v, folder) for v in obj]
+        return [_results_only(v, folder, key) for v in obj]
     if isinstance(obj, str):
         return obj.replace(str(folder.resolve()), "<out>").replace(str(folder), "<out>")
     return obj
