@@ -68,10 +68,12 @@ _TIMING = re.compile(r"(seconds|_time|_ms_per_image|finished|started|^time$|^dat
 
 def _results_only(obj, folder: Path, key: str = ""):
     """A JSON value without timings, and with the run folder's path replaced by ``<out>``. The
-    images' identity hashes their files' mtimes (when each run wrote its dataset): left out too."""
+    images' identity hashes their files' mtimes (when each run wrote its dataset), and fine-tuning's
+    ``fingerprint`` is one digest of its inputs, paths included: both left out too."""
     if isinstance(obj, dict):
         return {k: _results_only(v, folder, k) for k, v in obj.items()
-                if not _TIMING.search(k) and not (key in ("train", "val") and k == "sha256")}
+                if not _TIMING.search(k) and not (key in ("train", "val") and k == "sha256")
+                and not (k == "fingerprint" and isinstance(v, str))}
     if isinstance(obj, list):
         return [_results_only(v, folder, key) for v in obj]
     if isinstance(obj, str):
