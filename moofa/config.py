@@ -324,6 +324,20 @@ SEARCH_SCHEMA: dict[str, Field] = {
                        "hard limit on MMACs of every found subnet (null = none)"),
     "max_params": Field(None, _num(1, integer=True, nullable=True),
                         "hard limit on parameters of the exported subnet, head included (Flash; null = none)"),
+    "target": Field(None, _str(nullable=True),
+                    "Ethos-U configuration (e.g. ethos-u55-128) whose limits below apply; the answer is "
+                    "compiled for it and Vela's figures are reported (null = none)"),
+    "max_latency_ms": Field(None, _num(0.0, lo_open=True, nullable=True),
+                            "hard limit on the target's inference time, ms (predicted by the latency table "
+                            "during the search, Vela's estimate for the answer; null = none)"),
+    "max_sram_bytes": Field(None, _num(1, integer=True, nullable=True),
+                            "hard limit on the target's SRAM, bytes (int8 activations + the target's "
+                            "overhead; Vela's figure for the answer; null = none)"),
+    "max_flash_bytes": Field(None, _num(1, integer=True, nullable=True),
+                             "hard limit on the target's Flash, bytes (null = none)"),
+    "latency_table": Field(None, _str(nullable=True),
+                           "latency table JSON of python -m moofa.latency build (null = the shipped one)"),
+    "compile_tries": Field(3, _POS_INT, "candidates compiled for the target at most until one fits"),
     "population_size": Field(100, _num(2, integer=True), "evolution population"),
     "generations": Field(500, _POS_INT, "evolution generations"),
     "mutation_ratio": Field(0.5, _num(0.0, 1.0, lo_open=True), "fraction of the population mutated"),

@@ -72,7 +72,7 @@ DEPLOY_NAME, INT8_NAME, FP32_NAME = "deploy.json", "subnet_int8.pte", "subnet_fp
 CHECK_IMAGES = 16  # images on which both programs' logits are compared with PyTorch's
 
 __all__ = ["deploy_network", "deploy_exported", "executorch_available", "require_executorch",
-           "ethosu_available", "target_program_name", "INSTALL_HINT", "DEPLOY_NAME", "INT8_NAME", "FP32_NAME", "file_sha256"]
+           "ethosu_available", "target_program_name", "compile_target", "INSTALL_HINT", "DEPLOY_NAME", "INT8_NAME", "FP32_NAME", "file_sha256"]
 
 
 file_sha256 = sha256_file  # the name this module has exported
@@ -217,8 +217,8 @@ def deploy_network(net: nn.Module, spec: ModelSpec, cfg: SubnetConfig, args: Map
     if ethos:
         info["targets"] = _deploy_ethosu(net, spec, cfg, out, calib, ethos, system_config, memory_mode)
         info["sources"]["targets"] = ("Vela's compile-time estimates for the target's system configuration "
-                                      "(not measurements on silicon); predicted_sram_bytes: analytic int8 "
-                                      "activations-only peak + the target's fixed overhead")
+                                      "(not measurements on silicon); analytic_int8_activations_bytes: moofa's "
+                                      "analytic activations-only peak at 1 byte per element")
         info["units"].update(sram_bytes="bytes", flash_bytes="bytes", inference_ms="milliseconds",
                              cycles="NPU clock cycles", compile_seconds="seconds")
     info["fingerprint"] = fp
@@ -228,32 +228,39 @@ def deploy_network(net: nn.Module, spec: ModelSpec, cfg: SubnetConfig, args: Map
 
 def _deploy_ethosu(net: nn.Module, spec: ModelSpec, cfg: SubnetConfig, out: Path, calib: list[torch.Tensor],
                    targets: list[str], system_config: str | None, memory_mode: str | None) -> dict[str, Any]:
-    """``subnet_<target>.pte`` and ``vela_<target>/`` per Ethos-U target; returns
-    ``{target: Vela's figures}`` (raises SplitProgramError when a program is not one delegate call)."""
+    """``{target: :func:`compile_target`}`` of each Ethos-U target."""
+    return {t: compile_target(net, spec, cfg, calib, t, out, system_config, memory_mode) for t in targets}
+
+
+def compile_target(net: nn.Module, spec: ModelSpec, cfg: SubnetConfig, calib: list[torch.Tensor], t: str,
+                   out: Path, system_config: str | None = None, memory_mode: str | None = None) -> dict[str, Any]:
+    """Quantise (Arm quantiser, calibrated on ``calib``) and lower the static network ``net`` for
+    the Ethos-U target ``t``: writes ``out/subnet_<t>.pte`` and ``out/vela_<t>/`` (Vela's CSVs and
+    ``out.tosa``); returns Vela's figures (bytes, cycles, ms) with the delegate-call count,
+    compile seconds and the analytic int8 activations-only peak. SplitProgramError when it is not one delegate call."""
     from moofa.deploy.ethosu import ethosu_program, quantize_for, require_ethosu
-    from moofa.efficiency.target import predicted_sram_bytes
+    from moofa.efficiency.target import int8_activation_bytes
 
     require_ethosu()
-    found: dict[str, Any] = {}
-    for t in targets:
-        log.info("deploy: quantising (Arm quantiser) and lowering for %s ...", t)
-        t0 = time.perf_counter()
-        quantized, _ = quantize_for(net, cfg.image_size, calib, t, system_config, memory_mode)
-        prog = ethosu_program(quantized, cfg.image_size, t, out / f".work_{t}", system_config, memory_mode)
-        _write_bytes(out / target_program_name(t), prog.program.buffer)
-        kept = out / f"vela_{t}"
-        shutil.rmtree(kept, ignore_errors=True)
-        shutil.copytree(prog.workdir / "output", kept, ignore=shutil.ignore_patterns("*.npz"))
-        shutil.copyfile(prog.tosa_path, kept / "out.tosa")
-        shutil.rmtree(prog.workdir, ignore_errors=True)
-        figs = prog.figures.to_dict()
-        found[t] = {**figs, "delegate_calls": prog.program.delegate_calls,
-                    "compile_seconds": time.perf_counter() - t0, "pte_bytes": prog.program.size,
-                    "predicted_sram_bytes": predicted_sram_bytes(spec, cfg, t, figs["memory_mode"]),
-                    "estimate": "Vela"}
-        log.info("deploy: %s: SRAM %s B, Flash %s B, %.3f ms (Vela's estimates, %s, %s)", t,
-                 f"{figs['sram_bytes']:,}", f"{figs['flash_bytes']:,}", figs["inference_ms"],
-                 figs["system_config"], figs["memory_mode"])
+    out = Path(out)
+    log.info("deploy: quantising (Arm quantiser) and lowering for %s ...", t)
+    t0 = time.perf_counter()
+    quantized, _ = quantize_for(net, cfg.image_size, calib, t, system_config, memory_mode)
+    prog = ethosu_program(quantized, cfg.image_size, t, out / f".work_{t}", system_config, memory_mode)
+    _write_bytes(out / target_program_name(t), prog.program.buffer)
+    kept = out / f"vela_{t}"
+    shutil.rmtree(kept, ignore_errors=True)
+    shutil.copytree(prog.workdir / "output", kept, ignore=shutil.ignore_patterns("*.npz"))
+    shutil.copyfile(prog.tosa_path, kept / "out.tosa")
+    shutil.rmtree(prog.workdir, ignore_errors=True)
+    figs = prog.figures.to_dict()
+    found = {**figs, "delegate_calls": prog.program.delegate_calls,
+             "compile_seconds": time.perf_counter() - t0, "pte_bytes": prog.program.size,
+             "analytic_int8_activations_bytes": int8_activation_bytes(spec, cfg),
+             "estimate": "Vela"}
+    log.info("deploy: %s: SRAM %s B, Flash %s B, %.3f ms (Vela's estimates, %s, %s)", t,
+             f"{figs['sram_bytes']:,}", f"{figs['flash_bytes']:,}", figs["inference_ms"],
+             figs["system_config"], figs["memory_mode"])
     return found
 
 

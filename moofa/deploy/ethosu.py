@@ -17,9 +17,11 @@ imported only when a program is built.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib.metadata
 import importlib.util
+import io
 import shutil
 import subprocess
 import sys
@@ -212,8 +214,9 @@ def ethosu_program(quantized: nn.Module, image_size: int, target: str, workdir: 
     spec = _compile_spec(target, system_config, memory_mode)
     spec.dump_intermediate_artifacts_to(str(work))
     t0 = time.perf_counter()
-    prog = _lower(quantized, example_input(image_size), delegate=True,
-                  partitioner=[_partitioner(spec)], compile_config=EdgeCompileConfig(_check_ir_validity=False))
+    with contextlib.redirect_stdout(io.StringIO()):  # Vela prints its whole report; the CSVs keep it
+        prog = _lower(quantized, example_input(image_size), delegate=True,
+                      partitioner=[_partitioner(spec)], compile_config=EdgeCompileConfig(_check_ir_validity=False))
     left_ops = {k: v for k, v in prog.undelegated_ops.items() if not (k in BOUNDARY_OPS and v <= 1)}
     if prog.delegate_calls != 1 or left_ops:
         left = ", ".join(f"{k} x{v}" for k, v in sorted(left_ops.items())) or "none"
