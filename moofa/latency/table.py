@@ -1,9 +1,11 @@
 """Latency, SRAM and Flash models of a supernet on an Ethos-U target, fitted on Vela's figures of
 compiled sample subnets (:mod:`moofa.latency.samples`), saved as JSON tables.
 
-* latency (ms) = a * MMACs + b * MB of int8 weights + c, least squares with non-negative
-  coefficients (so it grows with every choice, as MACs and parameters do: the search's limits and
-  repairs rely on that). U55 in Shared_Sram mode streams the weights from Flash, which is why
+* latency (ms) = a * MMACs + b * MB of int8 weights + d * MB of int8 activation traffic (bytes
+  the layers read and write, :func:`moofa.efficiency.target.activation_traffic_batch`) + c, least
+  squares with non-negative coefficients (so it grows with every choice, as MACs, parameters and
+  traffic do: the search's limits and repairs rely on that). U55 in Shared_Sram mode streams the
+  weights from Flash, and U65 in Dedicated_Sram mode keeps the activations in DRAM, which is why
   latency is not proportional to MACs alone.
 * SRAM (bytes) = s * the analytic int8 activations-only peak + o, least squares then ``o``
   raised by the largest residual (an upper envelope of the samples: the budget errs on the safe
@@ -27,7 +29,7 @@ import numpy as np
 from moofa.efficiency import flops_batch, peak_memory_batch
 from moofa.efficiency.flops import params_batch
 from moofa.efficiency.layout import resolve
-from moofa.efficiency.target import INT8_ACTIVATIONS
+from moofa.efficiency.target import INT8_ACTIVATIONS, activation_traffic_batch
 from moofa.errors import MoofaInputError
 from moofa.io import write_json
 from moofa.models.spec import ModelSpec, SubnetConfig, get_model_spec
@@ -51,11 +53,17 @@ def _nnls(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def features(spec: ModelSpec, configs: Sequence[Any], n_classes: int = N_CLASSES) -> dict[str, np.ndarray]:
     """Per config: ``mmacs`` (MMACs), ``weights_mb`` (int8 weights, 1e6 bytes), ``params``
-    (parameters) and ``acts`` (analytic int8 activations-only peak, bytes)."""
+    (parameters), ``traffic_mb`` (int8 activations read and written, 1e6 bytes) and ``acts``
+    (analytic int8 activations-only peak, bytes)."""
     configs = [SubnetConfig.from_dict(c) for c in configs]
     params = params_batch(spec, configs, n_classes=n_classes).astype(np.float64)
     return {"mmacs": flops_batch(spec, configs, n_classes=n_classes), "weights_mb": params / 1e6,
-            "params": params, "acts": peak_memory_batch(spec, configs, options=INT8_ACTIVATIONS).astype(np.float64)}
+            "params": params, "traffic_mb": activation_traffic_batch(spec, configs).astype(np.float64) / 1e6,
+            "acts": peak_memory_batch(spec, configs, options=INT8_ACTIVATIONS).astype(np.float64)}
+
+
+def _ms_design(f: Mapping[str, np.ndarray]) -> np.ndarray:
+    return np.column_stack([f["mmacs"], f["weights_mb"], f["traffic_mb"], np.ones(len(f["mmacs"]))])
 
 
 @dataclass
@@ -67,7 +75,7 @@ class LatencyTable:
     target: str
     system_config: str
     memory_mode: str
-    ms: dict[str, float]  # a (ms per MMAC), b (ms per MB of weights), c (ms)
+    ms: dict[str, float]  # a (ms per MMAC), b (ms per MB of weights), d (ms per MB of activation traffic), c (ms)
     sram: dict[str, float]  # s (bytes per activation byte), o (bytes); s = 0 in a Dedicated_Sram mode
     flash: dict[str, float]  # f (bytes per parameter), g (bytes)
     n_classes: int = N_CLASSES
@@ -81,7 +89,7 @@ class LatencyTable:
     def predict_ms_batch(self, configs: Sequence[Any], spec: ModelSpec | None = None) -> np.ndarray:
         """Predicted inference time (ms, Vela's estimate) of each config."""
         f = features(spec or self._spec(), configs, self.n_classes)
-        return self.ms["a"] * f["mmacs"] + self.ms["b"] * f["weights_mb"] + self.ms["c"]
+        return _ms_design(f) @ np.array([self.ms["a"], self.ms["b"], self.ms["d"], self.ms["c"]])
 
     def predict_sram_batch(self, configs: Sequence[Any], spec: ModelSpec | None = None) -> np.ndarray:
         """Predicted SRAM (bytes) of each config: s * int8 activations-only peak + o."""
@@ -129,8 +137,8 @@ def fit_table(model: str, target: str, samples: Sequence[Mapping[str, Any]],
     spec = get_model_spec(model, model_configs)
     f = features(spec, [s["config"] for s in samples], n_classes)
     ms = np.array([s["figures"]["inference_ms"] for s in samples])
-    coef = _nnls(np.column_stack([f["mmacs"], f["weights_mb"], np.ones(len(ms))]), ms)
-    pred = coef[0] * f["mmacs"] + coef[1] * f["weights_mb"] + coef[2]
+    coef = _nnls(_ms_design(f), ms)
+    pred = _ms_design(f) @ coef
     rel = np.abs(pred - ms) / ms
     sram = np.array([s["figures"]["sram_bytes"] for s in samples], dtype=np.float64)
     if "Dedicated_Sram" in samples[0]["figures"]["memory_mode"]:  # a cache: its largest use
@@ -146,10 +154,11 @@ def fit_table(model: str, target: str, samples: Sequence[Mapping[str, Any]],
             "samples": [s.get("folder", "") and Path(s["folder"]).name for s in samples],
             "fit_error": {"ms_max_rel": float(rel.max()), "ms_mean_rel": float(rel.mean()),
                           "sram_max_rel": float(np.max(np.abs(sram_pred - sram) / sram)),
-                          "flash_max_rel": float(np.max(np.abs(fc[0] * f["params"] + fc[1] - flash) / flash))},
+                          "flash_max_rel": float(np.max(np.abs(fc[0] * f["params"] + fc[1] - flash)
+                                                        / np.maximum(flash, 1)))},
             "vela_version": first["vela_version"]}
     return LatencyTable(model, target, first["system_config"], first["memory_mode"],
-                        {"a": float(coef[0]), "b": float(coef[1]), "c": float(coef[2])},
+                        {"a": float(coef[0]), "b": float(coef[1]), "d": float(coef[2]), "c": float(coef[3])},
                         {"s": float(sc[0]), "o": float(sc[1])},
                         {"f": float(fc[0]), "g": float(fc[1])}, n_classes, prov, TABLE_VERSION, model_configs)
 

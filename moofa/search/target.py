@@ -112,9 +112,9 @@ def compile_answer(spec: ModelSpec, sc: Mapping[str, Any], table: Any, candidate
         if not bad:
             record.update(predicted=record["tries"][-1]["predicted"], compiled=figs, folder=work.name)
             return cfg, record
+    why = "; ".join(f"try {i + 1}: {t['broken']}" for i, t in enumerate(record["tries"]))
     raise InfeasibleConstraintError(
-        f"none of the {len(record['tries'])} best candidates fits {target} once compiled "
-        f"({'; '.join(f'try {i + 1}: {t['broken']}' for i, t in enumerate(record['tries']))}); "
+        f"none of the {len(record['tries'])} best candidates fits {target} once compiled ({why}); "
         f"loosen the limits or raise compile_tries", key="search_config.target", value=target)
 
 
