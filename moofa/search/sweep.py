@@ -559,11 +559,14 @@ def _write_outputs(spec: ModelSpec, info: dict, report: Mapping[str, Any], out: 
             info["deploy"] = {k: dep[k] for k in ("int8_accuracy", "fp32_accuracy", "n_images", "pte_bytes",
                                                   "runtime_memory_bytes", "fp32_pte_bytes",
                                                   "fp32_runtime_memory_bytes", "analytic_peak_memory",
-                                                  "analytic_unit", "analytic_activations_elements")}
+                                                  "analytic_unit", "analytic_activations_elements") if k in dep}
             info["deploy"]["int8_minus_fp32"] = dep.get("int8_minus_fp32")
             info["deploy"]["file"] = DEPLOY_NAME
-            info["int8_accuracy"] = dep["int8_accuracy"]
-            info["export"] += [n for n in ("subnet_int8.pte", "subnet_fp32.pte", DEPLOY_NAME)]
+            info["int8_accuracy"] = dep.get("int8_accuracy")
+            info["export"] += [n for n in ("subnet_int8.pte", "subnet_fp32.pte", DEPLOY_NAME) if (out / n).is_file()]
+            if dep.get("targets"):  # Ethos-U programs: Vela's estimates
+                info["deploy"]["targets"] = dep["targets"]
+                info["export"] += [f"subnet_{t}.pte" for t in dep["targets"]]
     write_json(out / INFO_NAME, info)
 
 
@@ -580,7 +583,7 @@ def _log_result(info: Mapping[str, Any]) -> None:
             d = base["real_difference"]
             measured += (f" (found minus baseline {100 * d['difference']:+.2f} pp "
                          f"[{100 * d['interval'][0]:+.1f}, {100 * d['interval'][1]:+.1f}], {d['verdict']})")
-    if info.get("deploy"):
+    if info.get("deploy") and info["deploy"].get("int8_accuracy") is not None:
         d = info["deploy"]
         measured += (f", int8 top-1 {100 * d['int8_accuracy']:.2f}% (ExecuTorch), program "
                      f"{d['pte_bytes']:,} bytes, planned activations {d['runtime_memory_bytes']:,} bytes")
