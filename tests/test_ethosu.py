@@ -74,6 +74,34 @@ def test_subnet_compiles_to_one_delegate_call_with_velas_figures(deployed):
     assert "not measurements on silicon" in dep["sources"]["targets"]
 
 
+def test_int8_top1_of_the_tosa_network_agrees_with_pt2e(deployed):
+    """The lowered TOSA network run by the TOSA reference model ranks the classes as the Arm
+    quantiser's PT2E model does, and deploy.json's top-1 covers every test image."""
+    from moofa.data import DataProvider
+    from moofa.deploy import calibration_batches
+    from moofa.deploy.ethosu import quantize_for, reference_model_available, tosa_top1
+    from moofa.search.export import load_exported
+
+    if not reference_model_available():
+        pytest.skip("tosa-tools without the TOSA reference model")
+    project, _, cfg, subnet, out, _ = deployed
+    dep = json.loads((out / DEPLOY_NAME).read_text())
+    f = dep["targets"][TARGET]
+    args = last_task_args(load_config(project.config_path))
+    provider = DataProvider(args, [cfg.image_size], 0, 1)
+    n_test = len(provider.test_folder)
+    assert f["tosa_n_images"] == n_test == 40 and 0 <= f["tosa_int8_accuracy"] <= 1
+    net = load_exported(subnet)
+    quantized, _ = quantize_for(net, cfg.image_size, calibration_batches(provider, cfg.image_size, 16), TARGET)
+    images, labels = next(iter(provider.test_loader(cfg.image_size)))
+    images, labels = images[:12], labels[:12]
+    got = tosa_top1(out / f"vela_{TARGET}" / "out.tosa", quantized, [(images, labels)])
+    with torch.no_grad():
+        want = quantized(images).argmax(1) == labels
+    agree = sum(int(a == b) for a, b in zip(got["tosa_correct"], want.tolist()))
+    assert agree >= 11, (got["tosa_correct"], want.tolist())
+
+
 def test_vela_retargets_the_kept_tosa(deployed, tmp_path):
     from moofa.deploy.ethosu import vela_compile_tosa
 

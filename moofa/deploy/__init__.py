@@ -215,10 +215,13 @@ def deploy_network(net: nn.Module, spec: ModelSpec, cfg: SubnetConfig, args: Map
                 "calibration_images": sum(len(b) for b in calib)}
     ethos = [t for t in targets if is_ethosu(t)]
     if ethos:
-        info["targets"] = _deploy_ethosu(net, spec, cfg, out, calib, ethos, system_config, memory_mode)
+        info["targets"] = _deploy_ethosu(net, spec, cfg, out, calib, ethos, system_config, memory_mode,
+                                         provider.test_loader(r))
         info["sources"]["targets"] = ("Vela's compile-time estimates for the target's system configuration "
                                       "(not measurements on silicon); analytic_int8_activations_bytes: moofa's "
-                                      "analytic activations-only peak at 1 byte per element")
+                                      "analytic activations-only peak at 1 byte per element; tosa_int8_accuracy: measured, "
+                                      "top-1 of the lowered int8 TOSA network run by the TOSA reference model on "
+                                      "every test image (an integer reference of the NPU's maths, not the NPU)")
         info["units"].update(sram_bytes="bytes", flash_bytes="bytes", inference_ms="milliseconds",
                              cycles="NPU clock cycles", compile_seconds="seconds")
     info["fingerprint"] = fp
@@ -227,18 +230,29 @@ def deploy_network(net: nn.Module, spec: ModelSpec, cfg: SubnetConfig, args: Map
 
 
 def _deploy_ethosu(net: nn.Module, spec: ModelSpec, cfg: SubnetConfig, out: Path, calib: list[torch.Tensor],
-                   targets: list[str], system_config: str | None, memory_mode: str | None) -> dict[str, Any]:
+                   targets: list[str], system_config: str | None, memory_mode: str | None,
+                   loader: Any = None) -> dict[str, Any]:
     """``{target: :func:`compile_target`}`` of each Ethos-U target."""
-    return {t: compile_target(net, spec, cfg, calib, t, out, system_config, memory_mode) for t in targets}
+    return {t: compile_target(net, spec, cfg, calib, t, out, system_config, memory_mode, loader)
+            for t in targets}
 
 
 def compile_target(net: nn.Module, spec: ModelSpec, cfg: SubnetConfig, calib: list[torch.Tensor], t: str,
-                   out: Path, system_config: str | None = None, memory_mode: str | None = None) -> dict[str, Any]:
+                   out: Path, system_config: str | None = None, memory_mode: str | None = None,
+                   loader: Any = None) -> dict[str, Any]:
     """Quantise (Arm quantiser, calibrated on ``calib``) and lower the static network ``net`` for
     the Ethos-U target ``t``: writes ``out/subnet_<t>.pte`` and ``out/vela_<t>/`` (Vela's CSVs and
     ``out.tosa``); returns Vela's figures (bytes, cycles, ms) with the delegate-call count,
-    compile seconds and the analytic int8 activations-only peak. SplitProgramError when it is not one delegate call."""
-    from moofa.deploy.ethosu import ethosu_program, quantize_for, require_ethosu
+    compile seconds and the analytic int8 activations-only peak. SplitProgramError when it is not one delegate call.
+    With ``loader`` (test images) and the TOSA reference model installed, also ``tosa_int8_accuracy``:
+    top-1 of the lowered int8 network executed by the reference model (:func:`moofa.deploy.ethosu.tosa_top1`)."""
+    from moofa.deploy.ethosu import (
+        ethosu_program,
+        quantize_for,
+        reference_model_available,
+        require_ethosu,
+        tosa_top1,
+    )
     from moofa.efficiency.target import int8_activation_bytes
 
     require_ethosu()
@@ -258,6 +272,12 @@ def compile_target(net: nn.Module, spec: ModelSpec, cfg: SubnetConfig, calib: li
              "compile_seconds": time.perf_counter() - t0, "pte_bytes": prog.program.size,
              "analytic_int8_activations_bytes": int8_activation_bytes(spec, cfg),
              "estimate": "Vela"}
+    if loader is not None and reference_model_available():
+        acc = tosa_top1(kept / "out.tosa", quantized, loader)
+        found.update({k: v for k, v in acc.items() if k != "tosa_correct"},
+                     tosa_per_image=pack_bits(acc["tosa_correct"]))
+        log.info("deploy: %s: int8 top-1 %.2f%% (TOSA reference model) on %d images", t,
+                 100 * acc["tosa_int8_accuracy"], acc["tosa_n_images"])
     log.info("deploy: %s: SRAM %s B, Flash %s B, %.3f ms (Vela's estimates, %s, %s)", t,
              f"{figs['sram_bytes']:,}", f"{figs['flash_bytes']:,}", figs["inference_ms"],
              figs["system_config"], figs["memory_mode"])

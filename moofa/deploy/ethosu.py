@@ -244,3 +244,49 @@ def versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             out[pkg] = "missing"
     return out
+
+
+def reference_model_available() -> bool:
+    """Whether the TOSA reference model (``tosa_reference_model``, from ``tosa-tools``) is importable."""
+    try:
+        return importlib.util.find_spec("tosa_reference_model") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def input_quantization(quantized: nn.Module) -> tuple[float, int]:
+    """(scale, zero point) with which the CPU quantises the float input before the NPU's call:
+    the first ``quantize_per_tensor`` of the PT2E-converted graph."""
+    for node in quantized.graph.nodes:
+        if node.op == "call_function" and "quantize_per_tensor" in str(node.target) and "de" not in str(node.target):
+            return float(node.args[1]), int(node.args[2])
+    raise RuntimeError("no input quantisation found in the quantised graph")
+
+
+@torch.no_grad()
+def tosa_top1(tosa_path: str | Path, quantized: nn.Module, loader: Iterable) -> dict[str, Any]:
+    """Top-1 of the lowered int8 TOSA network (``out.tosa``, the graph Vela compiles) executed by
+    the TOSA reference model on every image of ``loader``: each image quantised with the program's
+    input scale and zero point, the class the int8 logits rank first (dequantisation keeps the
+    order). A bit-exact integer reference of what the NPU computes, not a run on the NPU."""
+    import numpy as np
+    import tosa_reference_model as ref  # type: ignore[import-not-found]
+
+    graph = Path(tosa_path).read_bytes()
+    scale, zp = input_quantization(quantized)
+    hits = n = 0
+    ok: list[bool] = []
+    t0 = time.perf_counter()
+    for images, labels in loader:
+        for x, y in zip(images, labels):
+            q = torch.clamp(torch.round(x / scale) + zp, -128, 127).to(torch.int8)[None].numpy()
+            with contextlib.redirect_stdout(io.StringIO()):
+                out, status = ref.run(graph, [np.ascontiguousarray(q)], verbosity="NONE",
+                                      initialize_variable_tensor_from_numpy=True)
+            if status != ref.GraphStatus.TOSA_VALID:
+                raise RuntimeError(f"the TOSA reference model rejected {tosa_path}: {status}")
+            ok.append(int(np.argmax(out[0].reshape(-1))) == int(y))
+            hits += int(ok[-1])
+            n += 1
+    return {"tosa_int8_accuracy": hits / max(n, 1), "tosa_n_images": n,
+            "tosa_seconds": time.perf_counter() - t0, "tosa_correct": ok}
