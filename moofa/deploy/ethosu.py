@@ -258,7 +258,8 @@ def input_quantization(quantized: nn.Module) -> tuple[float, int]:
     """(scale, zero point) with which the CPU quantises the float input before the NPU's call:
     the first ``quantize_per_tensor`` of the PT2E-converted graph."""
     for node in quantized.graph.nodes:
-        if node.op == "call_function" and "quantize_per_tensor" in str(node.target) and "de" not in str(node.target):
+        name = str(node.target)
+        if node.op == "call_function" and "quantize_per_tensor" in name and "dequantize" not in name:
             return float(node.args[1]), int(node.args[2])
     raise RuntimeError("no input quantisation found in the quantised graph")
 
