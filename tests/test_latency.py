@@ -106,7 +106,11 @@ def test_shipped_tables_load_and_predict(model, target):
     spec = get_model_spec(model)
     small, big = spec.min_config(min(spec.image_sizes)), spec.max_config(max(spec.image_sizes))
     assert 0 < table.predict_ms(small.to_dict()) < table.predict_ms(big.to_dict())
-    assert 0 < table.predict_sram_bytes(small.to_dict()) < table.predict_sram_bytes(big.to_dict())
+    lo, hi = table.predict_sram_bytes(small.to_dict()), table.predict_sram_bytes(big.to_dict())
+    if "Dedicated_Sram" in table.memory_mode:  # a cache of fixed size: its largest use, whatever the subnet
+        assert lo == hi <= 384 * 1024 and table.sram["s"] == 0
+    else:
+        assert 0 < lo < hi
     e = table.provenance["fit_error"]
     assert e["ms_max_rel"] <= 0.08 and e["ms_mean_rel"] <= 0.05
     assert table.provenance["versions"]["ethos-u-vela"] == "5.1.0"
