@@ -156,7 +156,10 @@ def fit_table(model: str, target: str, samples: Sequence[Mapping[str, Any]],
                           "sram_max_rel": float(np.max(np.abs(sram_pred - sram) / sram)),
                           "flash_max_rel": float(np.max(np.abs(fc[0] * f["params"] + fc[1] - flash)
                                                         / np.maximum(flash, 1)))},
-            "vela_version": first["vela_version"]}
+            "vela_version": first["vela_version"],
+            # Vela's SRAM minus the analytic int8 activations-only peak over the samples (bytes)
+            "sram_overhead_bytes": {"min": int(np.min(sram - f["acts"])), "mean": float(np.mean(sram - f["acts"])),
+                                    "max": int(np.max(sram - f["acts"]))}}
     return LatencyTable(model, target, first["system_config"], first["memory_mode"],
                         {"a": float(coef[0]), "b": float(coef[1]), "d": float(coef[2]), "c": float(coef[3])},
                         {"s": float(sc[0]), "o": float(sc[1])},
