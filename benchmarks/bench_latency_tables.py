@@ -2,10 +2,11 @@
 not fitted on (issue 20).
 
     python benchmarks/bench_latency_tables.py [--models OFA MOOFA_V3]
-        [--targets ethos-u55-128 ethos-u65-256] [--start 8] [--n 30] [--workers 1] [--no-compile]
+        [--targets ethos-u55-128 ethos-u65-256] [--start S] [--n 30] [--workers 1] [--no-compile]
 
-The tables (``moofa/latency/tables``) were fitted on samples 0-7 of seed 0 (their provenance
-lists them); this compiles samples ``start .. start+n-1`` (full size, random seeded weights; the
+The tables (``moofa/latency/tables``) were fitted on the first samples of seed 0 (their
+provenance lists them; ``--start`` defaults to the first index after them); this compiles
+samples ``start .. start+n-1`` (full size, random seeded weights; the
 cache of ``python -m moofa.latency build``) and compares each table's ``predict_ms`` with Vela's
 ``inference_ms``, and ``predict_sram_bytes`` / ``predict_flash_bytes`` with Vela's figures.
 Goal: latency max error <= 8 %, mean <= 5 %. All figures are Vela's compile-time estimates.
@@ -25,7 +26,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=["OFA", "MOOFA_V3"])
     p.add_argument("--targets", nargs="+", default=["ethos-u55-128", "ethos-u65-256"])
-    p.add_argument("--start", type=int, default=8)
+    p.add_argument("--start", type=int, default=None, help="default: after the fitted samples")
     p.add_argument("--n", type=int, default=30)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--cache", default=".cache/ethosu")
@@ -33,7 +34,9 @@ def main() -> None:
     a = p.parse_args()
     for model in a.models:
         spec = get_model_spec(model)
-        jobs = sample_jobs(model, a.targets, a.cache, a.n, start=a.start)
+        start = a.start if a.start is not None else \
+            load_table(model, a.targets[0]).provenance["sample_indices"][1] + 1
+        jobs = sample_jobs(model, a.targets, a.cache, a.n, start=start)
         if not a.no_compile:
             run_jobs(jobs, a.workers)
         for t in a.targets:
