@@ -85,6 +85,9 @@ def compile_sample(job: Job) -> str:
     if not targets:
         return str(folder)
     torch.set_num_threads(1)
+    for stale in folder.parent.glob(f".{folder.name}.*.tmp"):  # left by a killed compile of this sample
+        if not _alive(stale.name.rsplit(".", 2)[-2]):
+            shutil.rmtree(stale, ignore_errors=True)
     if not (folder / "out.tosa").is_file():
         spec = get_model_spec(job.model, job.model_configs)
         cfg = SubnetConfig.from_dict(job.config)
@@ -111,6 +114,17 @@ def compile_sample(job: Job) -> str:
         figs = vela_compile_tosa(folder / "out.tosa", t, folder / f"vela_{t}")
         write_json(folder / f"figures_{t}.json", figs.to_dict(layers=True))
     return str(folder)
+
+
+def _alive(pid: str) -> bool:
+    """Whether the process ``pid`` (a decimal string) exists."""
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def sample_jobs(model: str, targets: Sequence[str], cache: str | Path, n: int, seed: int = 0,
