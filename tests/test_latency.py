@@ -64,6 +64,7 @@ def test_build_resumes_after_sigkill(built):
     assert f"{done_before} of {N} samples already compiled" in out
     assert (Path(jobs[0].folder) / "config.json").stat().st_mtime_ns == stamp  # not compiled again
     assert all(load_sample(j.folder, t) is not None for j in jobs for t in TARGETS)
+    assert not list((root / "cache" / "TINY_OFA").glob(".*.tmp"))  # the killed compile's leftovers are gone
 
 
 def test_table_predicts_velas_figures_with_provenance(built):
