@@ -78,8 +78,14 @@ def test_table_predicts_velas_figures_with_provenance(built):
             s = load_sample(j.folder, t)
             f = s["figures"]
             cfg = s["config"].to_dict()
-            # SRAM: an upper envelope of the samples, so never below Vela's figure
-            assert f["sram_bytes"] <= table.predict_sram_bytes(cfg) <= 1.5 * f["sram_bytes"] + 4096
+            # SRAM: an upper envelope of the samples, so never below Vela's figure (in a
+            # Dedicated_Sram mode, a cache: the largest use seen)
+            assert f["sram_bytes"] <= table.predict_sram_bytes(cfg)
+            if "Dedicated_Sram" in table.memory_mode:
+                assert table.predict_sram_bytes(cfg) == max(load_sample(k.folder, t)["figures"]["sram_bytes"]
+                                                            for k in jobs)
+            else:
+                assert table.predict_sram_bytes(cfg) <= 1.5 * f["sram_bytes"] + 4096
             assert abs(table.predict_ms(cfg) - f["inference_ms"]) <= 0.25 * f["inference_ms"]
             assert abs(table.predict_flash_bytes(cfg) - f["flash_bytes"]) <= 0.1 * max(f["flash_bytes"], 1) + 4096
         assert prov["fit_error"]["ms_max_rel"] < 0.25
