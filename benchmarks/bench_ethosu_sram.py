@@ -9,7 +9,7 @@ are shared and a killed run continues), then compares Vela's ``sram_memory_used`
 analytic int8 activations-only peak (``MemoryOptions(count_weights=False, bytes_per_element=1)``):
 the overhead (Vela minus analytic, bytes), the ratio, and the error of two predictions:
 analytic + a fixed overhead (the mean) and the shipped latency table's SRAM fit (an upper
-envelope fitted on samples 0-7). Goal: within 2 %. Vela's figures are compile-time estimates.
+envelope fitted on samples 0-11). Goal: within 2 %. Vela's figures are compile-time estimates.
 """
 from __future__ import annotations
 
