@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
 	$(BIN)/python -m pip install -q $(TORCH_PINS)
-	$(BIN)/python -m pip install -q -e ".[dev,deploy]" $(TORCH_PINS)
+	$(BIN)/python -m pip install -q -e ".[dev,deploy,ethos-u]" $(TORCH_PINS)
 	touch $@
 
 setup: $(STAMP)

@@ -324,6 +324,20 @@ SEARCH_SCHEMA: dict[str, Field] = {
                        "hard limit on MMACs of every found subnet (null = none)"),
     "max_params": Field(None, _num(1, integer=True, nullable=True),
                         "hard limit on parameters of the exported subnet, head included (Flash; null = none)"),
+    "target": Field(None, _str(nullable=True),
+                    "Ethos-U configuration (e.g. ethos-u55-128) whose limits below apply; the answer is "
+                    "compiled for it and Vela's figures are reported (null = none)"),
+    "max_latency_ms": Field(None, _num(0.0, lo_open=True, nullable=True),
+                            "hard limit on the target's inference time, ms (predicted by the latency table "
+                            "during the search, Vela's estimate for the answer; null = none)"),
+    "max_sram_bytes": Field(None, _num(1, integer=True, nullable=True),
+                            "hard limit on the target's SRAM, bytes (the latency table's fit of the int8 "
+                            "activations peak during the search, Vela's figure for the answer; null = none)"),
+    "max_flash_bytes": Field(None, _num(1, integer=True, nullable=True),
+                             "hard limit on the target's Flash, bytes (null = none)"),
+    "latency_table": Field(None, _str(nullable=True),
+                           "latency table JSON of python -m moofa.latency build (null = the shipped one)"),
+    "compile_tries": Field(3, _POS_INT, "candidates compiled for the target at most until one fits"),
     "population_size": Field(100, _num(2, integer=True), "evolution population"),
     "generations": Field(500, _POS_INT, "evolution generations"),
     "mutation_ratio": Field(0.5, _num(0.0, 1.0, lo_open=True), "fraction of the population mutated"),
@@ -398,10 +412,23 @@ MEMORY_SCHEMA: dict[str, Field] = {
     "inplace_depthwise": Field(False, _bool(), "the depthwise conv writes into its input buffer"),
 }
 
+def _deploy_target(v: Any) -> str:
+    """``xnnpack`` or an Ethos-U accelerator configuration (``ethos-u...``; Vela checks the rest)."""
+    if not isinstance(v, str) or not (v.lower() == "xnnpack" or v.lower().startswith("ethos-u")):
+        raise _Bad("must be xnnpack or an Ethos-U configuration such as ethos-u55-128")
+    return v.lower()
+
+
 # int8 deployment with ExecuTorch (python -m moofa.deploy, search_config.export: [executorch]).
 DEPLOY_SCHEMA: dict[str, Field] = {
     "calibration_images": Field(256, _POS_INT, "training images (test transform) calibrating the int8 ranges"),
     "per_channel": Field(True, _bool(), "per-channel symmetric int8 weights (false = per-tensor)"),
+    "targets": Field(["xnnpack"], _list(_deploy_target),
+                     "xnnpack and/or Ethos-U configurations (ethos-u55-128, ethos-u55-256, ethos-u65-256, "
+                     "ethos-u85-256, any Vela knows): subnet_<target>.pte with Vela's estimates; needs the ethos-u extra"),
+    "system_config": Field(None, _str(nullable=True),
+                           "Ethos-U: Vela system configuration (null = ExecuTorch's default per target)"),
+    "memory_mode": Field(None, _str(nullable=True), "Ethos-U: Vela memory mode (null = ExecuTorch's default per target)"),
 }
 
 WANDB_SCHEMA: dict[str, Field] = {

@@ -15,6 +15,14 @@ ExecuTorch runtime (``python -m moofa.deploy``; ``search_config.export: [executo
   beside them, logit checks of both programs against PyTorch, timings and the inputs it was
   computed from.
 
+With Ethos-U targets (``deploy.targets``, ``--target``), each target ``T`` also gets
+``subnet_<T>.pte`` (quantised with the Arm quantiser, one Ethos-U delegate call), Vela's reports in
+``vela_<T>/`` and ``deploy.json["targets"][T]``: ``sram_bytes``, ``flash_bytes``, ``cycles``,
+``inference_ms``, ``macs``, ``delegate_calls``, ``system_config``, ``memory_mode``,
+``vela_version``, ``compile_seconds`` (Vela's compile-time estimates, not measurements on
+silicon; :mod:`moofa.deploy.ethosu`). A program that is not one delegate call is an error naming
+the operators left on the CPU.
+
 The network is quantised once per subnet: a folder whose ``deploy.json`` records the same inputs
 (the subnet file's hash, calibration settings, test data, executorch version) is reused.
 executorch itself is imported only when a program is built (the optional ``deploy`` extra).
@@ -24,6 +32,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import logging
+import shutil
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -48,6 +57,7 @@ from moofa.deploy.programs import (
     quantize,
     require_executorch,
 )
+from moofa.deploy.ethosu import XNNPACK, check_target, ethosu_available, is_ethosu
 from moofa.efficiency import MemoryOptions, peak_memory
 from moofa.errors import ConfigError
 from moofa.fingerprint import sha256_file
@@ -62,7 +72,7 @@ DEPLOY_NAME, INT8_NAME, FP32_NAME = "deploy.json", "subnet_int8.pte", "subnet_fp
 CHECK_IMAGES = 16  # images on which both programs' logits are compared with PyTorch's
 
 __all__ = ["deploy_network", "deploy_exported", "executorch_available", "require_executorch",
-           "INSTALL_HINT", "DEPLOY_NAME", "INT8_NAME", "FP32_NAME", "file_sha256"]
+           "ethosu_available", "target_program_name", "compile_target", "INSTALL_HINT", "DEPLOY_NAME", "INT8_NAME", "FP32_NAME", "file_sha256"]
 
 
 file_sha256 = sha256_file  # the name this module has exported
@@ -89,9 +99,21 @@ def _write_bytes(path: Path, data: bytes) -> Path:
     return path
 
 
+def target_program_name(target: str) -> str:
+    """File name of a target's program: ``subnet_<target>.pte``."""
+    return f"subnet_{target}.pte"
+
+
+def _program_names(targets: Iterable[str]) -> list[str]:
+    targets = list(targets)
+    names = [INT8_NAME, FP32_NAME] if XNNPACK in targets else []
+    return names + [target_program_name(t) for t in targets if is_ethosu(t)]
+
+
 def _reuse(out: Path, fp: Mapping[str, Any]) -> dict | None:
     path = out / DEPLOY_NAME
-    if not path.is_file() or not (out / INT8_NAME).is_file() or not (out / FP32_NAME).is_file():
+    names = _program_names(fp.get("targets", [XNNPACK]))
+    if not path.is_file() or not all((out / n).is_file() for n in names):
         return None
     try:
         data = json.loads(path.read_text())
@@ -147,13 +169,18 @@ def _measure(net: nn.Module, quantized: nn.Module, int8: ProgramRunner, fp32: Pr
 def deploy_network(net: nn.Module, spec: ModelSpec, cfg: SubnetConfig, args: Mapping[str, Any],
                    out_dir: str | Path, *, calibration_images: int = 256, per_channel: bool = True,
                    memory_options: MemoryOptions | None = None, subnet_sha256: str | None = None,
-                   progress: bool = True, reuse_from: Iterable[str | Path] = ()) -> dict[str, Any]:
+                   progress: bool = True, reuse_from: Iterable[str | Path] = (),
+                   targets: Iterable[str] = (XNNPACK,), system_config: str | None = None,
+                   memory_mode: str | None = None) -> dict[str, Any]:
     """Quantise, lower and measure the static network ``net`` (architecture ``cfg`` of
     ``spec``) on the data of the run args ``args``; writes the folder described in the module
     docstring and returns deploy.json's content. A folder of ``reuse_from`` (or ``out_dir``
     itself) that holds the programs of the same inputs is copied instead (budgets whose answer
-    is the same subnet file)."""
+    is the same subnet file). ``targets``: ``xnnpack`` (int8 + fp32 programs, measured top-1)
+    and/or Ethos-U configurations (``system_config`` / ``memory_mode``: Vela's, None = ExecuTorch's
+    default per target)."""
     require_executorch()
+    targets = list(dict.fromkeys(check_target(t) for t in targets))
     out = Path(out_dir)
     cfg = SubnetConfig.from_dict(cfg).validate(spec)
     r = cfg.image_size
@@ -161,18 +188,107 @@ def deploy_network(net: nn.Module, spec: ModelSpec, cfg: SubnetConfig, args: Map
     fp = {"subnet_sha256": subnet_sha256, "config": cfg.to_dict(), "calibration_images": int(calibration_images),
           "per_channel": bool(per_channel), "data_path": str(provider.root), "n_test": len(provider.test_folder),
           "executorch": importlib.metadata.version("executorch"), "recipe": RECIPE_VERSION}
+    if targets != [XNNPACK]:  # the default's fingerprint stays as before
+        fp.update(targets=targets, system_config=system_config, memory_mode=memory_mode)
+        if any(is_ethosu(t) for t in targets):
+            fp["vela"] = importlib.metadata.version("ethos-u-vela") if ethosu_available() else None
     if subnet_sha256 is not None:
         for folder in dict.fromkeys([out, *map(Path, reuse_from)]):
             if (done := _reuse(folder, fp)) is None:
                 continue
             if folder != out:
-                for name in (INT8_NAME, FP32_NAME):
+                for name in _program_names(fp.get("targets", [XNNPACK])):
                     _write_bytes(out / name, (folder / name).read_bytes())
+                for t in done.get("targets", {}):
+                    if (folder / f"vela_{t}").is_dir():
+                        shutil.copytree(folder / f"vela_{t}", out / f"vela_{t}", dirs_exist_ok=True)
                 write_json(out / DEPLOY_NAME, done)
             log.info("deploy: %s already holds these programs (same subnet and settings), reused", folder)
             return done
     net = net.cpu().eval()
     calib = calibration_batches(provider, r, calibration_images)
+    opts = memory_options or MemoryOptions()
+    if XNNPACK in targets:
+        info = _deploy_xnnpack(net, spec, cfg, provider, out, calib, per_channel, opts, progress)
+    else:
+        info = {"model": spec.name, "config": cfg.to_dict(), "sources": {}, "units": {},
+                "calibration_images": sum(len(b) for b in calib)}
+    ethos = [t for t in targets if is_ethosu(t)]
+    if ethos:
+        info["targets"] = _deploy_ethosu(net, spec, cfg, out, calib, ethos, system_config, memory_mode,
+                                         provider.test_loader(r))
+        info["sources"]["targets"] = ("Vela's compile-time estimates for the target's system configuration "
+                                      "(not measurements on silicon); analytic_int8_activations_bytes: moofa's "
+                                      "analytic activations-only peak at 1 byte per element; tosa_int8_accuracy: measured, "
+                                      "top-1 of the lowered int8 TOSA network run by the TOSA reference model on "
+                                      "every test image (an integer reference of the NPU's maths, not the NPU)")
+        info["units"].update(sram_bytes="bytes", flash_bytes="bytes", inference_ms="milliseconds",
+                             cycles="NPU clock cycles", compile_seconds="seconds")
+    info["fingerprint"] = fp
+    write_json(out / DEPLOY_NAME, info)
+    return info
+
+
+def _deploy_ethosu(net: nn.Module, spec: ModelSpec, cfg: SubnetConfig, out: Path, calib: list[torch.Tensor],
+                   targets: list[str], system_config: str | None, memory_mode: str | None,
+                   loader: Any = None) -> dict[str, Any]:
+    """``{target: :func:`compile_target`}`` of each Ethos-U target."""
+    return {t: compile_target(net, spec, cfg, calib, t, out, system_config, memory_mode, loader)
+            for t in targets}
+
+
+def compile_target(net: nn.Module, spec: ModelSpec, cfg: SubnetConfig, calib: list[torch.Tensor], t: str,
+                   out: Path, system_config: str | None = None, memory_mode: str | None = None,
+                   loader: Any = None) -> dict[str, Any]:
+    """Quantise (Arm quantiser, calibrated on ``calib``) and lower the static network ``net`` for
+    the Ethos-U target ``t``: writes ``out/subnet_<t>.pte`` and ``out/vela_<t>/`` (Vela's CSVs and
+    ``out.tosa``); returns Vela's figures (bytes, cycles, ms) with the delegate-call count,
+    compile seconds and the analytic int8 activations-only peak. SplitProgramError when it is not one delegate call.
+    With ``loader`` (test images) and the TOSA reference model installed, also ``tosa_int8_accuracy``:
+    top-1 of the lowered int8 network executed by the reference model (:func:`moofa.deploy.ethosu.tosa_top1`)."""
+    from moofa.deploy.ethosu import (
+        ethosu_program,
+        quantize_for,
+        reference_model_available,
+        require_ethosu,
+        tosa_top1,
+    )
+    from moofa.efficiency.target import int8_activation_bytes
+
+    require_ethosu()
+    out = Path(out)
+    log.info("deploy: quantising (Arm quantiser) and lowering for %s ...", t)
+    t0 = time.perf_counter()
+    quantized, _ = quantize_for(net, cfg.image_size, calib, t, system_config, memory_mode)
+    prog = ethosu_program(quantized, cfg.image_size, t, out / f".work_{t}", system_config, memory_mode)
+    _write_bytes(out / target_program_name(t), prog.program.buffer)
+    kept = out / f"vela_{t}"
+    shutil.rmtree(kept, ignore_errors=True)
+    shutil.copytree(prog.workdir / "output", kept, ignore=shutil.ignore_patterns("*.npz"))
+    shutil.copyfile(prog.tosa_path, kept / "out.tosa")
+    shutil.rmtree(prog.workdir, ignore_errors=True)
+    figs = prog.figures.to_dict()
+    found = {**figs, "delegate_calls": prog.program.delegate_calls,
+             "compile_seconds": time.perf_counter() - t0, "pte_bytes": prog.program.size,
+             "analytic_int8_activations_bytes": int8_activation_bytes(spec, cfg),
+             "estimate": "Vela"}
+    if loader is not None and reference_model_available():
+        acc = tosa_top1(kept / "out.tosa", quantized, loader)
+        found.update({k: v for k, v in acc.items() if k != "tosa_correct"},
+                     tosa_per_image=pack_bits(acc["tosa_correct"]))
+        log.info("deploy: %s: int8 top-1 %.2f%% (TOSA reference model) on %d images", t,
+                 100 * acc["tosa_int8_accuracy"], acc["tosa_n_images"])
+    log.info("deploy: %s: SRAM %s B, Flash %s B, %.3f ms (Vela's estimates, %s, %s)", t,
+             f"{figs['sram_bytes']:,}", f"{figs['flash_bytes']:,}", figs["inference_ms"],
+             figs["system_config"], figs["memory_mode"])
+    return found
+
+
+def _deploy_xnnpack(net: nn.Module, spec: ModelSpec, cfg: SubnetConfig, provider: Any, out: Path,
+                    calib: list[torch.Tensor], per_channel: bool, opts: MemoryOptions,
+                    progress: bool) -> dict[str, Any]:
+    """The int8 XNNPACK and fp32 portable programs, measured on the test images."""
+    r = cfg.image_size
     log.info("deploy: quantising (PT2E int8, %s weights) on %d training images at %d px",
              "per-channel" if per_channel else "per-tensor", sum(len(b) for b in calib), r)
     quantized, q_seconds = quantize(net, r, calib, per_channel)
@@ -187,7 +303,6 @@ def deploy_network(net: nn.Module, spec: ModelSpec, cfg: SubnetConfig, args: Map
              f"{p32.planned_bytes:,}", p32.seconds)
     loader = provider.test_loader(r)
     measured = _measure(net, quantized, ProgramRunner(p8.buffer), ProgramRunner(p32.buffer), loader, progress)
-    opts = memory_options or MemoryOptions()
     acts = peak_memory(spec, cfg, MemoryOptions(count_weights=False))
     info = {**{k: measured[k] for k in ("int8_accuracy", "fp32_accuracy", "n_images", "int8_minus_fp32",
                                         "per_image")},
@@ -213,17 +328,17 @@ def deploy_network(net: nn.Module, spec: ModelSpec, cfg: SubnetConfig, args: Map
                                                  "x4 fp32 bytes)"},
             "units": {"accuracy": "fraction", "pte_bytes": "bytes", "runtime_memory_bytes": "bytes",
                       "analytic_peak_memory": opts.unit, "int8_ms_per_image": "milliseconds"},
-            "calibration_images": sum(len(b) for b in calib), "fingerprint": fp}
-    write_json(out / DEPLOY_NAME, info)
+            "calibration_images": sum(len(b) for b in calib)}
     log.info("deploy: int8 top-1 %.2f%% (ExecuTorch) vs fp32 %.2f%% (PyTorch) on %d images; wrote %s",
              100 * info["int8_accuracy"], 100 * info["fp32_accuracy"], info["n_images"], out)
     return info
 
 
 def deploy_exported(subnet_path: str | Path, cfg: Mapping[str, Any], out_dir: str | Path,
-                    progress: bool = True, reuse_from: Iterable[str | Path] = ()) -> dict[str, Any]:
+                    progress: bool = True, reuse_from: Iterable[str | Path] = (),
+                    targets: Iterable[str] | None = None) -> dict[str, Any]:
     """:func:`deploy_network` of an exported ``subnet.pth.tar`` with the data, memory model and
-    ``deploy:`` settings of the loaded run config ``cfg``."""
+    ``deploy:`` settings of the loaded run config ``cfg`` (``targets`` overrides ``deploy.targets``)."""
     require_executorch()
     net = load_exported(subnet_path)
     spec, arch = net.model_spec, net.subnet_config  # type: ignore[attr-defined]
@@ -237,4 +352,6 @@ def deploy_exported(subnet_path: str | Path, cfg: Mapping[str, Any], out_dir: st
     return deploy_network(net, spec, arch, args, out_dir, calibration_images=int(d["calibration_images"]),
                           per_channel=bool(d["per_channel"]),
                           memory_options=MemoryOptions.from_config(cfg, n_out),
-                          subnet_sha256=file_sha256(subnet_path), progress=progress, reuse_from=reuse_from)
+                          subnet_sha256=file_sha256(subnet_path), progress=progress, reuse_from=reuse_from,
+                          targets=d.get("targets", [XNNPACK]) if targets is None else targets,
+                          system_config=d.get("system_config"), memory_mode=d.get("memory_mode"))

@@ -74,18 +74,24 @@ def _backend_config() -> Any:
         alloc_graph_input=False, alloc_graph_output=False))
 
 
-def _lower(module: nn.Module, example: torch.Tensor, delegate: bool) -> Program:
+def _lower(module: nn.Module, example: torch.Tensor, delegate: bool, partitioner: Any = None,
+           compile_config: Any = None) -> Program:
+    """Export, lower and serialise ``module``. ``delegate``: with ``partitioner`` (a list of
+    ExecuTorch partitioners; XNNPACK's when None), else on the portable kernels;
+    ``compile_config``: an ``EdgeCompileConfig`` (ExecuTorch's default when None)."""
     from executorch.exir import to_edge_transform_and_lower
     from torch.export import export
 
     t0 = time.perf_counter()
     ep = export(module, (example,))
-    partitioner = None
-    if delegate:
+    if not delegate:
+        partitioner = None
+    elif partitioner is None:
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 
         partitioner = [XnnpackPartitioner()]
-    edge = to_edge_transform_and_lower(ep, partitioner=partitioner)
+    extra = {} if compile_config is None else {"compile_config": compile_config}
+    edge = to_edge_transform_and_lower(ep, partitioner=partitioner, **extra)
     calls, left = _graph_census(edge.exported_program().graph)
     prog = edge.to_executorch(_backend_config())
     planned = sum(int(s) for s in prog.executorch_program.execution_plan[0].non_const_buffer_sizes)
@@ -124,26 +130,32 @@ def fp32_program(net: nn.Module, image_size: int) -> Program:
 
 @torch.no_grad()
 def quantize(net: nn.Module, image_size: int, calibration: Iterable[torch.Tensor],
-             per_channel: bool = True) -> tuple[nn.Module, float]:
+             per_channel: bool = True, quantizer: Any = None) -> tuple[nn.Module, float]:
     """PT2E int8 model of ``net`` calibrated on ``calibration`` (image batches, any size); returns
     the converted module and the seconds it took. The graph is traced with a dynamic batch size
     so that calibration runs whole batches (observers reduce over the batch, as over one image
-    after another)."""
+    after another). ``quantizer``: a PT2E quantizer (XNNPACK's symmetric one when None; then
+    ``per_channel`` picks its weight granularity)."""
     require_executorch()
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-        XNNPACKQuantizer,
-        get_symmetric_quantization_config,
-    )
     from torch.export import Dim, export
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     t0 = time.perf_counter()
     net = net.cpu().eval()
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=per_channel))
+    guards: dict[str, Any] = {}
+    if quantizer is None:
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+            XNNPACKQuantizer,
+            get_symmetric_quantization_config,
+        )
+
+        quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=per_channel))
+    else:  # the Arm backend's passes cannot lower the guard submodule (call_module _guards_fn)
+        guards = {"check_guards": False}
     batch = Dim("batch", min=1, max=MAX_CALIBRATION_BATCH)
     with single_op_pooling():
         example = example_input(image_size).expand(2, -1, -1, -1)  # batch 1 would specialise
-        graph = export(net, (example,), dynamic_shapes=({0: batch},)).module()
+        graph = export(net, (example,), dynamic_shapes=({0: batch},)).module(**guards)
     prepared = prepare_pt2e(graph, quantizer)
     for images in calibration:
         for chunk in images.cpu().split(MAX_CALIBRATION_BATCH):

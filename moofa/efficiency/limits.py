@@ -18,8 +18,8 @@ are tight. Repair shrinks one choice at a time, so it always ends.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -44,16 +44,34 @@ LIMIT_KEYS = {"memory": "search_config.constraints", "mmacs": "search_config.max
 
 
 @dataclass(frozen=True)
+class Quantity:
+    """A further hard limit on a quantity that never decreases when a choice grows (e.g. a
+    target's predicted latency, SRAM or Flash): ``name`` (in :func:`violations`), ``key`` (the
+    config key named in errors), ``limit`` and ``batch`` (spec, configs) -> values (N,), in ``unit``."""
+
+    name: str
+    key: str
+    limit: float
+    batch: Callable[[ModelSpec, Sequence[Any]], np.ndarray]
+    unit: str = ""
+
+    def values(self, spec: ModelSpec, configs: Sequence[Any]) -> np.ndarray:
+        return np.asarray(self.batch(spec, list(configs)), dtype=np.float64)
+
+
+@dataclass(frozen=True)
 class Limits:
     """Hard limits of a search: ``memory`` (peak, in ``options.unit``; None = no budget),
     ``max_mmacs`` (MMACs), ``max_params`` (parameters of the exported subnet with a classifier
-    of ``n_classes``, head included). None means no limit."""
+    of ``n_classes``, head included), and ``quantities`` (further monotone limits, e.g. a
+    target's predicted latency in ms). None means no limit."""
 
     memory: float | None = None
     max_mmacs: float | None = None
     max_params: int | None = None
     options: MemoryOptions = DEFAULT_OPTIONS
     n_classes: int = 1000
+    quantities: tuple[Quantity, ...] = field(default=(), compare=False)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], n_classes: int, memory: float | None = None) -> "Limits":
@@ -70,11 +88,17 @@ class Limits:
     @property
     def extra(self) -> bool:
         """Whether a limit besides memory is set."""
-        return self.max_mmacs is not None or self.max_params is not None
+        return self.max_mmacs is not None or self.max_params is not None or bool(self.quantities)
+
+    def with_quantities(self, *quantities: Quantity) -> "Limits":
+        return replace(self, quantities=self.quantities + tuple(quantities))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"memory": self.memory, "memory_unit": self.options.unit, "max_mmacs": self.max_mmacs,
-                "max_params": self.max_params, "n_classes": self.n_classes}
+        out = {"memory": self.memory, "memory_unit": self.options.unit, "max_mmacs": self.max_mmacs,
+               "max_params": self.max_params, "n_classes": self.n_classes}
+        for q in self.quantities:
+            out[q.key.rsplit(".", 1)[-1]] = q.limit
+        return out
 
 
 def fits_batch(model: "str | ModelSpec", configs: Sequence[Any], limits: Limits,
@@ -93,6 +117,8 @@ def fits_batch(model: "str | ModelSpec", configs: Sequence[Any], limits: Limits,
         ok &= flops_batch(spec, configs, n_classes=limits.n_classes) <= limits.max_mmacs
     if limits.max_params is not None:
         ok &= params_batch(spec, configs, n_classes=limits.n_classes) <= limits.max_params
+    for q in limits.quantities:
+        ok &= q.values(spec, configs) <= q.limit
     return ok
 
 
@@ -111,6 +137,9 @@ def violations(model: "str | ModelSpec", config: Any, limits: Limits) -> dict[st
         out["mmacs"] = m
     if limits.max_params is not None and (n := count_params(spec, cfg, limits.n_classes)) > limits.max_params:
         out["params"] = n
+    for q in limits.quantities:
+        if (v := float(q.values(spec, [cfg])[0])) > q.limit:
+            out[q.name] = v
     return out
 
 
@@ -198,6 +227,17 @@ def check_limits(model: "str | ModelSpec", limits: Limits, file: Any = None,
             f"max_params {limits.max_params:,} is below {spec.name}'s smallest achievable "
             f"{mins['params_in_budget']:,} parameters{within} (minimum {mins['params_in_budget']})",
             file=file, key=keys["params"], value=limits.max_params)
+    if limits.quantities:  # monotone: the smallest choices at the smallest feasible resolution attain each minimum
+        rs = feasible_resolutions(spec, np.inf if limits.memory is None else limits.memory, limits.options)
+        smallest = spec.min_config(min(rs))
+        for q in limits.quantities:
+            v = float(q.values(spec, [smallest])[0])
+            if v > q.limit:
+                raise InfeasibleConstraintError(
+                    f"{q.key.rsplit('.', 1)[-1]} {q.limit:g} is below {spec.name}'s smallest achievable "
+                    f"{v:,.4g} {q.unit}{within} (minimum {v:.6g})", file=file, key=q.key, value=q.limit)
+        if mins["config"] is not None and not fits(spec, mins["config"], limits):
+            mins["config"] = smallest
     if limits.extra and (mins["config"] is None or not fits(spec, mins["config"], limits)):
         raise InfeasibleConstraintError(f"{spec.name}: no subnet meets all limits together "
                                         f"({limits.to_dict()})", file=file, key=keys["mmacs"],
@@ -256,7 +296,8 @@ def repair_within(model: "str | ModelSpec", config: Any, limits: Limits,
     while bad:  # bounded: each step lowers one of finitely many choice indices
         quantity = {"mmacs": lambda c: flops(spec, c, limits.n_classes),
                     "params": lambda c: count_params(spec, c, limits.n_classes),
-                    "memory": lambda c: peak_memory(spec, c, limits.options)}
+                    "memory": lambda c: peak_memory(spec, c, limits.options),
+                    **{q.name: (lambda c, q=q: float(q.values(spec, [c])[0])) for q in limits.quantities}}
         good = [m for m in _moves(spec, cfg)
                 if all(quantity[q](m) < v for q, v in bad.items())
                 and not (set(violations(spec, m, limits)) - set(bad))]

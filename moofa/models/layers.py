@@ -59,14 +59,18 @@ def single_op_pooling() -> Iterator[None]:
 
 
 class SEModule(nn.Module):
-    """Squeeze-excite: pool, 1x1 conv C->mid (bias), ReLU, 1x1 conv mid->C (bias), h_sigmoid."""
+    """Squeeze-excite: pool, 1x1 conv C->mid (bias), ReLU, 1x1 conv mid->C (bias), h_sigmoid.
+
+    The gate is out of place: an in-place ``hardsigmoid_`` is not annotated by the Arm
+    (Ethos-U) quantiser, so each gate stayed fp32 on the CPU and split the NPU program
+    (docs/ethosu.md). Same maths, same state dict."""
 
     def __init__(self, channels: int, mid: int | None = None) -> None:
         super().__init__()
         mid = se_channels(channels) if mid is None else mid
         self.fc = nn.Sequential(OrderedDict(
             reduce=nn.Conv2d(channels, mid, 1, bias=True), relu=nn.ReLU(inplace=True),
-            expand=nn.Conv2d(mid, channels, 1, bias=True), h_sigmoid=nn.Hardsigmoid(inplace=True)))
+            expand=nn.Conv2d(mid, channels, 1, bias=True), h_sigmoid=nn.Hardsigmoid(inplace=False)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.fc(global_avg_pool(x))

@@ -63,6 +63,7 @@ class ResultRow:
     n_images: int = 0                           # test images behind top1 when measured
     per_image: Mapping[str, Any] | None = None  # per-image outcomes (moofa.stats), for paired comparisons
     vs_baseline: Mapping[str, Any] | None = None  # found minus baseline on the test images, paired
+    targets: Mapping[str, Any] | None = None  # Ethos-U target -> Vela's figures of the answer (estimates)
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,8 @@ def _row(info: Mapping[str, Any], constraint: int, path: Path) -> ResultRow:
                          _interval(info.get("predicted_interval")),
                          int(info.get("n_images") or 0),
                          info.get("per_image") if isinstance(info.get("per_image"), Mapping) else None,
-                         base.get("real_difference") if isinstance(base.get("real_difference"), Mapping) else None)
+                         base.get("real_difference") if isinstance(base.get("real_difference"), Mapping) else None,
+                         _targets(info))
     except (KeyError, TypeError, ValueError) as err:
         raise MoofaInputError(f"not a search result ({type(err).__name__}: {err})", file=path) from None
 
@@ -173,6 +175,19 @@ def read_run(res_dir: str | Path, label: str | None = None) -> Run:
 
 
 # ---------------------------------------------------------------------------------------- tables
+def _targets(info: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Vela's figures of the answer per Ethos-U target: the search's compiled answer
+    (``info["target"]``) and the deploy export's targets (``info["deploy"]["targets"]``)."""
+    out: dict[str, Any] = {}
+    dep = info.get("deploy")
+    if isinstance(dep, Mapping) and isinstance(dep.get("targets"), Mapping):
+        out.update(dep["targets"])
+    t = info.get("target")
+    if isinstance(t, Mapping) and isinstance(t.get("compiled"), Mapping):
+        out[t["target"]] = dict(t["compiled"], predicted=t.get("predicted"))
+    return out or None
+
+
 def format_constraint(c: int) -> str:
     """``325000`` -> ``325k``; other values with thousands separators."""
     return f"{c // 1000}k" if c % 1000 == 0 else f"{c:,}"
@@ -215,7 +230,28 @@ def summary_markdown(runs: Sequence[Run], title: str | None = None) -> str:
     lines += intervals_markdown(runs)
     for run in runs:
         lines += ["", *against_data_markdown(run)]
-    return "\n".join(lines) + "\n" + deploy_markdown(runs)
+    return "\n".join(lines) + "\n" + deploy_markdown(runs) + target_markdown(runs)
+
+
+def target_markdown(runs: Sequence[Run]) -> str:
+    """Per Ethos-U target, Table 1's layout with cells ``SRAM / Flash / latency`` of each answer:
+    Vela's compile-time estimates, not measurements on silicon. Empty when nothing was compiled."""
+    names = sorted({t for run in runs for r in run.rows for t in (r.targets or {})})
+    out: list[str] = []
+    for t in names:
+        constraints, maps = _by_constraint(runs)
+        out += ["", f"## {t}: Vela's estimates of the found subnets", "",
+                (f"Cells: SRAM (KiB, Vela) / Flash (KiB, Vela) / latency (ms, Vela) of the answer compiled for {t}. "
+                 "Vela's compile-time estimates for its system configuration, not measurements on silicon."), "",
+                "| Constraint | " + " | ".join(r.label for r in runs) + " |", "|---|" + "---|" * len(runs)]
+        for c in constraints:
+            cells = []
+            for m in maps:
+                f = (m.get(c).targets or {}).get(t) if m.get(c) else None
+                cells.append("-" if not f else f"{f['sram_bytes'] / 1024:,.1f} / {f['flash_bytes'] / 1024:,.1f} / "
+                             f"{f['inference_ms']:.3f}")
+            out.append(f"| < {format_constraint(c)} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n" if out else ""
 
 
 def _measured(row: ResultRow | None) -> str:

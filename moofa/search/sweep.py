@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import json
 import logging
+
+import torch
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -65,6 +67,7 @@ from moofa.training.evaluate import calibrate_subnet, evaluate_subnet
 from moofa.search.export import export_subnet
 from moofa.stats import compare_stored
 from moofa.deploy import DEPLOY_NAME, deploy_exported
+from moofa.search.target import TARGET_KEYS, compile_answer, random_weights_net, target_table, with_target_limits
 
 log = logging.getLogger(__name__)
 EXPORT_NAME = "subnet.pth.tar"
@@ -172,6 +175,8 @@ def fingerprint(cfg: Mapping[str, Any], spec: ModelSpec, constraint: int,
         fp["memory"] = options.to_dict()
     if sc.get("max_mmacs") is not None or sc.get("max_params") is not None:
         fp["limits"] = {"max_mmacs": sc.get("max_mmacs"), "max_params": sc.get("max_params")}
+    if sc.get("target") is not None:  # the chip's limits and how the answer is compiled
+        fp["target"] = {k: sc.get(k) for k in ("target", *TARGET_KEYS, "latency_table", "compile_tries")}
     if deploys(cfg, constraint):
         fp["deploy"] = dict(cfg["deploy"])
     return json.loads(json.dumps(fp))
@@ -253,7 +258,8 @@ class _Context:
                 log.info("predictor-only search: no supernet weights, so the found subnets are not exported")
         self.predictor, self.inputs = predictor, inputs
         set_flops_classes(predictor, self.n_classes)  # the data's, once the data is read
-        self.limits = Limits.from_config(cfg, self.n_classes)
+        self.table = target_table(sc, spec, getattr(cfg, "path", None))  # Ethos-U latency table or None
+        self.limits = with_target_limits(Limits.from_config(cfg, self.n_classes), sc, spec, getattr(cfg, "path", None))
         measured = load_measured(cfg, spec) if self.fitness_settings.robust else None
         self.fitness = RobustFitness(self.predictor, measured, self.fitness_settings, self.limits)
         self.finder = EvolutionFinder(spec, self.fitness, self.settings, limits=self.limits)
@@ -282,7 +288,8 @@ def run_search(run: Run, backend: Any, overwrite: bool = False) -> list[dict]:
     spec = run.spec(args)
     sc = cfg.search_config
     constraints = sc.sweep()
-    check_constraints(spec, constraints, file=run.path, limits=Limits.from_config(cfg, run.n_classes(args)))
+    check_constraints(spec, constraints, file=run.path,
+                      limits=with_target_limits(Limits.from_config(cfg, run.n_classes(args)), sc, spec, run.path))
     if "executorch" in sc["export"] and sc["evaluate"]:
         require_executorch()  # before any search, not after the first one
     res_dir = run.search_dir
@@ -469,6 +476,10 @@ def _one_constraint(ctx: _Context, c: int, previous: Mapping[str, Any] | None, o
     if ctx.evaluate:
         if ctx.top_k > 0:
             chosen, rerank = _rerank(ctx, c, answer, result.top, previous, baseline)
+    target = None
+    if ctx.table is not None:  # the answer as compiled for the chip: the first candidate Vela says fits
+        chosen, target = _compile_for_target(ctx, c, chosen, rerank, result, out)
+    if ctx.evaluate:
         evaluation = evaluate_subnet(ctx.supernet, chosen, ctx.provider, backend, split="test",
                                      time_forward=True)
         per_image = {**evaluation.per_image("real_accuracy"), "images": _test_images(ctx, evaluation)}
@@ -501,6 +512,8 @@ def _one_constraint(ctx: _Context, c: int, previous: Mapping[str, Any] | None, o
         "rerank": rerank, "fitness": ctx.fitness.describe(),
         "distance_to_data": None if est.distance[0] == float("inf") else float(est.distance[0]),
     }
+    if target is not None:
+        info["target"] = target
     info.update({"memory_history": report["memory_history"], "flops": report["flops"],
                  "avg_forward_time": evaluation.avg_forward_time if evaluation else None,
                  "model": spec.name, "constraint": c, "params": report["params"],
@@ -518,6 +531,38 @@ def _one_constraint(ctx: _Context, c: int, previous: Mapping[str, Any] | None, o
         _log_result(info)
     backend.barrier()
     return info
+
+
+def _compile_for_target(ctx: _Context, c: float, chosen: SubnetConfig, rerank: list[dict], result: Any,
+                        out: Path) -> tuple[SubnetConfig, dict]:
+    """:func:`moofa.search.target.compile_answer` on rank 0 (candidates: the answer, then the
+    re-ranked ones by measured accuracy, then the search's top), broadcast to every rank."""
+    payload = None
+    if ctx.backend.is_main:
+        ranked = sorted((r for r in rerank if r.get("selection_accuracy") is not None),
+                        key=lambda r: -r["selection_accuracy"])
+        candidates = [chosen, *(SubnetConfig.from_dict(r["config"]) for r in ranked), *(t.config for t in result.top)]
+        if ctx.supernet is not None:
+            def net_of(cfg: SubnetConfig) -> Any:
+                calibrate_subnet(ctx.supernet, cfg, ctx.provider)
+                ctx.supernet.set_subnet(cfg)
+                return ctx.supernet.get_active_subnet().cpu().eval()
+        else:
+            net_of = random_weights_net(ctx.spec, ctx.n_classes)
+        n_calib = int(ctx.cfg["deploy"]["calibration_images"])
+
+        def calibration_of(r: int) -> list:
+            if ctx.provider is None:  # predictor-only: seeded random images
+                return [torch.randn(8, 3, r, r, generator=torch.Generator().manual_seed(0))]
+            from moofa.deploy import calibration_batches
+            return calibration_batches(ctx.provider, r, n_calib)
+
+        d = ctx.cfg["deploy"]
+        cfg, record = compile_answer(ctx.spec, ctx.sc, ctx.table, candidates, ctx.limits.with_memory(c), net_of,
+                                     calibration_of, out, d.get("system_config"), d.get("memory_mode"))
+        payload = (cfg.to_dict(), record)
+    payload = ctx.backend.broadcast_object(payload)
+    return SubnetConfig.from_dict(payload[0]), payload[1]
 
 
 def _predicted_source(ctx: _Context, est: Any) -> str:
@@ -563,11 +608,14 @@ def _write_outputs(spec: ModelSpec, info: dict, report: Mapping[str, Any], out: 
             info["deploy"] = {k: dep[k] for k in ("int8_accuracy", "fp32_accuracy", "n_images", "pte_bytes",
                                                   "runtime_memory_bytes", "fp32_pte_bytes",
                                                   "fp32_runtime_memory_bytes", "analytic_peak_memory",
-                                                  "analytic_unit", "analytic_activations_elements")}
+                                                  "analytic_unit", "analytic_activations_elements") if k in dep}
             info["deploy"]["int8_minus_fp32"] = dep.get("int8_minus_fp32")
             info["deploy"]["file"] = DEPLOY_NAME
-            info["int8_accuracy"] = dep["int8_accuracy"]
-            info["export"] += [n for n in ("subnet_int8.pte", "subnet_fp32.pte", DEPLOY_NAME)]
+            info["int8_accuracy"] = dep.get("int8_accuracy")
+            info["export"] += [n for n in ("subnet_int8.pte", "subnet_fp32.pte", DEPLOY_NAME) if (out / n).is_file()]
+            if dep.get("targets"):  # Ethos-U programs: Vela's estimates
+                info["deploy"]["targets"] = dep["targets"]
+                info["export"] += [f"subnet_{t}.pte" for t in dep["targets"]]
     write_json(out / INFO_NAME, info)
 
 
@@ -584,7 +632,7 @@ def _log_result(info: Mapping[str, Any]) -> None:
             d = base["real_difference"]
             measured += (f" (found minus baseline {100 * d['difference']:+.2f} pp "
                          f"[{100 * d['interval'][0]:+.1f}, {100 * d['interval'][1]:+.1f}], {d['verdict']})")
-    if info.get("deploy"):
+    if info.get("deploy") and info["deploy"].get("int8_accuracy") is not None:
         d = info["deploy"]
         measured += (f", int8 top-1 {100 * d['int8_accuracy']:.2f}% (ExecuTorch), program "
                      f"{d['pte_bytes']:,} bytes, planned activations {d['runtime_memory_bytes']:,} bytes")

@@ -1,0 +1,130 @@
+"""Latency tables (issue 20): ``python -m moofa.latency build`` on a tiny model compiles sampled
+subnets, survives a SIGKILL (the rerun keeps the compiled samples) and writes a table that predicts
+Vela's figures; shipped tables load and predict without the ethos-u extra."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from tiny import ROOT, TINY_MODELS
+
+from moofa.deploy import ethosu_available
+from moofa.latency import load_table, shipped_tables
+from moofa.latency.samples import load_sample, sample_jobs
+from moofa.models.spec import get_model_spec
+
+TARGETS = ("ethos-u55-128", "ethos-u65-256")
+N = 4
+
+
+def _build(root: Path, mc: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "moofa.latency", "build", "--model", "TINY_OFA", "--model_config_path", str(mc),
+           "--target", TARGETS[0], "--target", TARGETS[1], "--samples", str(N), "--cache", str(root / "cache"),
+           "--output", str(root / "tables")]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    with (root / "build.log").open("w") as log:  # a file, not a pipe nobody reads while it runs
+        return subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    if not ethosu_available():
+        pytest.skip("the ethos-u extra is not installed (pip install -e '.[ethos-u]')")
+    root = tmp_path_factory.mktemp("latency")
+    mc = root / "model_configs.yaml"
+    mc.write_text(yaml.safe_dump(TINY_MODELS, sort_keys=False))
+    jobs = sample_jobs("TINY_OFA", TARGETS, root / "cache", N, model_configs=str(mc))
+    proc = _build(root, mc)
+    first = Path(jobs[0].folder) / f"figures_{TARGETS[1]}.json"
+    deadline = time.monotonic() + 600
+    while proc.poll() is None and not first.is_file() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    killed = proc.poll() is None
+    proc.kill()  # SIGKILL, mid-build
+    proc.wait()
+    assert killed and first.is_file()
+    stamp = (Path(jobs[0].folder) / "config.json").stat().st_mtime_ns
+    done_before = sum(load_sample(j.folder, TARGETS[1]) is not None for j in jobs)
+    proc = _build(root, mc)
+    proc.wait(timeout=900)
+    out = (root / "build.log").read_text()
+    assert proc.returncode == 0, out[-3000:]
+    return root, mc, jobs, stamp, done_before, out
+
+
+def test_build_resumes_after_sigkill(built):
+    root, _, jobs, stamp, done_before, out = built
+    assert 1 <= done_before < N
+    assert f"{done_before} of {N} samples already compiled" in out
+    assert (Path(jobs[0].folder) / "config.json").stat().st_mtime_ns == stamp  # not compiled again
+    assert all(load_sample(j.folder, t) is not None for j in jobs for t in TARGETS)
+    assert not list((root / "cache" / "TINY_OFA").glob(".*.tmp"))  # the killed compile's leftovers are gone
+
+
+def test_table_predicts_velas_figures_with_provenance(built):
+    root, mc, jobs, _, _, _ = built
+    for t in TARGETS:
+        table = load_table("TINY_OFA", t, root / "tables" / f"TINY_OFA_{t}.json")
+        prov = table.provenance
+        assert prov["versions"]["ethos-u-vela"] == "5.1.0" and prov["n_samples"] == N
+        assert prov["system_config"] == table.system_config and "manual_seed(0)" in prov["weights"]
+        for j in jobs:
+            s = load_sample(j.folder, t)
+            f = s["figures"]
+            cfg = s["config"].to_dict()
+            # SRAM: an upper envelope of the samples, so never below Vela's figure (in a
+            # Dedicated_Sram mode, a cache: the largest use seen)
+            assert f["sram_bytes"] <= table.predict_sram_bytes(cfg)
+            if "Dedicated_Sram" in table.memory_mode:
+                assert table.predict_sram_bytes(cfg) == max(load_sample(k.folder, t)["figures"]["sram_bytes"]
+                                                            for k in jobs)
+            else:
+                assert table.predict_sram_bytes(cfg) <= 1.5 * f["sram_bytes"] + 4096
+            assert abs(table.predict_ms(cfg) - f["inference_ms"]) <= 0.25 * f["inference_ms"]
+            assert abs(table.predict_flash_bytes(cfg) - f["flash_bytes"]) <= 0.1 * max(f["flash_bytes"], 1) + 4096
+        assert prov["fit_error"]["ms_max_rel"] < 0.25
+    spec = get_model_spec("TINY_OFA", mc)
+    u55 = load_table("TINY_OFA", TARGETS[0], root / "tables" / f"TINY_OFA_{TARGETS[0]}.json")
+    assert u55.predict_ms(spec.max_config(48)) > u55.predict_ms(spec.min_config(32))
+
+
+def test_bad_arguments_are_one_error_line(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    for args, word in ((["--model", "NOPE", "--target", "ethos-u55-128"], "NOPE"),
+                       (["--model", "OFA", "--target", "xnnpack"], "xnnpack"),
+                       (["--model", "OFA", "--target", "ethos-u55-128", "--samples", "2"], "--samples")):
+        proc = subprocess.run([sys.executable, "-m", "moofa.latency", "build", *args, "--cache", str(tmp_path)],
+                              env=env, capture_output=True, text=True, timeout=300)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:") and word in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize("model", ["OFA", "MOOFA_V3"])
+@pytest.mark.parametrize("target", ["ethos-u55-128", "ethos-u65-256"])
+def test_shipped_tables_load_and_predict(model, target):
+    assert f"{model}_{target}" in shipped_tables()
+    table = load_table(model, target)
+    spec = get_model_spec(model)
+    small, big = spec.min_config(min(spec.image_sizes)), spec.max_config(max(spec.image_sizes))
+    assert 0 < table.predict_ms(small.to_dict()) < table.predict_ms(big.to_dict())
+    lo, hi = table.predict_sram_bytes(small.to_dict()), table.predict_sram_bytes(big.to_dict())
+    if "Dedicated_Sram" in table.memory_mode:  # a cache of fixed size: its largest use, whatever the subnet
+        assert lo == hi <= 384 * 1024 and table.sram["s"] == 0
+    else:
+        assert 0 < lo < hi
+    e = table.provenance["fit_error"]
+    assert e["ms_max_rel"] <= 0.08 and e["ms_mean_rel"] <= 0.05
+    assert table.provenance["versions"]["ethos-u-vela"] == "5.1.0"
+
+
+def test_missing_table_is_an_input_error():
+    from moofa.errors import MoofaInputError
+
+    with pytest.raises(MoofaInputError, match="no shipped latency table"):
+        load_table("OFA", "ethos-u85-2048")
