@@ -13,7 +13,6 @@ envelope fitted on samples 0-11). Goal: within 2 %. Vela's figures are compile-t
 """
 from __future__ import annotations
 
-import argparse
 
 import numpy as np
 
@@ -21,16 +20,11 @@ from moofa.efficiency.target import int8_activation_bytes_batch
 from moofa.latency.samples import load_sample, run_jobs, sample_jobs
 from moofa.models.spec import get_model_spec
 
+from ethosu_args import sample_parser
+
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", default=["OFA", "MOOFA_V3"])
-    p.add_argument("--targets", nargs="+", default=["ethos-u55-128", "ethos-u65-256"])
-    p.add_argument("--n", type=int, default=20)
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--cache", default=".cache/ethosu")
-    p.add_argument("--no-compile", action="store_true", help="use the samples already compiled")
-    a = p.parse_args()
+    a = sample_parser(__doc__.split("\n\n")[0], n=20).parse_args()
     for model in a.models:
         spec = get_model_spec(model)
         jobs = sample_jobs(model, a.targets, a.cache, a.n)

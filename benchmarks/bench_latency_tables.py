@@ -13,7 +13,6 @@ Goal: latency max error <= 8 %, mean <= 5 %. All figures are Vela's compile-time
 """
 from __future__ import annotations
 
-import argparse
 
 import numpy as np
 
@@ -21,16 +20,12 @@ from moofa.latency import load_table
 from moofa.latency.samples import load_sample, run_jobs, sample_jobs
 from moofa.models.spec import get_model_spec
 
+from ethosu_args import sample_parser
+
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", default=["OFA", "MOOFA_V3"])
-    p.add_argument("--targets", nargs="+", default=["ethos-u55-128", "ethos-u65-256"])
+    p = sample_parser(__doc__.split("\n\n")[0], n=30)
     p.add_argument("--start", type=int, default=None, help="default: after the fitted samples")
-    p.add_argument("--n", type=int, default=30)
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--cache", default=".cache/ethosu")
-    p.add_argument("--no-compile", action="store_true", help="use the samples already compiled")
     a = p.parse_args()
     for model in a.models:
         spec = get_model_spec(model)
