@@ -271,8 +271,9 @@ def test_deploy_accepts_the_result_folder_fine_tuning_accepts(tmp_path, capsys, 
                                                              "image_size": 32}}))
     seen = []
 
-    def fake_deploy(subnet, cfg, out, progress=True):
+    def fake_deploy(subnet, cfg, out, progress=True, targets=None):
         seen.append(Path(subnet))
+        assert targets is None  # no --target: deploy.targets of the config
         return {"int8_accuracy": 0.5, "fp32_accuracy": 0.5, "n_images": 40, "pte_bytes": 1,
                 "runtime_memory_bytes": 1, "analytic_peak_memory": 1, "analytic_unit": "elements"}
 

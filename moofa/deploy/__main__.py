@@ -16,6 +16,7 @@ one ``error:`` line, exit status 2.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 from moofa.cli.common import ArgParser, run_cli
