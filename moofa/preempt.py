@@ -63,9 +63,20 @@ _where: str | None = None  # "epoch 7/30 (teacher)": set by the running job's lo
 
 def progress(unit: str, index: int, total: int, label: str | None = None) -> None:
     """Record that the job is at ``unit index/total`` (1-based; ``label`` in parentheses): the
-    stop line says so and tells the user to rerun to resume."""
+    stop line says so and tells the user to rerun to resume. Also a :func:`check` point."""
     global _where
+    check()
     _where = f"{unit} {index}/{total}" + (f" ({label})" if label else "")
+
+
+def check() -> None:
+    """Raise :class:`Preempted` when a stop signal was received and the job still runs. The
+    handler raises it at once, but Python drops an exception raised where it cannot propagate
+    (a weakref callback or ``__del__`` running during garbage collection): loops call this once
+    per step (epoch, batch, generation, subnet, budget) so such a stop is not lost."""
+    for s in _ACTIVE:
+        if s.signum is not None and not s.held:
+            raise Preempted(s.signum)
 
 
 def stop_line(signum: int) -> str:
@@ -86,6 +97,7 @@ class StopSignals:
         self.grace = float(os.environ.get(GRACE_ENV, DEFAULT_GRACE)) if grace is None else grace
         self.signum: int | None = None
         self._raised = False  # Preempted raised once (or held): later signals are only recorded
+        self.held = False     # the job's main function has returned: no more Preempted
         self._pid = os.getpid()
         self._saved: dict[int, Any] = {}
         self._pipe: tuple[int, int] | None = None
@@ -128,6 +140,7 @@ class StopSignals:
         """From now on a stop signal is only recorded: no exception in the middle of the
         caller's final reporting."""
         self._raised = True
+        self.held = True
 
     # ----------------------------------------------------------------------------- signals
     def _record(self, signum: int) -> None:
@@ -192,5 +205,5 @@ def _after_fork_in_child() -> None:
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
-__all__ = ["Preempted", "StopSignals", "STOP_SIGNALS", "GRACE_ENV", "DEFAULT_GRACE", "exit_status",
+__all__ = ["Preempted", "StopSignals", "STOP_SIGNALS", "GRACE_ENV", "DEFAULT_GRACE", "check", "exit_status",
            "progress", "signal_name", "stop_line", "stop_signal"]

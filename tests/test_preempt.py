@@ -138,3 +138,36 @@ def test_sigterm_under_a_launcher_stops_every_rank_and_resumes(tmp_path, launche
     rerun = project.run(*cmd, nproc=2, launcher=launcher)
     assert "Resumed teacher" in rerun.stderr and not lock.exists()
     assert [json.loads(x)["epoch"] for x in log.read_text().splitlines()] == [1, 2, 3]
+
+
+class _SignalsWhenCollected:
+    """Sends SIGTERM to this process from ``__del__``, where Python drops the handler's exception
+    ("Exception ignored in ..."), as it did in a weakref callback during a search."""
+
+    def __del__(self) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.parametrize("more_steps", [True, False])
+def test_a_stop_signal_swallowed_by_python_is_not_lost(tmp_path, capsys, more_steps):
+    """The handler's Preempted is dropped when it fires inside ``__del__``. The next step's
+    check raises it again; a job that has no further step still ends as stopped (exit 143, the
+    stop line, the lock released)."""
+    reached: list[int] = []
+
+    def main(argv):
+        with OutputLock(tmp_path, "test job"):
+            preempt.progress("epoch", 1, 3)
+            _SignalsWhenCollected()  # collected at once: SIGTERM inside __del__
+            reached.append(1)
+            if more_steps:
+                for epoch in (2, 3):
+                    preempt.progress("epoch", epoch, 3)
+                    reached.append(epoch)
+        return 0
+
+    assert run_cli(main, []) == 143
+    assert reached == [1]
+    err = capsys.readouterr().err
+    assert "stopped by SIGTERM at epoch 1/3; rerun the same command to resume" in err
+    assert not (tmp_path / LOCK_NAME).exists()

@@ -65,6 +65,11 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
                 print(error_line(str(err)), file=sys.stderr)
                 return EXIT_BAD_INPUT
             raise
+        if stop.signum is not None:  # the job finished its step anyway: still say it was stopped
+            if rank == 0:
+                _close_progress_bars()
+                print(stop_line(stop.signum), file=sys.stderr)
+            return exit_status(stop.signum)
     return int(rc or 0)
 
 

@@ -52,6 +52,7 @@ from moofa.efficiency import (
 )
 from moofa.config import SearchSettings
 from moofa.efficiency.limits import Limits, check_limits, fits_batch, repair_within, sample_within
+from moofa import preempt
 from moofa.errors import InfeasibleConstraintError
 from moofa.models.space import SearchSpace
 from moofa.models.spec import ModelSpec, SubnetConfig, get_model_spec
@@ -327,6 +328,7 @@ class EvolutionFinder:
         bar = tqdm(total=s.generations, desc=f"search <= {int(constraint):,}", disable=not progress,
                    leave=False, dynamic_ncols=True, mininterval=1.0)
         for _ in range(s.generations):
+            preempt.check()  # a stop signal lost in a garbage-collection callback
             parents = sorted(population, key=lambda ind: -ind.accuracy)[:s.n_parents]
             children = self._generation(parents, constraint, rng, rng_np, stats)
             archive.offer(children)

@@ -254,6 +254,7 @@ class Trainer:
                    disable=None if self.backend.is_main else True, dynamic_ncols=True)
         lr = self.init_lr
         for i, (images, labels) in enumerate(bar):
+            preempt.check()  # a stop signal lost in a garbage-collection callback
             lr = learning_rate(epoch, i, n_batches, self.init_lr, int(a["n_epochs"]), int(a["warmup_epochs"]),
                                float(a["warmup_lr"]), a["lr_schedule_type"])
             set_lr(self.optimizer, lr)
