@@ -116,6 +116,8 @@ class StopSignals:
         self._old_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
         for s in STOP_SIGNALS:
             self._saved[s] = signal.signal(s, self._handle)
+        self._old_unraisable = sys.unraisablehook
+        sys.unraisablehook = self._unraisable
         self._watcher = threading.Thread(target=self._watch, args=(r,), name="moofa-stop-watcher",
                                          daemon=True)
         self._watcher.start()
@@ -129,6 +131,7 @@ class StopSignals:
         signal.set_wakeup_fd(self._old_fd)
         for s, old in self._saved.items():
             signal.signal(s, old)
+        sys.unraisablehook = self._old_unraisable
         os.close(self._pipe[1])  # the watcher reads EOF and ends
         if self._watcher is not None:
             self._watcher.join()
@@ -154,6 +157,13 @@ class StopSignals:
         if not self._raised:
             self._raised = True
             raise Preempted(signum)
+
+    def _unraisable(self, unraisable: Any) -> None:
+        """Python dropped an exception where it cannot propagate (a GC callback): a dropped
+        :class:`Preempted` is not an error to print; :func:`check` raises it again."""
+        if isinstance(unraisable.exc_value, Preempted):
+            return
+        self._old_unraisable(unraisable)
 
     def _watch(self, fd: int) -> None:
         """Watcher thread: record stop signals as they arrive; end the process when stopping

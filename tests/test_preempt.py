@@ -169,5 +169,5 @@ def test_a_stop_signal_swallowed_by_python_is_not_lost(tmp_path, capsys, more_st
     assert run_cli(main, []) == 143
     assert reached == [1]
     err = capsys.readouterr().err
-    assert "stopped by SIGTERM at epoch 1/3; rerun the same command to resume" in err
+    assert err.strip().splitlines() == ["stopped by SIGTERM at epoch 1/3; rerun the same command to resume"], err
     assert not (tmp_path / LOCK_NAME).exists()
