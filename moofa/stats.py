@@ -116,6 +116,12 @@ class Comparison:
         lo, hi = self.interval
         return f"{100 * self.difference:+.2f} pp [{100 * lo:+.1f}, {100 * hi:+.1f}]"
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Comparison":
+        """The comparison :meth:`to_dict` stored (info.json, deploy.json, demo_summary.json)."""
+        return cls(float(d["difference"]), (float(d["interval"][0]), float(d["interval"][1])),
+                   int(d["n_images"]), int(d.get("only_a_correct", 0)), int(d.get("only_b_correct", 0)))
+
     def to_dict(self) -> dict[str, Any]:
         return {"difference": self.difference, "interval": list(self.interval), "n_images": self.n_images,
                 "only_a_correct": self.only_a, "only_b_correct": self.only_b, "verdict": self.verdict,

@@ -94,10 +94,7 @@ def baseline_check(selection: float | None, baseline_selection: float | None,
 
 
 def _comparison(d: Mapping[str, Any] | None) -> Comparison | None:
-    if not d:
-        return None
-    return Comparison(float(d["difference"]), (float(d["interval"][0]), float(d["interval"][1])),
-                      int(d["n_images"]), int(d.get("only_a_correct", 0)), int(d.get("only_b_correct", 0)))
+    return Comparison.from_dict(d) if d else None
 
 
 def budget_rows(label: str, cfg: RunConfig) -> list[dict]:

@@ -14,16 +14,15 @@ from moofa.config import RunConfig
 from moofa.demo.checks import Checks, finetune_folder, pct, scatter_path
 from moofa.io import save_figure
 from moofa.run import INFO_NAME, constraint_dir
-from moofa.stats import Accuracy
+from moofa.stats import Accuracy, Comparison
 
 
 def _cmp(d: Mapping[str, Any] | None) -> str:
     """``+0.28 pp [-1.9, +2.5] (360 images, no significant difference)`` from a stored comparison."""
     if not d:
         return "n/a (per-image outcomes not stored)"
-    lo, hi = d["interval"]
-    return (f"{100 * d['difference']:+.2f} pp [{100 * lo:+.1f}, {100 * hi:+.1f}] "
-            f"({d['n_images']:,} images, {d['verdict']})")
+    c = Comparison.from_dict(d)
+    return f"{c.text()} ({c.n_images:,} images, {c.verdict})"
 
 
 def short_path(path: Path) -> str:

@@ -31,7 +31,7 @@ from matplotlib.ticker import FuncFormatter
 from moofa.errors import MoofaInputError
 from moofa.io import atomic_write_text, read_json, save_figure  # noqa: F401 (read_json: re-exported)
 from moofa.run import INFO_NAME, constraint_dir  # noqa: F401 (constraint_dir: re-exported)
-from moofa.stats import Accuracy, compare_stored
+from moofa.stats import NO_DIFFERENCE, Accuracy, Comparison, compare_stored
 
 SUMMARY_CSV, SUMMARY_MD, SUMMARY_PLOT = "summary.csv", "summary.md", "accuracy_vs_constraint"
 _DIR_RE = re.compile(r"^constraint_(\d+)$")
@@ -265,9 +265,8 @@ def _paired(d: Mapping[str, Any] | None) -> str:
     """A stored comparison as ``+0.28 pp [-1.9, +2.5]`` (``*`` when significant)."""
     if not d:
         return "-"
-    lo, hi = d["interval"]
-    star = "" if lo <= 0 <= hi else " *"
-    return f"{100 * d['difference']:+.2f} [{100 * lo:+.1f}, {100 * hi:+.1f}]{star}"
+    c = Comparison.from_dict(d)
+    return c.text() + ("" if c.verdict == NO_DIFFERENCE else " *")
 
 
 def intervals_markdown(runs: Sequence[Run]) -> list[str]:

@@ -65,7 +65,7 @@ from moofa.predictor.dataset import append_records
 from moofa.predictor.create import subnet_record
 from moofa.training.evaluate import calibrate_subnet, evaluate_subnet
 from moofa.search.export import export_subnet
-from moofa.stats import compare_stored
+from moofa.stats import Comparison, compare_stored
 from moofa.deploy import DEPLOY_NAME, deploy_exported
 from moofa.search.target import TARGET_KEYS, compile_answer, random_weights_net, target_table, with_target_limits
 
@@ -629,9 +629,8 @@ def _log_result(info: Mapping[str, Any]) -> None:
         if base.get("real_accuracy") is not None:
             measured += f", {100 * base['real_accuracy']:.2f}% on the test images"
         if base.get("real_difference"):
-            d = base["real_difference"]
-            measured += (f" (found minus baseline {100 * d['difference']:+.2f} pp "
-                         f"[{100 * d['interval'][0]:+.1f}, {100 * d['interval'][1]:+.1f}], {d['verdict']})")
+            d = Comparison.from_dict(base["real_difference"])
+            measured += f" (found minus baseline {d.text()}, {d.verdict})"
     if info.get("deploy") and info["deploy"].get("int8_accuracy") is not None:
         d = info["deploy"]
         measured += (f", int8 top-1 {100 * d['int8_accuracy']:.2f}% (ExecuTorch), program "
