@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 from moofa.config import RunConfig, TaskArgs, last_task_args, load_config, task_args
 from moofa.errors import ConfigError, MoofaInputError
-from moofa.io import read_json
+from moofa.records import SearchInfo
 from moofa.models.layers import MobileNetV3
 from moofa.models.spec import DEFAULT_MODEL_CONFIGS, ModelSpec
 from moofa.models.supernet import Supernet, build_supernet, load_weights
@@ -48,7 +48,7 @@ class SubnetSource:
     kind: str
     path: Path
     out_dir: Path
-    info: dict | None = None
+    info: SearchInfo | None = None
 
     @classmethod
     def resolve(cls, subnet: str | Path) -> "SubnetSource":
@@ -62,8 +62,8 @@ class SubnetSource:
             if not info_path.is_file():
                 raise MoofaInputError(f"not a search result folder (no {INFO_NAME}); give a constraint_<int>/ "
                                       f"folder or an exported {EXPORT_NAME}", file=path, key="--subnet")
-            info = read_json(info_path)
-            if not isinstance(info.get("config"), Mapping):
+            info = SearchInfo.read(info_path)
+            if not isinstance(info.config, Mapping):
                 raise MoofaInputError("has no subnet 'config'", file=info_path, key="config")
             return cls("constraint_folder", path, path / FINETUNED_NAME, info)
         raise MoofaInputError("no such file or folder", file=path, key="--subnet")

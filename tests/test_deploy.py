@@ -81,18 +81,18 @@ def test_search_export_writes_programs_and_measured_int8_top1(deployed):
     dep = json.loads((out / DEPLOY_NAME).read_text())
     for key in ("int8_accuracy", "fp32_accuracy", "n_images", "pte_bytes", "runtime_memory_bytes"):
         assert key in dep and dep[key] is not None, key
-    assert dep["n_images"] == info["n_images"] == 200  # the images of real_accuracy: all of val/
-    assert dep["fp32_accuracy"] == info["real_accuracy"]  # the exported network in PyTorch
-    assert info["int8_accuracy"] == info["deploy"]["int8_accuracy"] == dep["int8_accuracy"]
+    assert dep["n_images"] == info.n_images == 200  # the images of real_accuracy: all of val/
+    assert dep["fp32_accuracy"] == info.real_accuracy  # the exported network in PyTorch
+    assert info.int8_accuracy == info.deploy["int8_accuracy"] == dep["int8_accuracy"]
     assert dep["pte_bytes"] == (out / INT8_NAME).stat().st_size > 0
     assert dep["fp32_pte_bytes"] == (out / FP32_NAME).stat().st_size > 0
     assert dep["runtime_memory_bytes"] > 0 and dep["fp32_runtime_memory_bytes"] > 0
     # the whole int8 network is one XNNPACK call: no fp32 pooling between delegate calls
     assert dep["int8_delegate_calls"] == 1 and dep["int8_undelegated_ops"] == {}, dep["int8_undelegated_ops"]
-    cfg_sub = SubnetConfig.from_dict(info["config"])
-    assert dep["analytic_peak_memory"] == info["peak_memory"] == peak_memory(spec, cfg_sub) <= CONSTRAINT
+    cfg_sub = SubnetConfig.from_dict(info.config)
+    assert dep["analytic_peak_memory"] == info.peak_memory == peak_memory(spec, cfg_sub) <= CONSTRAINT
     assert dep["analytic_activations_elements"] == peak_memory(spec, cfg_sub, MemoryOptions(count_weights=False))
-    assert dep["calibration_images"] == CALIB and {INT8_NAME, FP32_NAME, DEPLOY_NAME} <= set(info["export"])
+    assert dep["calibration_images"] == CALIB and {INT8_NAME, FP32_NAME, DEPLOY_NAME} <= set(info.export)
     md = (project.root / "search" / "summary.md").read_text()
     assert "int8 ExecuTorch programs" in md and f"{100 * dep['int8_accuracy']:.2f}" in md
     assert f"{dep['pte_bytes']:,}" in md
@@ -200,9 +200,9 @@ def test_another_budget_with_the_same_subnet_file_copies_the_programs(deployed, 
     monkeypatch.setattr(deploy, "int8_program", no_lowering)
     monkeypatch.setattr(deploy, "fp32_program", no_lowering)
     dep = deploy.deploy_exported(other / "subnet.pth.tar", cfg, other, progress=False, reuse_from=[out])
-    assert dep == json.loads((out / DEPLOY_NAME).read_text()) == json.loads((other / DEPLOY_NAME).read_text())
+    assert dep.to_dict() == json.loads((out / DEPLOY_NAME).read_text()) == json.loads((other / DEPLOY_NAME).read_text())
     for name in (INT8_NAME, FP32_NAME):
         assert (other / name).read_bytes() == (out / name).read_bytes()
     # the programs of another subnet file are not served
-    assert deploy._reuse(out, dict(dep["fingerprint"], subnet_sha256="0" * 64)) is None  # noqa: SLF001
-    assert deploy._reuse(out, dep["fingerprint"]) == dep  # noqa: SLF001
+    assert deploy._reuse(out, dict(dep.fingerprint, subnet_sha256="0" * 64)) is None  # noqa: SLF001
+    assert deploy._reuse(out, dep.fingerprint) == dep  # noqa: SLF001

@@ -26,6 +26,7 @@ from moofa.efficiency import flops, measure_peak_memory, peak_memory
 from moofa.models.spec import SubnetConfig, get_model_spec
 from moofa.search.export import export_subnet, load_exported
 from moofa.models.space import SearchSpace
+from moofa.records import DeployRecord
 from moofa.run import Run
 from moofa.training.evaluate import evaluate, evaluate_subnet
 
@@ -274,8 +275,8 @@ def test_deploy_accepts_the_result_folder_fine_tuning_accepts(tmp_path, capsys, 
     def fake_deploy(subnet, cfg, out, progress=True, targets=None):
         seen.append(Path(subnet))
         assert targets is None  # no --target: deploy.targets of the config
-        return {"int8_accuracy": 0.5, "fp32_accuracy": 0.5, "n_images": 40, "pte_bytes": 1,
-                "runtime_memory_bytes": 1, "analytic_peak_memory": 1, "analytic_unit": "elements"}
+        return DeployRecord(int8_accuracy=0.5, fp32_accuracy=0.5, n_images=40, pte_bytes=1,
+                            runtime_memory_bytes=1, analytic_peak_memory=1, analytic_unit="elements")
 
     monkeypatch.setattr(deploy_main, "deploy_exported", fake_deploy)
     monkeypatch.setattr(deploy_main, "require_executorch", lambda: None)

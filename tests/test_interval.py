@@ -121,19 +121,19 @@ def test_search_writes_predicted_interval_and_the_summaries_show_it(tmp_path):
     from moofa.search.sweep import run_search
     infos = run_search(Run.load(project.config_path, project.model_config_path), SingleBackend("cpu"))
     for info in infos:
-        lo, hi = info["predicted_interval"]
-        assert 0 <= lo <= info["predicted_accuracy"] <= hi <= 1
-        assert (lo == hi) == info["predicted_source"].startswith("measured")
-        assert info["fitness"]["interval"]["level"] == INTERVAL_LEVEL
-        on_disk = json.loads((tmp_path / "search" / f"constraint_{info['constraint']}" / "info.json").read_text())
+        lo, hi = info.predicted_interval
+        assert 0 <= lo <= info.predicted_accuracy <= hi <= 1
+        assert (lo == hi) == info.predicted_source.startswith("measured")
+        assert info.fitness["interval"]["level"] == INTERVAL_LEVEL
+        on_disk = json.loads((tmp_path / "search" / f"constraint_{info.constraint}" / "info.json").read_text())
         assert on_disk["predicted_interval"] == [lo, hi]
     md = (tmp_path / "search" / "summary.md").read_text()
     for info in infos:
-        cell = format_prediction(info["predicted_accuracy"], info["predicted_interval"], info["predicted_source"])
+        cell = format_prediction(info.predicted_accuracy, info.predicted_interval, info.predicted_source)
         assert f"| {cell} |" in md
     rows = list(csv.DictReader((tmp_path / "search" / "summary.csv").open()))
     assert [float(r["TINY predicted_interval_low_percent"]) for r in rows] == \
-        [round(100 * i["predicted_interval"][0], 2) for i in infos]
+        [round(100 * i.predicted_interval[0], 2) for i in infos]
 
 
 def _info(c: int, pred: float, **extra) -> dict:

@@ -117,11 +117,11 @@ def test_predictor_only_search_in_bytes_of_activations_with_mmacs_and_params_lim
     spec = get_model_spec("OFA")
     infos = run_search(Run.load(tmp_path / "c.yaml"), SingleBackend("cpu"))
     for info, c in zip(infos, [300_000, 450_000]):
-        sub = SubnetConfig.from_dict(info["config"])
-        assert info["peak_memory"] == peak_memory(spec, sub, ACTS) == max(info["memory_history"]) <= c
-        assert info["memory_unit"] == info["units"]["peak_memory"] == "bytes"
-        assert info["flops"] <= 260.0 and info["params"] == count_params(spec, sub) <= 5_800_000
-        assert peak_memory(spec, sub) > info["peak_memory"]  # not the reference's count (weights too)
+        sub = SubnetConfig.from_dict(info.config)
+        assert info.peak_memory == peak_memory(spec, sub, ACTS) == max(info.memory_history) <= c
+        assert info.memory_unit == info.units["peak_memory"] == "bytes"
+        assert info.flops <= 260.0 and info.params == count_params(spec, sub) <= 5_800_000
+        assert peak_memory(spec, sub) > info.peak_memory  # not the reference's count (weights too)
     md = (tmp_path / "s" / "summary.md").read_text()
     assert "memory peak (bytes)" in md
 

@@ -387,12 +387,12 @@ def test_predictor_only_search_resumes_without_data_or_checkpoint(tmp_path):
     run = Run.load(project.config_path, project.model_config_path)
     infos = run_search(run, SingleBackend("cpu"))
     assert not Path(cfg["args"]["data_path"]).exists() and not Path(cfg["args"]["checkpoint"]).exists()
-    assert [i["real_accuracy"] for i in infos] == [None, None]
+    assert [i.real_accuracy for i in infos] == [None, None]
     files = [project.root / "search_pred" / f"constraint_{c}" / "info.json" for c in TINY_CONSTRAINTS]
     stamps = [f.stat().st_mtime_ns for f in files]
     again = run_search(run, SingleBackend("cpu"))
     assert [f.stat().st_mtime_ns for f in files] == stamps
-    assert [i["config"] for i in again] == [i["config"] for i in infos]
+    assert [i.config for i in again] == [i.config for i in infos]
     run_search(run, SingleBackend("cpu"), overwrite=True)
     assert [f.stat().st_mtime_ns for f in files] != stamps
     md = (project.root / "search_pred" / "summary.md").read_text()

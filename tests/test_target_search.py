@@ -82,16 +82,16 @@ def test_search_answer_is_compiled_and_meets_the_limits(tmp_path):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
     load_config(tmp_path / "c.yaml")
     info = run_search(Run.load(tmp_path / "c.yaml"), SingleBackend("cpu"))[0]
-    t = info["target"]
-    cfg = SubnetConfig.from_dict(info["config"])
-    assert t["target"] == TARGET and t["tries"][-1]["config"] == info["config"]
+    t = info.target
+    cfg = SubnetConfig.from_dict(info.config)
+    assert t["target"] == TARGET and t["tries"][-1]["config"] == info.config
     assert t["compiled"]["inference_ms"] <= 20.0 and t["compiled"]["sram_bytes"] <= 700_000  # Vela's
     assert t["compiled"]["delegate_calls"] == 1
     table = load_table("OFA", TARGET)
     assert t["predicted"]["inference_ms"] == pytest.approx(table.predict_ms(cfg))
     assert t["predicted"]["inference_ms"] <= 20.0
     assert "not measurements on silicon" in t["estimate"]
-    for c in info["candidates"]:
+    for c in info.candidates:
         c = SubnetConfig.from_dict(c["config"])
         assert table.predict_ms(c) <= 20.0 and table.predict_sram_bytes(c) <= 700_000
     assert (tmp_path / "s" / "constraint_900000" / t["folder"] / f"vela_{TARGET}").is_dir()

@@ -97,8 +97,8 @@ def test_eval_teacher_and_supernet_never_write_the_same_files(tmp_path):
     tea = run_eval(run, SingleBackend("cpu"), "teacher")
     tea_file = run.eval_dir("teacher") / "info.json"
     assert sup_file != tea_file and sup_file.read_bytes() == before  # not overwritten
-    assert json.loads(tea_file.read_text())["network"] == "teacher" == tea["network"]
-    assert json.loads(sup_file.read_text())["checkpoint"] == str(ckpt) == sup["checkpoint"]
+    assert json.loads(tea_file.read_text())["network"] == "teacher" == tea.network
+    assert json.loads(sup_file.read_text())["checkpoint"] == str(ckpt) == sup.checkpoint
 
 
 # ------------------------------------------------------------------- 2. stale results

@@ -58,9 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{result.phase}: {result.epochs} epochs, best validation top-1 {100 * result.best_acc:.2f}%")
         if result.info is not None:
             i = result.info
-            print(f"test top-1 on {i['n_test_images']:,} images: {100 * i['test_top1_before']:.2f}% before, "
-                  f"{100 * i['test_top1_after']:.2f}% after fine-tuning; peak memory {i['peak_memory']:,} "
-                  f"elements, {i['flops']:.1f} MMACs")
+            print(f"test top-1 on {i.n_test_images:,} images: {100 * (i.test_top1_before or 0.0):.2f}% before, "
+                  f"{100 * i.test_top1_after:.2f}% after fine-tuning; peak memory {i.peak_memory or 0:,} "
+                  f"elements, {i.flops or 0.0:.1f} MMACs")
     return 0
 
 

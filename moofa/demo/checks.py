@@ -14,20 +14,22 @@ Every paired comparison, MOOFA against OFA on the same test images included, is 
 difference, interval, number of images and verdict (:func:`comparisons`)."""
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from moofa.config import RunConfig
 from moofa.efficiency import MemoryOptions, peak_memory
+from moofa.errors import ConfigError
+from moofa.records import EvalInfo, FinetuneInfo, Record, SearchInfo
 from moofa.run import INFO_NAME, Run, constraint_dir
 from moofa.search.sweep import deploys
 from moofa.stats import Accuracy, Comparison, binomial_p_at_least, compare_stored
 
+R = TypeVar("R", bound=Record)
 ALPHA = 0.05  # significance level of the teacher's binomial test (one-sided)
 
 
@@ -46,21 +48,24 @@ def teacher_info_path(cfg: RunConfig) -> Path:
     return Run(cfg).eval_dir("teacher") / INFO_NAME
 
 
-def _read(path: Path) -> dict | None:
+def _read(path: Path, kind: type[R]) -> R | None:
+    """The record of ``path``; None when it is missing or unreadable (a check fails). A newer
+    moofa's file (ConfigError) stops the demo with one line."""
     try:
-        data = json.loads(path.read_text())
+        return kind.read(path)
+    except ConfigError:
+        raise
     except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) else None
 
 
-def teacher_check(label: str, info: Mapping[str, Any] | None, n_classes: int) -> dict[str, Any]:
+def teacher_check(label: str, info: EvalInfo | None, n_classes: int) -> dict[str, Any]:
     """The teacher's measured test top-1 with its Wilson interval, and the exact one-sided
     binomial test against chance (1 / n_classes): ok when p < :data:`ALPHA`."""
     row: dict[str, Any] = {"label": label, "chance": 1 / n_classes}
-    if not info or not isinstance(info.get("accuracy"), (int, float)) or not info.get("n_images"):
+    if info is None or not isinstance(info.accuracy, (int, float)) or not info.n_images:
         return dict(row, ok=False, accuracy=None)
-    acc = Accuracy.of(float(info["accuracy"]), int(info["n_images"]))
+    acc = Accuracy.of(float(info.accuracy), int(info.n_images))
     p = binomial_p_at_least(acc.correct, acc.n_images, 1 / n_classes)
     return dict(row, accuracy=acc.value, interval=list(acc.interval), n_images=acc.n_images,
                 p_value=p, ok=p < ALPHA)
@@ -106,42 +111,42 @@ def budget_rows(label: str, cfg: RunConfig) -> list[dict]:
     rows = []
     for c in cfg.search_config.sweep():
         path = constraint_dir(cfg["search_config"]["res_dir"], c) / INFO_NAME
-        info = _read(path)
+        info = _read(path, SearchInfo)
         if info is None:
             rows.append({"label": label, "constraint": c, "info": str(path), "ok": False,
                          "problems": [f"no readable {path}"]})
             continue
-        recomputed = int(peak_memory(spec, info["config"], options))
-        deploy = info.get("deploy") or {}
-        base = info.get("baseline") or {}
+        recomputed = int(peak_memory(spec, info.config, options))
+        deploy = info.deploy or {}
+        base = info.baseline or {}
         wanted = deploys(cfg, c)
-        versus = compare_stored(info.get("per_image"), "real_accuracy", info.get("per_image"), "baseline.real_accuracy")
+        versus = compare_stored(info.per_image, "real_accuracy", info.per_image, "baseline.real_accuracy")
         int8 = _comparison(deploy.get("int8_minus_fp32"))
         problems = []
-        if not int(info["peak_memory"]) == recomputed <= c:
-            problems.append(f"peak {info['peak_memory']} (recomputed {recomputed}) over the budget")
+        if not int(info.peak_memory) == recomputed <= c:
+            problems.append(f"peak {info.peak_memory} (recomputed {recomputed}) over the budget")
         if wanted and deploy.get("int8_accuracy") is None:
             problems.append("no measured int8 top-1")
-        problems += baseline_check(info.get("selection_accuracy"), base.get("dataset_accuracy"), versus,
-                                   bool(info.get("rerank")))
+        problems += baseline_check(info.selection_accuracy, base.get("dataset_accuracy"), versus,
+                                   bool(info.rerank))
         if int8 is not None and int8.significantly_worse:
             problems.append(f"int8 significantly worse than fp32 ({int8.text()})")
-        n = int(info.get("n_images") or 0)
-        real = info.get("real_accuracy")
-        rows.append({"label": label, "constraint": c, "info": str(path), "peak_memory": int(info["peak_memory"]),
+        n = int(info.n_images or 0)
+        real = info.real_accuracy
+        rows.append({"label": label, "constraint": c, "info": str(path), "peak_memory": int(info.peak_memory),
                      "recomputed_peak": recomputed, "real_accuracy": real,
                      "real_interval": list(Accuracy.of(real, n).interval) if real is not None and n else None,
-                     "n_images": n, "predicted_accuracy": info.get("predicted_accuracy"),
-                     "predicted_interval": info.get("predicted_interval"), "flops": info.get("flops"),
-                     "selection_accuracy": info.get("selection_accuracy"),
+                     "n_images": n, "predicted_accuracy": info.predicted_accuracy,
+                     "predicted_interval": info.predicted_interval, "flops": info.flops,
+                     "selection_accuracy": info.selection_accuracy,
                      "baseline_selection_accuracy": base.get("dataset_accuracy"),
                      "baseline_real_accuracy": base.get("real_accuracy"),
                      "vs_baseline": None if versus is None else versus.to_dict(),
-                     "image_size": info["config"].get("image_size"), "memory_unit": options.unit,
+                     "image_size": info.config.get("image_size"), "memory_unit": options.unit,
                      "deployed": wanted, "int8_accuracy": deploy.get("int8_accuracy"),
                      "fp32_accuracy": deploy.get("fp32_accuracy"),
                      "int8_minus_fp32": None if int8 is None else int8.to_dict(),
-                     "pte_bytes": deploy.get("pte_bytes"), "per_image": info.get("per_image"),
+                     "pte_bytes": deploy.get("pte_bytes"), "per_image": info.per_image,
                      "problems": problems, "ok": not problems})
     return rows
 
@@ -152,14 +157,16 @@ def finetune_row(label: str, cfg: RunConfig) -> dict:
     significantly worse."""
     path = finetune_folder(cfg) / "finetuned" / INFO_NAME
     row: dict[str, Any] = {"label": label, "constraint": min(cfg.search_config.sweep()), "info": str(path)}
-    info = _read(path)
-    try:
-        row.update(before=float(info["test_top1_before"]), after=float(info["test_top1_after"]),
-                   n_images=int(info["n_test_images"]), epochs=int(info["epochs"]),
-                   peak_memory=int(info["peak_memory"]))
-    except (KeyError, TypeError, ValueError):
+    info = _read(path, FinetuneInfo)
+    if info is None:
         return dict(row, ok=False)
-    versus = _comparison(info.get("test_difference"))
+    try:
+        row.update(before=float(info.test_top1_before), after=float(info.test_top1_after),  # type: ignore[arg-type]
+                   n_images=int(info.n_test_images), epochs=int(info.epochs),  # type: ignore[arg-type]
+                   peak_memory=int(info.peak_memory))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return dict(row, ok=False)
+    versus = _comparison(info.test_difference)
     return dict(row, after_minus_before=None if versus is None else versus.to_dict(),
                 ok=versus is None or not versus.significantly_worse)
 
@@ -246,7 +253,8 @@ def collect_checks(cfgs: Mapping[str, RunConfig]) -> Checks:
     """The demo's acceptance checks over every model's outputs."""
     checks = Checks()
     for label, cfg in cfgs.items():
-        checks.teacher.append(teacher_check(label, _read(teacher_info_path(cfg)), n_classes_on_disk(cfg)))
+        checks.teacher.append(teacher_check(label, _read(teacher_info_path(cfg), EvalInfo),
+                                                n_classes_on_disk(cfg)))
         checks.kendall_tau[label] = predictor_metrics(cfg).get("test_kendall_tau")
         checks.budgets += budget_rows(label, cfg)
         checks.finetune.append(finetune_row(label, cfg))

@@ -2,7 +2,6 @@
 checks, and the side-by-side memory histograms of the subnets found for one budget."""
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from matplotlib.ticker import FuncFormatter
 from moofa.config import RunConfig
 from moofa.demo.checks import Checks, finetune_folder, pct, scatter_path
 from moofa.io import save_figure
+from moofa.records import SearchInfo
 from moofa.run import INFO_NAME, constraint_dir
 from moofa.stats import Accuracy, Comparison
 
@@ -131,22 +131,22 @@ def plot_memory_histograms(cfgs: Mapping[str, RunConfig], out_stem: Path,
     for label, cfg in cfgs.items():
         path = constraint_dir(cfg["search_config"]["res_dir"], c) / INFO_NAME
         if path.is_file():
-            infos[label] = json.loads(path.read_text())
+            infos[label] = SearchInfo.read(path)
     if not infos:
         return []
     fig = Figure(figsize=(5.0 * len(infos), 3.6))
     axes = fig.subplots(1, len(infos), sharey=True, squeeze=False)[0]
     for ax, (label, info) in zip(axes, infos.items()):
-        hist = info["memory_history"]
+        hist = info.memory_history
         peak = max(hist)
         colours = ["#c0392b" if v == peak else "#2e86c1" for v in hist]
         ax.bar(range(1, len(hist) + 1), hist, color=colours, width=0.85)
-        ax.axhline(c, color="black", linestyle="--", linewidth=1, label=f"budget {c:,} {info.get('memory_unit', 'elements')}")
-        cfg = info["config"]
-        ax.set_title(f"{label}: {info.get('model', '')}, R={cfg['image_size']}, peak {peak:,}", fontsize=9)
+        ax.axhline(c, color="black", linestyle="--", linewidth=1, label=f"budget {c:,} {info.memory_unit}")
+        cfg = info.config
+        ax.set_title(f"{label}: {info.model or ''}, R={cfg['image_size']}, peak {peak:,}", fontsize=9)
         ax.set_xlabel("layer (execution order)")
         ax.legend(loc="upper right", fontsize=8)
-    unit = next(iter(infos.values())).get("memory_unit", "elements")
+    unit = next(iter(infos.values())).memory_unit
     axes[0].set_ylabel("memory (elements: input + output + weights)" if unit == "elements" else f"memory ({unit})")
     axes[0].yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
     fig.suptitle(f"Per-layer memory of the best subnet under a {c:,}-{unit[:-1]} budget", fontsize=10)

@@ -30,7 +30,6 @@ executorch itself is imported only when a program is built (the optional ``deplo
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import logging
 import shutil
 import time
@@ -61,8 +60,9 @@ from moofa.deploy.ethosu import XNNPACK, check_target, ethosu_available, is_etho
 from moofa.efficiency import MemoryOptions, peak_memory
 from moofa.errors import ConfigError
 from moofa.fingerprint import sha256_file
-from moofa.io import atomic_path, write_json
+from moofa.io import atomic_path
 from moofa.models.spec import ModelSpec, SubnetConfig
+from moofa.records import DeployRecord
 from moofa.run import expected_n_classes
 from moofa.search.export import _head_settings, load_exported
 from moofa.stats import pack_bits, paired_difference
@@ -110,16 +110,18 @@ def _program_names(targets: Iterable[str]) -> list[str]:
     return names + [target_program_name(t) for t in targets if is_ethosu(t)]
 
 
-def _reuse(out: Path, fp: Mapping[str, Any]) -> dict | None:
+def _reuse(out: Path, fp: Mapping[str, Any]) -> DeployRecord | None:
     path = out / DEPLOY_NAME
     names = _program_names(fp.get("targets", [XNNPACK]))
     if not path.is_file() or not all((out / n).is_file() for n in names):
         return None
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        data = DeployRecord.read(path)
+    except ConfigError:  # a newer moofa's record: stop rather than overwrite it
+        raise
+    except (OSError, ValueError):  # unreadable: built again
         return None
-    return data if data.get("fingerprint") == fp else None
+    return data if data.fingerprint == fp else None
 
 
 @torch.no_grad()
@@ -171,7 +173,7 @@ def deploy_network(net: nn.Module, spec: ModelSpec, cfg: SubnetConfig, args: Map
                    memory_options: MemoryOptions | None = None, subnet_sha256: str | None = None,
                    progress: bool = True, reuse_from: Iterable[str | Path] = (),
                    targets: Iterable[str] = (XNNPACK,), system_config: str | None = None,
-                   memory_mode: str | None = None) -> dict[str, Any]:
+                   memory_mode: str | None = None) -> DeployRecord:
     """Quantise, lower and measure the static network ``net`` (architecture ``cfg`` of
     ``spec``) on the data of the run args ``args``; writes the folder described in the module
     docstring and returns deploy.json's content. A folder of ``reuse_from`` (or ``out_dir``
@@ -199,10 +201,10 @@ def deploy_network(net: nn.Module, spec: ModelSpec, cfg: SubnetConfig, args: Map
             if folder != out:
                 for name in _program_names(fp.get("targets", [XNNPACK])):
                     _write_bytes(out / name, (folder / name).read_bytes())
-                for t in done.get("targets", {}):
+                for t in done.targets or {}:
                     if (folder / f"vela_{t}").is_dir():
                         shutil.copytree(folder / f"vela_{t}", out / f"vela_{t}", dirs_exist_ok=True)
-                write_json(out / DEPLOY_NAME, done)
+                done.write(out / DEPLOY_NAME)
             log.info("deploy: %s already holds these programs (same subnet and settings), reused", folder)
             return done
     net = net.cpu().eval()
@@ -224,9 +226,9 @@ def deploy_network(net: nn.Module, spec: ModelSpec, cfg: SubnetConfig, args: Map
                                       "every test image (an integer reference of the NPU's maths, not the NPU)")
         info["units"].update(sram_bytes="bytes", flash_bytes="bytes", inference_ms="milliseconds",
                              cycles="NPU clock cycles", compile_seconds="seconds")
-    info["fingerprint"] = fp
-    write_json(out / DEPLOY_NAME, info)
-    return info
+    record = DeployRecord(**info, fingerprint=fp)
+    record.write(out / DEPLOY_NAME)
+    return record
 
 
 def _deploy_ethosu(net: nn.Module, spec: ModelSpec, cfg: SubnetConfig, out: Path, calib: list[torch.Tensor],
@@ -336,7 +338,7 @@ def _deploy_xnnpack(net: nn.Module, spec: ModelSpec, cfg: SubnetConfig, provider
 
 def deploy_exported(subnet_path: str | Path, cfg: Mapping[str, Any], out_dir: str | Path,
                     progress: bool = True, reuse_from: Iterable[str | Path] = (),
-                    targets: Iterable[str] | None = None) -> dict[str, Any]:
+                    targets: Iterable[str] | None = None) -> DeployRecord:
     """:func:`deploy_network` of an exported ``subnet.pth.tar`` with the data, memory model and
     ``deploy:`` settings of the loaded run config ``cfg`` (``targets`` overrides ``deploy.targets``)."""
     require_executorch()

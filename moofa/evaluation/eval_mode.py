@@ -29,10 +29,11 @@ from moofa.config import RunConfig
 from moofa.data import DataProvider
 from moofa.data.folder import data_fingerprint
 from moofa.efficiency import MemoryOptions
-from moofa.io import check_writable, write_json
+from moofa.io import check_writable
 from moofa.models.bn_calibration import set_running_statistics
 from moofa.models.space import SearchSpace
 from moofa.models.spec import ModelSpec, SubnetConfig
+from moofa.records import EvalInfo
 from moofa.run import INFO_NAME, Run
 from moofa.evaluation.report import draw_subnet_plots, subnet_report, units
 from moofa.stats import Accuracy
@@ -54,8 +55,8 @@ def eval_subnet_config(cfg: RunConfig, spec: ModelSpec) -> SubnetConfig:
                                    for k in ("ks", "e", "d")}, image_size=r).validate(spec)
 
 
-def run_eval(run: Run, backend: Any, which: str = "supernet") -> dict:
-    """Evaluate the supernet's configured subnet or the teacher; returns the info dict (every
+def run_eval(run: Run, backend: Any, which: str = "supernet") -> EvalInfo:
+    """Evaluate the supernet's configured subnet or the teacher; returns the info record (every
     rank); rank 0 writes it."""
     if which not in ("supernet", "teacher"):
         raise ValueError(f"which: expected 'supernet' or 'teacher', got {which!r}")
@@ -80,19 +81,20 @@ def run_eval(run: Run, backend: Any, which: str = "supernet") -> dict:
         res = evaluate(teacher, provider.test_loader(arch.image_size), backend, time_forward=True)
     options = MemoryOptions.from_config(cfg, n)
     report = subnet_report(spec, arch, n, options)
-    info = {"accuracy": res.top1, "top5": res.top5, "loss": res.loss, "n_images": res.n_images,
-            "accuracy_interval": list(Accuracy.of(res.top1, res.n_images).interval),
-            "per_image": {**res.per_image("accuracy"), "images": f"the test split {provider.root / 'val'}"},
-            "peak_memory": report["peak_memory"], "memory_history": report["memory_history"],
-            "flops": report["flops"], "params": report["params"],
-            "avg_forward_time": res.avg_forward_time, "config": arch.to_dict(), "model": spec.name,
-            "network": which, "checkpoint": source, "random_sample": bool(sc.random_sample),
-            "memory_model": options.to_dict(), "units": units(options),
-            "data": data_fingerprint(args, {"train": provider.train_folder, "val": provider.test_folder})}
+    info = EvalInfo(
+        accuracy=res.top1, top5=res.top5, loss=res.loss, n_images=res.n_images,
+        accuracy_interval=list(Accuracy.of(res.top1, res.n_images).interval),
+        per_image={**res.per_image("accuracy"), "images": f"the test split {provider.root / 'val'}"},
+        peak_memory=report["peak_memory"], memory_history=report["memory_history"],
+        flops=report["flops"], params=report["params"],
+        avg_forward_time=res.avg_forward_time, config=arch.to_dict(), model=spec.name,
+        network=which, checkpoint=source, random_sample=bool(sc.random_sample),
+        memory_model=options.to_dict(), units=units(options),
+        data=data_fingerprint(args, {"train": provider.train_folder, "val": provider.test_folder}))
     if backend.is_main:
         if sc.draw_graphs:
             draw_subnet_plots(spec, arch, out, report, n, accuracy=res.top1)
-        write_json(out / INFO_NAME, info)
+        info.write(out / INFO_NAME)
         log.info("%s %s R=%d: top-1 %.2f%% top-5 %.2f%% on %s images, peak %s " + options.unit + ", %.1f MMACs, "
                  "%.2f ms/batch; wrote %s", spec.name, which, arch.image_size, 100 * res.top1,
                  100 * res.top5, f"{res.n_images:,}", f"{report['peak_memory']:,}", report["flops"],

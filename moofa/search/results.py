@@ -30,6 +30,7 @@ from matplotlib.ticker import FuncFormatter
 
 from moofa.errors import MoofaInputError
 from moofa.io import atomic_write_text, read_json, save_figure  # noqa: F401 (read_json: re-exported)
+from moofa.records import SearchInfo
 from moofa.run import INFO_NAME, constraint_dir  # noqa: F401 (constraint_dir: re-exported)
 from moofa.stats import NO_DIFFERENCE, Accuracy, Comparison, compare_stored
 
@@ -84,27 +85,36 @@ class Run:
         return found.pop() if len(found) == 1 else "mixed units"
 
 
-def _row(info: Mapping[str, Any], constraint: int, path: Path) -> ResultRow:
+def _row(info: SearchInfo, constraint: int, path: Path) -> ResultRow:
+    for key in ("peak_memory", "flops"):
+        if not info.has(key):
+            raise MoofaInputError(f"not a search result (KeyError: {key!r})", file=path)
     try:
-        real, pred = info.get("real_accuracy"), info.get("predicted_accuracy")
+        real, pred = info.real_accuracy, info.predicted_accuracy
         top1 = real if real is not None else pred
-        images = info.get("images") or {}
-        base = info.get("baseline") or {}
+        images = info.images or {}
+        base = info.baseline or {}
         return ResultRow(constraint, None if top1 is None else float(top1), real is None,
-                         None if pred is None else float(pred), int(info["peak_memory"]),
-                         float(info["flops"]), _opt(info.get("predicted_std")),
-                         _opt(info.get("selection_accuracy")), _describe(images.get("selection_accuracy")),
+                         None if pred is None else float(pred), int(info.peak_memory),
+                         float(info.flops), _opt(info.predicted_std),
+                         _opt(info.selection_accuracy), _describe(images.get("selection_accuracy")),
                          _describe(images.get("real_accuracy")), _opt(base.get("dataset_accuracy")),
-                         _opt(base.get("real_accuracy")), info.get("predicted_source"),
-                         str(info.get("memory_unit", "elements")),
-                         info.get("deploy") if isinstance(info.get("deploy"), Mapping) else None,
-                         _interval(info.get("predicted_interval")),
-                         int(info.get("n_images") or 0),
-                         info.get("per_image") if isinstance(info.get("per_image"), Mapping) else None,
+                         _opt(base.get("real_accuracy")), info.predicted_source,
+                         str(info.memory_unit or "elements"),
+                         info.deploy if isinstance(info.deploy, Mapping) else None,
+                         _interval(info.predicted_interval),
+                         int(info.n_images or 0),
+                         info.per_image if isinstance(info.per_image, Mapping) else None,
                          base.get("real_difference") if isinstance(base.get("real_difference"), Mapping) else None,
-                         _targets(info))
+                         info.deploy_targets)
     except (KeyError, TypeError, ValueError) as err:
         raise MoofaInputError(f"not a search result ({type(err).__name__}: {err})", file=path) from None
+
+
+def _constraint(info: SearchInfo, where: str | Path) -> int:
+    if info.constraint is None:
+        raise MoofaInputError("not a search result: missing key", file=where, key="constraint")
+    return int(info.constraint)
 
 
 def _opt(x: Any) -> float | None:
@@ -139,9 +149,9 @@ def _describe(images: Any) -> str | None:
     return f"{images.get('split')}, {int(images.get('n_images', 0)):,} images"
 
 
-def run_from_infos(label: str, infos: Iterable[Mapping[str, Any]], where: str | Path = "<results>") -> Run:
-    """A :class:`Run` from info.json dicts (each with ``constraint``)."""
-    rows = [_row(info, int(info["constraint"]), Path(where)) for info in infos]
+def run_from_infos(label: str, infos: Iterable[SearchInfo], where: str | Path = "<results>") -> Run:
+    """A :class:`Run` from info.json records (each with ``constraint``)."""
+    rows = [_row(info, int(_constraint(info, where)), Path(where)) for info in infos]
     if not rows:
         raise MoofaInputError("no search results", file=where)
     return Run(label, tuple(sorted(rows, key=lambda r: r.constraint)))
@@ -159,11 +169,12 @@ def read_run(res_dir: str | Path, label: str | None = None) -> Run:
         m = _DIR_RE.match(sub.name)
         if not m or not (sub / INFO_NAME).is_file():
             continue
-        info = read_json(sub / INFO_NAME)
-        info.setdefault("constraint", int(m.group(1)))
+        info = SearchInfo.read(sub / INFO_NAME)
+        if info.constraint is None:
+            info.constraint = int(m.group(1))
         infos.append(info)
-        if info.get("model"):
-            models.add(str(info["model"]))
+        if info.model:
+            models.add(str(info.model))
     if not infos:
         raise MoofaInputError(f"no constraint_<int>/{INFO_NAME} results in this folder", file=res_dir)
     if len(models) > 1:
@@ -175,19 +186,6 @@ def read_run(res_dir: str | Path, label: str | None = None) -> Run:
 
 
 # ---------------------------------------------------------------------------------------- tables
-def _targets(info: Mapping[str, Any]) -> dict[str, Any] | None:
-    """Vela's figures of the answer per Ethos-U target: the search's compiled answer
-    (``info["target"]``) and the deploy export's targets (``info["deploy"]["targets"]``)."""
-    out: dict[str, Any] = {}
-    dep = info.get("deploy")
-    if isinstance(dep, Mapping) and isinstance(dep.get("targets"), Mapping):
-        out.update(dep["targets"])
-    t = info.get("target")
-    if isinstance(t, Mapping) and isinstance(t.get("compiled"), Mapping):
-        out[t["target"]] = dict(t["compiled"], predicted=t.get("predicted"))
-    return out or None
-
-
 def format_constraint(c: int) -> str:
     """``325000`` -> ``325k``; other values with thousands separators."""
     return f"{c // 1000}k" if c % 1000 == 0 else f"{c:,}"

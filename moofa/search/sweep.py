@@ -45,7 +45,7 @@ from moofa.efficiency import MemoryOptions
 from moofa.efficiency.limits import Limits, violations
 from moofa.errors import CheckpointError, ConfigError, MoofaInputError, on_main_rank
 from moofa.fingerprint import change_message, comparable, file_fingerprint, model_identity, same, unrecorded_images
-from moofa.io import clean_stale_temps, require_file, write_json
+from moofa.io import clean_stale_temps, require_file
 from moofa.lock import OutputLock
 from moofa import preempt
 from moofa.models.spec import ModelSpec, SubnetConfig
@@ -53,7 +53,8 @@ from moofa.evaluation.report import draw_subnet_plots, subnet_report, units
 from moofa.run import INFO_NAME, Run, constraint_dir
 from moofa.search.evolution import EvolutionFinder, Individual, SearchResult, check_constraints, search_budget
 from moofa.search.robust import FitnessSettings, RobustFitness
-from moofa.search.results import format_prediction, read_json, run_from_infos, write_summary
+from moofa.search.results import format_prediction, run_from_infos, write_summary
+from moofa.records import SearchInfo
 from moofa.predictor import AccuracyPredictor
 from moofa.predictor.dataset import read_dataset
 import hashlib
@@ -191,11 +192,13 @@ def deploys(cfg: Mapping[str, Any], constraint: float) -> bool:
                                              int(round(constraint)) in {int(round(c)) for c in chosen})
 
 
-def _existing(info_path: Path) -> dict | None:
+def _existing(info_path: Path) -> SearchInfo | None:
     if not info_path.is_file():
         return None
     try:
-        return read_json(info_path)
+        return SearchInfo.read(info_path)
+    except ConfigError:  # a newer moofa's result: stop rather than overwrite it
+        raise
     except Exception:  # noqa: BLE001 (an unreadable old result is redone)
         return None
 
@@ -211,7 +214,7 @@ def check_finished(res_dir: str | Path, fps: Mapping[int, Mapping[str, Any]], ov
         info = _existing(path)
         if info is None:
             continue
-        recorded = dict(info.get("fingerprint") or {})
+        recorded = dict(info.fingerprint or {})
         recorded.pop("previous", None)
         if unrecorded_images(recorded, fp):
             log.warning("%s records no image list (written before images were fingerprinted): reused "
@@ -224,9 +227,9 @@ def check_finished(res_dir: str | Path, fps: Mapping[int, Mapping[str, Any]], ov
                 file=path)
 
 
-def _done(info_path: Path, fp: Mapping[str, Any]) -> dict | None:
+def _done(info_path: Path, fp: Mapping[str, Any]) -> SearchInfo | None:
     info = _existing(info_path)
-    recorded = None if info is None else info.get("fingerprint")
+    recorded = None if info is None else info.fingerprint
     return info if info is not None and same(recorded, comparable(recorded, fp)) else None
 
 
@@ -282,8 +285,8 @@ class _Context:
         return None
 
 
-def run_search(run: Run, backend: Any, overwrite: bool = False) -> list[dict]:
-    """Run the sweep; returns the info dicts (on every rank)."""
+def run_search(run: Run, backend: Any, overwrite: bool = False) -> list[SearchInfo]:
+    """Run the sweep; returns the info.json records (on every rank)."""
     cfg, args = run.cfg, run.args()
     spec = run.spec(args)
     sc = cfg.search_config
@@ -313,7 +316,7 @@ def run_search(run: Run, backend: Any, overwrite: bool = False) -> list[dict]:
 
 
 def _sweep(run: Run, spec: ModelSpec, backend: Any, overwrite: bool,
-           constraints: list[int], predictor: Any, inputs: Mapping[str, Any]) -> list[dict]:
+           constraints: list[int], predictor: Any, inputs: Mapping[str, Any]) -> list[SearchInfo]:
     sc = run.cfg.search_config
     ctx = _Context(run, spec, backend, predictor, inputs)
     res_dir = run.search_dir
@@ -327,7 +330,7 @@ def _sweep(run: Run, spec: ModelSpec, backend: Any, overwrite: bool,
                  f"re-ranking the top {ctx.top_k} by measurement on {ctx.meter.description}"
                  if ctx.evaluate else "predictor only",
                  f"; max_mmacs {lim.max_mmacs}, max_params {lim.max_params}" if lim.extra else "")
-    infos: list[dict] = []
+    infos: list[SearchInfo] = []
     for c in constraints:  # ascending: each budget starts from the previous answer
         preempt.progress("budget", len(infos) + 1, len(constraints), f"constraint {c:,}")
         infos.append(_one_constraint(ctx, c, infos[-1] if infos else None, overwrite))
@@ -394,7 +397,7 @@ def _measure(ctx: _Context, configs: list[SubnetConfig]) -> list[float]:
 
 
 def _rerank(ctx: _Context, c: int, found: Individual, top: list[Individual],
-            previous: Mapping[str, Any] | None, baseline: Mapping[str, Any] | None
+            previous: SearchInfo | None, baseline: Mapping[str, Any] | None
             ) -> tuple[SubnetConfig, list[dict]]:
     """Measure the top candidates on the selection split; return the best measured config among
     them, the previous budget's answer and the best measured subnet of the dataset, and the
@@ -409,7 +412,7 @@ def _rerank(ctx: _Context, c: int, found: Individual, top: list[Individual],
             pool.append((cfg, ctx.dataset_accuracy(cfg), row))
 
     if previous is not None:
-        add(SubnetConfig.from_dict(previous["config"]), {"source": "previous budget's answer"})
+        add(SubnetConfig.from_dict(previous.config), {"source": "previous budget's answer"})
     if baseline is not None:
         add(SubnetConfig.from_dict(baseline["config"]), {"source": "best measured subnet of the dataset"})
     for ind in [found] + top[:ctx.top_k]:
@@ -439,18 +442,18 @@ def _baseline(ctx: _Context, c: int) -> dict | None:
             "dataset_accuracy": float(ctx.fitness.accuracies[i]), "real_accuracy": None}
 
 
-def _one_constraint(ctx: _Context, c: int, previous: Mapping[str, Any] | None, overwrite: bool) -> dict:
+def _one_constraint(ctx: _Context, c: int, previous: SearchInfo | None, overwrite: bool) -> SearchInfo:
     cfg, spec, backend, sc = ctx.cfg, ctx.spec, ctx.backend, ctx.sc
     out = constraint_dir(sc["res_dir"], c)
     fp = fingerprint(cfg, spec, c, ctx.settings, ctx.args, ctx.inputs)
-    fp["previous"] = None if previous is None else previous["config"]
+    fp["previous"] = None if previous is None else previous.config
     fp = json.loads(json.dumps(fp))
     done = None if overwrite or not backend.is_main else _done(out / INFO_NAME, fp)
     done = backend.broadcast_object(done)
     if done is not None:
         if backend.is_main:
             log.info("constraint %s: already done with the same inputs (%s), skipping", f"{c:,}", out / INFO_NAME)
-        for row in done.get("rerank", []):
+        for row in done.rerank:
             if row.get("selection_accuracy") is not None:
                 measured = SubnetConfig.from_dict(row["config"])
                 ctx.selection_measured[ctx.key(measured)] = row["selection_accuracy"]
@@ -462,8 +465,8 @@ def _one_constraint(ctx: _Context, c: int, previous: Mapping[str, Any] | None, o
     if backend.is_main:
         prev_ind = prev_top = None
         if previous is not None:
-            prev_ind = Individual.from_dict(previous["answer"])
-            prev_top = [Individual.from_dict(t) for t in previous.get("candidates", [])]
+            prev_ind = Individual.from_dict(previous.answer or {})
+            prev_top = [Individual.from_dict(t) for t in previous.candidates]
         result, answer = search_budget(ctx.finder, c, prev_ind, prev_top or [], max(ctx.top_k, 10),
                                        progress=True)
         payload = (result.to_dict(), answer.to_dict())
@@ -498,31 +501,29 @@ def _one_constraint(ctx: _Context, c: int, previous: Mapping[str, Any] | None, o
         raise RuntimeError(f"search returned a subnet over its limits: peak {report['peak_memory']} "
                            f"(constraint {c}), {violations(spec, chosen, limits)}")
     selection = ctx.dataset_accuracy(chosen) if ctx.evaluate else None
-    info: dict[str, Any] = {
-        "predicted_accuracy": float(est.mean[0]), "real_accuracy": evaluation.top1 if evaluation else None,
-        "peak_memory": int(report["peak_memory"]), "config": chosen.to_dict(),
-        "predicted_std": float(est.std[0]), "predicted_source": _predicted_source(ctx, est),
-        "predicted_interval": ctx.fitness.interval_of(chosen),
-        "selection_accuracy": selection,
-        "images": _images(ctx, evaluation), "baseline": baseline, "per_image": per_image,
-        "answer": answer.to_dict() if ctx.key(chosen) == ctx.key(answer.config) else
+    info = SearchInfo(
+        predicted_accuracy=float(est.mean[0]), real_accuracy=evaluation.top1 if evaluation else None,
+        peak_memory=int(report["peak_memory"]), config=chosen.to_dict(),
+        predicted_std=float(est.std[0]), predicted_source=_predicted_source(ctx, est),
+        predicted_interval=ctx.fitness.interval_of(chosen),
+        selection_accuracy=selection,
+        images=_images(ctx, evaluation), baseline=baseline, per_image=per_image,
+        answer=answer.to_dict() if ctx.key(chosen) == ctx.key(answer.config) else
         Individual(float(est.fitness[0]), chosen, int(report["peak_memory"]), float(est.mean[0]),
                    float(est.std[0]), float(est.distance[0]), bool(est.measured[0])).to_dict(),
-        "candidates": [t.to_dict() for t in result.top[:max(ctx.top_k, 10)]],
-        "rerank": rerank, "fitness": ctx.fitness.describe(),
-        "distance_to_data": None if est.distance[0] == float("inf") else float(est.distance[0]),
-    }
-    if target is not None:
-        info["target"] = target
-    info.update({"memory_history": report["memory_history"], "flops": report["flops"],
-                 "avg_forward_time": evaluation.avg_forward_time if evaluation else None,
-                 "model": spec.name, "constraint": c, "params": report["params"],
-                 "top5": evaluation.top5 if evaluation else None,
-                 "n_images": evaluation.n_images if evaluation else 0,
-                 "search_seconds": result.seconds, "n_scored": result.n_scored,
-                 "history": result.history, "operator_stats": result.to_dict()["stats"],
-                 "memory_unit": limits.options.unit, "memory_model": limits.options.to_dict(),
-                 "limits": limits.to_dict(), "units": units(limits.options), "fingerprint": fp})
+        candidates=[t.to_dict() for t in result.top[:max(ctx.top_k, 10)]],
+        rerank=rerank, fitness=ctx.fitness.describe(),
+        distance_to_data=None if est.distance[0] == float("inf") else float(est.distance[0]),
+        target=target,
+        memory_history=report["memory_history"], flops=report["flops"],
+        avg_forward_time=evaluation.avg_forward_time if evaluation else None,
+        model=spec.name, constraint=c, params=report["params"],
+        top5=evaluation.top5 if evaluation else None,
+        n_images=evaluation.n_images if evaluation else 0,
+        search_seconds=result.seconds, n_scored=result.n_scored,
+        history=result.history, operator_stats=result.to_dict()["stats"],
+        memory_unit=limits.options.unit, memory_model=limits.options.to_dict(),
+        limits=limits.to_dict(), units=units(limits.options), fingerprint=fp)
     if ctx.supernet is not None and sc["export"]:  # export the weights as measured, not the baseline's BN
         calibrate_subnet(ctx.supernet, chosen, ctx.provider)
     if backend.is_main:
@@ -593,37 +594,31 @@ def _test_images(ctx: _Context, evaluation: Any) -> str:
     return f"{evaluation.n_images:,} images of the test split {ctx.provider.root / 'val'}"
 
 
-def _write_outputs(spec: ModelSpec, info: dict, report: Mapping[str, Any], out: Path, supernet: Any,
+def _write_outputs(spec: ModelSpec, info: SearchInfo, report: Mapping[str, Any], out: Path, supernet: Any,
                    formats: list[str], n_classes: int, c: int, deploy_cfg: Mapping[str, Any] | None) -> None:
     """Plots, the exported files of ``formats`` and, last, info.json. With ``deploy_cfg`` (the
     run config) the exported subnet also becomes int8/fp32 ExecuTorch programs in ``out``."""
-    cfg = SubnetConfig.from_dict(info["config"])
-    draw_subnet_plots(spec, cfg, out, report, n_classes, constraint=c, accuracy=info["real_accuracy"])
+    cfg = SubnetConfig.from_dict(info.config)
+    draw_subnet_plots(spec, cfg, out, report, n_classes, constraint=c, accuracy=info.real_accuracy)
     if formats and supernet is not None:
-        info["export"] = [p.name for p in export_subnet(supernet, cfg, out / EXPORT_NAME,
-                                                         with_onnx="onnx" in formats)]
+        info.export = [p.name for p in export_subnet(supernet, cfg, out / EXPORT_NAME,
+                                                      with_onnx="onnx" in formats)]
         if deploy_cfg is not None:
             # a budget whose answer is another budget's subnet file copies that budget's programs
             dep = deploy_exported(out / EXPORT_NAME, deploy_cfg, out, reuse_from=sorted(out.parent.glob("constraint_*")))
-            info["deploy"] = {k: dep[k] for k in ("int8_accuracy", "fp32_accuracy", "n_images", "pte_bytes",
-                                                  "runtime_memory_bytes", "fp32_pte_bytes",
-                                                  "fp32_runtime_memory_bytes", "analytic_peak_memory",
-                                                  "analytic_unit", "analytic_activations_elements") if k in dep}
-            info["deploy"]["int8_minus_fp32"] = dep.get("int8_minus_fp32")
-            info["deploy"]["file"] = DEPLOY_NAME
-            info["int8_accuracy"] = dep.get("int8_accuracy")
-            info["export"] += [n for n in ("subnet_int8.pte", "subnet_fp32.pte", DEPLOY_NAME) if (out / n).is_file()]
-            if dep.get("targets"):  # Ethos-U programs: Vela's estimates
-                info["deploy"]["targets"] = dep["targets"]
-                info["export"] += [f"subnet_{t}.pte" for t in dep["targets"]]
-    write_json(out / INFO_NAME, info)
+            info.deploy = dep.summary()
+            info.int8_accuracy = dep.int8_accuracy
+            info.export += [n for n in ("subnet_int8.pte", "subnet_fp32.pte", DEPLOY_NAME) if (out / n).is_file()]
+            if dep.targets:  # Ethos-U programs: Vela's estimates
+                info.export += [f"subnet_{t}.pte" for t in dep.targets]
+    info.write(out / INFO_NAME)
 
 
-def _log_result(info: Mapping[str, Any]) -> None:
-    real = info["real_accuracy"]
-    measured = (f", measured top-1 {100 * real:.2f}% on {info['n_images']:,} test images, "
-                f"{1e3 * info['avg_forward_time']:.1f} ms/batch") if real is not None else ""
-    base = info.get("baseline")
+def _log_result(info: SearchInfo) -> None:
+    real = info.real_accuracy
+    measured = (f", measured top-1 {100 * real:.2f}% on {info.n_images:,} test images, "
+                f"{1e3 * (info.avg_forward_time or 0.0):.1f} ms/batch") if real is not None else ""
+    base = info.baseline
     if base is not None:
         measured += f"; best subnet already measured: {100 * base['dataset_accuracy']:.2f}% (dataset)"
         if base.get("real_accuracy") is not None:
@@ -631,12 +626,11 @@ def _log_result(info: Mapping[str, Any]) -> None:
         if base.get("real_difference"):
             d = Comparison.from_dict(base["real_difference"])
             measured += f" (found minus baseline {d.text()}, {d.verdict})"
-    if info.get("deploy") and info["deploy"].get("int8_accuracy") is not None:
-        d = info["deploy"]
+    if info.deploy and info.deploy.get("int8_accuracy") is not None:
+        d = info.deploy
         measured += (f", int8 top-1 {100 * d['int8_accuracy']:.2f}% (ExecuTorch), program "
                      f"{d['pte_bytes']:,} bytes, planned activations {d['runtime_memory_bytes']:,} bytes")
     log.info("constraint %s: top-1 %s, sd %.2f pp, peak %s %s, %.1f MMACs, %.1f s search%s",
-             f"{info['constraint']:,}", format_prediction(info["predicted_accuracy"], info.get("predicted_interval"),
-                                                                info.get("predicted_source")), 100 * info["predicted_std"],
-             f"{info['peak_memory']:,}", info.get("memory_unit", "elements"), info["flops"],
-             info["search_seconds"], measured)
+             f"{info.constraint:,}", format_prediction(info.predicted_accuracy, info.predicted_interval,
+                                                             info.predicted_source), 100 * (info.predicted_std or 0.0),
+             f"{info.peak_memory:,}", info.memory_unit, info.flops, info.search_seconds, measured)

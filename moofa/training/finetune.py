@@ -46,13 +46,14 @@ import torch.nn as nn
 from moofa.config import FINETUNE
 from moofa.data.provider import DataProvider
 from moofa.errors import CheckpointError, ConfigError, MoofaInputError, on_main_rank
-from moofa.io import check_writable, clean_stale_temps, write_json
+from moofa.io import check_writable, clean_stale_temps, read_json, write_json
 from moofa.lock import OutputLock
 from moofa.models.bn_calibration import set_running_statistics
 from moofa.models.layers import MobileNetV3
 from moofa.models.spec import ModelSpec, SubnetConfig
 from moofa.evaluation.report import UNITS, subnet_report
 from moofa.fingerprint import normalise, sha256_file
+from moofa.records import FinetuneInfo
 from moofa.run import EXPORT_NAME, FINETUNED_NAME as OUT_NAME, INFO_NAME, PhaseFiles, Run, SubnetSource
 from moofa.search.export import export_static, load_exported
 from moofa.stats import compare_stored
@@ -128,13 +129,13 @@ class FinetuneTrainer(Trainer):
     # ------------------------------------------------------------------------------ inputs
     def _folder_arch(self) -> SubnetConfig:
         """The arch of a search result folder (its info.json), checked against args.model."""
-        info = self.source.info or {}
-        model = info.get("model")
+        info = self.source.info
+        model = None if info is None else info.model
         if model is not None and model != self.spec.name:
             raise ConfigError(f"the search result {self.source.path} is of model {model}, not the config's",
                               file=self.layout.path, key="args.model", value=self.spec.name)
         try:
-            return SubnetConfig.from_dict(info["config"]).validate(self.spec)
+            return SubnetConfig.from_dict(info.config if info is not None else {}).validate(self.spec)
         except ValueError as err:
             raise MoofaInputError(f"bad subnet config ({err})", file=self.source.path / INFO_NAME,
                                   key="config") from None
@@ -180,7 +181,7 @@ class FinetuneTrainer(Trainer):
         moved = None
         if out.is_dir() and any(out.iterdir()):
             try:
-                old = json.loads((out / INPUTS_NAME).read_text()).get("fingerprint")
+                old = read_json(out / INPUTS_NAME).get("fingerprint")
             except (OSError, ValueError, AttributeError):
                 old = None
             if old != self.fingerprint:
@@ -203,8 +204,10 @@ class FinetuneTrainer(Trainer):
         if not (self.files.final.is_file() and (self.source.out_dir / EXPORT_NAME).is_file()):
             return False
         try:
-            return json.loads(self.files.final.read_text()).get("fingerprint") == self.fingerprint
-        except (OSError, ValueError):
+            return FinetuneInfo.read(self.files.final).fingerprint == self.fingerprint
+        except ConfigError:  # a newer moofa's result: stop rather than redo and overwrite it
+            raise
+        except (OSError, ValueError):  # unreadable (MoofaInputError is a ValueError): redone
             return False
 
     def _init_weights(self) -> None:
@@ -219,7 +222,7 @@ class FinetuneTrainer(Trainer):
         before = None
         if resumed is not None and before_file.is_file():
             try:
-                before = json.loads(before_file.read_text())
+                before = read_json(before_file)
             except (OSError, ValueError):
                 before = None
         if before is None:  # a fresh start: measure the subnet as given, before any training
@@ -245,7 +248,7 @@ class FinetuneTrainer(Trainer):
         top1 = self._valid().top1
         return top1, {f"R{self.arch.image_size}": top1}
 
-    def finish(self) -> dict:
+    def finish(self) -> FinetuneInfo:
         """Measure the fine-tuned subnet on the test split and write the export, then info.json."""
         out = self.source.out_dir
         test = self._test()
@@ -257,38 +260,38 @@ class FinetuneTrainer(Trainer):
         if before_bits is not None and per_image.get("n_images") == self.before["test"]["n_images"]:
             per_image["test_top1_before"] = before_bits
         versus = compare_stored(per_image, "test_top1_after", per_image, "test_top1_before")
-        info: dict[str, Any] = {
-            "format": INFO_FORMAT, "model": self.subnet_spec.name, "config": self.arch.to_dict(),
-            "source": str(self.source.path), "source_kind": self.source.kind,
-            "subnet": EXPORT_NAME,
-            "test_top1_before": self.before["test"]["top1"], "test_top1_after": test.top1,
-            "test_top5_before": self.before["test"]["top5"], "test_top5_after": test.top5,
-            "n_test_images": n_test,
-            "test_images": f"all {n_test:,} images of the test split ({self.provider.root / 'val'})",
-            "valid_top1_before": self.before["valid"]["top1"], "valid_top1_after": val.top1,
-            "n_valid_images": val.n_images,
-            "valid_images": (f"{val.n_images:,} held-out training images (args.valid_size)"
-                             if self.provider.valid_indices else "the test split (args.valid_size is null)"),
-            "accuracy_source": "measured",
-            "per_image": per_image, "test_difference": None if versus is None else versus.to_dict(),
-            "peak_memory": report["peak_memory"], "memory_history": report["memory_history"],
-            "flops": report["flops"], "params": report["params"],
-            "epochs": self.n_epochs, "n_epochs": int(self.args["n_epochs"]),
-            "warmup_epochs": int(self.args["warmup_epochs"]),
-            "recipe": {k: self.args[k] for k in ("base_lr", "warmup_lr", "lr_schedule_type", "opt_type",
-                                                 "kd_ratio", "kd_type", "label_smoothing", "weight_decay",
-                                                 "base_batch_size", "manual_seed")},
-            "init_lr": self.init_lr, "world_size": self.backend.size,
-            "teacher": (self.inputs["teacher"] or {}).get("file"),
-            "logs": "logs/", "units": dict(UNITS, test_top1_before="fraction", test_top1_after="fraction"),
-            "fingerprint": self.fingerprint, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-        }
+        info = FinetuneInfo(
+            format=INFO_FORMAT, model=self.subnet_spec.name, config=self.arch.to_dict(),
+            source=str(self.source.path), source_kind=self.source.kind,
+            subnet=EXPORT_NAME,
+            test_top1_before=self.before["test"]["top1"], test_top1_after=test.top1,
+            test_top5_before=self.before["test"]["top5"], test_top5_after=test.top5,
+            n_test_images=n_test,
+            test_images=f"all {n_test:,} images of the test split ({self.provider.root / 'val'})",
+            valid_top1_before=self.before["valid"]["top1"], valid_top1_after=val.top1,
+            n_valid_images=val.n_images,
+            valid_images=(f"{val.n_images:,} held-out training images (args.valid_size)"
+                          if self.provider.valid_indices else "the test split (args.valid_size is null)"),
+            accuracy_source="measured",
+            per_image=per_image, test_difference=None if versus is None else versus.to_dict(),
+            peak_memory=report["peak_memory"], memory_history=report["memory_history"],
+            flops=report["flops"], params=report["params"],
+            epochs=self.n_epochs, n_epochs=int(self.args["n_epochs"]),
+            warmup_epochs=int(self.args["warmup_epochs"]),
+            recipe={k: self.args[k] for k in ("base_lr", "warmup_lr", "lr_schedule_type", "opt_type",
+                                              "kd_ratio", "kd_type", "label_smoothing", "weight_decay",
+                                              "base_batch_size", "manual_seed")},
+            init_lr=self.init_lr, world_size=self.backend.size,
+            teacher=(self.inputs["teacher"] or {}).get("file"),
+            logs="logs/", units=dict(UNITS, test_top1_before="fraction", test_top1_after="fraction"),
+            fingerprint=self.fingerprint, finished=time.strftime("%Y-%m-%d %H:%M:%S"),
+        )
         if self.backend.is_main:
             written = export_static(self.net, self.subnet_spec, self.arch, out / EXPORT_NAME)
-            info["export"] = [p.name for p in written]
-            write_json(self.files.final, info)
+            info.export = [p.name for p in written]
+            info.write(self.files.final)
             self.log.info(f"Fine-tuned {self.subnet_spec.name} R={self.arch.image_size}: test top-1 "
-                          f"{100 * info['test_top1_before']:.2f}% -> {100 * test.top1:.2f}% on {n_test:,} images "
+                          f"{100 * (info.test_top1_before or 0.0):.2f}% -> {100 * test.top1:.2f}% on {n_test:,} images "
                           + ("" if versus is None else f"(after minus before {versus.text()}, {versus.verdict}) ")
                           + f"({self.n_epochs} epochs); peak {report['peak_memory']:,} elements, "
                           f"{report['flops']:.1f} MMACs; wrote {out / EXPORT_NAME} and {self.files.final}")

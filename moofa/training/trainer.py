@@ -43,6 +43,7 @@ from moofa.fingerprint import (
 )
 from moofa.io import atomic_save, check_writable, clean_stale_temps, require_file
 from moofa.lock import OutputLock
+from moofa.records import FinetuneInfo
 from moofa import preempt
 from moofa.models.bn_calibration import set_running_statistics
 from moofa.models.spec import ModelSpec
@@ -69,7 +70,7 @@ class StepResult:
     resumed_from: int | None = None
     already_done: bool = False
     history: list[dict] = field(default_factory=list)
-    info: dict | None = None   # what the launch wrote besides weights (fine-tuning: its info.json)
+    info: FinetuneInfo | None = None   # what the launch wrote besides weights (fine-tuning: its info.json)
 
 
 def seed_everything(seed: int) -> None:
@@ -167,7 +168,7 @@ class Trainer:
         """Whether this launch's output exists already (then :meth:`run` trains nothing)."""
         return self.elastic and self.files.final.is_file()
 
-    def finish(self) -> dict | None:
+    def finish(self) -> FinetuneInfo | None:
         """Write the launch's output after the last epoch (called on every rank): a phase's final
         weights, the next phase's input. Returns what goes into ``StepResult.info``."""
         if self.elastic and self.backend.is_main:
