@@ -111,7 +111,8 @@ class SearchInfo(Record):
     ``flops`` in MMACs; ``params`` a count; ``avg_forward_time`` and ``search_seconds`` in
     seconds. ``target``, ``export``, ``deploy`` and ``int8_accuracy`` are written only when set."""
 
-    REQUIRED: ClassVar[tuple[str, ...]] = ("config",)  # a --subnet folder may hold only the arch
+    # none: the summary tables need only peak_memory and flops, a --subnet folder only the config;
+    # each reader checks what it needs (Record.has)
     OPTIONAL: ClassVar[frozenset[str]] = frozenset({"target", "export", "deploy", "int8_accuracy"})
     WHAT: ClassVar[str] = "search result"
 

@@ -63,7 +63,7 @@ class SubnetSource:
                 raise MoofaInputError(f"not a search result folder (no {INFO_NAME}); give a constraint_<int>/ "
                                       f"folder or an exported {EXPORT_NAME}", file=path, key="--subnet")
             info = SearchInfo.read(info_path)
-            if not isinstance(info.config, Mapping):
+            if not info.has("config") or not isinstance(info.config, Mapping):
                 raise MoofaInputError("has no subnet 'config'", file=info_path, key="config")
             return cls("constraint_folder", path, path / FINETUNED_NAME, info)
         raise MoofaInputError("no such file or folder", file=path, key="--subnet")
