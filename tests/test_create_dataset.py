@@ -264,7 +264,7 @@ def test_meter_matches_evaluate_subnet(tiny, single_run) -> None:
     from moofa.data import DataProvider
     from moofa.models import load_weights
     from moofa.predictor.create import SubnetMeter
-    from moofa.training.evaluate import evaluate_subnet
+    from moofa.measurement.evaluate import evaluate_subnet
 
     cfg = load_config(tiny.project.config_path)
     args = last_task_args(cfg)

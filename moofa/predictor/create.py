@@ -125,7 +125,7 @@ from moofa.io import atomic_open
 from moofa.models.spec import ModelSpec, SubnetConfig
 from moofa import preempt
 from moofa.predictor.dataset import append_records, make_record, read_jsonl, repair_tail
-from moofa.training.evaluate import calibrate_subnet, evaluate
+from moofa.measurement.evaluate import calibrate_subnet, evaluate
 from moofa.predictor.encoder import ArchEncoder
 from tqdm import tqdm
 
