@@ -573,7 +573,7 @@ def test_flops_input_uses_the_datasets_class_count(tmp_path):
 
 def test_selection_and_report_images_are_disjoint(tmp_path):
     from moofa.data import DataProvider
-    from moofa.predictor.create import split_images
+    from moofa.measurement.meter import split_images
     from test_data import make_args
 
     args = make_args(tmp_path, valid_size=12)

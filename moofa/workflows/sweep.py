@@ -59,7 +59,7 @@ from moofa.predictor.dataset import read_dataset
 import hashlib
 from moofa.data import DataProvider
 from moofa.data.folder import data_fingerprint
-from moofa.predictor.create import SubnetMeter
+from moofa.measurement.meter import SubnetMeter
 from moofa.deploy import require_executorch
 from moofa.predictor.dataset import append_records
 from moofa.predictor.create import subnet_record
