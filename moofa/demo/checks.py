@@ -26,7 +26,7 @@ from moofa.efficiency import MemoryOptions, peak_memory
 from moofa.errors import ConfigError
 from moofa.records import EvalInfo, FinetuneInfo, Record, SearchInfo
 from moofa.run import INFO_NAME, Run, constraint_dir
-from moofa.search.sweep import deploys
+from moofa.workflows.sweep import deploys
 from moofa.stats import Accuracy, Comparison, binomial_p_at_least, compare_stored
 
 R = TypeVar("R", bound=Record)
