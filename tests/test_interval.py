@@ -169,9 +169,10 @@ def test_summaries_read_results_with_and_without_an_interval(tmp_path):
 
 
 def test_sweep_log_line_shows_the_interval(caplog):
+    from moofa.records import SearchInfo
     from moofa.workflows.sweep import _log_result
     info = _info(325000, 0.7131, predicted_std=0.0064, predicted_source="predicted: ...",
                  predicted_interval=[0.7010, 0.7200], search_seconds=1.0)
     with caplog.at_level("INFO", logger="moofa.workflows.sweep"):
-        _log_result(info)
+        _log_result(SearchInfo.from_dict(info))
     assert "top-1 71.31 % [70.10, 72.00] (predicted), sd 0.64 pp" in caplog.text
