@@ -252,6 +252,11 @@ class MobileNetV3(nn.Module):
     """Static MobileNetV3: first conv, blocks (block S first), head. What
     ``Supernet.get_active_subnet()`` returns and what the teacher is."""
 
+    # set on a network read from a subnet file (moofa.models.subnet_file.load_exported): the
+    # exported arch and the model it was cut from; None otherwise
+    subnet_config: SubnetConfig | None = None
+    model_spec: ModelSpec | None = None
+
     def __init__(self, first_conv: nn.Module, blocks: list[nn.Module], final_expand_layer: nn.Module,
                  feature_mix_layer: nn.Module, classifier: nn.Module) -> None:
         super().__init__()
