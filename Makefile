@@ -25,6 +25,8 @@ $(HVD_STAMP): $(STAMP) scripts/install_horovod.sh
 horovod: $(HVD_STAMP)
 
 test: setup horovod
+	$(BIN)/python -m ruff check moofa tests benchmarks scripts   # lint and import order ([tool.ruff])
+	$(BIN)/python -m mypy moofa   # [tool.mypy] in pyproject.toml
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile   # two workers, one test module each at a time
 
 demo: setup

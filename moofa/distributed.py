@@ -22,11 +22,11 @@ from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from moofa.errors import MoofaInputError
 from moofa.preempt import stop_signal
-import torch.distributed as dist
 
 __all__ = [
     "Backend", "SingleBackend", "TorchBackend", "HorovodBackend", "GradientAveragingOptimizer",
@@ -415,10 +415,15 @@ class GradientAveragingOptimizer(torch.optim.Optimizer):
             if any(id(p) not in known for p in params):
                 raise ValueError("the optimizer holds parameters that are not in named_parameters")
         seen: set[int] = set()
-        self._params = [p for p in params
-                        if p.requires_grad and not (id(p) in seen or seen.add(id(p)))]
+        self._params: list[torch.Tensor] = []  # each trainable parameter once, in group order
+        for p in params:
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                self._params.append(p)
 
     # -- the wrapped optimizer's state, shared --
+    # (Optimizer declares these as plain attributes; the wrapper serves the wrapped optimizer's
+    # own objects read-only on purpose, which mypy reports as an override)
     @property
     def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
         return self.optimizer.param_groups
@@ -440,17 +445,17 @@ class GradientAveragingOptimizer(torch.optim.Optimizer):
     def __getstate__(self) -> dict[str, Any]:
         raise pickle.PicklingError("pickle optimizer.state_dict(), not the distributed wrapper")
 
-    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+    def state_dict(self) -> dict[str, Any]:
         return self.optimizer.state_dict()
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state_dict)
 
-    def zero_grad(self, set_to_none: bool = True) -> None:  # type: ignore[override]
+    def zero_grad(self, set_to_none: bool = True) -> None:
         self._synchronized = False
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:  # type: ignore[override]
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
         raise RuntimeError("add parameter groups before wrapping the optimizer")
 
     def __repr__(self) -> str:
@@ -461,14 +466,16 @@ class GradientAveragingOptimizer(torch.optim.Optimizer):
         """Average the accumulated gradients across ranks now (idempotent until the next step)."""
         if self._synchronized:
             return
+        grads: list[torch.Tensor] = []
         for p in self._params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
             elif p.grad.is_sparse:
                 raise RuntimeError("sparse gradients are not supported")
+            grads.append(p.grad)
         size = self._backend.size
         if size > 1:
-            for bucket in _buckets([p.grad for p in self._params]):
+            for bucket in _buckets(grads):
                 flat = _flatten(bucket).to(self._backend.comm_device)
                 wire = flat.half() if self.fp16_compression and flat.is_floating_point() else flat
                 self._backend._sum_(wire)
@@ -476,7 +483,7 @@ class GradientAveragingOptimizer(torch.optim.Optimizer):
                 _unflatten_into(wire, bucket)
         self._synchronized = True
 
-    def step(self, closure=None):  # type: ignore[override]
+    def step(self, closure=None):
         """Average the gradients across ranks (unless ``synchronize()`` already did), then step."""
         self.synchronize()
         self._synchronized = False

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
-from moofa.errors import MoofaInputError
 import torch
-import logging
+
+from moofa.errors import MoofaInputError
 
 TEMP_MARK = ".tmp"
 
@@ -63,7 +64,8 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     return Path(path)
 
 
-def save_figure(fig: Any, path_stem: str | Path, dpi: int = 150, formats: tuple[str, ...] = ("png", "pdf")) -> list[Path]:
+def save_figure(fig: Any, path_stem: str | Path, dpi: int = 150,
+                formats: tuple[str, ...] = ("png", "pdf")) -> list[Path]:
     """Save a matplotlib figure as ``<stem>.png`` (``dpi``) and ``<stem>.pdf``, each atomically."""
     stem = Path(path_stem)
     written = []

@@ -181,6 +181,8 @@ def compare_stored(a: Mapping[str, Any] | None, key_a: str, b: Mapping[str, Any]
                    key_b: str) -> Comparison | None:
     """:func:`paired_difference` of two stored outcome arrays, None when either is missing or they
     were measured on different numbers of images (not the same images)."""
+    if a is None or b is None:
+        return None
     x, y = per_image(a, key_a), per_image(b, key_b)
     if x is None or y is None or x.size != y.size:
         return None

@@ -261,6 +261,7 @@ def test_wandb_mode_decision(tmp_path) -> None:
     home.mkdir()
     assert wandb_mode({"HOME": str(home)})[0] == "offline"
     assert wandb_mode({"HOME": str(home), "WANDB_MODE": "disabled"}) == ("disabled", "WANDB_MODE")
+    assert wandb_mode({"HOME": str(home), "WANDB_MODE": "dryrun"}) == ("offline", "WANDB_MODE")  # wandb's alias
     assert wandb_mode({"HOME": str(home), "WANDB_MODE": "online"})[0] == "offline"  # no login
     assert wandb_mode({"HOME": str(home), "WANDB_API_KEY": "k" * 40})[0] == "online"
     (home / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password " + "p" * 40 + "\n")

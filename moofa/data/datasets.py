@@ -26,8 +26,8 @@ from typing import Any, Mapping
 import numpy as np
 from PIL import Image
 
-from moofa.errors import MoofaInputError
 from moofa.config import DIGITS_SCHEMA, SYNTHETIC_SCHEMA
+from moofa.errors import MoofaInputError
 
 MARKER = ".moofa_dataset.json"
 EMBEDDED = ("digits", "synthetic")
@@ -60,7 +60,7 @@ def digits_arrays(image_size: int = 32, val_fraction: float = 0.2, seed: int = 0
     d = load_digits()
     gray = np.clip(d.images / 16.0 * 255.0 + 0.5, 0, 255).astype(np.uint8)  # 0..16 -> 0..255
     big = np.stack([np.asarray(Image.fromarray(g).resize((image_size, image_size),
-                                                                   Image.BILINEAR)) for g in gray])
+                                                                   Image.Resampling.BILINEAR)) for g in gray])
     rgb = np.repeat(big[..., None], 3, axis=-1)
     idx = np.arange(len(rgb))
     tr, va = train_test_split(idx, test_size=val_fraction, random_state=seed, stratify=d.target)

@@ -100,12 +100,20 @@ def collate_skipping(batch: list) -> tuple:
     return images, labels, bad
 
 
+def _resolution_batches(loader: DataLoader) -> ElasticResolutionBatchSampler:
+    """The batch sampler of a training loader (DataLoader types it as any batch sampler)."""
+    batches = loader.batch_sampler
+    if not isinstance(batches, ElasticResolutionBatchSampler):
+        raise TypeError(f"training loader: expected an ElasticResolutionBatchSampler, got {type(batches).__name__}")
+    return batches
+
+
 class SkippingLoader(DataLoader):
     """A DataLoader yielding ``(images, labels)`` without the corrupt images, which it hands to
     ``bad_images`` (:class:`BadImageLog`); a batch of only corrupt images is left out."""
 
-    def __init__(self, *args: Any, bad_images: BadImageLog, **kw: Any) -> None:
-        super().__init__(*args, collate_fn=collate_skipping, **kw)
+    def __init__(self, dataset: Dataset, *, bad_images: BadImageLog, **kw: Any) -> None:
+        super().__init__(dataset, collate_fn=collate_skipping, **kw)
         self.bad_images = bad_images
 
     def __iter__(self) -> Iterator:  # type: ignore[override]
@@ -251,7 +259,7 @@ class DataProvider:
     @property
     def train_batches_per_epoch(self) -> int:
         """Batches per epoch on this rank (nBatch of docs/design.md#protocols)."""
-        return len(self.train_loader(None).batch_sampler)
+        return len(_resolution_batches(self.train_loader(None)))
 
     def train_loader(self, epoch: int | None = 0) -> DataLoader:
         """The training loader, set to ``epoch`` (None: leave the epoch as it is). Each batch has
@@ -265,7 +273,7 @@ class DataProvider:
                                               global_rng=True, batch_sampler=batches,
                                               persistent_workers=self.n_worker > 0)
         if epoch is not None:
-            self._train_loader.batch_sampler.set_epoch(epoch)
+            _resolution_batches(self._train_loader).set_epoch(epoch)
         return self._train_loader
 
     def set_epoch(self, epoch: int) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Iterator, Sequence
+from typing import Iterator, Protocol, Sequence
 
 import torch
 from torch.utils.data import Sampler
@@ -116,12 +116,20 @@ def draw_resolution(batch_index: int, epoch: int, candidates: Sequence[int], ran
     return int(random.Random(resolution_seed(batch_index, epoch, rank)).choices(list(candidates))[0])
 
 
+class SizedIndices(Protocol):
+    """Indices with a length: a sampler such as :class:`DistributedSubsetSampler`, or a range."""
+
+    def __iter__(self) -> Iterator[int]: ...
+
+    def __len__(self) -> int: ...
+
+
 class ElasticResolutionBatchSampler(Sampler[list]):
     """Batches of ``(index, image_size)`` pairs: one resolution per batch, drawn in the main
     process from ``candidates`` with the seed of (batch index, epoch), so it works with any
     ``num_workers`` and every rank agrees (unless ``sync`` is false: then the rank is mixed in)."""
 
-    def __init__(self, sampler: Sampler[int], batch_size: int, candidates: Sequence[int],
+    def __init__(self, sampler: SizedIndices, batch_size: int, candidates: Sequence[int],
                  drop_last: bool = False, sync: bool = True, rank: int = 0) -> None:
         self.sampler, self.batch_size, self.drop_last = sampler, int(batch_size), drop_last
         self.candidates = [int(c) for c in candidates]

@@ -186,7 +186,8 @@ def _compile_spec(target: str, system_config: str | None, memory_mode: str | Non
 
 
 def quantize_for(net: nn.Module, image_size: int, calibration: Iterable[torch.Tensor], target: str,
-                 system_config: str | None = None, memory_mode: str | None = None) -> tuple[nn.Module, float]:
+                 system_config: str | None = None, memory_mode: str | None = None
+                 ) -> tuple[torch.fx.GraphModule, float]:
     """PT2E int8 model of ``net`` with the Arm (Ethos-U) quantiser: symmetric, per-channel weights."""
     require_ethosu()
     from executorch.backends.arm.quantizer import EthosUQuantizer, get_symmetric_quantization_config
@@ -254,7 +255,7 @@ def reference_model_available() -> bool:
         return False
 
 
-def input_quantization(quantized: nn.Module) -> tuple[float, int]:
+def input_quantization(quantized: torch.fx.GraphModule) -> tuple[float, int]:
     """(scale, zero point) with which the CPU quantises the float input before the NPU's call:
     the first ``quantize_per_tensor`` of the PT2E-converted graph."""
     for node in quantized.graph.nodes:
@@ -265,13 +266,13 @@ def input_quantization(quantized: nn.Module) -> tuple[float, int]:
 
 
 @torch.no_grad()
-def tosa_top1(tosa_path: str | Path, quantized: nn.Module, loader: Iterable) -> dict[str, Any]:
+def tosa_top1(tosa_path: str | Path, quantized: torch.fx.GraphModule, loader: Iterable) -> dict[str, Any]:
     """Top-1 of the lowered int8 TOSA network (``out.tosa``, the graph Vela compiles) executed by
     the TOSA reference model on every image of ``loader``: each image quantised with the program's
     input scale and zero point, the class the int8 logits rank first (dequantisation keeps the
     order). A bit-exact integer reference of what the NPU computes, not a run on the NPU."""
     import numpy as np
-    import tosa_reference_model as ref  # type: ignore[import-not-found]
+    import tosa_reference_model as ref
 
     graph = Path(tosa_path).read_bytes()
     scale, zp = input_quantization(quantized)

@@ -104,7 +104,7 @@ _NOT_COMPUTE = ("executorch_call_delegate", "getitem", "_to_dim_order_copy")
 
 def _graph_census(graph: Any) -> tuple[int, dict[str, int]]:
     """(delegate calls, {op name: count} of the compute ops outside any delegate) of an edge graph."""
-    calls, left = 0, Counter()
+    calls, left = 0, Counter[str]()
     for node in graph.nodes:
         if node.op != "call_function":
             continue
@@ -130,7 +130,7 @@ def fp32_program(net: nn.Module, image_size: int) -> Program:
 
 @torch.no_grad()
 def quantize(net: nn.Module, image_size: int, calibration: Iterable[torch.Tensor],
-             per_channel: bool = True, quantizer: Any = None) -> tuple[nn.Module, float]:
+             per_channel: bool = True, quantizer: Any = None) -> tuple[torch.fx.GraphModule, float]:
     """PT2E int8 model of ``net`` calibrated on ``calibration`` (image batches, any size); returns
     the converted module and the seconds it took. The graph is traced with a dynamic batch size
     so that calibration runs whole batches (observers reduce over the batch, as over one image

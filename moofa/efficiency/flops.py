@@ -59,10 +59,10 @@ def macs_table(spec: ModelSpec, image_size: int, n_classes: int = 1000) -> Choic
     t, geo = spec.table, geometry(spec, image_size)
     c0, c1, h1 = t.first_conv, t.stem.width, geo.h1
     hs = out_side(h1, 3, t.stem.stride)
-    f, l, hf = t.final_expand, t.feature_mix, geo.h_final
+    f, mix, hf = t.final_expand, t.feature_mix, geo.h_final
     fixed = (3 * c0 * 9 * h1 * h1
              + _block_macs(c0, c1, c0, 3, False, t.stem.se, h1, hs)
-             + t.stages[-1].width * f * hf * hf + f * l + l * n_classes)
+             + t.stages[-1].width * f * hf * hf + f * mix + mix * n_classes)
 
     def block(i: int, k: int, e: float) -> int:
         g = geo.blocks[i]
@@ -76,9 +76,9 @@ def macs_table(spec: ModelSpec, image_size: int, n_classes: int = 1000) -> Choic
 def params_table(spec: ModelSpec, n_classes: int = 1000) -> ChoiceTable:
     """Parameters per block and (k, e), and those of the fixed layers (resolution-free)."""
     t = spec.table
-    c0, c1, f, l = t.first_conv, t.stem.width, t.final_expand, t.feature_mix
+    c0, c1, f, mix = t.first_conv, t.stem.width, t.final_expand, t.feature_mix
     fixed = (27 * c0 + 2 * c0 + _block_params(c0, c1, c0, 3, False, t.stem.se)
-             + t.stages[-1].width * f + 2 * f + f * l + l * n_classes + n_classes)
+             + t.stages[-1].width * f + 2 * f + f * mix + mix * n_classes + n_classes)
 
     def block(i: int, k: int, e: float) -> int:
         cin, cout, _ = spec.block_io(i)

@@ -78,7 +78,8 @@ def measure_peak_memory(subnet: nn.Module, image_size: int) -> tuple[int, list[i
             flat.append(hist[ref])
             continue
         entries = dict(blocks[ref])
-        if subnet.blocks[ref].shortcut is not None and "depth_conv" in entries:
+        # a residual block's depthwise conv also holds the block input (kept for the addition)
+        if getattr(subnet.get_submodule(f"blocks.{ref}"), "shortcut", None) is not None and "depth_conv" in entries:
             entries["depth_conv"] += block_input[ref]
         flat += [entries[r] for r in _ROLES if entries.get(r, 0)]
     return (max(flat) if flat else 0), flat

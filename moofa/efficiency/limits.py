@@ -59,6 +59,11 @@ class Quantity:
         return np.asarray(self.batch(spec, list(configs)), dtype=np.float64)
 
 
+def _value_of(q: Quantity, spec: ModelSpec) -> Callable[[SubnetConfig], float]:
+    """``q``'s value of one config."""
+    return lambda c: float(q.values(spec, [c])[0])
+
+
 @dataclass(frozen=True)
 class Limits:
     """Hard limits of a search: ``memory`` (peak, in ``options.unit``; None = no budget),
@@ -153,11 +158,16 @@ def _min_sum_config(spec: ModelSpec, table: ChoiceTable, r: int, memory: float |
     ks = [min(spec.ks_list)] * spec.n_blocks
     es = [min(spec.expand_list)] * spec.n_blocks
     ds, total = [], table.fixed
+
+    def cheapest(pool: Sequence[Any], i: int) -> Any:
+        """The (k, e) pair of ``pool`` with the smallest value of block ``i`` (ties: the smaller pair)."""
+        return min(pool, key=lambda p: (table.blocks[i][p], p))
+
     for sc in choices:
-        s, best = sc.stage, None
+        s = sc.stage
+        best: tuple[int, int, list[Any]] | None = None
         for d in sc.depths:
-            picks = [min(pool, key=lambda p, i=s * b + j: (table.blocks[i][p], p))
-                     for j, pool in enumerate(sc.active[d])]
+            picks = [cheapest(pool, s * b + j) for j, pool in enumerate(sc.active[d])]
             value = sum(table.blocks[s * b + j][p] for j, p in enumerate(picks))
             if best is None or value < best[0]:
                 best = (value, d, picks)
@@ -185,7 +195,7 @@ def minima(model: "str | ModelSpec", limits: Limits | None = None) -> dict[str, 
                                 ("params", lambda r: params_table(spec, n), None)):
         scale = (lambda v: v / div) if div else (lambda v: int(v))
         allv = [_min_sum_config(spec, table_of(r), r, None, opts) for r in spec.image_sizes]
-        out[name] = scale(min(v[0] for v in allv))
+        out[name] = scale(min(v[0] for v in allv if v is not None))  # no memory limit: none is None
         budget = [v for r in feasible_resolutions(spec, np.inf if limits.memory is None else limits.memory, opts)
                   if (v := _min_sum_config(spec, table_of(r), r, limits.memory, opts)) is not None]
         out[f"{name}_in_budget"] = scale(min(v[0] for v in budget)) if budget else None
@@ -203,7 +213,8 @@ def minima(model: "str | ModelSpec", limits: Limits | None = None) -> dict[str, 
 def check_limits(model: "str | ModelSpec", limits: Limits, file: Any = None,
                  keys: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Raise InfeasibleConstraintError naming the limit that no subnet can meet (and its exact
-    minimum); returns :func:`minima` (only ``memory`` when no other limit is set). ``keys`` overrides the config keys named per limit."""
+    minimum); returns :func:`minima` (only ``memory`` when no other limit is set). ``keys``
+    overrides the config keys named per limit."""
     spec = get_model_spec(model)
     keys = {**LIMIT_KEYS, **(keys or {})}
     unit = limits.options.unit
@@ -294,10 +305,11 @@ def repair_within(model: "str | ModelSpec", config: Any, limits: Limits,
         cfg = repair_config(spec, cfg, limits.memory, gen, limits.options)
     bad = violations(spec, cfg, limits)
     while bad:  # bounded: each step lowers one of finitely many choice indices
-        quantity = {"mmacs": lambda c: flops(spec, c, limits.n_classes),
-                    "params": lambda c: count_params(spec, c, limits.n_classes),
-                    "memory": lambda c: peak_memory(spec, c, limits.options),
-                    **{q.name: (lambda c, q=q: float(q.values(spec, [c])[0])) for q in limits.quantities}}
+        quantity: dict[str, Callable[[SubnetConfig], float]] = {
+            "mmacs": lambda c: flops(spec, c, limits.n_classes),
+            "params": lambda c: count_params(spec, c, limits.n_classes),
+            "memory": lambda c: peak_memory(spec, c, limits.options),
+            **{q.name: _value_of(q, spec) for q in limits.quantities}}
         good = [m for m in _moves(spec, cfg)
                 if all(quantity[q](m) < v for q, v in bad.items())
                 and not (set(violations(spec, m, limits)) - set(bad))]

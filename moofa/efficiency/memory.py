@@ -155,12 +155,12 @@ def _stem_layers(spec: ModelSpec, geo: Geometry, opts: MemoryOptions) -> list[La
 def _head_layers(spec: ModelSpec, geo: Geometry, opts: MemoryOptions) -> list[LayerMemory]:
     """final_expand_layer (+ feature_mix and classifier when ``count_head``)."""
     t, hf = spec.table, geo.h_final
-    c, f, l = t.stages[-1].width, t.final_expand, t.feature_mix
+    c, f, mix = t.stages[-1].width, t.final_expand, t.feature_mix
     layers = [_entry("final_expand", c * hf * hf, f * hf * hf, c * f, 0, opts)]
     if opts.count_head:
         n = opts.n_classes
-        layers.append(_entry("feature_mix", f, l, f * l, 0, opts))
-        layers.append(_entry("classifier", l, n, l * n + n, 0, opts))
+        layers.append(_entry("feature_mix", f, mix, f * mix, 0, opts))
+        layers.append(_entry("classifier", mix, n, mix * n + n, 0, opts))
     return layers
 
 
@@ -169,9 +169,9 @@ def memory_table(spec: ModelSpec, image_size: int, options: MemoryOptions = DEFA
     """Per-block peak (max of the block's entries) for every (k, e), and the peak of the fixed
     layers, at one resolution. Cached per (spec, resolution, options)."""
     geo = geometry(spec, image_size)
-    fixed = max(l.total for l in _stem_layers(spec, geo, options) + _head_layers(spec, geo, options))
+    fixed = max(lm.total for lm in _stem_layers(spec, geo, options) + _head_layers(spec, geo, options))
     return build_table(spec, fixed, lambda i, k, e: max(
-        l.total for l in _block_layers(spec, geo, i, k, e, options)))
+        lm.total for lm in _block_layers(spec, geo, i, k, e, options)))
 
 
 def memory_layers(model: "str | ModelSpec", config: "Mapping[str, Any] | SubnetConfig",
@@ -190,7 +190,7 @@ def memory_layers(model: "str | ModelSpec", config: "Mapping[str, Any] | SubnetC
 def memory_histogram(model: "str | ModelSpec", config: "Mapping[str, Any] | SubnetConfig",
                      options: MemoryOptions | None = None) -> list[int]:
     """Per-layer memory (elements x bytes_per_element) in docs/design.md#memory-model order."""
-    return [l.total for l in memory_layers(model, config, options)]
+    return [lm.total for lm in memory_layers(model, config, options)]
 
 
 def peak_memory(model: "str | ModelSpec", config: "Mapping[str, Any] | SubnetConfig",

@@ -48,9 +48,10 @@ def traffic_table(spec: ModelSpec, image_size: int) -> ChoiceTable:
     """Bytes of int8 activations each layer reads and writes, summed per block and (k, e), and
     over the fixed layers, at one resolution (what an NPU that keeps activations in DRAM moves)."""
     geo = geometry(spec, image_size)
-    fixed = sum(l.inp + l.out for l in _stem_layers(spec, geo, INT8_ACTIVATIONS) + _head_layers(spec, geo, INT8_ACTIVATIONS))
+    fixed_layers = _stem_layers(spec, geo, INT8_ACTIVATIONS) + _head_layers(spec, geo, INT8_ACTIVATIONS)
+    fixed = sum(lm.inp + lm.out for lm in fixed_layers)
     return build_table(spec, fixed, lambda i, k, e: sum(
-        l.inp + l.out for l in _block_layers(spec, geo, i, k, e, INT8_ACTIVATIONS)))
+        lm.inp + lm.out for lm in _block_layers(spec, geo, i, k, e, INT8_ACTIVATIONS)))
 
 
 def activation_traffic_batch(model: Any, configs: Sequence[Any]) -> np.ndarray:

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from moofa.distributed import to_device
 from moofa.models.dynamic import full_bn_mode
+from moofa.models.layers import running_stats
 
 
 @torch.no_grad()
@@ -51,5 +52,6 @@ def set_running_statistics(net: nn.Module, batches: Iterable[torch.Tensor]) -> N
     for bn, (n, mean_sum, var_sum) in sums.items():
         if n:
             c = mean_sum.numel()
-            bn.running_mean[:c].copy_(mean_sum / n)
-            bn.running_var[:c].copy_(var_sum / n)
+            running_mean, running_var = running_stats(bn)
+            running_mean[:c].copy_(mean_sum / n)
+            running_var[:c].copy_(var_sum / n)

@@ -14,7 +14,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from moofa.models.layers import MBConvLayer, SEModule, build_activation, global_avg_pool
+from moofa.models.layers import (
+    MBConvLayer,
+    SEModule,
+    build_activation,
+    conv_bias,
+    global_avg_pool,
+    running_stats,
+)
 from moofa.models.spec import mid_channels, se_channels
 
 
@@ -120,9 +127,39 @@ class DynamicSE(SEModule):
         c = x.size(1)
         mid = se_channels(c)
         y = global_avg_pool(x)
-        y = F.relu(F.conv2d(y, self.fc.reduce.weight[:mid, :c], self.fc.reduce.bias[:mid]))
-        y = F.hardsigmoid(F.conv2d(y, self.fc.expand.weight[:c, :mid], self.fc.expand.bias[:c]))
+        reduce, expand = self.fc.reduce, self.fc.expand
+        y = F.relu(F.conv2d(y, reduce.weight[:mid, :c], conv_bias(reduce)[:mid]))
+        y = F.hardsigmoid(F.conv2d(y, expand.weight[:c, :mid], conv_bias(expand)[:c]))
         return x * y
+
+
+class DynamicConvBN(nn.Sequential):
+    """Elastic 1x1 conv -> BN (the point-linear part); the annotations tell the type checker what
+    ``nn.Module.__getattr__`` returns."""
+
+    conv: DynamicConv2d
+    bn: DynamicBatchNorm2d
+
+
+class DynamicConvBNAct(DynamicConvBN):
+    """Elastic 1x1 conv -> BN -> activation (the inverted bottleneck)."""
+
+    act: nn.Module
+
+
+class DynamicDepthwise(nn.Sequential):
+    """Elastic depthwise conv -> BN -> activation [-> SE, looked up by name]."""
+
+    conv: DynamicSeparableConv2d
+    bn: DynamicBatchNorm2d
+
+
+def _se_of(seq: nn.Sequential) -> SEModule:
+    """The ``se`` part of a depthwise Sequential built with ``use_se``."""
+    se = seq.se
+    if not isinstance(se, SEModule):
+        raise TypeError(f"depth_conv.se: expected an SEModule, got {type(se).__name__}")
+    return se
 
 
 class DynamicMBConvLayer(nn.Module):
@@ -130,7 +167,8 @@ class DynamicMBConvLayer(nn.Module):
 
     The active middle width is ``make_divisible(round(C_in * e), 8)`` of the actual input width.
     A block whose active expand ratio is 1 skips its inverted bottleneck, exactly like the static
-    layer that ``to_static`` extracts (fixes the reference's MOOFA_V2 defect, docs/design.md#departures-from-the-reference).
+    layer that ``to_static`` extracts (fixes the reference's MOOFA_V2 defect,
+    docs/design.md#departures-from-the-reference).
     """
 
     def __init__(self, in_channels: int, out_channels: int, ks_list: Sequence[int],
@@ -143,18 +181,18 @@ class DynamicMBConvLayer(nn.Module):
         if 1 in self.expand_list and mid_channels(in_channels, 1) != in_channels:
             raise ValueError(f"expand_list: ratio 1 needs a width divisible by 8, got {in_channels}")
         max_mid = mid_channels(in_channels, self.expand_list[-1])
+        self.inverted_bottleneck: DynamicConvBNAct | None = None
         if self.expand_list[-1] != 1:
-            self.inverted_bottleneck = nn.Sequential(OrderedDict(
+            self.inverted_bottleneck = DynamicConvBNAct(OrderedDict(
                 conv=DynamicConv2d(in_channels, max_mid), bn=DynamicBatchNorm2d(max_mid),
                 act=build_activation(act_func)))
-        else:
-            self.inverted_bottleneck = None
-        dw = OrderedDict(conv=DynamicSeparableConv2d(max_mid, self.ks_list, stride, kernel_transform),
-                         bn=DynamicBatchNorm2d(max_mid), act=build_activation(act_func))
+        dw: OrderedDict[str, nn.Module] = OrderedDict(
+            conv=DynamicSeparableConv2d(max_mid, self.ks_list, stride, kernel_transform),
+            bn=DynamicBatchNorm2d(max_mid), act=build_activation(act_func))
         if use_se:
             dw["se"] = DynamicSE(max_mid)
-        self.depth_conv = nn.Sequential(dw)
-        self.point_linear = nn.Sequential(OrderedDict(conv=DynamicConv2d(max_mid, out_channels),
+        self.depth_conv = DynamicDepthwise(dw)
+        self.point_linear = DynamicConvBN(OrderedDict(conv=DynamicConv2d(max_mid, out_channels),
                                                       bn=DynamicBatchNorm2d(out_channels)))
         self.active_kernel_size = self.ks_list[-1]
         self.active_expand_ratio = self.expand_list[-1]
@@ -179,18 +217,19 @@ class DynamicMBConvLayer(nn.Module):
         mid = self.active_mid()
         layer = MBConvLayer(cin, self.out_channels, k, self.stride, e, mid, self.act_func, self.use_se)
         layer = layer.to(self.point_linear.conv.conv.weight.device)
-        if layer.inverted_bottleneck is not None:
-            src = self.inverted_bottleneck
-            layer.inverted_bottleneck.conv.weight.copy_(src.conv.conv.weight[:mid, :cin])
-            _copy_bn(layer.inverted_bottleneck.bn, src.bn.bn)
+        dst, src = layer.inverted_bottleneck, self.inverted_bottleneck
+        # the static layer has a bottleneck only for a ratio other than 1, so then this one has one too
+        if dst is not None and src is not None:
+            dst.conv.weight.copy_(src.conv.conv.weight[:mid, :cin])
+            _copy_bn(dst.bn, src.bn.bn)
         layer.depth_conv.conv.weight.copy_(self.depth_conv.conv.active_filter(mid, k))
         _copy_bn(layer.depth_conv.bn, self.depth_conv.bn.bn)
         if self.use_se:
-            sm, src_fc, dst_fc = se_channels(mid), self.depth_conv.se.fc, layer.depth_conv.se.fc
+            sm, src_fc, dst_fc = se_channels(mid), _se_of(self.depth_conv).fc, _se_of(layer.depth_conv).fc
             dst_fc.reduce.weight.copy_(src_fc.reduce.weight[:sm, :mid])
-            dst_fc.reduce.bias.copy_(src_fc.reduce.bias[:sm])
+            conv_bias(dst_fc.reduce).copy_(conv_bias(src_fc.reduce)[:sm])
             dst_fc.expand.weight.copy_(src_fc.expand.weight[:mid, :sm])
-            dst_fc.expand.bias.copy_(src_fc.expand.bias[:mid])
+            conv_bias(dst_fc.expand).copy_(conv_bias(src_fc.expand)[:mid])
         layer.point_linear.conv.weight.copy_(self.point_linear.conv.conv.weight[:, :mid])
         _copy_bn(layer.point_linear.bn, self.point_linear.bn.bn)
         return layer
@@ -215,14 +254,15 @@ class DynamicMBConvLayer(nn.Module):
         dwc = self.depth_conv.conv.conv
         dwc.weight.copy_(dwc.weight.index_select(0, order))
         if self.use_se:
-            fc = self.depth_conv.se.fc
+            fc = _se_of(self.depth_conv).fc
+            expand_bias, reduce_bias = conv_bias(fc.expand), conv_bias(fc.reduce)
             fc.expand.weight.copy_(fc.expand.weight.index_select(0, order))
-            fc.expand.bias.copy_(fc.expand.bias.index_select(0, order))
+            expand_bias.copy_(expand_bias.index_select(0, order))
             fc.reduce.weight.copy_(fc.reduce.weight.index_select(1, order))
             se_order = torch.sort(fc.expand.weight.abs().sum(dim=(0, 2, 3)), descending=True)[1]
             fc.expand.weight.copy_(fc.expand.weight.index_select(1, se_order))
             fc.reduce.weight.copy_(fc.reduce.weight.index_select(0, se_order))
-            fc.reduce.bias.copy_(fc.reduce.bias.index_select(0, se_order))
+            reduce_bias.copy_(reduce_bias.index_select(0, se_order))
         if self.inverted_bottleneck is not None:
             _permute_bn(self.inverted_bottleneck.bn.bn, order)
             ibc = self.inverted_bottleneck.conv.conv
@@ -233,10 +273,10 @@ def _copy_bn(dst: nn.BatchNorm2d, src: nn.BatchNorm2d) -> None:
     c = dst.num_features
     dst.weight.copy_(src.weight[:c])
     dst.bias.copy_(src.bias[:c])
-    dst.running_mean.copy_(src.running_mean[:c])
-    dst.running_var.copy_(src.running_var[:c])
+    for d, s in zip(running_stats(dst), running_stats(src)):
+        d.copy_(s[:c])
 
 
 def _permute_bn(bn: nn.BatchNorm2d, order: torch.Tensor) -> None:
-    for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var):
+    for t in (bn.weight, bn.bias, *running_stats(bn)):
         t.copy_(t.index_select(0, order))

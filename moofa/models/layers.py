@@ -1,4 +1,4 @@
-"""Static MobileNetV3 building blocks (docs/design.md#architecture) and the static network (docs/design.md#architecture).
+"""Static MobileNetV3 building blocks and the static network (docs/design.md#architecture).
 
 Module and attribute names reproduce the reference's state-dict keys exactly
 (``first_conv.conv.weight``, ``blocks.<i>.conv.depth_conv.se.fc.reduce.weight``, ...).
@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn as nn
@@ -58,6 +58,28 @@ def single_op_pooling() -> Iterator[None]:
         _SINGLE_OP_POOLING = before
 
 
+def conv_bias(conv: nn.Conv2d) -> torch.Tensor:
+    """The bias of a conv built with ``bias=True`` (torch types it Optional)."""
+    if conv.bias is None:
+        raise ValueError("conv_bias: the conv has no bias")
+    return conv.bias
+
+
+def running_stats(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(running_mean, running_var)`` of a BN that tracks them (torch types them Optional)."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError("running_stats: the BatchNorm does not track running statistics")
+    return bn.running_mean, bn.running_var
+
+
+class SEBranch(nn.Sequential):
+    """reduce -> relu -> expand -> h_sigmoid; the annotations tell the type checker what
+    ``nn.Module.__getattr__`` returns for the two convs."""
+
+    reduce: nn.Conv2d
+    expand: nn.Conv2d
+
+
 class SEModule(nn.Module):
     """Squeeze-excite: pool, 1x1 conv C->mid (bias), ReLU, 1x1 conv mid->C (bias), h_sigmoid.
 
@@ -68,7 +90,7 @@ class SEModule(nn.Module):
     def __init__(self, channels: int, mid: int | None = None) -> None:
         super().__init__()
         mid = se_channels(channels) if mid is None else mid
-        self.fc = nn.Sequential(OrderedDict(
+        self.fc = SEBranch(OrderedDict(
             reduce=nn.Conv2d(channels, mid, 1, bias=True), relu=nn.ReLU(inplace=True),
             expand=nn.Conv2d(mid, channels, 1, bias=True), h_sigmoid=nn.Hardsigmoid(inplace=False)))
 
@@ -106,13 +128,23 @@ class LinearLayer(nn.Module):
         return self.linear(self.dropout(x))
 
 
+class ConvBN(nn.Sequential):
+    """conv -> BN [-> act] [-> se] as a Sequential (the reference's keys ``conv.weight``, ``bn.*``).
+
+    The annotations only tell the type checker what ``nn.Module.__getattr__`` returns for the
+    two parts every instance has; ``act`` and ``se`` are optional and looked up by name."""
+
+    conv: nn.Conv2d
+    bn: nn.BatchNorm2d
+
+
 def _conv_bn(in_c: int, out_c: int, k: int, stride: int = 1, groups: int = 1,
-             act: str | None = None) -> nn.Sequential:
-    parts = OrderedDict(conv=nn.Conv2d(in_c, out_c, k, stride, k // 2, groups=groups, bias=False),
-                        bn=nn.BatchNorm2d(out_c))
+             act: str | None = None) -> ConvBN:
+    parts: OrderedDict[str, nn.Module] = OrderedDict(
+        conv=nn.Conv2d(in_c, out_c, k, stride, k // 2, groups=groups, bias=False), bn=nn.BatchNorm2d(out_c))
     if act is not None:
         parts["act"] = build_activation(act)
-    return nn.Sequential(parts)
+    return ConvBN(parts)
 
 
 class MBConvLayer(nn.Module):
@@ -128,7 +160,7 @@ class MBConvLayer(nn.Module):
             if mid != in_channels:
                 raise ValueError(f"MBConvLayer: expand_ratio 1 needs mid == in_channels, "
                                  f"got mid {mid} and in_channels {in_channels}")
-            self.inverted_bottleneck = None
+            self.inverted_bottleneck: ConvBN | None = None
         else:
             self.inverted_bottleneck = _conv_bn(in_channels, mid, 1, act=act_func)
         self.depth_conv = _conv_bn(mid, mid, kernel_size, stride, groups=mid, act=act_func)
@@ -173,13 +205,21 @@ def stem_modules(table: "ArchTable", n_classes: int, dropout: float) -> dict[str
     )
 
 
-def head_forward(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+class _Head(Protocol):
+    """The head modules a network carries (MobileNetV3 and the supernet)."""
+
+    final_expand_layer: nn.Module
+    feature_mix_layer: nn.Module
+    classifier: nn.Module
+
+
+def head_forward(net: _Head, x: torch.Tensor) -> torch.Tensor:
     """final expand -> global average pool -> feature mix -> flatten -> classifier."""
     x = global_avg_pool(net.final_expand_layer(x))
     return net.classifier(torch.flatten(net.feature_mix_layer(x), 1))
 
 
-def set_bn_param(net: nn.Module, momentum: float, eps: float) -> None:
+def set_bn_param(net: nn.Module, momentum: float | None, eps: float) -> None:
     """Set momentum and eps of every BatchNorm (the config keys bn_momentum and bn_eps)."""
     for m in net.modules():
         if isinstance(m, nn.BatchNorm2d):
@@ -211,6 +251,11 @@ def init_weights(net: nn.Module, scheme: str = "he_fout") -> None:
 class MobileNetV3(nn.Module):
     """Static MobileNetV3: first conv, blocks (block S first), head. What
     ``Supernet.get_active_subnet()`` returns and what the teacher is."""
+
+    # set on a network read from a subnet file (moofa.models.subnet_file.load_exported): the
+    # exported arch and the model it was cut from; None otherwise
+    subnet_config: SubnetConfig | None = None
+    model_spec: ModelSpec | None = None
 
     def __init__(self, first_conv: nn.Module, blocks: list[nn.Module], final_expand_layer: nn.Module,
                  feature_mix_layer: nn.Module, classifier: nn.Module) -> None:

@@ -165,7 +165,8 @@ class SearchSpace:
         ks = [pick(x, y) for x, y in zip(pa.ks, pb.ks)]
         if self.compound:
             bps = self.blocks_per_stage
-            d, e = [], []
+            d: list[int] = []
+            e: list[float] = []
             for s in range(N_STAGES):
                 src = pa if _uniform(rng) < 0.5 else pb
                 d.append(src.d[s])

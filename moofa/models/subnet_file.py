@@ -53,11 +53,15 @@ def export_config(spec: ModelSpec, cfg: SubnetConfig, n_classes: int, dropout: f
 
 def head_settings(net: nn.Module) -> tuple[int, float, float, float]:
     """(n_classes, dropout, bn momentum, bn eps) of a supernet or static network."""
-    clf = net.classifier
+    clf = net.get_submodule("classifier")
     linear = clf.linear if isinstance(clf, LinearLayer) else clf
+    if not isinstance(linear, nn.Linear):
+        raise TypeError(f"classifier: expected a Linear or LinearLayer, got {type(clf).__name__}")
     drop = getattr(clf, "dropout", None)
     p = float(drop.p) if isinstance(drop, nn.Dropout) else 0.0
     bn = next(m for m in net.modules() if isinstance(m, nn.BatchNorm2d))
+    if bn.momentum is None:  # a cumulative average: the export records a number
+        raise ValueError("head_settings: BatchNorm momentum None cannot be recorded")
     return int(linear.out_features), p, float(bn.momentum), float(bn.eps)
 
 
@@ -143,6 +147,6 @@ def load_exported(path: str | Path, map_location: str | torch.device = "cpu") ->
     except RuntimeError as err:
         raise CheckpointError(f"weights do not fit the exported arch ({str(err).splitlines()[0]})",
                               file=path) from None
-    net.subnet_config = cfg  # type: ignore[attr-defined]  # the exported arch (ks, e, d, image_size)
-    net.model_spec = spec  # type: ignore[attr-defined]  # the model it was cut from (as exported)
+    net.subnet_config = cfg  # the exported arch (ks, e, d, image_size)
+    net.model_spec = spec  # the model it was cut from (as exported)
     return net.to(map_location).eval()

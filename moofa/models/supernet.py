@@ -5,13 +5,14 @@ from __future__ import annotations
 import copy
 import random
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Protocol, Sequence, TypeVar
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from moofa.errors import CheckpointError
+from moofa.io import require_file
 from moofa.models.dynamic import DynamicMBConvLayer
 from moofa.models.layers import (
     MobileNetV3,
@@ -28,9 +29,29 @@ from moofa.models.spec import (
     get_model_spec,
     norm_expand,
 )
-from moofa.io import require_file
 
 CONSTRAINT_TYPES = {"kernel_size": "ks", "expand_ratio": "e", "depth": "d"}
+
+T = TypeVar("T")
+
+
+class _Chooser(Protocol):
+    """``random.Random`` or the ``random`` module itself (whose global state the reference draws from)."""
+
+    def choice(self, seq: Sequence[T]) -> T: ...
+
+
+def _residual(block: nn.Module) -> ResidualBlock:
+    if not isinstance(block, ResidualBlock):
+        raise TypeError(f"supernet block: expected a ResidualBlock, got {type(block).__name__}")
+    return block
+
+
+def _elastic_layer(block: ResidualBlock) -> DynamicMBConvLayer:
+    """The elastic layer of a supernet block (every block after block S)."""
+    if not isinstance(block.conv, DynamicMBConvLayer):
+        raise TypeError(f"supernet block: expected a DynamicMBConvLayer, got {type(block.conv).__name__}")
+    return block.conv
 
 
 class Supernet(nn.Module):
@@ -67,7 +88,7 @@ class Supernet(nn.Module):
     # ----------------------------------------------------------------------------------- forward
     @property
     def elastic_blocks(self) -> list[DynamicMBConvLayer]:
-        return [b.conv for b in self.blocks[1:]]
+        return [_elastic_layer(_residual(b)) for b in self.blocks[1:]]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks[0](self.first_conv(x))
@@ -173,7 +194,7 @@ class Supernet(nn.Module):
         ratios, then 5 depths), so ``random.seed(s)`` reproduces its subnets. CompOFA (compound)
         draws each stage's depth with NumPy and couples the stage's expand ratios to it (docs/design.md#architecture).
         """
-        rng = rng or random  # type: ignore[assignment]
+        draw: _Chooser = random if rng is None else rng
         n = self.spec.n_blocks
         if self.spec.compound:
             depths, es = [], []
@@ -181,12 +202,12 @@ class Supernet(nn.Module):
                 choices = self.spec.depth_list
                 d = int(np.random.choice(choices, p=[1.0 / len(choices)] * len(choices)))
                 depths.append(d)
-                es += [rng.choice([self.spec.compound_expand(d)]) for _ in range(self.spec.blocks_per_stage)]
-            ks = [rng.choice(self._candidates("ks", i)) for i in range(n)]
+                es += [draw.choice([self.spec.compound_expand(d)]) for _ in range(self.spec.blocks_per_stage)]
+            ks = [draw.choice(self._candidates("ks", i)) for i in range(n)]
         else:
-            ks = [rng.choice(self._candidates("ks", i)) for i in range(n)]
-            es = [rng.choice(self._candidates("e", i)) for i in range(n)]
-            depths = [rng.choice(self._candidates("d", s)) for s in range(N_STAGES)]
+            ks = [draw.choice(self._candidates("ks", i)) for i in range(n)]
+            es = [draw.choice(self._candidates("e", i)) for i in range(n)]
+            depths = [draw.choice(self._candidates("d", s)) for s in range(N_STAGES)]
         self.set_active_subnet(ks, es, depths)
         return {"ks": ks, "e": es, "d": depths}
 
@@ -198,8 +219,8 @@ class Supernet(nn.Module):
         blocks: list[nn.Module] = [copy.deepcopy(self.blocks[0])]
         for s, depth in enumerate(self.runtime_depth):
             for j in range(depth):
-                block = self.blocks[1 + s * b + j]
-                blocks.append(ResidualBlock(block.conv.to_static(), copy.deepcopy(block.shortcut)))
+                block = _residual(self.blocks[1 + s * b + j])
+                blocks.append(ResidualBlock(_elastic_layer(block).to_static(), copy.deepcopy(block.shortcut)))
         net = MobileNetV3(copy.deepcopy(self.first_conv), blocks, copy.deepcopy(self.final_expand_layer),
                           copy.deepcopy(self.feature_mix_layer), copy.deepcopy(self.classifier))
         bn = next(m for m in self.modules() if isinstance(m, nn.BatchNorm2d))
@@ -222,7 +243,7 @@ class Supernet(nn.Module):
 
     # ----------------------------------------------------------------------------- loading
     def load_state_dict(self, state_dict: Mapping[str, torch.Tensor], strict: bool = True,
-                        assign: bool = False):  # type: ignore[override]
+                        assign: bool = False):
         """Load with the reference's key remapping (docs/design.md#architecture).
 
         Accepts supernet, static-subnet (teacher) and legacy ``.mobile_inverted_conv.`` names.

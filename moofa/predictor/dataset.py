@@ -8,9 +8,9 @@ JSON Lines: one subnet a line, e.g.::
 ``ks``, ``e``, ``d``, ``image_size`` and ``accuracy`` (a fraction in [0, 1]) are required;
 ``peak_memory`` (elements), ``flops`` (MMACs) and ``model`` (the model name, checked when present)
 are optional; ``peak_memory`` and ``flops`` must be finite and > 0 (training checks them against
-the exact values of the config and uses those). Other keys are an error. The file is append-only (:func:`append_records`), so a run
-resumes by appending and files merge by concatenation; a line torn by a kill can be dropped with
-:func:`repair_tail`.
+the exact values of the config and uses those). Other keys are an error. The file is append-only
+(:func:`append_records`), so a run resumes by appending and files merge by concatenation; a line
+torn by a kill can be dropped with :func:`repair_tail`.
 
 Reference pickle: ``{"configs": [dict], "accuracies": [float], "features": [ndarray],
 "efficiencies": [float]}`` as parallel flat lists (the merged file) or as dicts keyed by memory bin
@@ -55,12 +55,12 @@ class PredictorDataset:
     def __len__(self) -> int:
         return len(self.configs)
 
-    def subset(self, idx: Sequence[int]) -> "PredictorDataset":
+    def subset(self, idx: "Sequence[int] | np.ndarray") -> "PredictorDataset":
         """The entries at ``idx``, in that order."""
-        idx = np.asarray(idx, dtype=np.int64)
-        return PredictorDataset(self.model, [self.configs[i] for i in idx], self.accuracies[idx],
-                                self.peak_memory[idx], self.flops[idx], self.source,
-                                None if self.features is None else self.features[idx])
+        rows = np.asarray(idx, dtype=np.int64)
+        return PredictorDataset(self.model, [self.configs[i] for i in rows], self.accuracies[rows],
+                                self.peak_memory[rows], self.flops[rows], self.source,
+                                None if self.features is None else self.features[rows])
 
     def deduplicated(self, spec: ModelSpec) -> tuple["PredictorDataset", int]:
         """The dataset without repeated subnets (same network: inactive blocks ignored, same

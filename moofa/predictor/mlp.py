@@ -43,12 +43,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from moofa.efficiency import (
+    flops_batch,  # lazy: only needed for extra inputs
+    peak_memory_batch,
+)
 from moofa.errors import CheckpointError
 from moofa.io import atomic_save, require_file
 from moofa.models.spec import ModelSpec, SubnetConfig
 from moofa.predictor.encoder import ArchEncoder, ConfigLike
-from moofa.efficiency import flops_batch  # lazy: only needed for extra inputs
-from moofa.efficiency import peak_memory_batch
 
 FORMAT = "moofa-predictor-v1"
 PREDICT_CHUNK = 8192
@@ -137,6 +139,13 @@ class AccuracyMLP(nn.Module):
         return int(n_inputs), int(hidden), n_layers
 
 
+def _as_member(module: nn.Module) -> AccuracyMLP:
+    """An entry of ``AccuracyPredictor.members`` as what it is (ModuleList entries are typed Module)."""
+    if not isinstance(module, AccuracyMLP):
+        raise TypeError(f"predictor member: expected an AccuracyMLP, got {type(module).__name__}")
+    return module
+
+
 class AccuracyPredictor(nn.Module):
     """Predicts the accuracy (fraction) of subnet configs of one model.
 
@@ -144,6 +153,10 @@ class AccuracyPredictor(nn.Module):
     mean of ``n_members`` :class:`AccuracyMLP` members; each sees the one-hot encoding (docs/design.md#encoding)
     followed by the normalised ``extra_features`` (names of :data:`EXTRA_FEATURES`).
     """
+
+    # buffers registered in __init__ (annotated for the type checker; nn.Module.__getattr__ serves them)
+    feature_mean: torch.Tensor
+    feature_std: torch.Tensor
 
     def __init__(self, model: "str | ModelSpec | ArchEncoder", hidden_size: int = 400,
                  n_layers: int = 3, n_members: int = 1, extra_features: Sequence[str] = (),
@@ -164,6 +177,7 @@ class AccuracyPredictor(nn.Module):
         self.info: dict[str, Any] = {}
         self.recorded_model: str | None = self.spec.name  # the model its file names (None: none)
         self.source: Path | None = None  # the checkpoint it was loaded from
+        self.n_classes_recorded = False  # whether its file recorded n_classes (set by load)
 
     # ------------------------------------------------------------------------------ properties
     @property
@@ -177,7 +191,7 @@ class AccuracyPredictor(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.members[0].base_acc.device
+        return _as_member(self.members[0]).base_acc.device
 
     # ------------------------------------------------------------------------------- features
     def raw_extra(self, configs: Sequence[SubnetConfig],
@@ -347,7 +361,7 @@ class AccuracyPredictor(nn.Module):
                                   f"(encoder n_dim {encoder.n_dim})", file=path,
                                   key="layers.0.0.weight", value=n_in)
         pred = cls(encoder, hidden, n_layers, n_members=1)
-        cls._load_member(pred.members[0], sd, path, "state_dict")
+        cls._load_member(_as_member(pred.members[0]), sd, path, "state_dict")
         pred.recorded_model = named
         return pred
 
@@ -385,7 +399,7 @@ class AccuracyPredictor(nn.Module):
                                       value=tuple(t.shape))
             buf.copy_(t)
         for i, (member, sd) in enumerate(zip(pred.members, members)):
-            cls._load_member(member, sd, path, f"members[{i}]")
+            cls._load_member(_as_member(member), sd, path, f"members[{i}]")
         pred.info = dict(obj.get("info", {}))
         pred.recorded_model = None if recorded is None else str(recorded)
         pred.n_classes_recorded = "n_classes" in obj  # older checkpoints: the search decides

@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 
 from moofa.config import PredictorRecipe
 from moofa.errors import MoofaInputError
@@ -58,7 +59,7 @@ def feature_names(recipe: PredictorRecipe) -> tuple[str, ...]:
 
 
 # ------------------------------------------------------------------------------------ metrics
-def regression_metrics(real: Sequence[float], pred: Sequence[float]) -> dict[str, float]:
+def regression_metrics(real: ArrayLike, pred: ArrayLike) -> dict[str, float]:
     """RMSE and MAE in percentage points, Pearson correlation and Kendall's tau of accuracy
     fractions ``pred`` against ``real``."""
     r = np.asarray(real, dtype=np.float64)
@@ -75,10 +76,10 @@ def regression_metrics(real: Sequence[float], pred: Sequence[float]) -> dict[str
     }
 
 
-def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
+def kendall_tau(xs: ArrayLike, ys: ArrayLike) -> float:
     """Kendall's tau-b of two rankings (ties in either counted as scipy.stats.kendalltau counts
     them), by counting pairs in row blocks: O(n^2) time, about a million pairs in memory."""
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    x, y = np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
     n = len(x)
     block = max(1, 1_000_000 // max(n, 1))
     score = 0.0  # concordant - discordant pairs, each counted twice (exact in float64)
@@ -281,8 +282,8 @@ def drop_collapsed(predictor: AccuracyPredictor, results: list[MemberResult],
 
 def train_predictor(dataset: PredictorDataset, model: "str | ModelSpec | None" = None,
                     seed: int = 0, recipe: "PredictorRecipe | None" = None,
-                    train_idx: "Sequence[int] | None" = None,
-                    test_idx: "Sequence[int] | None" = None,
+                    train_idx: "Sequence[int] | np.ndarray | None" = None,
+                    test_idx: "Sequence[int] | np.ndarray | None" = None,
                     device: "str | torch.device | None" = None,
                     model_configs: "str | Path | None" = None,
                     progress: "Callable[[int, MemberResult], None] | None" = None,
@@ -291,11 +292,11 @@ def train_predictor(dataset: PredictorDataset, model: "str | ModelSpec | None" =
 
     Without ``train_idx``/``test_idx`` repeated subnets are removed first (:func:`deduplicate`),
     the size is checked (:func:`check_dataset_size`) and the split is
-    ``split_indices(len(dataset), seed, recipe.test_fraction)``. ``device``: None/"auto" = CUDA when present, else CPU. Returns the
-    predictor (on that device, eval mode) and metrics: ``rmse_pp``, ``mae_pp`` (percentage
-    points), ``pearson``, ``kendall_tau`` on the test split, plus ``n_train``, ``n_test``,
-    ``seed``, ``member_val_rmse_pp``, ``member_best_epoch``, ``dropped_members`` (collapsed
-    members removed by :func:`drop_collapsed`) and ``seconds``.
+    ``split_indices(len(dataset), seed, recipe.test_fraction)``. ``device``: None/"auto" = CUDA
+    when present, else CPU. Returns the predictor (on that device, eval mode) and metrics:
+    ``rmse_pp``, ``mae_pp`` (percentage points), ``pearson``, ``kendall_tau`` on the test split,
+    plus ``n_train``, ``n_test``, ``seed``, ``member_val_rmse_pp``, ``member_best_epoch``,
+    ``dropped_members`` (collapsed members removed by :func:`drop_collapsed`) and ``seconds``.
 
     ``n_classes``: classifier width of the FLOPs input (the dataset's class count, as in dataset
     creation); the extra inputs are always computed exactly, never taken from the file, so that
@@ -311,35 +312,35 @@ def train_predictor(dataset: PredictorDataset, model: "str | ModelSpec | None" =
         tr, te = split_indices(len(dataset), seed, recipe.test_fraction)
         train_idx = tr if train_idx is None else train_idx
         test_idx = te if test_idx is None else test_idx
-    train_idx, test_idx = np.asarray(train_idx), np.asarray(test_idx)
+    train_rows, test_rows = np.asarray(train_idx), np.asarray(test_idx)
     t0 = time.perf_counter()
     predictor = AccuracyPredictor(spec, recipe.hidden_size, recipe.n_layers, recipe.ensemble,
                                   feature_names(recipe), n_classes=n_classes)
     raw = predictor.raw_extra(dataset.configs)  # exact values, as the search computes them
     _check_file_values(predictor, raw, dataset)
-    predictor.fit_feature_norm(raw[train_idx])
+    predictor.fit_feature_norm(raw[train_rows])
     known = {n: raw[:, j] for j, n in enumerate(predictor.extra_features)}
     feats = predictor.features(dataset.configs, known)
     predictor.to(auto_device(device))
     with cpu_threads(TRAIN_THREADS, predictor.device):
-        results = fit_predictor(predictor, feats, dataset.accuracies, train_idx, seed, recipe,
+        results = fit_predictor(predictor, feats, dataset.accuracies, train_rows, seed, recipe,
                                 progress)
     dropped = drop_collapsed(predictor, results)
     predictor.eval()
-    pred = predictor.predict_members(feats[test_idx], check=False).mean(axis=0)
-    metrics: dict[str, Any] = regression_metrics(dataset.accuracies[test_idx], pred)
+    pred = predictor.predict_members(feats[test_rows], check=False).mean(axis=0)
+    metrics: dict[str, Any] = regression_metrics(dataset.accuracies[test_rows], pred)
     if not (math.isfinite(metrics["rmse_pp"]) and math.isfinite(metrics["mae_pp"])):
         raise MoofaInputError("training gave a predictor with non-finite test metrics (no "
                               "checkpoint written); check the dataset's values", file=dataset.source
                               or None, key="test RMSE (pp)", value=metrics["rmse_pp"])
     metrics.update(
-        n_train=int(len(train_idx)), n_test=int(len(test_idx)), seed=int(seed),
+        n_train=int(len(train_rows)), n_test=int(len(test_rows)), seed=int(seed),
         member_val_rmse_pp=[r.val_rmse_pp for r in results],
         member_best_epoch=[r.best_epoch for r in results],
         dropped_members=dropped,
         seconds=time.perf_counter() - t0,
     )
-    predictor.info = {"seed": int(seed), "n_train": int(len(train_idx)),
+    predictor.info = {"seed": int(seed), "n_train": int(len(train_rows)),
                       "test_rmse_pp": metrics["rmse_pp"], "test_kendall_tau": metrics["kendall_tau"],
                       "test_pearson": metrics["pearson"], "dataset": str(dataset.source),
                       **{f"recipe.{k}": v for k, v in recipe.as_dict().items()}}

@@ -22,7 +22,9 @@ PHASE_ORDER = STEPS  # the order in which the steps chain their weights
 
 def rng_state() -> dict:
     """Python, NumPy and torch RNG states as tensors/lists (loadable with weights_only=True)."""
-    np_state = np.random.get_state()
+    np_state = np.random.get_state(legacy=True)
+    if not isinstance(np_state, tuple):  # the legacy form of the global MT19937 generator is a tuple
+        raise RuntimeError(f"unexpected NumPy RNG state {type(np_state).__name__}")
     state = {"python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
              "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
                        "has_gauss": int(np_state[3]), "cached": float(np_state[4])},

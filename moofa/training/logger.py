@@ -14,12 +14,14 @@ import netrc
 import os
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 from urllib.parse import urlparse
 
 LOG = logging.getLogger("moofa")
 WANDB_HOST = "https://api.wandb.ai"  # wandb's default server (WANDB_BASE_URL overrides it)
-_NO_LOGIN_MODES = ("offline", "disabled", "dryrun")  # WANDB_MODE values that need no login
+WandbMode = Literal["online", "offline", "disabled"]
+# WANDB_MODE values that need no login; wandb itself reads "dryrun" as "offline"
+_NO_LOGIN_MODES: dict[str, WandbMode] = {"offline": "offline", "disabled": "disabled", "dryrun": "offline"}
 
 
 def _netrc_has(host: str, env: Mapping[str, str]) -> bool:
@@ -37,7 +39,7 @@ def _netrc_has(host: str, env: Mapping[str, str]) -> bool:
     return False
 
 
-def wandb_mode(env: Mapping[str, str] | None = None) -> tuple[str, str]:
+def wandb_mode(env: Mapping[str, str] | None = None) -> tuple[WandbMode, str]:
     """The wandb mode to start with, never one that prompts, and why: ``WANDB_MODE`` when it needs
     no login (offline, disabled, dryrun); else ``"online"`` when credentials exist without asking
     (``WANDB_API_KEY``, ``WANDB_IDENTITY_TOKEN_FILE`` or a netrc entry for the server); else
@@ -45,7 +47,7 @@ def wandb_mode(env: Mapping[str, str] | None = None) -> tuple[str, str]:
     env = os.environ if env is None else env
     mode = env.get("WANDB_MODE", "").strip().lower()
     if mode in _NO_LOGIN_MODES:
-        return mode, "WANDB_MODE"
+        return _NO_LOGIN_MODES[mode], "WANDB_MODE"
     for key in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE"):
         if env.get(key):
             return "online", key

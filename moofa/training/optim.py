@@ -11,7 +11,8 @@ def parameter_groups(net: nn.Module, weight_decay: float, no_decay_keys: str | N
     """Parameters whose name contains any ``#``-separated key of ``no_decay_keys`` get weight
     decay 0; the others ``weight_decay``."""
     keys = [k for k in (no_decay_keys or "").split("#") if k]
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in net.named_parameters():
         if p.requires_grad:
             (no_decay if any(k in name for k in keys) else decay).append(p)
