@@ -706,6 +706,10 @@ class TaskArgs(_ArgsFields, _PhaseFields, Section):
     """``args`` merged with one ``args_per_task`` entry: what one step or phase runs with."""
 
 
+# What the data, model and training consumers read: the ``args`` section or one step's merge.
+AnyArgs = Args | TaskArgs
+
+
 @schema_section(SUBNET_SCHEMA, "subnet_config")
 class SubnetSettings(Section):
     """``subnet_config``: the subnet of ``eval_and_search.py --mode eval``."""
