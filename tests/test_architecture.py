@@ -20,25 +20,98 @@ def _modules() -> dict[str, Path]:
     return {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
-def _top_level_imports(path: Path, name: str, known: set[str]) -> set[str]:
-    """moofa modules imported when ``path`` is imported (module-level statements only; imports
-    inside functions run later and cannot form an import-time cycle)."""
-    tree = ast.parse(path.read_text())
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+# The layers of the package, lowest first (docs/design.md#architecture). A module may import
+# (anywhere: module level or inside a function) only from its own layer or a lower one. Each name
+# is a subpackage or a top-level module of moofa; "__main__" stands for every ``python -m`` shim
+# (``moofa/*/__main__.py``), which belongs to the command line; "moofa" is the package's own
+# ``__init__`` (the public facade, which loads the rest lazily).
+LAYERS: list[tuple[str, set[str]]] = [
+    ("foundation", {"errors", "io", "resources", "stats", "preempt", "lock", "fingerprint", "distributed"}),
+    ("models", {"models"}),  # ModelSpec / SubnetConfig are data the config validates against
+    ("config", {"config"}),
+    ("efficiency", {"efficiency", "run"}),
+    ("data", {"data"}),
+    ("measurement", {"measurement"}),
+    ("deploy", {"deploy"}),
+    ("latency", {"latency"}),
+    ("training", {"training"}),
+    ("predictor", {"predictor"}),
+    ("search", {"search"}),
+    ("workflows", {"workflows"}),
+    ("demo", {"demo"}),
+    ("cli", {"cli", "docs", "profile", "__main__", "moofa"}),
+]
+
+
+def _unit(module: str) -> str:
+    """The layer unit of a dotted moofa module name (see LAYERS)."""
+    parts = module.split(".")
+    if parts[-1] == "__main__":
+        return "__main__"
+    return parts[1] if len(parts) > 1 else "moofa"
+
+
+def _is_type_checking(node: ast.AST) -> bool:
+    test = getattr(node, "test", None)
+    return isinstance(node, ast.If) and (
+        (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
+        or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"))
+
+
+def _imports(source: str, name: str, is_package: bool, known: set[str],
+             module_level_only: bool = False) -> set[str]:
+    """moofa modules that the module ``name`` (text ``source``) imports: every import statement,
+    inside functions too, except those under ``if TYPE_CHECKING:``; with ``module_level_only``
+    only the statements run when the module is imported (those can form an import-time cycle).
+    ``from moofa.a import b`` names ``moofa.a.b`` when that is a module, else ``moofa.a``."""
+    package = name if is_package else name.rpartition(".")[0]
     out: set[str] = set()
-    for node in tree.body:
-        if isinstance(node, ast.Import):
-            targets = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                up = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join(up + ([base] if base else []))
-            targets = [base] + [f"{base}.{a.name}" for a in node.names]
-        else:
-            continue
-        out |= {t for t in targets if t in known and t != name}
+
+    def visit(nodes: list[ast.stmt]) -> None:
+        for node in nodes:
+            if _is_type_checking(node):
+                visit(node.orelse)
+                continue
+            if isinstance(node, ast.Import):
+                out.update(a.name for a in node.names if a.name == "moofa" or a.name.startswith("moofa."))
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(up + ([base] if base else []))
+                if base == "moofa" or base.startswith("moofa."):
+                    out.update(f"{base}.{a.name}" if f"{base}.{a.name}" in known else base
+                               for a in node.names)
+            if module_level_only and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                continue
+            for field in ("body", "orelse", "finalbody", "handlers"):
+                visit(getattr(node, field, None) or [])
+            if isinstance(node, ast.Match):
+                visit([s for case in node.cases for s in case.body])
+
+    visit(ast.parse(source).body)
+    out.discard(name)
     return out
+
+
+def _graph(module_level_only: bool = False) -> dict[str, set[str]]:
+    mods = _modules()
+    return {n: _imports(p.read_text(), n, p.name == "__init__.py", set(mods), module_level_only)
+            for n, p in mods.items()}
+
+
+def _layer_problems(graph: dict[str, set[str]], layers: list[tuple[str, set[str]]]) -> list[str]:
+    """Modules in no layer, and imports that point to a higher layer."""
+    rank = {unit: i for i, (_, units) in enumerate(layers) for unit in units}
+    names = [layer for layer, _ in layers]
+    unassigned = sorted({_unit(m) for m in graph} - set(rank))
+    problems = [f"{u}: in no layer (add it to LAYERS)" for u in unassigned]
+    for m in sorted(graph):
+        for t in sorted(graph[m]):
+            a, b = rank.get(_unit(m)), rank.get(_unit(t))
+            if a is not None and b is not None and b > a:
+                problems.append(f"{m} ({names[a]}) imports {t} ({names[b]})")
+    return problems
 
 
 def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -67,9 +140,34 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def test_no_import_cycle_inside_the_package():
-    mods = _modules()
-    graph = {n: _top_level_imports(p, n, set(mods)) for n, p in mods.items()}
+def test_imports_follow_the_layer_order():
+    graph = _graph()
+    # the analysis sees imports: module level, inside a function, and ``from moofa import x``
+    assert "moofa.config" in graph["moofa.run"]
+    assert "moofa.deploy" in graph["moofa.workflows.sweep"]
+    assert "moofa.preempt" in graph["moofa.workflows.sweep"]
+    problems = _layer_problems(graph, LAYERS)
+    assert not problems, f"{len(problems)} layer violations:\n" + "\n".join(problems)
+
+
+def test_the_layer_check_can_fail():
+    known = {"moofa.models.spec", "moofa.cli.common", "moofa.config"}
+    source = ("from typing import TYPE_CHECKING\n"
+              "from moofa.models.spec import ModelSpec\n"
+              "if TYPE_CHECKING:\n    from moofa.config import RunConfig\n"
+              "def f():\n    from moofa.cli.common import run_cli\n")
+    graph = {"moofa.models.x": _imports(source, "moofa.models.x", False, known)}
+    assert graph["moofa.models.x"] == {"moofa.models.spec", "moofa.cli.common"}  # TYPE_CHECKING skipped
+    assert _layer_problems(graph, LAYERS) == ["moofa.models.x (models) imports moofa.cli.common (cli)"]
+    assert _imports(source, "moofa.models.x", False, known, module_level_only=True) == {"moofa.models.spec"}
+    # a subpackage or module no layer names is a failure
+    assert _layer_problems({"moofa.newpkg.a": set()}, LAYERS) == ["newpkg: in no layer (add it to LAYERS)"]
+    # every python -m shim counts as the command line
+    assert _unit("moofa.deploy.__main__") == "__main__" and _unit("moofa") == "moofa"
+
+
+def test_no_import_cycle_at_import_time():
+    graph = _graph(module_level_only=True)
     assert "moofa.config" in graph["moofa.run"]  # the analysis sees imports
     assert _cycle(graph) is None, " -> ".join(_cycle(graph) or [])
     # a planted cycle is found

@@ -27,8 +27,8 @@ from moofa.efficiency import flops, memory_bounds, peak_memory, sample_feasible
 from moofa.errors import MoofaInputError
 from moofa.models import build_supernet
 from moofa.models.spec import SubnetConfig, get_model_spec, load_model_configs
-from moofa.predictor.create import (apportion, bin_quotas, bin_rng, draw_bin, eval_subset_indices,
-                                    interleave, memory_bins, output_paths, plan_run, read_existing,
+from moofa.measurement.meter import eval_subset_indices
+from moofa.predictor.create import (apportion, bin_quotas, bin_rng, draw_bin, interleave, memory_bins, output_paths, plan_run, read_existing,
                                     write_reference_pickle)
 from moofa.predictor.dataset import append_records, make_record, read_dataset
 
@@ -264,8 +264,8 @@ def test_meter_matches_evaluate_subnet(tiny, single_run) -> None:
     from moofa.config import last_task_args, load_config
     from moofa.data import DataProvider
     from moofa.models import load_weights
-    from moofa.predictor.create import SubnetMeter
-    from moofa.training.evaluate import evaluate_subnet
+    from moofa.measurement.meter import SubnetMeter
+    from moofa.measurement.evaluate import evaluate_subnet
 
     cfg = load_config(tiny.project.config_path)
     args = last_task_args(cfg)

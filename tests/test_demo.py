@@ -26,7 +26,7 @@ from moofa.data.datasets import ensure_dataset
 from moofa.docs import BEGIN, END, config_reference_markdown
 from moofa.efficiency import flops, memory_bounds, peak_memory
 from moofa.models.spec import get_model_spec
-from moofa.search.export import load_exported
+from moofa.models.subnet_file import load_exported
 from moofa.search.results import constraint_dir
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,7 +21,7 @@ from moofa.distributed import SingleBackend
 from moofa.efficiency import MemoryOptions, peak_memory, sample_feasible
 from moofa.models import build_supernet
 from moofa.models.spec import SubnetConfig, get_model_spec
-from moofa.search.export import load_exported
+from moofa.models.subnet_file import load_exported
 
 pytestmark = pytest.mark.skipif(not executorch_available(),
                                 reason="the deploy extra is not installed (pip install -e '.[deploy]')")
@@ -53,7 +53,7 @@ def deployed(tmp_path_factory):
     from moofa.data import DataProvider, ensure_dataset
     from moofa.predictor import AccuracyPredictor
     from moofa.run import Run
-    from moofa.search.sweep import run_search
+    from moofa.workflows.sweep import run_search
 
     root = tmp_path_factory.mktemp("deploy")
     project = make_tiny_project(root, args=dict(synthetic=dict(val_per_class=50)))  # 200 test images
@@ -155,7 +155,7 @@ def test_fp32_program_equals_pytorch(deployed):
 
 
 def test_deploy_command_reuses_the_programs_of_the_same_subnet(deployed, capsys):
-    from moofa.deploy.__main__ import main
+    from moofa.cli.deploy import main
 
     project, _, _, _, out, _ = deployed
     before = (out / DEPLOY_NAME).stat().st_mtime_ns
@@ -168,7 +168,7 @@ def test_deploy_command_reuses_the_programs_of_the_same_subnet(deployed, capsys)
 
 def test_missing_extra_and_bad_subnet_give_one_error_line(deployed, capsys, monkeypatch, tmp_path):
     import moofa.deploy.programs as programs
-    from moofa.deploy.__main__ import main
+    from moofa.cli.deploy import main
 
     project, _, _, _, out, _ = deployed
     argv = ["--subnet", str(tmp_path / "missing.pth.tar"), "--config", str(project.config_path),

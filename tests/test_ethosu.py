@@ -19,7 +19,7 @@ from moofa.deploy import DEPLOY_NAME, ethosu_available, target_program_name
 from moofa.efficiency import MemoryOptions, peak_memory
 from moofa.models import build_supernet
 from moofa.models.spec import get_model_spec
-from moofa.search.export import export_subnet
+from moofa.models.subnet_file import export_subnet
 
 pytestmark = pytest.mark.skipif(not ethosu_available(),
                                 reason="the ethos-u extra is not installed (pip install -e '.[ethos-u]')")
@@ -29,7 +29,7 @@ TARGET = "ethos-u55-128"
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory):
     from moofa.data import ensure_dataset
-    from moofa.deploy.__main__ import main
+    from moofa.cli.deploy import main
 
     root = tmp_path_factory.mktemp("ethosu")
     project = make_tiny_project(root, "TINY_OFA")
@@ -80,7 +80,7 @@ def test_int8_top1_of_the_tosa_network_agrees_with_pt2e(deployed):
     from moofa.data import DataProvider
     from moofa.deploy import calibration_batches
     from moofa.deploy.ethosu import quantize_for, reference_model_available, tosa_top1
-    from moofa.search.export import load_exported
+    from moofa.models.subnet_file import load_exported
 
     if not reference_model_available():
         pytest.skip("tosa-tools without the TOSA reference model")
@@ -116,7 +116,7 @@ def test_vela_retargets_the_kept_tosa(deployed, tmp_path):
 
 
 def test_reuse_and_bad_target(deployed, capsys):
-    from moofa.deploy.__main__ import main
+    from moofa.cli.deploy import main
 
     _, _, _, _, out, argv = deployed
     before = (out / DEPLOY_NAME).stat().st_mtime_ns
@@ -134,7 +134,7 @@ def test_in_place_se_gate_splits_the_program_and_is_an_error_line(deployed, caps
     from torch import nn
 
     import moofa.deploy as deploy
-    from moofa.deploy.__main__ import main
+    from moofa.cli.deploy import main
 
     _, _, _, _, _, argv = deployed
     real = deploy.deploy_network
@@ -157,7 +157,7 @@ def test_in_place_se_gate_splits_the_program_and_is_an_error_line(deployed, caps
 
 def test_missing_extra_gives_the_install_hint(deployed, capsys, monkeypatch):
     import moofa.deploy.ethosu as ethosu
-    from moofa.deploy.__main__ import main
+    from moofa.cli.deploy import main
 
     _, _, _, _, out, argv = deployed
     monkeypatch.setattr(ethosu, "ethosu_available", lambda: False)

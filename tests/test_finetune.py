@@ -24,10 +24,10 @@ from moofa.config import FINETUNE_DEFAULTS, last_task_args, load_config, task_ar
 from moofa.data import DataProvider
 from moofa.efficiency import flops, measure_peak_memory, peak_memory
 from moofa.models.spec import SubnetConfig, get_model_spec
-from moofa.search.export import export_subnet, load_exported
+from moofa.models.subnet_file import export_subnet, load_exported
 from moofa.models.space import SearchSpace
 from moofa.run import Run
-from moofa.training.evaluate import evaluate, evaluate_subnet
+from moofa.measurement.evaluate import evaluate, evaluate_subnet
 
 from tiny import PYTHON, ROOT, free_port, make_tiny_project
 
@@ -259,9 +259,9 @@ def test_two_processes_finetune_to_identical_weights(searched, two_process_resul
 def test_deploy_accepts_the_result_folder_fine_tuning_accepts(tmp_path, capsys, monkeypatch):
     """Issue 22 item 8: ``python -m moofa.deploy --subnet <constraint folder>`` deploys the
     folder's subnet.pth.tar (one resolver with fine-tuning's --subnet)."""
-    import moofa.deploy.__main__ as deploy_main
+    import moofa.cli.deploy as deploy_main
     from moofa.run import SubnetSource
-    from moofa.training.finetune import SubnetSource as FinetuneSource
+    from moofa.workflows.finetune import SubnetSource as FinetuneSource
     from tiny import make_tiny_project
 
     project = make_tiny_project(tmp_path)

@@ -118,7 +118,7 @@ def test_search_writes_predicted_interval_and_the_summaries_show_it(tmp_path):
     append_records(project.config["search_config"]["acc_dataset_path"],
                    [subnet_record(spec, c, float(a), 4) for c, a in zip(cfgs, acc)])
     from moofa.run import Run
-    from moofa.search.sweep import run_search
+    from moofa.workflows.sweep import run_search
     infos = run_search(Run.load(project.config_path, project.model_config_path), SingleBackend("cpu"))
     for info in infos:
         lo, hi = info["predicted_interval"]
@@ -169,9 +169,9 @@ def test_summaries_read_results_with_and_without_an_interval(tmp_path):
 
 
 def test_sweep_log_line_shows_the_interval(caplog):
-    from moofa.search.sweep import _log_result
+    from moofa.workflows.sweep import _log_result
     info = _info(325000, 0.7131, predicted_std=0.0064, predicted_source="predicted: ...",
                  predicted_interval=[0.7010, 0.7200], search_seconds=1.0)
-    with caplog.at_level("INFO", logger="moofa.search.sweep"):
+    with caplog.at_level("INFO", logger="moofa.workflows.sweep"):
         _log_result(info)
     assert "top-1 71.31 % [70.10, 72.00] (predicted), sd 0.64 pp" in caplog.text

@@ -109,7 +109,7 @@ def _search_config(tmp_path, **search) -> dict:
 @needs_reference
 def test_predictor_only_search_in_bytes_of_activations_with_mmacs_and_params_limits(tmp_path):
     from moofa.run import Run
-    from moofa.search.sweep import run_search
+    from moofa.workflows.sweep import run_search
 
     raw = _search_config(tmp_path, max_mmacs=260.0, max_params=5_800_000)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))

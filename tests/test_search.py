@@ -33,7 +33,7 @@ from moofa.search.evolution import (
     random_search_baseline,
     single_thread,
 )
-from moofa.search.export import load_exported, onnx_available
+from moofa.models.subnet_file import load_exported, onnx_available
 
 OFA_PREDICTOR = REFERENCE / "ofa_imagenet_acc_predictor.pth.tar"
 TABLE_CONSTRAINTS = [325_000, 350_000, 400_000, 450_000, 500_000, 600_000, 700_000, 800_000]
@@ -355,7 +355,7 @@ def test_exported_subnet_reproduces_the_reported_top1_after_the_baseline_is_meas
     measured on the test images after the answer; the exported subnet must still be the answer as
     measured (its own BN statistics), so evaluated alone it gives ``real_accuracy`` exactly."""
     from moofa.data import DataProvider
-    from moofa.training.evaluate import evaluate
+    from moofa.measurement.evaluate import evaluate
     project, spec = tiny
     data = project.root / "measured_base.jsonl"
     # measured 10 pp below the predictor: the search prefers unmeasured candidates near them
@@ -383,7 +383,7 @@ def test_predictor_only_search_resumes_without_data_or_checkpoint(tmp_path):
     _write(project, "pred", evaluate=False)
     cfg = load_config(project.config_path)
     from moofa.run import Run
-    from moofa.search.sweep import run_search
+    from moofa.workflows.sweep import run_search
     run = Run.load(project.config_path, project.model_config_path)
     infos = run_search(run, SingleBackend("cpu"))
     assert not Path(cfg["args"]["data_path"]).exists() and not Path(cfg["args"]["checkpoint"]).exists()
@@ -411,7 +411,7 @@ def test_exported_subnet_reloads_alone_with_the_supernet_logits(tmp_path, model)
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
     cfg = SearchSpace(spec).sample(random.Random(3))
-    from moofa.search.export import export_subnet
+    from moofa.models.subnet_file import export_subnet
     paths = export_subnet(net, cfg, tmp_path / "out" / "subnet.pth.tar")
     x = torch.randn(4, 3, cfg.image_size, cfg.image_size)
     net.eval()
@@ -573,7 +573,7 @@ def test_flops_input_uses_the_datasets_class_count(tmp_path):
 
 def test_selection_and_report_images_are_disjoint(tmp_path):
     from moofa.data import DataProvider
-    from moofa.predictor.create import split_images
+    from moofa.measurement.meter import split_images
     from test_data import make_args
 
     args = make_args(tmp_path, valid_size=12)

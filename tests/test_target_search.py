@@ -78,7 +78,7 @@ def test_compiled_answer_breaking_a_limit_is_replaced_and_never_returned(monkeyp
 @needs_reference
 def test_search_answer_is_compiled_and_meets_the_limits(tmp_path):
     from moofa.run import Run
-    from moofa.search.sweep import run_search
+    from moofa.workflows.sweep import run_search
 
     raw = {"args": {"model": "OFA", "dataset": "imagenet"},
            "memory": {"bytes_per_element": 1, "count_weights": False},

@@ -87,7 +87,7 @@ def test_eval_teacher_and_supernet_never_write_the_same_files(tmp_path):
     teacher.parent.mkdir(parents=True)
     torch.manual_seed(5)
     torch.save({"state_dict": build_supernet(spec, n_classes=4).build_teacher().state_dict()}, teacher)
-    from moofa.evaluation.eval_mode import run_eval
+    from moofa.workflows.eval_mode import run_eval
     from moofa.run import Run
 
     run = Run.load(project.config_path, project.model_config_path)
@@ -339,7 +339,7 @@ def test_predictor_of_another_model_is_refused_or_warned(tmp_path, caplog):
     with pytest.raises(CheckpointError, match="trained for model 'OFA', not 'MOOFA_V1'"):
         AccuracyPredictor.load(tmp_path / "ofa.pth.tar", "MOOFA_V1")
     ofa.save(tmp_path / "ref.pth.tar", reference_format=True)  # records no model
-    from moofa.search.sweep import load_search_predictor
+    from moofa.workflows.sweep import load_search_predictor
 
     from moofa.run import Run
 

@@ -1,5 +1,5 @@
 """``train.py``: one launch of progressive-shrinking training (docs/design.md#protocols), or the fine-tuning
-of a found subnet (``--step finetune --subnet``, :mod:`moofa.training.finetune`).
+of a found subnet (``--step finetune --subnet``, :mod:`moofa.workflows.finetune`).
 
 Run as a plain process, under ``horovodrun -np N`` or under ``torchrun --nproc_per_node N``.
 """
@@ -14,7 +14,7 @@ from moofa.errors import MoofaInputError
 from moofa.models.spec import DEFAULT_MODEL_CONFIGS
 from moofa.run import Run
 from moofa.training.checkpoint import PHASE_ORDER
-from moofa.training.finetune import finetune
+from moofa.workflows.finetune import finetune
 from moofa.training.trainer import train_step
 
 

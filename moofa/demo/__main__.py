@@ -2,4 +2,5 @@
 from moofa.cli.common import run_cli
 from moofa.cli.demo import main
 
-raise SystemExit(run_cli(main))
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

@@ -25,7 +25,7 @@ import torch
 from moofa.config import RunConfig
 from moofa.efficiency import MemoryOptions, peak_memory
 from moofa.run import INFO_NAME, Run, constraint_dir
-from moofa.search.sweep import deploys
+from moofa.workflows.sweep import deploys
 from moofa.stats import Accuracy, Comparison, binomial_p_at_least, compare_stored
 
 ALPHA = 0.05  # significance level of the teacher's binomial test (one-sided)

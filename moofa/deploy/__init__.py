@@ -64,7 +64,7 @@ from moofa.fingerprint import sha256_file
 from moofa.io import atomic_path, write_json
 from moofa.models.spec import ModelSpec, SubnetConfig
 from moofa.run import expected_n_classes
-from moofa.search.export import _head_settings, load_exported
+from moofa.models.subnet_file import head_settings, load_exported
 from moofa.stats import pack_bits, paired_difference
 
 log = logging.getLogger(__name__)
@@ -343,7 +343,7 @@ def deploy_exported(subnet_path: str | Path, cfg: RunConfig, out_dir: str | Path
     net = load_exported(subnet_path)
     spec, arch = net.model_spec, net.subnet_config  # type: ignore[attr-defined]
     args = last_task_args(cfg)
-    n_out = _head_settings(net)[0]
+    n_out = head_settings(net)[0]
     if n_out != expected_n_classes(args):
         raise ConfigError(f"the subnet {subnet_path} has {n_out} outputs but the dataset has "
                           f"{expected_n_classes(args)} classes", file=cfg.path, key="args.dataset",

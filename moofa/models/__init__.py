@@ -1,4 +1,4 @@
-"""Supernets and static networks (docs/design.md#architecture)."""
+"""Supernets and static networks, and the file format of a found subnet (docs/design.md#architecture)."""
 from moofa.models.layers import MobileNetV3, count_parameters
 from moofa.models.spec import (
                                MODELS,

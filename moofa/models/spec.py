@@ -6,6 +6,7 @@ and MOOFA_V1/V2/V3 are entries of :data:`MODEL_CLASSES`, not separate classes (d
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -286,20 +287,6 @@ def model_spec_from_entry(name: str, entry: Mapping[str, Any], source: str = "mo
 # the packaged model_configs.yaml (the repository's top-level file is its documented copy)
 DEFAULT_MODEL_CONFIGS = resource_path("model_configs.yaml")
 
-_BUILTIN: dict[str, dict] = {
-    "OFA": dict(model_class="OFAMobileNetV3", expand_list=[3, 4, 6]),
-    "CompOFA": dict(model_class="CompOFAMobileNetV3", expand_list=[3, 4, 6]),
-    "MOOFA_V1": dict(model_class="OFAMobileNetV3CtV1", expand_list=[3, 4, 6]),
-    "MOOFA_V2": dict(model_class="OFAMobileNetV3CtV2", expand_list=[1, 1.5, 2]),
-    "MOOFA_V3": dict(model_class="OFAMobileNetV3CtV3", expand_list=[2, 3, 4]),
-}
-for _v in _BUILTIN.values():
-    _v.update(ks_list=[3, 5, 7], depth_list=[2, 3, 4], width_mult_list=1.0,
-              image_size=[128, 160, 192, 224])
-
-BUILTIN_SPECS: dict[str, ModelSpec] = {n: model_spec_from_entry(n, e, "builtin") for n, e in _BUILTIN.items()}
-
-
 def load_model_configs(path: str | Path) -> dict[str, ModelSpec]:
     """Read a model_configs.yaml; raises ValueError naming the file and key on bad content."""
     path = Path(path)
@@ -316,14 +303,20 @@ def load_model_configs(path: str | Path) -> dict[str, ModelSpec]:
     return {str(n): model_spec_from_entry(str(n), e, str(path)) for n, e in data.items()}
 
 
+@functools.lru_cache(maxsize=1)
+def _shipped_specs() -> dict[str, ModelSpec]:
+    """The packaged model_configs.yaml, read once per process."""
+    return load_model_configs(DEFAULT_MODEL_CONFIGS)
+
+
 def get_model_spec(model: "str | ModelSpec", model_configs: str | Path | None = None) -> ModelSpec:
-    """Resolve a model name (or pass a spec through). Without ``model_configs`` the built-in
-    reference values are used (identical to the shipped model_configs.yaml)."""
+    """Resolve a model name (or pass a spec through). Without ``model_configs`` the packaged
+    model_configs.yaml (the one source of the five models) is read."""
     if isinstance(model, ModelSpec):
         return model
-    specs = load_model_configs(model_configs) if model_configs is not None else BUILTIN_SPECS
+    src = model_configs if model_configs is not None else DEFAULT_MODEL_CONFIGS
+    specs = _shipped_specs() if model_configs is None else load_model_configs(model_configs)
     if model not in specs:
-        src = model_configs or "built-in models"
         raise ValueError(f"{src}: unknown model {model!r} (known: {', '.join(specs)})")
     return specs[model]
 

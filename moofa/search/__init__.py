@@ -1,8 +1,7 @@
-"""Memory-constrained evolutionary search, the constraint sweep, results tables/plots and subnet
-export (docs/design.md#search-space; docs/design.md#run-layout). Evaluation lives in :mod:`moofa.evaluation`.
-
-Heavy parts (data, training, export) are imported by the modules that need them, so
-``import moofa.search`` stays light.
+"""Memory-constrained evolutionary search, robust fitness, hardware targets and results tables/plots
+(docs/design.md#search-space; docs/design.md#run-layout). The constraint sweep that runs it per
+budget is :mod:`moofa.workflows.sweep`; measuring is :mod:`moofa.measurement`; the subnet file
+format is :mod:`moofa.models.subnet_file`.
 """
 from moofa.search.evolution import (
                                     EvolutionFinder,

@@ -33,7 +33,7 @@ candidate ``x`` (all accuracies are fractions) against the *measured* subnets of
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 

@@ -1,1 +1,1 @@
-"""Progressive-shrinking training, evaluation and checkpoints (docs/design.md#protocols)."""
+"""Progressive-shrinking training, its logger, losses, schedules and checkpoints (docs/design.md#protocols)."""

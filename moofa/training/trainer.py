@@ -49,7 +49,7 @@ from moofa.models.spec import ModelSpec
 from moofa.models.supernet import load_checkpoint_file, load_weights
 from moofa.run import PhaseFiles, Run, final_phase_file
 from moofa.training.checkpoint import PHASE_ORDER, phase_name, predecessor, rng_state, set_rng_state
-from moofa.training.evaluate import evaluate
+from moofa.measurement.evaluate import evaluate
 from moofa.training.logger import RunLogger
 from moofa.training.losses import distillation_loss
 from moofa.training.optim import build_optimizer, set_lr
@@ -160,7 +160,7 @@ class Trainer:
     @property
     def elastic(self) -> bool:
         """Whether training samples subnets of the supernet (the kernel, depth and expand phases);
-        false for the teacher and for fine-tuning a static subnet (moofa.training.finetune)."""
+        false for the teacher and for fine-tuning a static subnet (moofa.workflows.finetune)."""
         return self.step in PHASE_ORDER
 
     def completed(self) -> bool:

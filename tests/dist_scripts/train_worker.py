@@ -9,7 +9,7 @@ from pathlib import Path
 
 from moofa.distributed import init_backend
 from moofa.run import Run
-from moofa.training.finetune import FinetuneTrainer
+from moofa.workflows.finetune import FinetuneTrainer
 from moofa.training.trainer import Trainer
 
 config, model_configs, step, phase, out = sys.argv[1:6]

@@ -9,7 +9,7 @@ from typing import Any
 from moofa.efficiency import MemoryOptions, count_params, flops, memory_layers
 from moofa.efficiency.plots import plot_memory_histogram
 from moofa.models.spec import ModelSpec, SubnetConfig
-from moofa.evaluation.arch_plot import draw_arch
+from moofa.measurement.arch_plot import draw_arch
 
 UNITS = {"peak_memory": "elements", "memory_history": "elements", "flops": "MMACs",
          "params": "parameters", "accuracy": "fraction", "avg_forward_time": "seconds per batch"}

@@ -51,7 +51,7 @@ def export_config(spec: ModelSpec, cfg: SubnetConfig, n_classes: int, dropout: f
             "bn_momentum": float(bn_momentum), "bn_eps": float(bn_eps)}
 
 
-def _head_settings(net: nn.Module) -> tuple[int, float, float, float]:
+def head_settings(net: nn.Module) -> tuple[int, float, float, float]:
     """(n_classes, dropout, bn momentum, bn eps) of a supernet or static network."""
     clf = net.classifier
     linear = clf.linear if isinstance(clf, LinearLayer) else clf
@@ -77,7 +77,7 @@ def export_static(net: nn.Module, spec: ModelSpec, cfg: SubnetConfig, path: str 
     """Write the static network ``net`` (arch ``cfg`` of ``spec``, e.g. a fine-tuned subnet) in
     the export format (atomic; a CPU copy of its weights), plus ONNX as :func:`export_subnet`."""
     cfg = SubnetConfig.from_dict(cfg).validate(spec)
-    n_classes, dropout, momentum, eps = _head_settings(net)
+    n_classes, dropout, momentum, eps = head_settings(net)
     state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
     data = {"format": EXPORT_FORMAT, "state_dict": state,
             "config": export_config(spec, cfg, n_classes, dropout, momentum, eps)}

@@ -34,9 +34,9 @@ from moofa.models.bn_calibration import set_running_statistics
 from moofa.models.space import SearchSpace
 from moofa.models.spec import ModelSpec, SubnetConfig
 from moofa.run import INFO_NAME, Run
-from moofa.evaluation.report import draw_subnet_plots, subnet_report, units
+from moofa.measurement.report import draw_subnet_plots, subnet_report, units
 from moofa.stats import Accuracy
-from moofa.training.evaluate import evaluate, evaluate_subnet
+from moofa.measurement.evaluate import evaluate, evaluate_subnet
 
 log = logging.getLogger(__name__)
 

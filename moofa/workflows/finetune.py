@@ -1,6 +1,6 @@
 """Fine-tuning of a found subnet: ``train.py --step finetune --subnet <constraint folder | export>``.
 
-The subnet is a static network: the export (``subnet.pth.tar``, :mod:`moofa.search.export`) or,
+The subnet is a static network: the export (``subnet.pth.tar``, :mod:`moofa.models.subnet_file`) or,
 for a search result folder ``constraint_<int>/``, the arch of its ``info.json`` extracted from the
 supernet ``args.checkpoint`` after BN re-calibration (what the search measured). It is trained on
 the training split with distillation from the teacher (``kd_ratio``, ``kd_type``, as in the
@@ -51,12 +51,12 @@ from moofa.lock import OutputLock
 from moofa.models.bn_calibration import set_running_statistics
 from moofa.models.layers import MobileNetV3
 from moofa.models.spec import ModelSpec, SubnetConfig
-from moofa.evaluation.report import UNITS, subnet_report
+from moofa.measurement.report import UNITS, subnet_report
 from moofa.fingerprint import normalise, sha256_file
 from moofa.run import EXPORT_NAME, FINETUNED_NAME as OUT_NAME, INFO_NAME, PhaseFiles, Run, SubnetSource
-from moofa.search.export import export_static, load_exported
+from moofa.models.subnet_file import export_static, load_exported
 from moofa.stats import compare_stored
-from moofa.training.evaluate import EvalResult, evaluate
+from moofa.measurement.evaluate import EvalResult, evaluate
 from moofa.training.logger import RunLogger
 from moofa.training.trainer import Trainer, seed_everything
 

@@ -49,7 +49,7 @@ from moofa.io import clean_stale_temps, require_file, write_json
 from moofa.lock import OutputLock
 from moofa import preempt
 from moofa.models.spec import ModelSpec, SubnetConfig
-from moofa.evaluation.report import draw_subnet_plots, subnet_report, units
+from moofa.measurement.report import draw_subnet_plots, subnet_report, units
 from moofa.run import INFO_NAME, Run, constraint_dir
 from moofa.search.evolution import EvolutionFinder, Individual, SearchResult, check_constraints, search_budget
 from moofa.search.robust import FitnessSettings, RobustFitness
@@ -59,12 +59,12 @@ from moofa.predictor.dataset import read_dataset
 import hashlib
 from moofa.data import DataProvider
 from moofa.data.folder import data_fingerprint
-from moofa.predictor.create import SubnetMeter
+from moofa.measurement.meter import SubnetMeter
 from moofa.deploy import require_executorch
 from moofa.predictor.dataset import append_records
 from moofa.predictor.create import subnet_record
-from moofa.training.evaluate import calibrate_subnet, evaluate_subnet
-from moofa.search.export import export_subnet
+from moofa.measurement.evaluate import calibrate_subnet, evaluate_subnet
+from moofa.models.subnet_file import export_subnet
 from moofa.stats import Comparison, compare_stored
 from moofa.deploy import DEPLOY_NAME, deploy_exported
 from moofa.search.target import TARGET_KEYS, compile_answer, random_weights_net, target_table, with_target_limits
