@@ -16,14 +16,15 @@ import time
 
 import torch
 
-from moofa.config import phase_constraints
+from moofa.config import Args, phase_constraints
 from moofa.distributed import resolve_device, to_device
 from moofa.models import build_supernet
 from moofa.training.losses import distillation_loss
 from moofa.training.optim import build_optimizer
 
 PHASES = [("teacher", None, 1), ("kernel", 1, 1), ("depth", 2, 2), ("expand", 2, 4)]
-ARGS = {"weight_decay": 3e-5, "no_decay_keys": "bn#bias", "opt_type": "sgd", "momentum": 0.9, "no_nesterov": False}
+ARGS = Args.from_mapping({"weight_decay": 3e-5, "no_decay_keys": "bn#bias", "opt_type": "sgd", "momentum": 0.9,
+                          "no_nesterov": False})
 
 
 def bench(model: str, image_size: int, batch: int, steps: int, device: torch.device,

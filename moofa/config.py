@@ -41,7 +41,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator, Mapping
+from typing import Any, Callable, ClassVar, Iterator, Mapping, Self, TypeVar
 
 import numpy as np
 import yaml
@@ -460,12 +460,25 @@ def _field_default(f: Field) -> Any:
     return f.default
 
 
-def schema_section(schema: Mapping[str, Field], where: str) -> Callable[[type], type]:
+_S = TypeVar("_S", bound="Section")
+
+
+def schema_section(schema: Mapping[str, Field], where: str) -> Callable[[type[_S]], type[_S]]:
     """Class decorator: make ``cls`` a frozen dataclass with one field per key of ``schema``
-    (default and check from the table) and register it as the section of that table."""
-    def wrap(cls: type) -> type:
+    (default and check from the table) and register it as the section of that table.
+
+    The field types are the annotations ``cls`` and its field mixins declare (so type checkers
+    see ``settings.population_size`` as ``int``); every key of ``schema`` must be declared, and
+    nothing else but extra fields of ``cls`` itself. The defaults stay in the table only."""
+    def wrap(cls: type[_S]) -> type[_S]:
+        declared: dict[str, Any] = {}
+        for base in reversed(cls.__mro__):
+            declared.update(base.__dict__.get("__annotations__", {}))
+        missing = [name for name in schema if name not in declared]
+        if missing:  # a key added to a table needs its typed declaration
+            raise TypeError(f"{cls.__name__} does not declare the type of {', '.join(missing)}")
         own = dict(cls.__dict__.get("__annotations__", {}))
-        cls.__annotations__ = {**{name: "Any" for name in schema}, **own}
+        cls.__annotations__ = {**{name: declared[name] for name in schema}, **own}
         for name, f in schema.items():
             setattr(cls, name, _field_default(f))
         cls.SCHEMA, cls.WHERE = schema, where
@@ -530,7 +543,7 @@ class Section(Mapping):
         """Rules between keys of the section; ConfigError naming the key."""
 
     @classmethod
-    def from_mapping(cls, data: Any, where: str | None = None) -> "Section":
+    def from_mapping(cls, data: Any, where: str | None = None) -> Self:
         """Validate a mapping (unknown keys refused, missing keys take the table's defaults);
         errors name ``where.key`` (default: the section's YAML name)."""
         where = where or cls.WHERE
@@ -541,9 +554,10 @@ class Section(Mapping):
         except ConfigError as err:
             raise _rekey(err, cls.WHERE, where) from None
 
-    def replace(self, **changes: Any) -> "Section":
+    def replace(self, **changes: Any) -> Self:
         """A new, validated section with ``changes``."""
-        return dataclasses.replace(self, **changes)
+        # every concrete section is a dataclass (schema_section); this base is not
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
     def as_dict(self) -> dict[str, Any]:
         """Plain nested dict (JSON-ready) under the YAML key names."""
@@ -574,26 +588,96 @@ def _plain(value: Any) -> Any:
     return value
 
 
-_SECTION_OF: dict[int, type] = {}
+_SECTION_OF: dict[int, type[Section]] = {}
 
 
 @schema_section(SYNTHETIC_SCHEMA, "args.synthetic")
 class SyntheticSettings(Section):
     """``args.synthetic``: the generator of dataset ``synthetic``."""
 
+    n_classes: int
+    train_per_class: int
+    val_per_class: int
+    image_size: int  # pixels
+    difficulty: float
+    seed: int
+
 
 @schema_section(DIGITS_SCHEMA, "args.digits")
 class DigitsSettings(Section):
     """``args.digits``: the writer of dataset ``digits``."""
 
+    image_size: int  # pixels
+    val_fraction: float
+    seed: int
+
+
+class _ArgsFields:
+    """The typed keys of the ``args`` table (declarations only: defaults and checks are the
+    table's), shared by :class:`Args` and :class:`TaskArgs`."""
+
+    path: str
+    teacher_path: str
+    checkpoint: str | None
+    model: str
+    dataset: str
+    data_path: str | None  # filled by load_config (default_data_path)
+    device: str
+    amp: bool
+    base_batch_size: int  # images per process
+    base_stage_width: str | None
+    bn_eps: float
+    bn_momentum: float
+    continuous_size: bool
+    distort_color: str | None
+    dropout: float
+    dy_conv_scaling_mode: int
+    fp16_allreduce: bool
+    independent_distributed_sampling: bool
+    kd_ratio: float
+    kd_type: str
+    label_smoothing: float
+    lr_schedule_type: str | None
+    manual_seed: int
+    model_init: str
+    momentum: float
+    n_worker: int
+    no_decay_keys: str | None
+    no_nesterov: bool
+    not_sync_distributed_image_size: bool
+    opt_type: str
+    print_frequency: int  # batches
+    resize_scale: float
+    valid_size: int | float | None  # images, or a fraction
+    validation_frequency: int  # epochs
+    weight_decay: float
+    resort_channels: bool
+    teacher_eval_mode: bool
+    average_subnet_losses: bool
+    bn_calib_images: int
+    bn_calib_batch_size: int
+    corrupt_images: str
+    synthetic: SyntheticSettings
+    digits: DigitsSettings
+
+
+class _PhaseFields:
+    """The typed keys of one progressive-shrinking phase (declarations only)."""
+
+    n_epochs: int
+    base_lr: float
+    warmup_epochs: int
+    warmup_lr: float
+    dynamic_batch_size: int
+
 
 @schema_section(ARGS_SCHEMA, "args")
-class Args(Section):
+class Args(_ArgsFields, Section):
     """``args``: run settings shared by every script."""
 
 
 @schema_section(PHASE_SCHEMA, "args_per_task.<entry>")
-class PhaseArgs(Section):
+class PhaseArgs(_PhaseFields, Section):
     """One ``args_per_task`` entry: the phase keys plus the ``args`` keys it overrides
     (``overrides``, validated by the ``args`` table). Read as a mapping it holds both."""
 
@@ -618,13 +702,26 @@ class PhaseArgs(Section):
 
 
 @schema_section({**ARGS_SCHEMA, **PHASE_SCHEMA}, "args")
-class TaskArgs(Section):
+class TaskArgs(_ArgsFields, _PhaseFields, Section):
     """``args`` merged with one ``args_per_task`` entry: what one step or phase runs with."""
+
+
+# What the data, model and training consumers read: the ``args`` section or one step's merge.
+AnyArgs = Args | TaskArgs
 
 
 @schema_section(SUBNET_SCHEMA, "subnet_config")
 class SubnetSettings(Section):
     """``subnet_config``: the subnet of ``eval_and_search.py --mode eval``."""
+
+    random_sample: bool
+    ks: list[int] | None
+    e: list[int | float] | None
+    d: list[int] | None
+    image_size: int  # pixels
+    res_dir: str
+    name: str
+    draw_graphs: bool
 
 
 @schema_section(SEARCH_SCHEMA, "search_config")
@@ -636,6 +733,43 @@ class SearchSettings(Section):
     KEYS: ClassVar[tuple[str, ...]] = ("population_size", "generations", "mutation_ratio",
                                        "parent_ratio", "arch_mutate_prob",
                                        "resolution_mutate_prob", "seed", "max_tries")
+
+    N_constraint: int
+    min_constraint: float  # memory unit (elements, or bytes with a memory: section)
+    max_constraint: float
+    constraint_start: float | None
+    constraint_stop: float | None
+    constraints: list[float] | None
+    max_mmacs: float | None
+    max_params: int | None
+    target: str | None
+    max_latency_ms: float | None
+    max_sram_bytes: int | None
+    max_flash_bytes: int | None
+    latency_table: str | None
+    compile_tries: int
+    population_size: int
+    generations: int
+    mutation_ratio: float
+    parent_ratio: float
+    arch_mutate_prob: float
+    resolution_mutate_prob: float
+    seed: int
+    evaluate: bool
+    res_dir: str
+    acc_dataset_path: str
+    acc_predictor_checkpoint: str | None
+    export: list[str]
+    deploy_constraints: list[float] | None
+    fitness: str
+    trust_radius: float  # genes
+    pessimism: float  # standard deviations
+    neighbours: int
+    distance_uncertainty_pp: float
+    bound_margin_pp: float
+    rerank_top_k: int
+    append_measurements: bool
+    max_tries: int
 
     def check(self) -> None:
         if (self.constraint_start is None) != (self.constraint_stop is None):
@@ -651,9 +785,9 @@ class SearchSettings(Section):
                 raise ConfigError("needs executorch in search_config.export", key=key,
                                   value=self.deploy_constraints)
             sweep = self.sweep()
-            missing = [c for c in self.deploy_constraints if int(round(c)) not in sweep]
-            if missing:
-                raise ConfigError(f"{missing[0]:g} is not one of the search constraints {sweep}",
+            outside = [c for c in self.deploy_constraints if int(round(c)) not in sweep]
+            if outside:
+                raise ConfigError(f"{outside[0]:g} is not one of the search constraints {sweep}",
                                   key=key, value=self.deploy_constraints)
 
     @property
@@ -681,7 +815,7 @@ class SearchSettings(Section):
         ends (``constraint_start/stop`` or ``min/max_constraint``, in either order), rounded."""
         if self.constraints:
             return sorted({int(round(c)) for c in self.constraints})
-        if self.constraint_start is not None:
+        if self.constraint_start is not None and self.constraint_stop is not None:  # check(): both or none
             a, b = self.constraint_start, self.constraint_stop
         else:
             a, b = self.min_constraint, self.max_constraint
@@ -693,6 +827,17 @@ class SearchSettings(Section):
 class DatasetSettings(Section):
     """``dataset_config``: the balanced predictor dataset."""
 
+    n_samples: int
+    min_memory: int  # memory unit
+    max_memory: int
+    n_bins: int
+    eval_images: int | None
+    eval_split: str
+    seed: int
+    max_attempts: int
+    save_interval: int
+    output: str | None  # filled by load_config (search_config.acc_dataset_path)
+
     def check(self) -> None:
         if self.min_memory >= self.max_memory:
             raise ConfigError(f"must exceed min_memory ({self.min_memory})",
@@ -703,6 +848,18 @@ class DatasetSettings(Section):
 class PredictorRecipe(Section):
     """``predictor_config``: hyper-parameters of the accuracy-predictor training (all optional;
     the device comes from ``args.device``)."""
+
+    hidden_size: int
+    n_layers: int
+    ensemble: int
+    epochs: int
+    lr: float
+    lr_schedule: str
+    weight_decay: float
+    batch_size: int  # samples
+    val_fraction: float
+    test_fraction: float
+    extra_features: bool
 
     def check(self) -> None:
         if self.val_fraction + self.test_fraction >= 1.0:
@@ -719,22 +876,29 @@ class PredictorRecipe(Section):
 class WandbSettings(Section):
     """``wandb``: Weights & Biases logging."""
 
+    use_wandb: bool
+    project_name: str
+
 
 @schema_section(MEMORY_SCHEMA, "memory")
 class MemorySettings(Section):
     """``memory``: the memory model of every peak (defaults: the reference's count in elements)."""
+
+    bytes_per_element: int  # bytes
+    count_weights: bool
+    count_head: bool
+    inplace_depthwise: bool
 
 
 @schema_section(DEPLOY_SCHEMA, "deploy")
 class DeploySettings(Section):
     """``deploy``: int8 deployment with ExecuTorch."""
 
-
-_SECTION_CLASSES: dict[str, type] = {
-    "args": Args, "subnet_config": SubnetSettings, "search_config": SearchSettings,
-    "dataset_config": DatasetSettings, "predictor_config": PredictorRecipe, "wandb": WandbSettings,
-    "memory": MemorySettings, "deploy": DeploySettings,
-}
+    calibration_images: int  # training images
+    per_channel: bool
+    targets: list[str]
+    system_config: str | None
+    memory_mode: str | None
 
 
 @dataclass(frozen=True, eq=False)
@@ -880,7 +1044,7 @@ def _phase_entry(name: str, raw: Any) -> PhaseArgs:
                               f"table {', '.join(REFERENCE_PHASES)})", key=f"{key}.{pname}")
     overrides = {k: v for k, v in data.items() if k not in PHASE_SCHEMA}
     try:
-        return PhaseArgs(**values, overrides=overrides)
+        return PhaseArgs(**{**values, "overrides": overrides})
     except ConfigError as err:
         raise _rekey(err, PhaseArgs.WHERE, key) from None
 
@@ -920,16 +1084,23 @@ def _with_data_paths(args: Args, apt: dict[str, PhaseArgs]) -> tuple[Args, dict[
 
 
 def _sections(path: Path, data: dict) -> RunConfig:
-    sections = {name: cls.from_mapping(data.get(name)) for name, cls in _SECTION_CLASSES.items()}
+    args = Args.from_mapping(data.get("args"))  # validated in the order of the YAML sections
+    subnet = SubnetSettings.from_mapping(data.get("subnet_config"))
+    search = SearchSettings.from_mapping(data.get("search_config"))
+    dc = DatasetSettings.from_mapping(data.get("dataset_config"))
+    predictor = PredictorRecipe.from_mapping(data.get("predictor_config"))
+    wandb = WandbSettings.from_mapping(data.get("wandb"))
+    memory = MemorySettings.from_mapping(data.get("memory"))
+    deploy = DeploySettings.from_mapping(data.get("deploy"))
     tasks = _tasks(data.get("tasks"))
     phases = _tasks_phases(data.get("tasks_phases"))
     apt = _args_per_task(data.get("args_per_task"), tasks, phases)
-    args, apt = _with_data_paths(sections.pop("args"), apt)
-    dc = sections["dataset_config"]
+    args, apt = _with_data_paths(args, apt)
     if dc.output is None:
-        sections["dataset_config"] = dc.replace(output=sections["search_config"].acc_dataset_path)
+        dc = dc.replace(output=search.acc_dataset_path)
     return RunConfig(path=path, args=args, tasks=tasks, tasks_phases=phases, args_per_task=apt,
-                     **sections)
+                     subnet_config=subnet, search_config=search, dataset_config=dc,
+                     predictor_config=predictor, wandb=wandb, memory=memory, deploy=deploy)
 
 
 def load_config(path: str | Path, model_config_path: str | Path | None = None) -> RunConfig:

@@ -160,13 +160,13 @@ def write_fingerprint(path: str | Path, fingerprint: Mapping[str, Any], **extra:
     return write_json(path, {"fingerprint": normalise(fingerprint), **extra})
 
 
-def data_identity(args: Mapping[str, Any]) -> dict[str, Any]:
+def data_identity(dataset: str, data_path: str | None,
+                  params: dict[str, Any] | None = None) -> dict[str, Any]:
     """The dataset of a run: name, root folder and, for the embedded datasets, their generator
-    settings (what decides the images)."""
-    name = args.get("dataset")
-    out = {"dataset": name, "data_path": os.path.normpath(str(args.get("data_path")))}
-    if isinstance(args.get(name), Mapping):
-        out["params"] = dict(args[name])
+    settings ``params`` (what decides the images)."""
+    out: dict[str, Any] = {"dataset": dataset, "data_path": os.path.normpath(str(data_path))}
+    if params is not None:
+        out["params"] = params
     return out
 
 

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
-from moofa.config import RunConfig, TaskArgs, last_task_args, load_config, task_args
+from moofa.config import AnyArgs, RunConfig, TaskArgs, last_task_args, load_config, task_args
 from moofa.errors import ConfigError, MoofaInputError
 from moofa.records import SearchInfo
 from moofa.models.layers import MobileNetV3
@@ -84,9 +84,9 @@ def final_phase_file(path: str | Path, step: str, phase: int) -> Path:
     return Path(path) / CHECKPOINT_DIR / f"checkpoint-{step}_{phase}.pth.tar"
 
 
-def teacher_file(args: Mapping[str, Any]) -> Path:
+def teacher_file(args: AnyArgs) -> Path:
     """``<teacher_path>/checkpoint/model_best.pth.tar``: the teacher every later step reads."""
-    return Path(args["teacher_path"]) / CHECKPOINT_DIR / BEST_FILE
+    return Path(args.teacher_path) / CHECKPOINT_DIR / BEST_FILE
 
 
 def constraint_dir(res_dir: str | Path, constraint: float) -> Path:
@@ -94,14 +94,13 @@ def constraint_dir(res_dir: str | Path, constraint: float) -> Path:
     return Path(res_dir) / f"constraint_{int(round(constraint))}"
 
 
-def expected_n_classes(args: Mapping[str, Any]) -> int:
+def expected_n_classes(args: AnyArgs) -> int:
     """Classifier width implied by the dataset settings, without reading the data: 1000 for
     imagenet/imagenette (labels are ImageNet ids), 10 for digits, ``synthetic.n_classes``."""
-    dataset = args["dataset"]
-    if dataset == "digits":
+    if args.dataset == "digits":
         return 10
-    if dataset == "synthetic":
-        return int((args.get("synthetic") or {}).get("n_classes", 10))
+    if args.dataset == "synthetic":
+        return args.synthetic.n_classes
     return 1000
 
 
@@ -149,7 +148,7 @@ class Run:
         """Args of ``step``/``phase`` (:func:`moofa.config.task_args`), or of the last entry."""
         return last_task_args(self.cfg) if step is None else task_args(self.cfg, step, phase)
 
-    def _args(self, args: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    def _args(self, args: AnyArgs | None) -> AnyArgs:
         return self.args() if args is None else args
 
     # ------------------------------------------------------------------------------- layout
@@ -166,17 +165,18 @@ class Run:
     def final_file(self, step: str, phase: int) -> Path:
         return final_phase_file(self.args(step, phase).path, step, phase)
 
-    def teacher_file(self, args: Mapping[str, Any] | None = None) -> Path:
+    def teacher_file(self, args: AnyArgs | None = None) -> Path:
         return teacher_file(self._args(args))
 
-    def supernet_file(self, args: Mapping[str, Any] | None = None) -> Path | None:
+    def supernet_file(self, args: AnyArgs | None = None) -> Path | None:
         """``args.checkpoint``: the trained supernet of dataset creation, eval and search."""
-        path = self._args(args)["checkpoint"]
+        path = self._args(args).checkpoint
         return Path(path) if path else None
 
     @property
     def dataset_file(self) -> Path:
-        return Path(self.cfg.dataset_config.output)
+        # load_config fills output with acc_dataset_path; the fallback only narrows the type
+        return Path(self.cfg.dataset_config.output or self.cfg.search_config.acc_dataset_path)
 
     @property
     def predictor_file(self) -> Path | None:
@@ -187,7 +187,7 @@ class Run:
         """Where ``--mode eval --model <which>`` writes: ``<res_dir>/<name>`` (supernet) or
         ``<res_dir>/<name>_teacher`` (teacher), so that the two never overwrite each other."""
         sc = self.cfg.subnet_config
-        return Path(sc.res_dir) / (str(sc.name) + ("_teacher" if which == "teacher" else ""))
+        return Path(sc.res_dir) / (sc.name + ("_teacher" if which == "teacher" else ""))
 
     @property
     def search_dir(self) -> Path:
@@ -197,22 +197,21 @@ class Run:
         return constraint_dir(self.search_dir, constraint)
 
     # ---------------------------------------------------------------------------- factories
-    def spec(self, args: Mapping[str, Any] | None = None) -> ModelSpec:
+    def spec(self, args: AnyArgs | None = None) -> ModelSpec:
         """The model spec of ``args.model``."""
-        return self.cfg.spec_of(self._args(args)["model"])
+        return self.cfg.spec_of(self._args(args).model)
 
-    def n_classes(self, args: Mapping[str, Any] | None = None) -> int:
+    def n_classes(self, args: AnyArgs | None = None) -> int:
         return expected_n_classes(self._args(args))
 
-    def supernet(self, args: Mapping[str, Any] | None = None, n_classes: int | None = None,
+    def supernet(self, args: AnyArgs | None = None, n_classes: int | None = None,
                  load: bool = False) -> Supernet:
         """A supernet with the run's dropout, BN, kernel-transform and init settings; with
         ``load`` the weights of ``args.checkpoint`` (ConfigError when none is given)."""
         a = self._args(args)
         net = build_supernet(self.spec(a), self.n_classes(a) if n_classes is None else n_classes,
-                             dropout=float(a["dropout"]), bn_momentum=float(a["bn_momentum"]),
-                             bn_eps=float(a["bn_eps"]), kernel_transform=a["dy_conv_scaling_mode"] == 1,
-                             init=a["model_init"])
+                             dropout=a.dropout, bn_momentum=a.bn_momentum, bn_eps=a.bn_eps,
+                             kernel_transform=a.dy_conv_scaling_mode == 1, init=a.model_init)
         if load:
             path = self.supernet_file(a)
             if path is None:
@@ -222,15 +221,14 @@ class Run:
             load_weights(net, path)
         return net
 
-    def teacher(self, args: Mapping[str, Any] | None = None, n_classes: int | None = None,
+    def teacher(self, args: AnyArgs | None = None, n_classes: int | None = None,
                 load: bool = True) -> MobileNetV3:
         """The teacher: the largest subnet as a static network, with the weights of
         :meth:`teacher_file` when ``load``."""
         a = self._args(args)
         spec = self.spec(a)
         net = MobileNetV3.build(spec, spec.max_config(), self.n_classes(a) if n_classes is None else n_classes,
-                                dropout=float(a["dropout"]), bn_momentum=float(a["bn_momentum"]),
-                                bn_eps=float(a["bn_eps"]))
+                                dropout=a.dropout, bn_momentum=a.bn_momentum, bn_eps=a.bn_eps)
         if load:
             load_weights(net, self.teacher_file(a))
         return net

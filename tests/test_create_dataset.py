@@ -22,6 +22,7 @@ from tiny import PYTHON, ROOT, make_tiny_project
 
 from moofa.cli.common import run_cli
 from moofa.cli.create_dataset import main as create_main
+from moofa.config import DatasetSettings
 from moofa.efficiency import flops, memory_bounds, peak_memory, sample_feasible
 from moofa.errors import MoofaInputError
 from moofa.models import build_supernet
@@ -137,11 +138,11 @@ def test_output_paths(tmp_path: Path) -> None:
         output_paths(tmp_path / "foreign.pkl")
 
 
-def _dc(output: Path, **kw) -> dict:
+def _dc(output: Path, **kw) -> DatasetSettings:
     dc = dict(n_samples=24, min_memory=250000, max_memory=800000, n_bins=15, seed=5,
               max_attempts=100000, save_interval=10, eval_images=None, output=str(output))
     dc.update(kw)
-    return dc
+    return DatasetSettings.from_mapping(dc)
 
 
 def test_resumed_plan_continues_the_same_candidates(tmp_path: Path) -> None:

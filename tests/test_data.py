@@ -10,7 +10,7 @@ import torch
 import yaml
 from PIL import Image
 
-from moofa.config import load_config, task_args
+from moofa.config import Args, load_config, task_args
 from moofa.data import (DataProvider, DistributedSubsetSampler, ElasticResolutionBatchSampler,
                         candidate_sizes, draw_resolution, ensure_dataset, resolution_seed,
                         split_train_valid)
@@ -113,7 +113,7 @@ def test_distributed_subset_sampler():
 @pytest.fixture(scope="module")
 def digits_root(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("digits")
-    return ensure_dataset({"dataset": "digits", "data_path": str(tmp / "digits")})
+    return ensure_dataset(Args.from_mapping({"dataset": "digits", "data_path": str(tmp / "digits")}))
 
 
 def test_digits_written_once_with_all_images(digits_root):
@@ -123,7 +123,7 @@ def test_digits_written_once_with_all_images(digits_root):
     classes = sorted(p.name for p in (digits_root / "train").iterdir())
     assert classes == [str(c) for c in range(10)]
     marker = (digits_root / MARKER).stat().st_mtime_ns
-    assert ensure_dataset({"dataset": "digits", "data_path": str(digits_root)}) == digits_root
+    assert ensure_dataset(Args.from_mapping({"dataset": "digits", "data_path": str(digits_root)})) == digits_root
     assert (digits_root / MARKER).stat().st_mtime_ns == marker  # not rewritten
     assert not [p for p in digits_root.parent.iterdir() if ".tmp-" in p.name]
     x_tr, y_tr, _, _ = digits_arrays()
@@ -134,28 +134,28 @@ def test_digits_written_once_with_all_images(digits_root):
 
 
 def test_synthetic_is_deterministic(tmp_path):
-    a = ensure_dataset({"dataset": "synthetic", "data_path": str(tmp_path / "a"), "synthetic": TINY})
-    b = ensure_dataset({"dataset": "synthetic", "data_path": str(tmp_path / "b"), "synthetic": TINY})
+    a = ensure_dataset(Args.from_mapping({"dataset": "synthetic", "data_path": str(tmp_path / "a"), "synthetic": TINY}))
+    b = ensure_dataset(Args.from_mapping({"dataset": "synthetic", "data_path": str(tmp_path / "b"), "synthetic": TINY}))
     fa, fb = files_and_bytes(a), files_and_bytes(b)
     assert len(fa) == 4 * 35 + 1 and fa == fb
-    c = ensure_dataset({"dataset": "synthetic", "data_path": str(tmp_path / "c"),
-                        "synthetic": {**TINY, "seed": 2}})
+    c = ensure_dataset(Args.from_mapping({"dataset": "synthetic", "data_path": str(tmp_path / "c"),
+                        "synthetic": {**TINY, "seed": 2}}))
     assert files_and_bytes(c) != fa
 
 
 def test_dataset_folder_errors(tmp_path):
     with pytest.raises(MoofaInputError, match=r"args.data_path: dataset folder .*nowhere/train not found"):
-        ensure_dataset({"dataset": "imagenet", "data_path": str(tmp_path / "nowhere")})
-    root = ensure_dataset({"dataset": "synthetic", "data_path": str(tmp_path / "s"), "synthetic": TINY})
+        ensure_dataset(Args.from_mapping({"dataset": "imagenet", "data_path": str(tmp_path / "nowhere")}))
+    root = ensure_dataset(Args.from_mapping({"dataset": "synthetic", "data_path": str(tmp_path / "s"), "synthetic": TINY}))
     with pytest.raises(MoofaInputError, match=r"args.data_path: holds dataset 'synthetic'.*difficulty"):
-        ensure_dataset({"dataset": "synthetic", "data_path": str(root), "synthetic": {**TINY, "difficulty": 0.9}})
+        ensure_dataset(Args.from_mapping({"dataset": "synthetic", "data_path": str(root), "synthetic": {**TINY, "difficulty": 0.9}}))
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "x.txt").write_text("x")
     with pytest.raises(MoofaInputError, match=r"no complete digits dataset.*\(got '.*junk'\)"):
-        ensure_dataset({"dataset": "digits", "data_path": str(tmp_path / "junk")})
+        ensure_dataset(Args.from_mapping({"dataset": "digits", "data_path": str(tmp_path / "junk")}))
     next((root / "val").rglob("*.png")).unlink()
     with pytest.raises(MoofaInputError, match=r"val/ has 19 images, expected 20"):
-        ensure_dataset({"dataset": "synthetic", "data_path": str(root), "synthetic": TINY})
+        ensure_dataset(Args.from_mapping({"dataset": "synthetic", "data_path": str(root), "synthetic": TINY}))
 
 
 # ---- transforms --------------------------------------------------------------------------------
@@ -208,11 +208,11 @@ def test_calibration_batches_cached_and_deterministic(tmp_path):
     assert [b.shape[0] for b in batches] == [50, 50, 20]  # folder (120) smaller than 2000: all
     assert batches[0].shape[1:] == (3, 16, 16)
     assert p0.calibration_batches(16) is batches  # cached per resolution
-    other = DataProvider({**args, "n_worker": 1}, [8, 16], rank=1, world_size=2).calibration_batches(16)
+    other = DataProvider(args.replace(n_worker=1), [8, 16], rank=1, world_size=2).calibration_batches(16)
     assert all(torch.equal(a, b) for a, b in zip(batches, other))  # same on every rank / worker count
     assert p0.calibration_batches(8)[0].shape[-1] == 8
 
-    few = DataProvider({**args, "bn_calib_images": 30, "bn_calib_batch_size": 30}, [16])
+    few = DataProvider(args.replace(bn_calib_images=30, bn_calib_batch_size=30), [16])
     g = torch.Generator()
     g.manual_seed(937162211)
     chosen = torch.randperm(120, generator=g)[:30].tolist()
@@ -225,8 +225,8 @@ def test_calibration_batches_cached_and_deterministic(tmp_path):
 
 
 def test_imagenette_labels_remapped(tmp_path):
-    root = ensure_dataset({"dataset": "synthetic", "data_path": str(tmp_path / "nette"),
-                           "synthetic": {**TINY, "n_classes": 10, "train_per_class": 2, "val_per_class": 1}})
+    root = ensure_dataset(Args.from_mapping({"dataset": "synthetic", "data_path": str(tmp_path / "nette"),
+                           "synthetic": {**TINY, "n_classes": 10, "train_per_class": 2, "val_per_class": 1}}))
     p = DataProvider(make_args(tmp_path, dataset="imagenette", data_path=str(root), valid_size=None), [16])
     assert p.n_classes == 1000
     labels = sorted(int(i) for _, ys in p.test_loader(16) for i in ys)

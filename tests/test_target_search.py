@@ -12,6 +12,7 @@ from conftest import REFERENCE, needs_reference
 from moofa.config import load_config
 from moofa.distributed import SingleBackend
 from moofa.efficiency.limits import Limits, check_limits, fits_batch, repair_within, sample_within
+from moofa.config import SearchSettings
 from moofa.errors import InfeasibleConstraintError, MoofaInputError
 from moofa.latency import load_table
 from moofa.models.spec import SubnetConfig, get_model_spec
@@ -23,8 +24,13 @@ TARGET = "ethos-u55-128"
 SC = {"target": TARGET, "max_latency_ms": 20.0, "max_sram_bytes": 700_000}
 
 
+def _sc(**changes) -> SearchSettings:
+    """search_config with the chip limits of SC (and ``changes``), validated as loading does."""
+    return SearchSettings.from_mapping({**SC, **changes})
+
+
 def _limits(sc=SC) -> Limits:
-    return with_target_limits(Limits(n_classes=1000), sc, get_model_spec("OFA"))
+    return with_target_limits(Limits(n_classes=1000), SearchSettings.from_mapping(sc), get_model_spec("OFA"))
 
 
 def test_every_sample_and_repair_meets_the_predicted_chip_limits():
@@ -43,7 +49,7 @@ def test_a_chip_limit_below_its_minimum_names_the_key():
     with pytest.raises(InfeasibleConstraintError, match=r"search_config.max_latency_ms.*minimum"):
         check_limits("OFA", _limits({"target": TARGET, "max_latency_ms": 1.0}))
     with pytest.raises(MoofaInputError, match=r"search_config.max_sram_bytes.*needs search_config.target"):
-        with_target_limits(Limits(), {"max_sram_bytes": 10}, get_model_spec("OFA"))
+        with_target_limits(Limits(), SearchSettings.from_mapping({"max_sram_bytes": 10}), get_model_spec("OFA"))
 
 
 def test_compiled_answer_breaking_a_limit_is_replaced_and_never_returned(monkeypatch, tmp_path):
@@ -59,14 +65,14 @@ def test_compiled_answer_breaking_a_limit_is_replaced_and_never_returned(monkeyp
         return {"sram_bytes": sram, "flash_bytes": 1, "inference_ms": 10.0, "cycles": 1, "macs": 1, "delegate_calls": 1}
 
     monkeypatch.setattr(deploy, "compile_target", fake)
-    sc = dict(SC, compile_tries=3)
+    sc = _sc(compile_tries=3)
     table = load_table("OFA", TARGET)
     cfg, rec = compile_answer(spec, sc, table, cands, lim, lambda c: None, lambda r: [], tmp_path)
     assert cfg == cands[1] and len(rec["tries"]) == 2 and rec["tries"][0]["broken"] == {"max_sram_bytes": 800_000}
     assert rec["compiled"]["sram_bytes"] == 600_000 and rec["predicted"]["sram_bytes"] == table.predict_sram_bytes(cfg)
     compiled.clear()
     with pytest.raises(InfeasibleConstraintError, match="none of the 1 best candidates fits"):
-        compile_answer(spec, dict(SC, compile_tries=1), table, cands, lim, lambda c: None, lambda r: [], tmp_path)
+        compile_answer(spec, _sc(compile_tries=1), table, cands, lim, lambda c: None, lambda r: [], tmp_path)
 
 
 @needs_reference

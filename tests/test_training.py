@@ -207,7 +207,8 @@ WANDB_SCRIPT = """
 import logging, sys
 logging.basicConfig(level=logging.INFO)
 from moofa.training.logger import RunLogger
-log = RunLogger(sys.argv[1], True, "teacher", {"use_wandb": True, "project_name": "moofa-test"}, {"a": 1})
+from moofa.config import WandbSettings
+log = RunLogger(sys.argv[1], True, "teacher", WandbSettings(project_name="moofa-test"), {"a": 1})
 log.record(epoch=1, train_top1=0.5)
 log.close()
 print("logger closed")

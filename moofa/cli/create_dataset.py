@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     require_file(checkpoint, "checkpoint file", "args.checkpoint", CheckpointError)
     dc = run.cfg.dataset_config
     options = MemoryOptions.from_config(run.cfg, run.n_classes(args))
-    paths = output_paths(dc.output)  # bad output path: the same error on every rank, before any work
+    paths = output_paths(run.dataset_file)  # bad output path: the same error on every rank, before any work
     check_bins(spec, dc, options)
     backend = init_backend(args.device)
     lock = OutputLock(paths.jsonl.parent, "dataset creation", key="dataset_config.output",

@@ -26,7 +26,7 @@ from typing import Any, Mapping
 import numpy as np
 from PIL import Image
 
-from moofa.config import DIGITS_SCHEMA, SYNTHETIC_SCHEMA
+from moofa.config import AnyArgs
 from moofa.errors import MoofaInputError
 
 MARKER = ".moofa_dataset.json"
@@ -101,12 +101,10 @@ def synthetic_arrays(n_classes: int = 10, train_per_class: int = 100, val_per_cl
     return tuple(out)
 
 
-def _params(args: Mapping[str, Any]) -> dict:
-    """Generation parameters of an embedded dataset, from ``args.<dataset>`` (defaults filled)."""
-    name = args["dataset"]
-    schema = SYNTHETIC_SCHEMA if name == "synthetic" else DIGITS_SCHEMA
-    given = args.get(name) or {}
-    return {k: given.get(k, f.default) for k, f in schema.items()}
+def _params(args: AnyArgs) -> dict:
+    """Generation parameters of an embedded dataset, from ``args.<dataset>`` (validated, defaults
+    filled)."""
+    return (args.synthetic if args.dataset == "synthetic" else args.digits).as_dict()
 
 
 def write_dataset(name: str, params: Mapping[str, Any], root: str | Path) -> dict:
@@ -159,12 +157,14 @@ def check_image_folder(root: str | Path, key: str = "args.data_path") -> Path:
     return root
 
 
-def ensure_dataset(args: Mapping[str, Any]) -> Path:
+def ensure_dataset(args: AnyArgs) -> Path:
     """Return the dataset root ``args.data_path``. Embedded datasets are written there when the
     folder is missing or empty (atomically: a temporary sibling renamed into place; concurrent
     callers are safe) and checked against their marker otherwise. External datasets must exist."""
-    name = args["dataset"]
-    root = Path(args["data_path"])
+    name = args.dataset
+    if args.data_path is None:  # load_config fills it (default_data_path)
+        raise MoofaInputError("no dataset folder given", key="args.data_path", value=None)
+    root = Path(args.data_path)
     if name in EXTERNAL:
         return check_image_folder(root)
     if name not in EMBEDDED:

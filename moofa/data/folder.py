@@ -28,6 +28,7 @@ from PIL import Image
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
+from moofa.config import AnyArgs
 from moofa.data.datasets import ensure_dataset
 from moofa.fingerprint import data_identity
 
@@ -146,7 +147,7 @@ def split_identity(folder: ImageFolder) -> dict[str, Any]:
     return {"files": len(folder.samples), "bytes": total, "sha256": h.hexdigest()}
 
 
-def data_fingerprint(args: Mapping[str, Any],
+def data_fingerprint(args: AnyArgs,
                      folders: Mapping[str, ImageFolder] | None = None) -> dict[str, Any]:
     """The dataset of a run by content: :func:`moofa.fingerprint.data_identity` plus ``images``,
     the :func:`split_identity` of ``train/`` and ``val/`` (``folders``: already listed ones, by
@@ -154,4 +155,7 @@ def data_fingerprint(args: Mapping[str, Any],
     if folders is None:
         root = ensure_dataset(args)
         folders = {split: ImageFiles(root / split) for split in SPLITS}
-    return {**data_identity(args), "images": {split: split_identity(folders[split]) for split in SPLITS}}
+    embedded = {"synthetic": args.synthetic, "digits": args.digits}.get(args.dataset)
+    params = None if embedded is None else embedded.as_dict()  # the settings that decide the images
+    return {**data_identity(args.dataset, args.data_path, params),
+            "images": {split: split_identity(folders[split]) for split in SPLITS}}

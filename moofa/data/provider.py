@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.datasets import ImageFolder
 
+from moofa.config import AnyArgs
 from moofa.data.datasets import ensure_dataset
 from moofa.data.folder import ImageFiles
 from moofa.data.samplers import (
@@ -181,15 +182,15 @@ def class_mismatch(root: Path, train: Sequence[str], val: Sequence[str], limit: 
 
 
 class DataProvider:
-    """Loaders of one process (``rank`` of ``world_size``) for the task args ``args`` (the flat
-    ``args`` dict after the args_per_task update) and the model's ``image_sizes`` (pixels).
+    """Loaders of one process (``rank`` of ``world_size``) for the task args ``args`` (``args``
+    after the args_per_task update) and the model's ``image_sizes`` (pixels).
 
     ``train_loader(epoch)``, ``valid_loader(image_size)``, ``test_loader(image_size)``,
     ``calibration_batches(image_size)``; ``n_classes`` (1000 for imagenet/imagenette)."""
 
-    def __init__(self, args: Mapping[str, Any], image_sizes: Sequence[int] | int, rank: int = 0,
+    def __init__(self, args: AnyArgs, image_sizes: Sequence[int] | int, rank: int = 0,
                  world_size: int = 1) -> None:
-        self.args = dict(args)
+        self.args = args
         self.rank, self.world_size = int(rank), int(world_size)
         sizes = [int(image_sizes)] if isinstance(image_sizes, int) else [int(s) for s in image_sizes]
         self.image_sizes = sorted(set(sizes))
@@ -201,7 +202,7 @@ class DataProvider:
             raise MoofaInputError(class_mismatch(self.root, self.train_folder.classes,
                                                  self.test_folder.classes), key="args.data_path",
                                   value=str(self.root))
-        dataset = self.args["dataset"]
+        dataset = self.args.dataset
         self.label_map = IMAGENETTE_IMAGENET_IDS if dataset == "imagenette" else None
         if self.label_map is not None and len(self.train_folder.classes) != len(self.label_map):
             raise MoofaInputError(f"imagenette needs {len(self.label_map)} class folders, found "
@@ -209,16 +210,16 @@ class DataProvider:
         self.n_classes = 1000 if dataset in ("imagenet", "imagenette") else len(self.train_folder.classes)
         try:
             self.train_indices, self.valid_indices = split_train_valid(len(self.train_folder),
-                                                                       self.args.get("valid_size"))
+                                                                       self.args.valid_size)
         except ValueError as err:
             raise MoofaInputError(str(err).split(": ", 1)[-1], key="args.valid_size",
-                                  value=self.args.get("valid_size")) from None
-        self.train_batch_size = int(self.args["base_batch_size"])
+                                  value=self.args.valid_size) from None
+        self.train_batch_size = self.args.base_batch_size
         self.test_batch_size = 4 * self.train_batch_size
-        self.n_worker = int(self.args.get("n_worker", 0))
-        self.pin_memory = use_cuda(self.args.get("device", "auto"))
-        self.bad_images = BadImageLog(fatal=self.args.get("corrupt_images", "skip") == "error")
-        self.candidates = candidate_sizes(self.image_sizes, bool(self.args.get("continuous_size", False)))
+        self.n_worker = self.args.n_worker
+        self.pin_memory = use_cuda(self.args.device)
+        self.bad_images = BadImageLog(fatal=self.args.corrupt_images == "error")
+        self.candidates = candidate_sizes(self.image_sizes, self.args.continuous_size)
         self._train_loader: DataLoader | None = None
         self._valid: dict[int, DataLoader] = {}
         self._test: dict[tuple, DataLoader] = {}
@@ -233,8 +234,7 @@ class DataProvider:
                                   key="args.data_path", value=str(self.root)) from None
 
     def _train_tf(self, size: int) -> Callable:
-        return train_transform(size, float(self.args.get("resize_scale", 0.08)),
-                               self.args.get("distort_color", "tf"))
+        return train_transform(size, self.args.resize_scale, self.args.distort_color)
 
     def _view(self, folder: ImageFolder, make_tf: Callable[[int], Callable], size: int,
               item_seed: int | None = None) -> ResolutionDataset:
@@ -268,7 +268,7 @@ class DataProvider:
             sampler = DistributedSubsetSampler(self.train_indices, self.world_size, self.rank)
             batches = ElasticResolutionBatchSampler(
                 sampler, self.train_batch_size, self.candidates, drop_last=False,
-                sync=not self.args.get("not_sync_distributed_image_size", False), rank=self.rank)
+                sync=not self.args.not_sync_distributed_image_size, rank=self.rank)
             self._train_loader = self._loader(self._view(self.train_folder, self._train_tf, self.max_size),
                                               global_rng=True, batch_sampler=batches,
                                               persistent_workers=self.n_worker > 0)
@@ -312,9 +312,9 @@ class DataProvider:
         and cached (identical on every rank; pinned when CUDA is used)."""
         size = int(image_size)
         if size not in self._calib:
-            idx = calibration_indices(len(self.train_folder), int(self.args.get("bn_calib_images", 2000)))
+            idx = calibration_indices(len(self.train_folder), self.args.bn_calib_images)
             ds = self._view(self.train_folder, self._train_tf, size, item_seed=SUB_SEED)
             loader = self._loader(torch.utils.data.Subset(ds, idx),
-                                  batch_size=int(self.args.get("bn_calib_batch_size", 200)), shuffle=False)
+                                  batch_size=self.args.bn_calib_batch_size, shuffle=False)
             self._calib[size] = [images for images, _ in loader]
         return self._calib[size]

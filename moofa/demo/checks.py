@@ -33,9 +33,14 @@ R = TypeVar("R", bound=Record)
 ALPHA = 0.05  # significance level of the teacher's binomial test (one-sided)
 
 
-def scatter_path(cfg: Mapping[str, Any]) -> Path:
+def predictor_file(cfg: RunConfig) -> Path:
+    """``search_config.acc_predictor_checkpoint`` (the demo's configs always name one)."""
+    return Path(str(cfg.search_config.acc_predictor_checkpoint))
+
+
+def scatter_path(cfg: RunConfig) -> Path:
     """Where the predictor's scatter plot goes: next to its checkpoint."""
-    return Path(cfg["search_config"]["acc_predictor_checkpoint"]).parent / "scatter.png"
+    return predictor_file(cfg).parent / "scatter.png"
 
 
 def finetune_folder(cfg: RunConfig) -> Path:
@@ -71,9 +76,9 @@ def teacher_check(label: str, info: EvalInfo | None, n_classes: int) -> dict[str
                 p_value=p, ok=p < ALPHA)
 
 
-def predictor_metrics(cfg: Mapping[str, Any]) -> dict[str, float]:
+def predictor_metrics(cfg: RunConfig) -> dict[str, float]:
     """Test metrics stored in the predictor checkpoint's ``info`` (Kendall's tau, RMSE in pp)."""
-    path = Path(cfg["search_config"]["acc_predictor_checkpoint"])
+    path = predictor_file(cfg)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, ValueError):
@@ -110,7 +115,7 @@ def budget_rows(label: str, cfg: RunConfig) -> list[dict]:
     options = MemoryOptions.from_config(cfg, n_classes_on_disk(cfg))
     rows = []
     for c in cfg.search_config.sweep():
-        path = constraint_dir(cfg["search_config"]["res_dir"], c) / INFO_NAME
+        path = constraint_dir(cfg.search_config.res_dir, c) / INFO_NAME
         info = _read(path, SearchInfo)
         if info is None:
             rows.append({"label": label, "constraint": c, "info": str(path), "ok": False,
@@ -119,7 +124,7 @@ def budget_rows(label: str, cfg: RunConfig) -> list[dict]:
         recomputed = int(peak_memory(spec, info.config, options))
         deploy = info.deploy or {}
         base = info.baseline or {}
-        wanted = deploys(cfg, c)
+        wanted = deploys(cfg.search_config, c)
         versus = compare_stored(info.per_image, "real_accuracy", info.per_image, "baseline.real_accuracy")
         int8 = _comparison(deploy.get("int8_minus_fp32"))
         problems = []
@@ -239,9 +244,9 @@ class Checks:
                 "finetune": self.finetune}
 
 
-def n_classes_on_disk(cfg: Mapping[str, Any]) -> int:
+def n_classes_on_disk(cfg: RunConfig) -> int:
     """Number of class folders of the dataset's ``train/``."""
-    train = Path(cfg["args"]["data_path"]) / "train"
+    train = Path(str(cfg.args.data_path)) / "train"
     return max(1, sum(1 for p in train.iterdir() if p.is_dir())) if train.is_dir() else 1
 
 

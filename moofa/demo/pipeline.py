@@ -55,14 +55,14 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from moofa.config import load_config, search_constraints, task_args
+from moofa.config import RunConfig, load_config, search_constraints, task_args
 from moofa.data.datasets import ensure_dataset
-from moofa.demo.checks import collect_checks, finetune_folder, scatter_path, teacher_info_path
+from moofa.demo.checks import collect_checks, finetune_folder, predictor_file, scatter_path, teacher_info_path
 from moofa.demo.report import plot_memory_histograms, report_text, short_path, tail_lines, time_table
 from moofa.errors import MoofaInputError
 from moofa.io import atomic_write_text
 from moofa.resources import resource_path
-from moofa.run import INFO_NAME, constraint_dir, final_phase_file, teacher_file
+from moofa.run import INFO_NAME, Run, constraint_dir, final_phase_file, teacher_file
 from moofa.training.checkpoint import PHASE_ORDER
 
 MODEL_CONFIGS = resource_path("demo_model_configs.yaml")
@@ -180,10 +180,10 @@ class Stage:
         return shlex.join(["python", self.script, *(short_path(Path(a)) if os.sep in a else a for a in self.args)])
 
 
-def pipeline_stages(label: str, config: Path, cfg: Mapping[str, Any]) -> list[Stage]:
+def pipeline_stages(label: str, config: Path, cfg: RunConfig) -> list[Stage]:
     """The stages of one model, in order; ``cfg`` is ``config`` loaded with
     :func:`moofa.config.load_config`."""
-    args, sc = cfg["args"], cfg["search_config"]
+    args, sc = cfg.args, cfg.search_config
     common = ["--config", str(config)]
     mc = ["--model_config_path", str(MODEL_CONFIGS)]
 
@@ -194,24 +194,24 @@ def pipeline_stages(label: str, config: Path, cfg: Mapping[str, Any]) -> list[St
                     [teacher_file(args)]),
               stage("teacher_eval", "eval_and_search.py", ["--mode", "eval", "--model", "teacher"],
                     [teacher_info_path(cfg)])]
-    for step in (s for s in PHASE_ORDER if s in cfg["tasks"]):
-        for phase in range(1, int(cfg["tasks_phases"][step]) + 1):
+    for step in (s for s in PHASE_ORDER if s in cfg.tasks):
+        for phase in range(1, cfg.tasks_phases[step] + 1):
             stages.append(stage(f"{step}_{phase}", "train.py", ["--step", step, "--phase", str(phase)],
-                                [final_phase_file(args["path"], step, phase)]))
-    stages.append(stage("dataset", "create_moofa_predictor_dataset.py", [], [Path(cfg["dataset_config"]["output"])]))
+                                [final_phase_file(args.path, step, phase)]))
+    stages.append(stage("dataset", "create_moofa_predictor_dataset.py", [], [Run(cfg).dataset_file]))
     stages.append(stage("predictor", "train_moofa_predictor.py", ["--output", str(scatter_path(cfg))],
-                        [Path(sc["acc_predictor_checkpoint"]), scatter_path(cfg)]))
+                        [predictor_file(cfg), scatter_path(cfg)]))
     stages.append(stage("search", "eval_and_search.py", ["--mode", "search"],
-                        [constraint_dir(sc["res_dir"], c) / INFO_NAME for c in search_constraints(cfg)]))
+                        [constraint_dir(sc.res_dir, c) / INFO_NAME for c in search_constraints(cfg)]))
     tight = finetune_folder(cfg)
     stages.append(stage("finetune", "train.py", ["--step", "finetune", "--subnet", str(tight)],
                         [tight / "finetuned" / INFO_NAME]))
     return stages
 
 
-def summary_stage(out: Path, cfgs: Mapping[str, Mapping[str, Any]]) -> Stage:
+def summary_stage(out: Path, cfgs: Mapping[str, RunConfig]) -> Stage:
     """The comparison of every model's search results (``--mode summary``)."""
-    dirs = [str(cfg["search_config"]["res_dir"]) for cfg in cfgs.values()]
+    dirs = [cfg.search_config.res_dir for cfg in cfgs.values()]
     outdir = out / "summary"
     return Stage("summary", "summary", "eval_and_search.py",
                  ["--mode", "summary", "--results", *dirs, "--labels", *cfgs, "--output", str(outdir)],
@@ -394,10 +394,10 @@ def run_demo(out: Path, labels: Sequence[str], quick: bool = False, jobs: int | 
     echo(f"demo ({'quick' if quick else 'full'}): models {', '.join(labels)}; run folder {out.resolve()}")
 
     t0 = time.time()
-    for root in dict.fromkeys(cfg["args"]["data_path"] for cfg in cfgs.values()):
-        cfg = next(c for c in cfgs.values() if c["args"]["data_path"] == root)
+    for root in dict.fromkeys(cfg.args.data_path for cfg in cfgs.values()):
+        cfg = next(c for c in cfgs.values() if c.args.data_path == root)
         ensure_dataset(task_args(cfg, "teacher"))
-        echo(f"dataset {cfg['args']['dataset']}: {root}")
+        echo(f"dataset {cfg.args.dataset}: {root}")
     data_seconds = time.time() - t0
 
     chains = {label: pipeline_stages(label, paths[label], cfgs[label]) for label in labels}

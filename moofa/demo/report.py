@@ -10,10 +10,10 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from moofa.config import RunConfig
-from moofa.demo.checks import Checks, finetune_folder, pct, scatter_path
+from moofa.demo.checks import Checks, finetune_folder, pct, predictor_file, scatter_path
 from moofa.io import save_figure
 from moofa.records import SearchInfo
-from moofa.run import INFO_NAME, constraint_dir
+from moofa.run import INFO_NAME, Run, constraint_dir
 from moofa.stats import Accuracy, Comparison
 
 
@@ -71,13 +71,14 @@ def report_text(out: Path, labels: Sequence[str], cfgs: Mapping[str, RunConfig],
              "Results:"]
     for label in labels:
         cfg = cfgs[label]
-        lines += [f"  {label} ({cfg['args']['model']}):",
-                  f"    teacher            {short_path(Path(cfg['args']['teacher_path']))}",
-                  f"    supernet phases    {short_path(Path(cfg['args']['path']) / 'checkpoint')}",
-                  f"    predictor dataset  {short_path(Path(cfg['dataset_config']['output']))}",
-                  (f"    predictor          {short_path(Path(cfg['search_config']['acc_predictor_checkpoint']))}"
+        run = Run(cfg)
+        lines += [f"  {label} ({cfg.args.model}):",
+                  f"    teacher            {short_path(Path(cfg.args.teacher_path))}",
+                  f"    supernet phases    {short_path(Path(cfg.args.path) / 'checkpoint')}",
+                  f"    predictor dataset  {short_path(run.dataset_file)}",
+                  (f"    predictor          {short_path(predictor_file(cfg))}"
                    f" (scatter plot {short_path(scatter_path(cfg))})"),
-                  f"    search results     {short_path(Path(cfg['search_config']['res_dir']))}/constraint_<budget>/",
+                  f"    search results     {short_path(run.search_dir)}/constraint_<budget>/",
                   f"    fine-tuned subnet  {short_path(finetune_folder(cfg) / 'finetuned')}/"]
     lines += [(f"  comparison           {o}/summary/ (summary.md, summary.csv, accuracy_vs_constraint.png, "
                "memory_histograms.png)"), f"  stage logs           {o}/<model>/logs/", "",
@@ -129,7 +130,7 @@ def plot_memory_histograms(cfgs: Mapping[str, RunConfig], out_stem: Path,
     c = constraint if constraint is not None else common[0]
     infos = {}
     for label, cfg in cfgs.items():
-        path = constraint_dir(cfg["search_config"]["res_dir"], c) / INFO_NAME
+        path = constraint_dir(cfg.search_config.res_dir, c) / INFO_NAME
         if path.is_file():
             infos[label] = SearchInfo.read(path)
     if not infos:

@@ -42,7 +42,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from moofa.config import last_task_args
+from moofa.config import AnyArgs, RunConfig, last_task_args
 from moofa.data import DataProvider
 from moofa.data.samplers import evenly_spaced
 from moofa.data.transforms import test_transform
@@ -78,7 +78,7 @@ __all__ = ["deploy_network", "deploy_exported", "executorch_available", "require
 file_sha256 = sha256_file  # the name this module has exported
 
 
-def _single_process_provider(args: Mapping[str, Any], image_size: int) -> Any:
+def _single_process_provider(args: AnyArgs, image_size: int) -> Any:
     """A rank-0-of-1 data provider: the whole test split, whatever the job's world size."""
     return DataProvider(args, [int(image_size)], rank=0, world_size=1)
 
@@ -168,7 +168,7 @@ def _measure(net: nn.Module, quantized: nn.Module, int8: ProgramRunner, fp32: Pr
                        "pytorch_max_abs_logit": scale}}
 
 
-def deploy_network(net: nn.Module, spec: ModelSpec, cfg: SubnetConfig, args: Mapping[str, Any],
+def deploy_network(net: nn.Module, spec: ModelSpec, cfg: SubnetConfig, args: AnyArgs,
                    out_dir: str | Path, *, calibration_images: int = 256, per_channel: bool = True,
                    memory_options: MemoryOptions | None = None, subnet_sha256: str | None = None,
                    progress: bool = True, reuse_from: Iterable[str | Path] = (),
@@ -336,7 +336,7 @@ def _deploy_xnnpack(net: nn.Module, spec: ModelSpec, cfg: SubnetConfig, provider
     return info
 
 
-def deploy_exported(subnet_path: str | Path, cfg: Mapping[str, Any], out_dir: str | Path,
+def deploy_exported(subnet_path: str | Path, cfg: RunConfig, out_dir: str | Path,
                     progress: bool = True, reuse_from: Iterable[str | Path] = (),
                     targets: Iterable[str] | None = None) -> DeployRecord:
     """:func:`deploy_network` of an exported ``subnet.pth.tar`` with the data, memory model and
@@ -348,12 +348,12 @@ def deploy_exported(subnet_path: str | Path, cfg: Mapping[str, Any], out_dir: st
     n_out = head_settings(net)[0]
     if n_out != expected_n_classes(args):
         raise ConfigError(f"the subnet {subnet_path} has {n_out} outputs but the dataset has "
-                          f"{expected_n_classes(args)} classes", file=getattr(cfg, "path", None), key="args.dataset",
-                          value=args["dataset"])
-    d = cfg["deploy"]
-    return deploy_network(net, spec, arch, args, out_dir, calibration_images=int(d["calibration_images"]),
-                          per_channel=bool(d["per_channel"]),
+                          f"{expected_n_classes(args)} classes", file=cfg.path, key="args.dataset",
+                          value=args.dataset)
+    d = cfg.deploy
+    return deploy_network(net, spec, arch, args, out_dir, calibration_images=d.calibration_images,
+                          per_channel=d.per_channel,
                           memory_options=MemoryOptions.from_config(cfg, n_out),
                           subnet_sha256=file_sha256(subnet_path), progress=progress, reuse_from=reuse_from,
-                          targets=d.get("targets", [XNNPACK]) if targets is None else targets,
-                          system_config=d.get("system_config"), memory_mode=d.get("memory_mode"))
+                          targets=d.targets if targets is None else targets,
+                          system_config=d.system_config, memory_mode=d.memory_mode)

@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from moofa.config import RunConfig
 from moofa.efficiency.bounds import (
     _rng,
     allowed_pairs,
@@ -79,13 +80,12 @@ class Limits:
     quantities: tuple[Quantity, ...] = field(default=(), compare=False)
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any], n_classes: int, memory: float | None = None) -> "Limits":
+    def from_config(cls, cfg: RunConfig, n_classes: int, memory: float | None = None) -> "Limits":
         """The limits of a loaded run config (``memory:`` section, ``search_config.max_mmacs`` /
         ``max_params``) for a classifier of ``n_classes``."""
-        sc = cfg.get("search_config", {})
-        mp = sc.get("max_params")
-        return cls(memory, sc.get("max_mmacs"), None if mp is None else int(mp),
-                   MemoryOptions.from_config(cfg, n_classes), int(n_classes))
+        sc = cfg.search_config
+        return cls(memory, sc.max_mmacs, sc.max_params, MemoryOptions.from_config(cfg, n_classes),
+                   n_classes)
 
     def with_memory(self, memory: float | None) -> "Limits":
         return replace(self, memory=memory)

@@ -16,6 +16,7 @@ from typing import Any, Iterable, Mapping, NamedTuple
 
 import numpy as np
 
+from moofa.config import MEMORY_SCHEMA, RunConfig
 from moofa.efficiency.layout import (
     ChoiceTable,
     Geometry,
@@ -45,10 +46,11 @@ class MemoryOptions:
     n_classes: classifier width, used only with ``count_head``.
     """
 
-    bytes_per_element: int = 1
-    count_head: bool = False
-    count_weights: bool = True
-    inplace_depthwise: bool = False
+    # the defaults are the ``memory:`` section's (one table, in moofa.config)
+    bytes_per_element: int = MEMORY_SCHEMA["bytes_per_element"].default
+    count_head: bool = MEMORY_SCHEMA["count_head"].default
+    count_weights: bool = MEMORY_SCHEMA["count_weights"].default
+    inplace_depthwise: bool = MEMORY_SCHEMA["inplace_depthwise"].default
     n_classes: int = 1000
 
     def __post_init__(self) -> None:
@@ -89,14 +91,13 @@ class MemoryOptions:
                 "n_classes": self.n_classes, "unit": self.unit}
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any], n_classes: int = 1000) -> "MemoryOptions":
-        """The options of a loaded run config's ``memory:`` section (defaults when absent);
+    def from_config(cls, cfg: RunConfig, n_classes: int = 1000) -> "MemoryOptions":
+        """The options of a loaded run config's ``memory:`` section (validated, defaults filled);
         ``n_classes`` is the classifier width (counted only with ``count_head``)."""
-        m = cfg.get("memory") or {}
-        return cls(bytes_per_element=int(m.get("bytes_per_element", 1)),
-                   count_head=bool(m.get("count_head", False)),
-                   count_weights=bool(m.get("count_weights", True)),
-                   inplace_depthwise=bool(m.get("inplace_depthwise", False)), n_classes=int(n_classes))
+        m = cfg.memory
+        return cls(bytes_per_element=m.bytes_per_element, count_head=m.count_head,
+                   count_weights=m.count_weights, inplace_depthwise=m.inplace_depthwise,
+                   n_classes=n_classes)
 
 
 DEFAULT_OPTIONS = MemoryOptions()

@@ -44,7 +44,7 @@ def split_images(provider: Any, split: str, eval_images: int | None) -> tuple[An
                                   key="dataset_config.eval_split", value=split)
         view = lambda size: provider.valid_loader(size).dataset  # noqa: E731
         where = (f"selection split: held-out training images of {provider.root / 'train'} "
-                 f"(args.valid_size {provider.args.get('valid_size')})")
+                 f"(args.valid_size {provider.args.valid_size})")
     idx = [pool[i] for i in eval_subset_indices(len(pool), eval_images)]
     return view, idx, f"{len(idx):,} images of the {where}"
 

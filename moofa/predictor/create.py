@@ -106,6 +106,7 @@ from moofa.efficiency import (
     peak_memory,
     sample_feasible,
 )
+from moofa.config import AnyArgs, DatasetSettings
 from moofa.errors import MoofaInputError, on_main_rank
 from moofa.data.folder import data_fingerprint
 from moofa.fingerprint import (
@@ -218,18 +219,18 @@ def bin_quotas(bins: Sequence[MemoryBin], n_samples: int) -> dict[int, int]:
     return dict(zip(reachable, apportion(int(n_samples), [1.0] * len(reachable))))
 
 
-def check_bins(spec: ModelSpec, dc: Mapping[str, Any],
+def check_bins(spec: ModelSpec, dc: DatasetSettings,
                options: MemoryOptions | None = None) -> tuple[list[MemoryBin], dict[int, int]]:
     """Bins and quotas of ``dataset_config`` ``dc`` under the memory model ``options``;
     MoofaInputError when no bin is reachable."""
-    bins = memory_bins(spec, dc["min_memory"], dc["max_memory"], dc["n_bins"], options)
-    quotas = bin_quotas(bins, int(dc["n_samples"]))
+    bins = memory_bins(spec, dc.min_memory, dc.max_memory, dc.n_bins, options)
+    quotas = bin_quotas(bins, dc.n_samples)
     if not quotas:
         lo, hi = memory_bounds(spec, None, options)
         unit = (options or DEFAULT_OPTIONS).unit
         raise MoofaInputError(f"no memory bin holds a subnet of {spec.name}, whose peaks range over "
                               f"{lo}..{hi} {unit}", key="dataset_config.min_memory/max_memory",
-                              value=[dc["min_memory"], dc["max_memory"]])
+                              value=[dc.min_memory, dc.max_memory])
     return bins, quotas
 
 
@@ -280,13 +281,13 @@ RECIPE_ARGS_KEYS = ("bn_calib_images", "bn_calib_batch_size", "bn_eps", "bn_mome
                     "dy_conv_scaling_mode")
 
 
-def dataset_recipe(spec: ModelSpec, dc: Mapping[str, Any], args: Mapping[str, Any],
+def dataset_recipe(spec: ModelSpec, dc: DatasetSettings, args: AnyArgs,
                    memory: Any = None) -> dict[str, Any]:
     """What the records' values depend on (see "Inputs" in the module docstring); ``memory``
     (a MemoryOptions) decides the bins' unit."""
-    recipe = {"model_spec": model_identity(spec), "checkpoint": file_fingerprint(args["checkpoint"]),
-              "dataset_config": {k: dc[k] for k in RECIPE_DATASET_KEYS},
-              "args": {k: args.get(k) for k in RECIPE_ARGS_KEYS}, "data": data_fingerprint(args)}
+    recipe = {"model_spec": model_identity(spec), "checkpoint": file_fingerprint(args.checkpoint),
+              "dataset_config": {k: dc[k] for k in RECIPE_DATASET_KEYS},  # records: read by name
+              "args": {k: args[k] for k in RECIPE_ARGS_KEYS}, "data": data_fingerprint(args)}
     if memory is not None and not memory.is_reference:  # the reference model keeps old recipes valid
         recipe["memory"] = dataclasses.asdict(memory)
     return normalise(recipe)
@@ -462,17 +463,17 @@ class Plan:
         return {d.index: d.missing for d in self.draws if d.missing}
 
 
-def plan_run(spec: ModelSpec, dc: Mapping[str, Any], options: MemoryOptions | None = None) -> Plan:
+def plan_run(spec: ModelSpec, dc: DatasetSettings, options: MemoryOptions | None = None) -> Plan:
     """Bins, quotas, resume state and candidates of ``dataset_config`` ``dc`` (with ``output``
     resolved) under the memory model ``options``. Reads the output file: call on one rank."""
     options = options or DEFAULT_OPTIONS
-    paths = output_paths(dc["output"])
+    paths = output_paths(dc.output or "")  # load_config fills output
     bins, quotas = check_bins(spec, dc, options)
     existing = read_existing(paths.jsonl, spec, bins, options)
     idx = list(quotas)
-    budgets = dict(zip(idx, apportion(int(dc["max_attempts"]), [quotas[i] for i in idx])))
+    budgets = dict(zip(idx, apportion(dc.max_attempts, [quotas[i] for i in idx])))
     draws = [draw_bin(spec, bins[i], quotas[i], existing.per_bin.get(i, 0), existing.keys,
-                      int(dc["seed"]), budgets[i], options=options) for i in idx]
+                      dc.seed, budgets[i], options=options) for i in idx]
     return Plan(spec, paths, bins, quotas, existing, draws, interleave(draws, existing.per_bin, quotas),
                 options)
 
@@ -507,7 +508,7 @@ def log_plan(plan: Plan, world: int) -> None:
     LOG.info("%d subnet(s) to measure on %d process(es)", len(plan.candidates), world)
 
 
-def prepare(spec: ModelSpec, dc: Mapping[str, Any], backend: Any, options: MemoryOptions | None = None) -> Plan:
+def prepare(spec: ModelSpec, dc: DatasetSettings, backend: Any, options: MemoryOptions | None = None) -> Plan:
     """Rank 0 plans (and logs) the run and broadcasts the plan; bad input found by rank 0 is
     raised on every rank."""
     def plan_and_log() -> Plan:

@@ -33,13 +33,14 @@ candidate ``x`` (all accuracies are fractions) against the *measured* subnets of
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from moofa.config import SEARCH_SCHEMA, SearchSettings
 from moofa.models.spec import ModelSpec, SubnetConfig
 from moofa.predictor.dataset import PredictorDataset
 from moofa.efficiency import peak_memory_batch
@@ -55,12 +56,15 @@ INTERVAL_LEVEL = 0.90  # coverage (fraction) of ``predicted_interval``
 class FitnessSettings:
     """``search_config`` keys of the robust fitness (accuracy units: percentage points)."""
 
-    fitness: str = "robust"
-    trust_radius: float = 4.0             # genes from the nearest measured subnet
-    pessimism: float = 0.5                # standard deviations subtracted
-    neighbours: int = 5                   # measured subnets used for calibration
-    distance_uncertainty_pp: float = 0.15  # pp of uncertainty per gene of distance
-    bound_margin_pp: float = 0.5          # pp above the best measured accuracy a prediction may reach
+    # the defaults are search_config's (one table, in moofa.config)
+    fitness: str = SEARCH_SCHEMA["fitness"].default
+    trust_radius: float = SEARCH_SCHEMA["trust_radius"].default  # genes from the nearest measured subnet
+    pessimism: float = SEARCH_SCHEMA["pessimism"].default  # standard deviations subtracted
+    neighbours: int = SEARCH_SCHEMA["neighbours"].default  # measured subnets used for calibration
+    # pp of uncertainty per gene of distance
+    distance_uncertainty_pp: float = SEARCH_SCHEMA["distance_uncertainty_pp"].default
+    # pp above the best measured accuracy a prediction may reach
+    bound_margin_pp: float = SEARCH_SCHEMA["bound_margin_pp"].default
 
     KEYS = ("fitness", "trust_radius", "pessimism", "neighbours", "distance_uncertainty_pp",
             "bound_margin_pp")
@@ -75,8 +79,12 @@ class FitnessSettings:
                 raise ValueError(f"{key}: expected >= 0, got {getattr(self, key)}")
 
     @classmethod
-    def from_config(cls, search_config: Mapping[str, Any]) -> FitnessSettings:
-        return cls(**{k: search_config[k] for k in cls.KEYS if k in search_config})
+    def from_config(cls, search_config: SearchSettings) -> FitnessSettings:
+        """The fitness keys of a validated ``search_config``."""
+        return cls(fitness=search_config.fitness, trust_radius=search_config.trust_radius,
+                   pessimism=search_config.pessimism, neighbours=search_config.neighbours,
+                   distance_uncertainty_pp=search_config.distance_uncertainty_pp,
+                   bound_margin_pp=search_config.bound_margin_pp)
 
     @property
     def robust(self) -> bool:

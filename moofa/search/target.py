@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from moofa.config import SearchSettings
 from moofa.efficiency.limits import Limits, Quantity, fits_batch
 from moofa.errors import ConfigError, InfeasibleConstraintError
 from moofa.models.spec import ModelSpec, SubnetConfig
@@ -27,39 +28,45 @@ TARGET_KEYS = ("max_latency_ms", "max_sram_bytes", "max_flash_bytes")
 FIGURE_OF = {"max_latency_ms": "inference_ms", "max_sram_bytes": "sram_bytes", "max_flash_bytes": "flash_bytes"}
 
 
-def target_table(sc: Mapping[str, Any], spec: ModelSpec, file: Any = None) -> Any:
+def _chip_limits(sc: SearchSettings) -> dict[str, float | None]:
+    """``{key: value}`` of the chip limits (:data:`TARGET_KEYS`; ms, bytes; None = no limit)."""
+    return {"max_latency_ms": sc.max_latency_ms, "max_sram_bytes": sc.max_sram_bytes,
+            "max_flash_bytes": sc.max_flash_bytes}
+
+
+def target_table(sc: SearchSettings, spec: ModelSpec, file: Any = None) -> Any:
     """The latency table of the search's target (``search_config.latency_table`` or the shipped
     one), or None without a target; ConfigError when a chip limit is set without a target."""
-    target = sc.get("target")
+    target = sc.target
     if target is None:
-        for k in TARGET_KEYS:
-            if sc.get(k) is not None:
+        for k, v in _chip_limits(sc).items():
+            if v is not None:
                 raise ConfigError("needs search_config.target (an Ethos-U configuration such as ethos-u55-128)",
-                                  file=file, key=f"search_config.{k}", value=sc.get(k))
+                                  file=file, key=f"search_config.{k}", value=v)
         return None
     from moofa.latency import load_table
 
-    table = load_table(spec.name, target, sc.get("latency_table"))
+    table = load_table(spec.name, target, sc.latency_table)
     if table.target != target:
         raise ConfigError(f"the latency table is for {table.target}, not {target}", file=file,
-                          key="search_config.latency_table", value=sc.get("latency_table"))
+                          key="search_config.latency_table", value=sc.latency_table)
     return table
 
 
-def with_target_limits(limits: Limits, sc: Mapping[str, Any], spec: ModelSpec, file: Any = None) -> Limits:
+def with_target_limits(limits: Limits, sc: SearchSettings, spec: ModelSpec, file: Any = None) -> Limits:
     """``limits`` plus the predicted chip limits of ``search_config`` (none without a target)."""
     table = target_table(sc, spec, file)
     if table is None:
         return limits
     qs = []
-    if sc.get("max_latency_ms") is not None:
-        qs.append(Quantity("latency_ms", "search_config.max_latency_ms", float(sc["max_latency_ms"]),
+    if sc.max_latency_ms is not None:
+        qs.append(Quantity("latency_ms", "search_config.max_latency_ms", sc.max_latency_ms,
                            lambda s, cs: table.predict_ms_batch(cs, s), f"ms (predicted, {table.target})"))
-    if sc.get("max_sram_bytes") is not None:
-        qs.append(Quantity("sram_bytes", "search_config.max_sram_bytes", float(sc["max_sram_bytes"]),
+    if sc.max_sram_bytes is not None:
+        qs.append(Quantity("sram_bytes", "search_config.max_sram_bytes", float(sc.max_sram_bytes),
                            lambda s, cs: table.predict_sram_batch(cs, s), f"bytes of SRAM (predicted, {table.target})"))
-    if sc.get("max_flash_bytes") is not None:
-        qs.append(Quantity("flash_bytes", "search_config.max_flash_bytes", float(sc["max_flash_bytes"]),
+    if sc.max_flash_bytes is not None:
+        qs.append(Quantity("flash_bytes", "search_config.max_flash_bytes", float(sc.max_flash_bytes),
                            lambda s, cs: table.predict_flash_batch(cs, s), f"bytes of Flash (predicted, {table.target})"))
     return limits.with_quantities(*qs)
 
@@ -70,13 +77,13 @@ def predicted_figures(table: Any, config: SubnetConfig) -> dict[str, Any]:
             "flash_bytes": table.predict_flash_bytes(config)}
 
 
-def broken(sc: Mapping[str, Any], figures: Mapping[str, Any]) -> dict[str, float]:
+def broken(sc: SearchSettings, figures: Mapping[str, Any]) -> dict[str, float]:
     """``{limit key: Vela's value}`` of each chip limit the compiled figures break."""
-    return {k: figures[FIGURE_OF[k]] for k in TARGET_KEYS
-            if sc.get(k) is not None and figures[FIGURE_OF[k]] > float(sc[k])}
+    return {k: figures[FIGURE_OF[k]] for k, limit in _chip_limits(sc).items()
+            if limit is not None and figures[FIGURE_OF[k]] > limit}
 
 
-def compile_answer(spec: ModelSpec, sc: Mapping[str, Any], table: Any, candidates: Sequence[SubnetConfig],
+def compile_answer(spec: ModelSpec, sc: SearchSettings, table: Any, candidates: Sequence[SubnetConfig],
                    limits: Limits, net_of: Callable[[SubnetConfig], torch.nn.Module],
                    calibration_of: Callable[[int], list], out: Path, system_config: str | None = None,
                    memory_mode: str | None = None) -> tuple[SubnetConfig, dict[str, Any]]:
@@ -86,7 +93,9 @@ def compile_answer(spec: ModelSpec, sc: Mapping[str, Any], table: Any, candidate
     try fits."""
     from moofa.deploy import compile_target
 
-    target, tries = sc["target"], int(sc.get("compile_tries") or 3)
+    target, tries = sc.target, sc.compile_tries
+    if target is None:  # the sweep compiles only for a target
+        raise ConfigError("no Ethos-U target to compile for", key="search_config.target", value=None)
     seen, pool = set(), []
     for c in candidates:
         k = (c.ks, c.e, c.d, c.image_size)
@@ -94,7 +103,7 @@ def compile_answer(spec: ModelSpec, sc: Mapping[str, Any], table: Any, candidate
             seen.add(k)
             pool.append(c)
     record: dict[str, Any] = {"target": target, "tries": [], "max_tries": tries,
-                              "limits": {k: sc.get(k) for k in TARGET_KEYS},
+                              "limits": _chip_limits(sc),
                               "estimate": "compiled: Vela's compile-time estimates (not measurements on silicon); "
                                           "predicted: the latency table"}
     for i, cfg in enumerate(pool[:tries]):

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 from urllib.parse import urlparse
 
+from moofa.config import WandbSettings
+
 LOG = logging.getLogger("moofa")
 WANDB_HOST = "https://api.wandb.ai"  # wandb's default server (WANDB_BASE_URL overrides it)
 WandbMode = Literal["online", "offline", "disabled"]
@@ -61,21 +63,21 @@ class RunLogger:
     """Writes ``<run_dir>/logs/train_console.txt``, ``valid_console.txt`` and ``log.jsonl``."""
 
     def __init__(self, run_dir: str | Path, is_main: bool, tag: str,
-                 wandb_cfg: Mapping[str, Any] | None = None, config: Mapping[str, Any] | None = None) -> None:
+                 wandb_cfg: WandbSettings | None = None, config: dict[str, Any] | None = None) -> None:
         self.dir = Path(run_dir) / "logs"
         self.is_main, self.tag = is_main, tag
         self.wandb = None
         if not is_main:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
-        if wandb_cfg and wandb_cfg.get("use_wandb"):
+        if wandb_cfg is not None and wandb_cfg.use_wandb:
             try:
                 import wandb  # noqa: PLC0415 (optional dependency)
                 mode, why = wandb_mode()
                 if mode == "offline":
                     LOG.info("wandb logs offline to %s (%s); upload it later with `wandb sync`",
                              self.dir, why)
-                self.wandb = wandb.init(project=wandb_cfg.get("project_name"), config=dict(config or {}),
+                self.wandb = wandb.init(project=wandb_cfg.project_name, config=dict(config or {}),
                                         dir=str(self.dir), name=tag, reinit=True, mode=mode)
             except Exception as err:  # wandb missing or misconfigured: keep training, say so
                 LOG.warning("wandb disabled: %s", err)

@@ -1,10 +1,10 @@
 """Optimizer of docs/design.md#protocols: SGD (momentum, Nesterov) or Adam over two parameter groups."""
 from __future__ import annotations
 
-from typing import Any, Mapping
-
 import torch
 import torch.nn as nn
+
+from moofa.config import AnyArgs
 
 
 def parameter_groups(net: nn.Module, weight_decay: float, no_decay_keys: str | None) -> list[dict]:
@@ -22,12 +22,13 @@ def parameter_groups(net: nn.Module, weight_decay: float, no_decay_keys: str | N
     return groups
 
 
-def build_optimizer(net: nn.Module, args: Mapping[str, Any], init_lr: float) -> torch.optim.Optimizer:
-    groups = parameter_groups(net, float(args["weight_decay"]), args.get("no_decay_keys"))
-    if args["opt_type"] == "adam":
+def build_optimizer(net: nn.Module, args: AnyArgs, init_lr: float) -> torch.optim.Optimizer:
+    """The optimizer of ``args`` (opt_type, weight_decay, no_decay_keys, momentum, no_nesterov)
+    at learning rate ``init_lr``."""
+    groups = parameter_groups(net, args.weight_decay, args.no_decay_keys)
+    if args.opt_type == "adam":
         return torch.optim.Adam(groups, lr=init_lr)
-    return torch.optim.SGD(groups, lr=init_lr, momentum=float(args["momentum"]),
-                           nesterov=not args["no_nesterov"])
+    return torch.optim.SGD(groups, lr=init_lr, momentum=args.momentum, nesterov=not args.no_nesterov)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

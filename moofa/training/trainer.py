@@ -143,18 +143,18 @@ class Trainer:
     def _init_rest(self, run: Run, step: str, backend: Any) -> None:
         self.log = RunLogger(self.files.run_dir, backend.is_main, self.name, self.cfg.wandb,
                              self.args.as_dict())
-        seed_everything(int(self.args["manual_seed"]))
+        seed_everything(self.args.manual_seed)
         self.provider = DataProvider(self.args, self.spec.image_sizes, backend.rank, backend.size)
         a = self.args
         self.supernet = run.supernet(a, self.provider.n_classes)
         self.teacher: nn.Module | None = None
         self.net: nn.Module = self.supernet.build_teacher() if step == "teacher" else self.supernet
-        self.n_epochs = int(a["warmup_epochs"]) + int(a["n_epochs"])
-        self.init_lr = float(a["base_lr"]) * backend.size
+        self.n_epochs = a.warmup_epochs + a.n_epochs
+        self.init_lr = a.base_lr * backend.size
         self.use_cuda = self.device.type == "cuda"
         if self.use_cuda:
             torch.backends.cudnn.benchmark = True
-        if a.get("continuous_size") and backend.is_main:
+        if a.continuous_size and backend.is_main:
             _LOG.warning("[%s] %s", self.name, resolution_note(self.spec, self.provider.candidates))
 
     # ------------------------------------------------------------------------- launch kinds
@@ -187,7 +187,7 @@ class Trainer:
         if self.step == "teacher":
             self.backend.broadcast_parameters(self.net, root=0)
             return
-        prev = predecessor(self.step, self.phase, list(self.cfg["tasks"]), self.cfg["tasks_phases"])
+        prev = predecessor(self.step, self.phase, self.cfg.tasks, self.cfg.tasks_phases)
         if prev is None:
             src = self._teacher_file()
         else:
@@ -195,13 +195,13 @@ class Trainer:
                            f"predecessor checkpoint of {self.name}", _command_hint(self.layout, *prev))
         load_weights(self.supernet, src)
         self.log.info(f"Loaded init from {src}")
-        if self.step == "expand" and self.args["resort_channels"]:
+        if self.step == "expand" and self.args.resort_channels:
             n_e = len(self.constraints["e"])
             self.supernet.re_organize_middle_weights(n_e - 2)
             self.log.info(f"Re-sorted middle channels by importance (expand_ratio_stage={n_e - 2})")
 
     def _build_teacher(self) -> None:
-        if self.step == "teacher" or float(self.args["kd_ratio"]) <= 0:
+        if self.step == "teacher" or self.args.kd_ratio <= 0:
             return
         teacher = self.layout.teacher(self.args, self.provider.n_classes, load=False)
         load_weights(teacher, self._teacher_file())
@@ -210,7 +210,7 @@ class Trainer:
     def setup(self) -> tuple[int, float, int | None]:
         """Weights, optimizer and resume state; returns (start epoch, best accuracy, resumed from)."""
         if self.elastic:
-            self.constraints = phase_constraints(self.spec, self.step, self.phase, self.cfg["tasks_phases"])
+            self.constraints = phase_constraints(self.spec, self.step, self.phase, self.cfg.tasks_phases)
             for key, ctype in (("ks", "kernel_size"), ("e", "expand_ratio"), ("d", "depth")):
                 self.supernet.set_constraint(self.constraints[key], ctype)
         start, best, resumed = 0, 0.0, None
@@ -232,16 +232,16 @@ class Trainer:
             start, best, resumed = int(state["epoch"]) + 1, float(state["best_acc"]), int(state["epoch"]) + 1
             self.log.info(f"Resumed {self.name} from {self.files.state} at epoch {start} "
                           f"(best top-1 {100 * best:.2f}%)")
-        dbs = int(self.args["dynamic_batch_size"]) if self.elastic else 1
+        dbs = self.args.dynamic_batch_size if self.elastic else 1
         self.dbs = dbs
         self.optimizer = self.backend.distributed_optimizer(
             opt, self.net.named_parameters(), backward_passes_per_step=dbs,
-            fp16_compression=bool(self.args["fp16_allreduce"]))
+            fp16_compression=self.args.fp16_allreduce)
         return start, best, resumed
 
     # ----------------------------------------------------------------------------- training
     def _autocast(self):
-        enabled = bool(self.args["amp"]) and self.use_cuda
+        enabled = self.args.amp and self.use_cuda
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def train_epoch(self, epoch: int) -> dict:
@@ -250,20 +250,20 @@ class Trainer:
         n_batches = len(loader)
         a = self.args
         sums = torch.zeros(4, dtype=torch.float64)  # loss*n, correct top1, correct top5, n
-        independent = bool(a["independent_distributed_sampling"])
+        independent = a.independent_distributed_sampling
         bar = tqdm(loader, desc=f"{self.name} epoch {epoch + 1}/{self.n_epochs}", leave=False,
                    disable=None if self.backend.is_main else True, dynamic_ncols=True)
         lr = self.init_lr
         for i, (images, labels) in enumerate(bar):
             preempt.check()  # a stop signal lost in a garbage-collection callback
-            lr = learning_rate(epoch, i, n_batches, self.init_lr, int(a["n_epochs"]), int(a["warmup_epochs"]),
-                               float(a["warmup_lr"]), a["lr_schedule_type"])
+            lr = learning_rate(epoch, i, n_batches, self.init_lr, a.n_epochs, a.warmup_epochs,
+                               a.warmup_lr, a.lr_schedule_type)
             set_lr(self.optimizer, lr)
             images = to_device(images, self.device)
             labels = labels.to(self.device, non_blocking=True)
             soft = None
             if self.teacher is not None:
-                self.teacher.train(not a["teacher_eval_mode"])
+                self.teacher.train(not a.teacher_eval_mode)
                 with torch.no_grad(), self._autocast():
                     soft = self.teacher(images).float()
             self.optimizer.zero_grad()
@@ -273,9 +273,9 @@ class Trainer:
                     self.supernet.sample_active_subnet()
                 with self._autocast():
                     out = self.net(images).float()
-                loss = distillation_loss(out, labels, soft, float(a["kd_ratio"]), a["kd_type"],
-                                         float(a["label_smoothing"]))
-                if a["average_subnet_losses"]:
+                loss = distillation_loss(out, labels, soft, a.kd_ratio, a.kd_type,
+                                         a.label_smoothing)
+                if a.average_subnet_losses:
                     loss = loss / self.dbs
                 loss.backward()
                 with torch.no_grad():
@@ -283,7 +283,7 @@ class Trainer:
                     sums += torch.tensor([loss.item() * len(labels), top[:, 0].sum().item(),
                                           top.any(1).sum().item(), len(labels)], dtype=torch.float64)
             self.optimizer.step()
-            if self.backend.is_main and (i + 1) % int(a["print_frequency"]) == 0:
+            if self.backend.is_main and (i + 1) % a.print_frequency == 0:
                 bar.set_postfix(loss=f"{sums[0].item() / max(sums[3].item(), 1):.3f}", lr=f"{lr:.2e}")
         sums = self.backend.allreduce_sum_(sums)
         n = max(sums[3].item(), 1.0)
@@ -325,10 +325,10 @@ class Trainer:
         """The weights a fresh run of this phase starts from (None: random, the teacher)."""
         if self.step == "teacher":
             return None
-        prev = predecessor(self.step, self.phase, list(self.cfg["tasks"]), self.cfg["tasks_phases"])
+        prev = predecessor(self.step, self.phase, self.cfg.tasks, self.cfg.tasks_phases)
         if prev is None:
             return self.layout.teacher_file(self.args)
-        return final_phase_file(self.args["path"], *prev)
+        return final_phase_file(self.args.path, *prev)
 
     def recipe(self, recorded: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """What this phase's weights are computed from (JSON-normalised): the phase, the model,
@@ -336,13 +336,13 @@ class Trainer:
         phase structure and, by content, the initial and the distillation teacher's weights. An
         input file that no longer exists takes its ``recorded`` value (it cannot be checked)."""
         files = {"init": self._init_source()}
-        if self.step != "teacher" and float(self.args["kd_ratio"]) > 0:
+        if self.step != "teacher" and self.args.kd_ratio > 0:
             files["kd_teacher"] = self.layout.teacher_file(self.args)
         out: dict[str, Any] = {
             "phase": self.name, "model_spec": model_identity(self.spec),
             "args": {k: v for k, v in sorted(self.args.items()) if k not in NOT_RECIPE_ARGS},
-            "init_lr": self.init_lr, "tasks": list(self.cfg["tasks"]),
-            "tasks_phases": dict(self.cfg["tasks_phases"])}
+            "init_lr": self.init_lr, "tasks": list(self.cfg.tasks),
+            "tasks_phases": dict(self.cfg.tasks_phases)}
         for key, path in files.items():
             if path is not None and path.is_file():
                 out[key] = file_fingerprint(path)
@@ -406,7 +406,7 @@ class Trainer:
             preempt.progress("epoch", epoch + 1, self.n_epochs, self.name)
             t0 = time.time()
             metrics = self.train_epoch(epoch)
-            due = (epoch + 1) % int(self.args["validation_frequency"]) == 0 or epoch + 1 == self.n_epochs
+            due = (epoch + 1) % self.args.validation_frequency == 0 or epoch + 1 == self.n_epochs
             is_best = False
             if self.step == "teacher" or due:
                 val, per = self.validate()

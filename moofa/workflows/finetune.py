@@ -85,7 +85,7 @@ class FinetuneTrainer(Trainer):
         self.device = backend.device
         self.use_cuda = self.device.type == "cuda"
         a = self.args
-        seed_everything(int(a["manual_seed"]))
+        seed_everything(a.manual_seed)
         # the static network, built (and for a folder extracted) identically on every rank
         exported = load_exported(self.source.path) if self.source.kind == "export" else None
         self.arch = exported.subnet_config if exported is not None else self._folder_arch()
@@ -97,8 +97,8 @@ class FinetuneTrainer(Trainer):
                                   f"args.data_path {self.provider.n_classes}", file=self.source.path)
         self.teacher: nn.Module | None = None
         self.supernet = None  # nothing is sampled (Trainer.elastic is false)
-        self.n_epochs = int(a["warmup_epochs"]) + int(a["n_epochs"])
-        self.init_lr = float(a["base_lr"]) * backend.size
+        self.n_epochs = a.warmup_epochs + a.n_epochs
+        self.init_lr = a.base_lr * backend.size
         self.fingerprint, self.inputs = self._inputs()
         # the lock sits beside finetuned/, which _claim_folder may move aside
         self.lock = OutputLock(out.parent, "train.py --step finetune", key="--subnet",
@@ -122,7 +122,7 @@ class FinetuneTrainer(Trainer):
             raise
         if moved is not None:
             self.log.info(f"{out} held a fine-tuning of other inputs; moved it to {moved}")
-        seed_everything(int(a["manual_seed"]))  # the same RNG state whatever __init__ drew
+        seed_everything(a.manual_seed)  # the same RNG state whatever __init__ drew
         if self.use_cuda:
             torch.backends.cudnn.benchmark = True
 
@@ -142,7 +142,7 @@ class FinetuneTrainer(Trainer):
 
     def _extract(self, n_classes: int) -> MobileNetV3:
         """The folder's arch cut from ``args.checkpoint``, BN re-calibrated as the search did."""
-        path = self.args.get("checkpoint")
+        path = self.args.checkpoint
         if not path:
             raise ConfigError("no supernet checkpoint to extract the subnet from (or give the exported "
                               f"{EXPORT_NAME} as --subnet)", file=self.layout.path, key="args.checkpoint")
@@ -156,13 +156,13 @@ class FinetuneTrainer(Trainer):
         """(fingerprint, description) of what this fine-tuning is computed from, by content."""
         a, src = self.args, self.source
         teacher = None
-        if float(a["kd_ratio"]) > 0:
+        if a.kd_ratio > 0:
             teacher_file = self._teacher_file()
             teacher = {"file": str(teacher_file), "sha256": sha256_file(teacher_file)}
         if src.kind == "export":
             weights = {"file": str(src.path), "sha256": sha256_file(src.path)}
-        else:
-            weights = {"file": str(a["checkpoint"]), "sha256": sha256_file(a["checkpoint"]),
+        else:  # _extract refused a missing checkpoint before
+            weights = {"file": str(a.checkpoint), "sha256": sha256_file(str(a.checkpoint)),
                        "extracted_from_supernet": True}
         settings = normalise({k: v for k, v in a.items() if k not in _NOT_INPUTS})
         described = {"source": {"kind": src.kind, "path": str(src.path)}, "model": self.subnet_spec.name,
@@ -276,8 +276,8 @@ class FinetuneTrainer(Trainer):
             per_image=per_image, test_difference=None if versus is None else versus.to_dict(),
             peak_memory=report["peak_memory"], memory_history=report["memory_history"],
             flops=report["flops"], params=report["params"],
-            epochs=self.n_epochs, n_epochs=int(self.args["n_epochs"]),
-            warmup_epochs=int(self.args["warmup_epochs"]),
+            epochs=self.n_epochs, n_epochs=self.args.n_epochs,
+            warmup_epochs=self.args.warmup_epochs,
             recipe={k: self.args[k] for k in ("base_lr", "warmup_lr", "lr_schedule_type", "opt_type",
                                               "kd_ratio", "kd_type", "label_smoothing", "weight_decay",
                                               "base_batch_size", "manual_seed")},

@@ -40,7 +40,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from moofa.config import SearchSettings
+from moofa.config import AnyArgs, RunConfig, SearchSettings
 from moofa.efficiency import MemoryOptions
 from moofa.efficiency.limits import Limits, violations
 from moofa.errors import CheckpointError, ConfigError, MoofaInputError, on_main_rank
@@ -108,10 +108,10 @@ def set_flops_classes(pred: Any, n_classes: int) -> None:
                     pred.n_classes)
 
 
-def load_measured(cfg: Mapping[str, Any], spec: ModelSpec):
+def load_measured(cfg: RunConfig, spec: ModelSpec):
     """The measured subnets of ``search_config.acc_dataset_path`` (None, with a warning, when
     the file does not exist: the robust fitness then only subtracts the ensemble spread)."""
-    path = Path(cfg["search_config"]["acc_dataset_path"])
+    path = Path(cfg.search_config.acc_dataset_path)
     if not path.exists():
         log.warning("no predictor dataset at %s: the search cannot check its predictions against "
                     "measured subnets (search_config.acc_dataset_path)", path)
@@ -119,25 +119,25 @@ def load_measured(cfg: Mapping[str, Any], spec: ModelSpec):
     return read_dataset(path, spec)
 
 
-def search_inputs(cfg: Mapping[str, Any], spec: ModelSpec, args: Mapping[str, Any],
+def search_inputs(cfg: RunConfig, spec: ModelSpec, args: AnyArgs,
                   predictor: Any = None) -> dict[str, Any]:
     """The inputs of a sweep by content: the model, the predictor file (and the model it
     records), the measured dataset the robust fitness reads and, with evaluation, the supernet
     checkpoint and the data settings."""
-    sc = cfg["search_config"]
-    pred = file_fingerprint(sc["acc_predictor_checkpoint"])
+    sc = cfg.search_config
+    pred = dict(file_fingerprint(sc.acc_predictor_checkpoint) or {})  # the search needs a predictor
     pred["model"] = getattr(predictor, "recorded_model", None)
     out: dict[str, Any] = {"model_spec": model_identity(spec), "predictor": pred, "dataset": None}
-    data = Path(sc["acc_dataset_path"])
-    if sc["fitness"] == "robust" and data.is_file():
+    data = Path(sc.acc_dataset_path)
+    if sc.fitness == "robust" and data.is_file():
         out["dataset"] = measured_identity(data)
-    if sc["evaluate"]:
-        ckpt = args.get("checkpoint")
+    if sc.evaluate:
+        ckpt = args.checkpoint
         if ckpt:
             require_file(ckpt, "checkpoint file", "args.checkpoint", CheckpointError)
         out["checkpoint"] = file_fingerprint(ckpt) if ckpt else None
-        out["data"] = {**data_fingerprint(args), "bn_calib_images": args.get("bn_calib_images"),
-                       "bn_calib_batch_size": args.get("bn_calib_batch_size")}
+        out["data"] = {**data_fingerprint(args), "bn_calib_images": args.bn_calib_images,
+                       "bn_calib_batch_size": args.bn_calib_batch_size}
     return out
 
 
@@ -154,41 +154,40 @@ def measured_identity(path: Path) -> dict[str, Any]:
     return {"path": str(path), "records": n, "sha256": h.hexdigest()}
 
 
-def fingerprint(cfg: Mapping[str, Any], spec: ModelSpec, constraint: int,
-                settings: SearchSettings, args: Mapping[str, Any],
-                inputs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def fingerprint(cfg: RunConfig, spec: ModelSpec, constraint: int,
+                settings: SearchSettings, args: AnyArgs,
+                inputs: dict[str, Any] | None = None) -> dict[str, Any]:
     """What identifies one constraint's result (JSON-normalised), for resuming: ``inputs`` is
     :func:`search_inputs` (computed when None). The previous budget's answer is added per
     constraint (key ``previous``)."""
-    sc, dc = cfg["search_config"], cfg["dataset_config"]
+    sc, dc = cfg.search_config, cfg.dataset_config
     inputs = search_inputs(cfg, spec, args) if inputs is None else inputs
-    formats = list(sc["export"])
+    formats = list(sc.export)
     fp = {"model": spec.name, "constraint": constraint, "settings": settings.to_dict(),
-          "evaluate": bool(sc["evaluate"]),
+          "evaluate": sc.evaluate,
           # the default formats keep the fingerprints of results written before formats existed
           "export": bool(formats) if formats in ([], ["subnet", "onnx"]) else formats,
           "fitness": FitnessSettings.from_config(sc).to_dict(),
-          "rerank": ({"top_k": int(sc["rerank_top_k"]), "split": dc["eval_split"],
-                      "eval_images": dc["eval_images"]} if sc["evaluate"] else None),
+          "rerank": ({"top_k": sc.rerank_top_k, "split": dc.eval_split,
+                      "eval_images": dc.eval_images} if sc.evaluate else None),
           **inputs}
     options = MemoryOptions.from_config(cfg)
     if not options.is_reference:  # the reference's memory model and no extra limit: as before
         fp["memory"] = options.to_dict()
-    if sc.get("max_mmacs") is not None or sc.get("max_params") is not None:
-        fp["limits"] = {"max_mmacs": sc.get("max_mmacs"), "max_params": sc.get("max_params")}
-    if sc.get("target") is not None:  # the chip's limits and how the answer is compiled
-        fp["target"] = {k: sc.get(k) for k in ("target", *TARGET_KEYS, "latency_table", "compile_tries")}
-    if deploys(cfg, constraint):
-        fp["deploy"] = dict(cfg["deploy"])
+    if sc.max_mmacs is not None or sc.max_params is not None:
+        fp["limits"] = {"max_mmacs": sc.max_mmacs, "max_params": sc.max_params}
+    if sc.target is not None:  # the chip's limits and how the answer is compiled
+        fp["target"] = {k: sc[k] for k in ("target", *TARGET_KEYS, "latency_table", "compile_tries")}
+    if deploys(sc, constraint):
+        fp["deploy"] = cfg.deploy.as_dict()
     return json.loads(json.dumps(fp))
 
 
-def deploys(cfg: Mapping[str, Any], constraint: float) -> bool:
+def deploys(sc: SearchSettings, constraint: float) -> bool:
     """Whether the subnet of ``constraint`` gets the int8 ExecuTorch export (``executorch`` in
     ``search_config.export`` and the constraint in ``deploy_constraints``, null = all)."""
-    sc = cfg["search_config"]
-    chosen = sc.get("deploy_constraints")
-    return "executorch" in sc["export"] and (chosen is None or
+    chosen = sc.deploy_constraints
+    return "executorch" in sc.export and (chosen is None or
                                              int(round(constraint)) in {int(round(c)) for c in chosen})
 
 
@@ -237,15 +236,15 @@ class _Context:
     """What the constraints of one sweep share (on every rank; search state on rank 0)."""
 
     def __init__(self, run: Run, spec: ModelSpec, backend: Any, predictor: Any,
-                 inputs: Mapping[str, Any]) -> None:
+                 inputs: dict[str, Any]) -> None:
         cfg = run.cfg
         sc = cfg.search_config
         self.cfg, self.spec, self.backend, self.sc = cfg, spec, backend, sc
         self.settings: SearchSettings = sc
         self.fitness_settings = FitnessSettings.from_config(sc)
         self.args = run.args()
-        self.evaluate = bool(sc["evaluate"])
-        self.top_k = int(sc["rerank_top_k"])
+        self.evaluate = sc.evaluate
+        self.top_k = sc.rerank_top_k
         self.supernet = self.provider = self.meter = None
         if self.evaluate:
             self.provider = DataProvider(self.args, spec.image_sizes, backend.rank, backend.size)
@@ -253,16 +252,16 @@ class _Context:
             self.n_classes = self.provider.n_classes
             whole = self.provider if backend.size == 1 else \
                 DataProvider(self.args, spec.image_sizes, 0, 1)
-            dc = cfg["dataset_config"]
-            self.meter = SubnetMeter(self.supernet, whole, dc["eval_images"], dc["eval_split"])
+            dc = cfg.dataset_config
+            self.meter = SubnetMeter(self.supernet, whole, dc.eval_images, dc.eval_split)
         else:
             self.n_classes = run.n_classes(self.args)
-            if sc["export"] and backend.is_main:
+            if sc.export and backend.is_main:
                 log.info("predictor-only search: no supernet weights, so the found subnets are not exported")
         self.predictor, self.inputs = predictor, inputs
         set_flops_classes(predictor, self.n_classes)  # the data's, once the data is read
-        self.table = target_table(sc, spec, getattr(cfg, "path", None))  # Ethos-U latency table or None
-        self.limits = with_target_limits(Limits.from_config(cfg, self.n_classes), sc, spec, getattr(cfg, "path", None))
+        self.table = target_table(sc, spec, cfg.path)  # Ethos-U latency table or None
+        self.limits = with_target_limits(Limits.from_config(cfg, self.n_classes), sc, spec, cfg.path)
         measured = load_measured(cfg, spec) if self.fitness_settings.robust else None
         self.fitness = RobustFitness(self.predictor, measured, self.fitness_settings, self.limits)
         self.finder = EvolutionFinder(spec, self.fitness, self.settings, limits=self.limits)
@@ -293,7 +292,7 @@ def run_search(run: Run, backend: Any, overwrite: bool = False) -> list[SearchIn
     constraints = sc.sweep()
     check_constraints(spec, constraints, file=run.path,
                       limits=with_target_limits(Limits.from_config(cfg, run.n_classes(args)), sc, spec, run.path))
-    if "executorch" in sc["export"] and sc["evaluate"]:
+    if "executorch" in sc.export and sc.evaluate:
         require_executorch()  # before any search, not after the first one
     res_dir = run.search_dir
     lock = OutputLock(res_dir, "search", key="search_config.res_dir")
@@ -316,7 +315,7 @@ def run_search(run: Run, backend: Any, overwrite: bool = False) -> list[SearchIn
 
 
 def _sweep(run: Run, spec: ModelSpec, backend: Any, overwrite: bool,
-           constraints: list[int], predictor: Any, inputs: Mapping[str, Any]) -> list[SearchInfo]:
+           constraints: list[int], predictor: Any, inputs: dict[str, Any]) -> list[SearchInfo]:
     sc = run.cfg.search_config
     ctx = _Context(run, spec, backend, predictor, inputs)
     res_dir = run.search_dir
@@ -325,7 +324,7 @@ def _sweep(run: Run, spec: ModelSpec, backend: Any, overwrite: bool,
         lim = ctx.limits
         log.info("search %s: %d constraints %s (%s), population %d, %d generations, seed %d, fitness %s "
                  "(%d measured subnets), %s%s", spec.name, len(constraints), [f"{c:,}" for c in constraints],
-                 lim.options.describe(), s.population_size, s.generations, s.seed, sc["fitness"],
+                 lim.options.describe(), s.population_size, s.generations, s.seed, sc.fitness,
                  len(ctx.fitness.configs),
                  f"re-ranking the top {ctx.top_k} by measurement on {ctx.meter.description}"
                  if ctx.evaluate else "predictor only",
@@ -334,8 +333,8 @@ def _sweep(run: Run, spec: ModelSpec, backend: Any, overwrite: bool,
     for c in constraints:  # ascending: each budget starts from the previous answer
         preempt.progress("budget", len(infos) + 1, len(constraints), f"constraint {c:,}")
         infos.append(_one_constraint(ctx, c, infos[-1] if infos else None, overwrite))
-    if backend.is_main and ctx.new_records and sc["append_measurements"]:
-        path = Path(sc["acc_dataset_path"])
+    if backend.is_main and ctx.new_records and sc.append_measurements:
+        path = Path(sc.acc_dataset_path)
         if path.suffix.lower() == ".jsonl":
             n = append_measurements(path, ctx.new_records, spec)
             log.info("appended %d re-ranking measurement(s) to %s (%d already there; retrain the "
@@ -444,7 +443,7 @@ def _baseline(ctx: _Context, c: int) -> dict | None:
 
 def _one_constraint(ctx: _Context, c: int, previous: SearchInfo | None, overwrite: bool) -> SearchInfo:
     cfg, spec, backend, sc = ctx.cfg, ctx.spec, ctx.backend, ctx.sc
-    out = constraint_dir(sc["res_dir"], c)
+    out = constraint_dir(sc.res_dir, c)
     fp = fingerprint(cfg, spec, c, ctx.settings, ctx.args, ctx.inputs)
     fp["previous"] = None if previous is None else previous.config
     fp = json.loads(json.dumps(fp))
@@ -524,11 +523,11 @@ def _one_constraint(ctx: _Context, c: int, previous: SearchInfo | None, overwrit
         history=result.history, operator_stats=result.to_dict()["stats"],
         memory_unit=limits.options.unit, memory_model=limits.options.to_dict(),
         limits=limits.to_dict(), units=units(limits.options), fingerprint=fp)
-    if ctx.supernet is not None and sc["export"]:  # export the weights as measured, not the baseline's BN
+    if ctx.supernet is not None and sc.export:  # export the weights as measured, not the baseline's BN
         calibrate_subnet(ctx.supernet, chosen, ctx.provider)
     if backend.is_main:
-        _write_outputs(spec, info, report, out, ctx.supernet, list(sc["export"]), ctx.n_classes, c,
-                       cfg if deploys(cfg, c) else None)
+        _write_outputs(spec, info, report, out, ctx.supernet, list(sc.export), ctx.n_classes, c,
+                       cfg if deploys(sc, c) else None)
         _log_result(info)
     backend.barrier()
     return info
@@ -550,7 +549,7 @@ def _compile_for_target(ctx: _Context, c: float, chosen: SubnetConfig, rerank: l
                 return ctx.supernet.get_active_subnet().cpu().eval()
         else:
             net_of = random_weights_net(ctx.spec, ctx.n_classes)
-        n_calib = int(ctx.cfg["deploy"]["calibration_images"])
+        n_calib = ctx.cfg.deploy.calibration_images
 
         def calibration_of(r: int) -> list:
             if ctx.provider is None:  # predictor-only: seeded random images
@@ -558,9 +557,9 @@ def _compile_for_target(ctx: _Context, c: float, chosen: SubnetConfig, rerank: l
             from moofa.deploy import calibration_batches
             return calibration_batches(ctx.provider, r, n_calib)
 
-        d = ctx.cfg["deploy"]
+        d = ctx.cfg.deploy
         cfg, record = compile_answer(ctx.spec, ctx.sc, ctx.table, candidates, ctx.limits.with_memory(c), net_of,
-                                     calibration_of, out, d.get("system_config"), d.get("memory_mode"))
+                                     calibration_of, out, d.system_config, d.memory_mode)
         payload = (cfg.to_dict(), record)
     payload = ctx.backend.broadcast_object(payload)
     return SubnetConfig.from_dict(payload[0]), payload[1]
@@ -568,11 +567,11 @@ def _compile_for_target(ctx: _Context, c: float, chosen: SubnetConfig, rerank: l
 
 def _predicted_source(ctx: _Context, est: Any) -> str:
     if est.measured[0]:
-        return f"measured: the subnet's accuracy in {ctx.sc['acc_dataset_path']} (selection images)"
+        return f"measured: the subnet's accuracy in {ctx.sc.acc_dataset_path} (selection images)"
     if not ctx.fitness_settings.robust:
-        return f"predicted: raw output of {ctx.sc['acc_predictor_checkpoint']} (fitness: reference)"
-    return (f"predicted: {ctx.sc['acc_predictor_checkpoint']} calibrated by the measured subnets of "
-            f"{ctx.sc['acc_dataset_path']} (+- predicted_std)")
+        return f"predicted: raw output of {ctx.sc.acc_predictor_checkpoint} (fitness: reference)"
+    return (f"predicted: {ctx.sc.acc_predictor_checkpoint} calibrated by the measured subnets of "
+            f"{ctx.sc.acc_dataset_path} (+- predicted_std)")
 
 
 def _images(ctx: _Context, evaluation: Any) -> dict[str, Any]:
@@ -595,7 +594,7 @@ def _test_images(ctx: _Context, evaluation: Any) -> str:
 
 
 def _write_outputs(spec: ModelSpec, info: SearchInfo, report: Mapping[str, Any], out: Path, supernet: Any,
-                   formats: list[str], n_classes: int, c: int, deploy_cfg: Mapping[str, Any] | None) -> None:
+                   formats: list[str], n_classes: int, c: int, deploy_cfg: RunConfig | None) -> None:
     """Plots, the exported files of ``formats`` and, last, info.json. With ``deploy_cfg`` (the
     run config) the exported subnet also becomes int8/fp32 ExecuTorch programs in ``out``."""
     cfg = SubnetConfig.from_dict(info.config)
