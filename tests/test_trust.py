@@ -23,7 +23,7 @@ from moofa.config import last_task_args, load_config
 from moofa.data import DataProvider, candidate_sizes, ensure_dataset
 from moofa.distributed import SingleBackend
 from moofa.errors import CheckpointError, MoofaInputError
-from moofa.fingerprint import differences, file_fingerprint
+from moofa.fingerprint import Inputs, file_fingerprint
 from moofa.io import atomic_path, clean_stale_temps
 from moofa.lock import LOCK_NAME, OutputLock
 from moofa.models import build_supernet
@@ -232,10 +232,10 @@ def test_fingerprint_names_what_changed(tmp_path):
     fa = file_fingerprint(a)
     a.write_bytes(b"y" * 100)
     fb = file_fingerprint(a)
-    diffs = differences({"predictor": fa, "epochs": 3}, {"predictor": fb, "epochs": 5})
+    diffs = Inputs.of({"predictor": fa, "epochs": 3}).differences(Inputs.of({"predictor": fb, "epochs": 5}))
     assert len(diffs) == 2 and diffs[0] == "epochs 3 -> 5"
     assert diffs[1].startswith(f"predictor ({a}): sha256 '") and "->" in diffs[1]
-    assert differences({"p": fa}, {"p": dict(fa, path="/moved/a.bin")}) == []
+    assert Inputs.of({"p": fa}).differences(Inputs.of({"p": dict(fa, path="/moved/a.bin")})) == []
 
 
 @pytest.fixture(scope="module")

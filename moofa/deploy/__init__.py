@@ -59,7 +59,7 @@ from moofa.deploy.programs import (
 from moofa.deploy.ethosu import XNNPACK, check_target, ethosu_available, is_ethosu
 from moofa.efficiency import MemoryOptions, peak_memory
 from moofa.errors import ConfigError
-from moofa.fingerprint import sha256_file
+from moofa.fingerprint import Inputs, Policy, resolve, sha256_file
 from moofa.io import atomic_path
 from moofa.models.spec import ModelSpec, SubnetConfig
 from moofa.records import DeployRecord
@@ -121,7 +121,10 @@ def _reuse(out: Path, fp: Mapping[str, Any]) -> DeployRecord | None:
         raise
     except (OSError, ValueError):  # unreadable: built again
         return None
-    return data if data.fingerprint == fp else None
+    recorded = Inputs.unrecorded() if data.fingerprint is None else Inputs.of(data.fingerprint)
+    # programs of other inputs are built again over (the caller tries the next folder first)
+    reusable = resolve("these programs", recorded, Inputs.of(fp), Policy.REDO, file=path).reuse
+    return data if reusable else None
 
 
 @torch.no_grad()

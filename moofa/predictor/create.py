@@ -110,14 +110,13 @@ from moofa.config import AnyArgs, DatasetSettings
 from moofa.errors import MoofaInputError, on_main_rank
 from moofa.data.folder import data_fingerprint
 from moofa.fingerprint import (
-    change_message,
-    comparable,
+    Inputs,
+    Policy,
+    Verdict,
     file_fingerprint,
     model_identity,
-    normalise,
     read_fingerprint,
-    same,
-    unrecorded_images,
+    resolve,
     write_fingerprint,
 )
 from moofa.io import atomic_open
@@ -282,7 +281,7 @@ RECIPE_ARGS_KEYS = ("bn_calib_images", "bn_calib_batch_size", "bn_eps", "bn_mome
 
 
 def dataset_recipe(spec: ModelSpec, dc: DatasetSettings, args: AnyArgs,
-                   memory: Any = None) -> dict[str, Any]:
+                   memory: Any = None) -> Inputs:
     """What the records' values depend on (see "Inputs" in the module docstring); ``memory``
     (a MemoryOptions) decides the bins' unit."""
     recipe = {"model_spec": model_identity(spec), "checkpoint": file_fingerprint(args.checkpoint),
@@ -290,15 +289,17 @@ def dataset_recipe(spec: ModelSpec, dc: DatasetSettings, args: AnyArgs,
               "args": {k: args[k] for k in RECIPE_ARGS_KEYS}, "data": data_fingerprint(args)}
     if memory is not None and not memory.is_reference:  # the reference model keeps old recipes valid
         recipe["memory"] = dataclasses.asdict(memory)
-    return normalise(recipe)
+    return Inputs.of(recipe)
 
 
-def check_recipe(paths: OutputPaths, recipe: Mapping[str, Any], overwrite: bool = False) -> None:
+def check_recipe(paths: OutputPaths, recipe: Inputs, overwrite: bool = False) -> None:
     """Refuse to extend records measured with another recipe (MoofaInputError naming the file
     and what changed); ``overwrite`` deletes the dataset (and its reference copy) first. Writes
     the recipe when the dataset is new."""
     side = recipe_path(paths)
-    if overwrite:
+    # --overwrite measures the dataset again whatever it records; otherwise other inputs stop the run
+    policy = Policy.REDO if overwrite else Policy.REFUSE
+    if policy is Policy.REDO:
         for p in (paths.jsonl, paths.pickle, side):
             if p is not None and p.is_file():
                 p.unlink()
@@ -308,16 +309,15 @@ def check_recipe(paths: OutputPaths, recipe: Mapping[str, Any], overwrite: bool 
         LOG.warning("%s records no recipe (no %s): cannot check that its records were measured with "
                     "this checkpoint and settings; new records are appended", paths.jsonl, side.name)
         return
-    recorded = read_fingerprint(side)
-    if has_records and unrecorded_images(recorded, recipe):
+    recorded = (read_fingerprint(side) or Inputs.unrecorded()) if has_records else None
+    if recorded is not None and recorded.lacks_images(recipe):
         LOG.warning("%s records no image list (written before images were fingerprinted): its records "
                     "are kept without checking the images; --overwrite measures them again", side)
-    if has_records and not same(recorded, comparable(recorded, recipe)):
-        raise MoofaInputError(change_message(
-            f"the {paths.jsonl.name} records", recorded, comparable(recorded, recipe),
-            "rerun with --overwrite to measure the dataset again, or choose another dataset_config.output"),
-            file=paths.jsonl)
-    if not has_records:
+    verdict = resolve(
+        f"the {paths.jsonl.name} records", recorded, recipe, policy, file=paths.jsonl,
+        restart="rerun with --overwrite to measure the dataset again, or choose another dataset_config.output"
+    ).verdict
+    if verdict is Verdict.FRESH:
         write_fingerprint(side, recipe)
 
 

@@ -21,7 +21,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,12 +33,14 @@ from moofa.data.provider import DataProvider
 from moofa.distributed import to_device
 from moofa.errors import CheckpointError, ConfigError, on_main_rank
 from moofa.fingerprint import (
-    change_message,
+    Inputs,
+    Policy,
+    Verdict,
     file_fingerprint,
     model_identity,
     normalise,
     read_fingerprint,
-    same,
+    resolve,
     write_fingerprint,
 )
 from moofa.io import atomic_save, check_writable, clean_stale_temps, require_file
@@ -330,7 +332,7 @@ class Trainer:
             return self.layout.teacher_file(self.args)
         return final_phase_file(self.args.path, *prev)
 
-    def recipe(self, recorded: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def recipe(self, recorded: Inputs | None = None) -> dict[str, Any]:
         """What this phase's weights are computed from (JSON-normalised): the phase, the model,
         the task args except :data:`NOT_RECIPE_ARGS`, the effective initial learning rate, the
         phase structure and, by content, the initial and the distillation teacher's weights. An
@@ -347,7 +349,7 @@ class Trainer:
             if path is not None and path.is_file():
                 out[key] = file_fingerprint(path)
             else:
-                out[key] = (recorded or {}).get(key) if path is not None else None
+                out[key] = recorded.get(key) if path is not None and recorded is not None else None
         return normalise(out)
 
     def check_recipe(self, overwrite: bool = False) -> bool:
@@ -356,14 +358,16 @@ class Trainer:
         :class:`CheckpointError` (exit 2) naming what changed; ``overwrite`` removes the phase's
         files first. A fresh phase gets its recipe written."""
         f = self.files
-        if overwrite:
+        # --overwrite redoes the phase whatever it records; otherwise other inputs stop the launch
+        policy = Policy.REDO if overwrite else Policy.REFUSE
+        if policy is Policy.REDO:
             removed = [p for p in f.owned if p.is_file()]
             for p in removed:
                 p.unlink()
             if removed:
                 self.log.info(f"--overwrite: removed {', '.join(str(p) for p in removed)}")
         recorded = read_fingerprint(f.recipe)
-        current = self.recipe(recorded)
+        current = Inputs.of(self.recipe(recorded))
         finished = self.step != "teacher" and f.final.is_file()
         if self.step == "teacher" and f.state.is_file():
             finished = int(load_checkpoint_file(f.state).get("epoch", -1)) + 1 >= self.n_epochs
@@ -372,13 +376,13 @@ class Trainer:
             _LOG.warning("%s records no recipe (written by an older version): cannot check that it "
                          "was trained with these settings", f.final if finished else f.state)
             return finished
-        if exists and not same(recorded, current):
-            verb = "finished" if finished else "resumable"
-            raise CheckpointError(change_message(
-                f"the {verb} phase {self.name}", recorded, current,
-                f"rerun with --overwrite to train {self.name} again from its start (or restore the "
-                "settings)"), file=f.recipe)
-        if not exists:
+        verb = "finished" if finished else "resumable"
+        verdict = resolve(
+            f"the {verb} phase {self.name}", (recorded or Inputs.unrecorded()) if exists else None, current,
+            policy, file=f.recipe, error=CheckpointError,
+            restart=f"rerun with --overwrite to train {self.name} again from its start (or restore the "
+            "settings)").verdict
+        if verdict is Verdict.FRESH:
             write_fingerprint(f.recipe, current, phase=self.name)
         return finished
 

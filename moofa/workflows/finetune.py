@@ -52,7 +52,7 @@ from moofa.models.bn_calibration import set_running_statistics
 from moofa.models.layers import MobileNetV3
 from moofa.models.spec import ModelSpec, SubnetConfig
 from moofa.measurement.report import UNITS, subnet_report
-from moofa.fingerprint import normalise, sha256_file
+from moofa.fingerprint import Inputs, Policy, normalise, resolve, sha256_file
 from moofa.records import FinetuneInfo
 from moofa.run import EXPORT_NAME, FINETUNED_NAME as OUT_NAME, INFO_NAME, PhaseFiles, Run, SubnetSource
 from moofa.models.subnet_file import export_static, load_exported
@@ -178,18 +178,15 @@ class FinetuneTrainer(Trainer):
         """Rank 0: move a ``finetuned/`` folder computed from other inputs aside; record ours.
         Returns where the old folder went, or None."""
         out = self.source.out_dir
-        moved = None
+        recorded = None  # an empty or missing folder records nothing: FRESH
         if out.is_dir() and any(out.iterdir()):
             try:
-                old = read_json(out / INPUTS_NAME).get("fingerprint")
+                recorded = self._recorded(read_json(out / INPUTS_NAME).get("fingerprint"))
             except (OSError, ValueError, AttributeError):
-                old = None
-            if old != self.fingerprint:
-                n = 1
-                while (out.parent / f"{OUT_NAME}.previous-{n}").exists():
-                    n += 1
-                moved = out.parent / f"{OUT_NAME}.previous-{n}"
-                out.rename(moved)
+                recorded = Inputs.unrecorded()
+        # another fine-tuning's folder is kept: moved aside, this one starts afresh
+        moved = resolve("the fine-tuning", recorded, self._recorded(self.fingerprint), Policy.MOVE_ASIDE,
+                        file=out / INPUTS_NAME, result=out).moved_to
         if not (out / INPUTS_NAME).is_file():
             write_json(out / INPUTS_NAME, self.inputs)
         return moved
@@ -204,11 +201,20 @@ class FinetuneTrainer(Trainer):
         if not (self.files.final.is_file() and (self.source.out_dir / EXPORT_NAME).is_file()):
             return False
         try:
-            return FinetuneInfo.read(self.files.final).fingerprint == self.fingerprint
+            recorded = self._recorded(FinetuneInfo.read(self.files.final).fingerprint)
         except ConfigError:  # a newer moofa's result: stop rather than redo and overwrite it
             raise
         except (OSError, ValueError):  # unreadable (MoofaInputError is a ValueError): redone
             return False
+        # a result of other inputs is trained again over (its folder was claimed: ours by now)
+        return resolve("the fine-tuning", recorded, self._recorded(self.fingerprint), Policy.REDO,
+                       file=self.files.final).reuse
+
+    @staticmethod
+    def _recorded(fingerprint: object) -> Inputs:
+        """A fine-tuning's fingerprint (the SHA-256 of its inputs, :meth:`_inputs`) as
+        :class:`Inputs`; None (not recorded) as :meth:`Inputs.unrecorded`."""
+        return Inputs.unrecorded() if fingerprint is None else Inputs.of({"sha256": fingerprint})
 
     def _init_weights(self) -> None:
         """The source weights are in ``self.net`` already; rank 0's are broadcast anyway."""

@@ -43,8 +43,8 @@ from typing import Any
 from moofa.config import AnyArgs, RunConfig, SearchSettings
 from moofa.efficiency import MemoryOptions
 from moofa.efficiency.limits import Limits, violations
-from moofa.errors import CheckpointError, ConfigError, MoofaInputError, on_main_rank
-from moofa.fingerprint import change_message, comparable, file_fingerprint, model_identity, same, unrecorded_images
+from moofa.errors import CheckpointError, ConfigError, on_main_rank
+from moofa.fingerprint import Inputs, Policy, file_fingerprint, model_identity, resolve
 from moofa.io import clean_stale_temps, require_file
 from moofa.lock import OutputLock
 from moofa import preempt
@@ -202,34 +202,36 @@ def _existing(info_path: Path) -> SearchInfo | None:
         return None
 
 
-def check_finished(res_dir: str | Path, fps: Mapping[int, Mapping[str, Any]], overwrite: bool = False) -> None:
-    """Stop (:class:`MoofaInputError`, exit 2) when a finished result of ``res_dir`` records
+def check_finished(res_dir: str | Path, fps: Mapping[int, Inputs], overwrite: bool = False) -> None:
+    """Stop (:class:`~moofa.errors.MoofaInputError`, exit 2) when a finished result of ``res_dir`` records
     other inputs than ``fps[c]`` (the previous budget's answer aside, which is derived), naming
     its file and what changed; ``overwrite`` means every result is redone anyway."""
-    if overwrite:
+    # --overwrite redoes every budget (nothing to check); otherwise other inputs stop the sweep
+    policy = Policy.REDO if overwrite else Policy.REFUSE
+    if policy is Policy.REDO:
         return
     for c, fp in fps.items():
         path = constraint_dir(res_dir, c) / INFO_NAME
         info = _existing(path)
         if info is None:
             continue
-        recorded = dict(info.fingerprint or {})
-        recorded.pop("previous", None)
-        if unrecorded_images(recorded, fp):
+        # a result without a fingerprint compares as recording nothing: every input differs
+        recorded = Inputs.of(info.fingerprint or {}).without("previous")
+        if recorded.lacks_images(fp):
             log.warning("%s records no image list (written before images were fingerprinted): reused "
                         "without checking its images; --overwrite redoes it", path)
-        current = comparable(recorded, fp)
-        if not same(recorded, current):
-            raise MoofaInputError(change_message(
-                f"this search result (constraint {c:,})", recorded, current,
-                "rerun with --overwrite to redo the search, or choose another search_config.res_dir"),
-                file=path)
+        resolve(f"this search result (constraint {c:,})", recorded, fp, policy, file=path,
+                restart="rerun with --overwrite to redo the search, or choose another search_config.res_dir")
 
 
-def _done(info_path: Path, fp: Mapping[str, Any]) -> SearchInfo | None:
+def _done(info_path: Path, fp: Inputs) -> SearchInfo | None:
+    """The finished result at ``info_path`` when it records ``fp`` (previous answer included);
+    a stale one is redone (Policy.REDO: check_finished refused the other inputs before)."""
     info = _existing(info_path)
-    recorded = None if info is None else info.fingerprint
-    return info if info is not None and same(recorded, comparable(recorded, fp)) else None
+    if info is None:
+        return None
+    recorded = Inputs.unrecorded() if info.fingerprint is None else Inputs.of(info.fingerprint)
+    return info if resolve("this search result", recorded, fp, Policy.REDO, file=info_path).reuse else None
 
 
 class _Context:
@@ -301,7 +303,7 @@ def run_search(run: Run, backend: Any, overwrite: bool = False) -> list[SearchIn
         lock.acquire()
         clean_stale_temps(folders=[res_dir], recursive=True)
         inputs = search_inputs(cfg, spec, args, predictor)
-        check_finished(res_dir, {c: fingerprint(cfg, spec, c, sc, args, inputs)
+        check_finished(res_dir, {c: Inputs.of(fingerprint(cfg, spec, c, sc, args, inputs))
                                  for c in constraints}, overwrite)
         return inputs
 
@@ -447,7 +449,7 @@ def _one_constraint(ctx: _Context, c: int, previous: SearchInfo | None, overwrit
     fp = fingerprint(cfg, spec, c, ctx.settings, ctx.args, ctx.inputs)
     fp["previous"] = None if previous is None else previous.config
     fp = json.loads(json.dumps(fp))
-    done = None if overwrite or not backend.is_main else _done(out / INFO_NAME, fp)
+    done = None if overwrite or not backend.is_main else _done(out / INFO_NAME, Inputs.of(fp))
     done = backend.broadcast_object(done)
     if done is not None:
         if backend.is_main:
