@@ -371,7 +371,8 @@ def search_sweep(finder: EvolutionFinder, constraints: Iterable[float], top_k: i
     """Search every constraint in ascending order, each starting from the previous answer
     (what ``eval_and_search.py --mode search`` does without evaluation)."""
     out: list[tuple[SearchResult, Individual]] = []
-    previous, top = None, []
+    previous: Individual | None = None
+    top: list[Individual] = []
     for c in sorted(constraints):
         result, previous = search_budget(finder, c, previous, top, top_k, progress)
         top = result.top

@@ -239,8 +239,8 @@ class RobustFitness:
         (fraction), the distance to the nearest (genes) and the neighbours' indices.
         ``available``: how many measured subnets may be neighbours (default: all)."""
         k = min(self.settings.neighbours, dist.shape[1] if available is None else available)
-        d_k, idx = torch.topk(dist, k, dim=1, largest=False, sorted=True)
-        d_k, idx = d_k.double().numpy().clip(min=0.0), idx.numpy()
+        d_top, idx_top = torch.topk(dist, k, dim=1, largest=False, sorted=True)
+        d_k, idx = d_top.double().numpy().clip(min=0.0), idx_top.numpy()
         w = 1.0 / (1.0 + d_k)
         r = self.residuals[idx]
         shift = (w * r).sum(axis=1) / w.sum(axis=1)
