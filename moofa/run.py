@@ -158,6 +158,8 @@ class Run:
         if step == "teacher":
             d = Path(args.teacher_path) / CHECKPOINT_DIR
             return PhaseFiles(Path(args.teacher_path), d / STATE_FILE, d / BEST_FILE, d / BEST_FILE)
+        if phase is None:  # every step but the teacher has phases
+            raise ConfigError(f"--phase is required for step {step}", key="--phase")
         d = Path(args.path) / CHECKPOINT_DIR / f"{step}_{phase}"
         return PhaseFiles(Path(args.path), d / STATE_FILE, d / BEST_FILE,
                           final_phase_file(args.path, step, phase))
