@@ -33,7 +33,7 @@ import importlib.metadata
 import logging
 import shutil
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sized
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,7 @@ from moofa.deploy.programs import (
 )
 from moofa.deploy.ethosu import XNNPACK, check_target, ethosu_available, is_ethosu
 from moofa.efficiency import MemoryOptions, peak_memory
-from moofa.errors import ConfigError
+from moofa.errors import CheckpointError, ConfigError
 from moofa.fingerprint import sha256_file
 from moofa.io import atomic_path
 from moofa.models.spec import ModelSpec, SubnetConfig
@@ -134,7 +134,8 @@ def _measure(net: nn.Module, quantized: nn.Module, int8: ProgramRunner, fp32: Pr
     ok32: list[bool] = []
     diff_q = diff_fp32 = scale = 0.0
     seconds = 0.0
-    bar = tqdm(total=len(loader.dataset), desc="int8 top-1 (ExecuTorch)", unit="img",
+    total = len(loader.dataset) if isinstance(loader.dataset, Sized) else None  # map-style: sized
+    bar = tqdm(total=total, desc="int8 top-1 (ExecuTorch)", unit="img",
                disable=not progress, dynamic_ncols=True, mininterval=2.0)
     for images, labels in loader:
         ref = net(images)
@@ -187,7 +188,7 @@ def deploy_network(net: nn.Module, spec: ModelSpec, cfg: SubnetConfig, args: Any
     cfg = SubnetConfig.from_dict(cfg).validate(spec)
     r = cfg.image_size
     provider = _single_process_provider(args, r)
-    fp = {"subnet_sha256": subnet_sha256, "config": cfg.to_dict(), "calibration_images": int(calibration_images),
+    fp: dict[str, Any] = {"subnet_sha256": subnet_sha256, "config": cfg.to_dict(), "calibration_images": int(calibration_images),
           "per_channel": bool(per_channel), "data_path": str(provider.root), "n_test": len(provider.test_folder),
           "executorch": importlib.metadata.version("executorch"), "recipe": RECIPE_VERSION}
     if targets != [XNNPACK]:  # the default's fingerprint stays as before
@@ -343,7 +344,9 @@ def deploy_exported(subnet_path: str | Path, cfg: RunConfig, out_dir: str | Path
     ``deploy:`` settings of the loaded run config ``cfg`` (``targets`` overrides ``deploy.targets``)."""
     require_executorch()
     net = load_exported(subnet_path)
-    spec, arch = net.model_spec, net.subnet_config  # type: ignore[attr-defined]
+    spec, arch = net.model_spec, net.subnet_config
+    if spec is None or arch is None:  # load_exported sets both
+        raise CheckpointError("the exported subnet records no arch or model", file=subnet_path)
     args = last_task_args(cfg)
     n_out = head_settings(net)[0]
     if n_out != expected_n_classes(args):
