@@ -143,8 +143,8 @@ def plot_memory_histograms(cfgs: Mapping[str, RunConfig], out_stem: Path,
         colours = ["#c0392b" if v == peak else "#2e86c1" for v in hist]
         ax.bar(range(1, len(hist) + 1), hist, color=colours, width=0.85)
         ax.axhline(c, color="black", linestyle="--", linewidth=1, label=f"budget {c:,} {info.memory_unit}")
-        cfg = info.config
-        ax.set_title(f"{label}: {info.model or ''}, R={cfg['image_size']}, peak {peak:,}", fontsize=9)
+        arch = info.config
+        ax.set_title(f"{label}: {info.model or ''}, R={arch['image_size']}, peak {peak:,}", fontsize=9)
         ax.set_xlabel("layer (execution order)")
         ax.legend(loc="upper right", fontsize=8)
     unit = next(iter(infos.values())).memory_unit
