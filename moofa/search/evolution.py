@@ -58,7 +58,7 @@ from moofa.models.space import SearchSpace
 from moofa.models.spec import ModelSpec, SubnetConfig, get_model_spec
 from moofa.search.robust import Estimates, RobustFitness
 
-Scorer = Callable[[list[SubnetConfig]], "np.ndarray | Sequence[float]"]
+Scorer = Callable[[list[SubnetConfig]], "np.ndarray | Sequence[float] | Estimates"]
 
 
 class Individual(NamedTuple):
