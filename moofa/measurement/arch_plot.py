@@ -83,7 +83,7 @@ def draw_arch(model: str | ModelSpec, config: Mapping[str, Any] | SubnetConfig,
               path_stem: str | Path, info: Mapping[str, Any] | None = None,
               n_classes: int = 1000) -> list[Path]:
     """Draw ``config`` of ``model`` to ``<path_stem>.png`` and ``<path_stem>.pdf`` (atomic);
-    ``info`` (e.g. peak memory, MFLOPs, accuracy) is printed as a header. Returns the paths."""
+    ``info`` (e.g. peak memory, MMACs, accuracy) is printed as a header. Returns the paths."""
     spec = get_model_spec(model)
     cfg = SubnetConfig.from_dict(config).validate(spec)
     nodes = _nodes(spec, cfg, n_classes)

@@ -46,7 +46,7 @@ def draw_subnet_plots(spec: ModelSpec, cfg: SubnetConfig, out_dir: str | Path, r
                                                  if constraint is not None else "")
     paths = plot_memory_histogram(report["memory_history"], out / "memory_histogram", constraint,
                                   title=title, labels=report["memory_layers"], unit=unit)
-    info = {f"peak memory ({unit})": int(report["peak_memory"]), "MFLOPs": float(report["flops"])}
+    info = {f"peak memory ({unit})": int(report["peak_memory"]), "MMACs": float(report["flops"])}
     if accuracy is not None:
         info["top-1 (%)"] = 100.0 * float(accuracy)
     return paths + draw_arch(spec, cfg, out / "subnet", info=info, n_classes=n_classes)

@@ -53,7 +53,7 @@ from moofa.measurement.report import draw_subnet_plots, subnet_report, units
 from moofa.run import INFO_NAME, Run, constraint_dir
 from moofa.search.evolution import EvolutionFinder, Individual, SearchResult, check_constraints, search_budget
 from moofa.search.robust import FitnessSettings, RobustFitness
-from moofa.search.results import format_prediction, run_from_infos, write_summary
+from moofa.search.results import format_prediction, series_from_infos, write_summary
 from moofa.records import SearchInfo
 from moofa.predictor import AccuracyPredictor
 from moofa.predictor.dataset import read_dataset
@@ -342,8 +342,8 @@ def _sweep(run: Run, spec: ModelSpec, backend: Any, overwrite: bool,
         else:
             log.warning("re-ranking measurements not appended: %s is not a .jsonl dataset", path)
     if backend.is_main:
-        run = run_from_infos(spec.name, infos, res_dir)
-        for p in write_summary(res_dir, run):
+        series = series_from_infos(spec.name, infos, res_dir)
+        for p in write_summary(res_dir, series):
             log.info("wrote %s", p)
     backend.barrier()
     return infos
