@@ -519,10 +519,10 @@ def prepare(spec: ModelSpec, dc: DatasetSettings, backend: Any, options: MemoryO
     return on_main_rank(backend, plan_and_log)
 
 
-def subnet_record(spec: ModelSpec, cfg: SubnetConfig, accuracy: float, n_classes: int) -> dict[str, Any]:
+def subnet_record(spec: ModelSpec, subnet: SubnetConfig, accuracy: float, n_classes: int) -> dict[str, Any]:
     """One dataset line (README): config, accuracy (fraction), peak memory (elements),
     FLOPs (MMACs of the network with ``n_classes`` outputs) and the model name."""
-    return make_record(cfg, accuracy, peak_memory(spec, cfg), flops(spec, cfg, n_classes), spec.name)
+    return make_record(subnet, accuracy, peak_memory(spec, subnet), flops(spec, subnet, n_classes), spec.name)
 
 
 # ------------------------------------------------------------------------------------------------
