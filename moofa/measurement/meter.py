@@ -73,7 +73,7 @@ class SubnetMeter:
                                                  persistent_workers=p.n_worker > 0)
         return self._loaders[image_size]
 
-    def accuracy(self, cfg: SubnetConfig) -> float:
-        """Top-1 fraction of ``cfg`` on the evaluation subset (complete counts, no reduction)."""
-        calibrate_subnet(self.supernet, cfg, self.provider)
-        return evaluate(self.supernet, self.loader(cfg.image_size), None).top1
+    def accuracy(self, subnet: SubnetConfig) -> float:
+        """Top-1 fraction of ``subnet`` on the evaluation subset (complete counts, no reduction)."""
+        calibrate_subnet(self.supernet, subnet, self.provider)
+        return evaluate(self.supernet, self.loader(subnet.image_size), None).top1

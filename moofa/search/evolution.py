@@ -380,11 +380,11 @@ def search_sweep(finder: EvolutionFinder, constraints: Iterable[float], top_k: i
     return out
 
 
-def _network_key(cfg: SubnetConfig, blocks_per_stage: int) -> tuple:
+def _network_key(subnet: SubnetConfig, blocks_per_stage: int) -> tuple:
     """(ks, e of the active blocks, d, image_size): equal for configs of the same network (a
     cheaper :meth:`SubnetConfig.canonical`)."""
-    active = [s * blocks_per_stage + j for s, n in enumerate(cfg.d) for j in range(n)]
-    return (tuple(cfg.ks[i] for i in active), tuple(cfg.e[i] for i in active), cfg.d, cfg.image_size)
+    active = [s * blocks_per_stage + j for s, n in enumerate(subnet.d) for j in range(n)]
+    return (tuple(subnet.ks[i] for i in active), tuple(subnet.e[i] for i in active), subnet.d, subnet.image_size)
 
 
 class _TopK:

@@ -135,7 +135,7 @@ def random_weights_net(spec: ModelSpec, n_classes: int) -> Callable[[SubnetConfi
     torch.manual_seed(0)
     net = build_supernet(spec, n_classes=n_classes)
 
-    def of(cfg: SubnetConfig) -> torch.nn.Module:
-        net.set_subnet(cfg)
+    def of(subnet: SubnetConfig) -> torch.nn.Module:
+        net.set_subnet(subnet)
         return net.get_active_subnet().eval()
     return of

@@ -55,7 +55,7 @@ from moofa.measurement.report import draw_subnet_plots, subnet_report, units
 from moofa.run import INFO_NAME, Run, constraint_dir
 from moofa.search.evolution import EvolutionFinder, Individual, SearchResult, check_constraints, search_budget
 from moofa.search.robust import FitnessSettings, RobustFitness
-from moofa.search.results import format_prediction, run_from_infos, write_summary
+from moofa.search.results import format_prediction, series_from_infos, write_summary
 from moofa.records import SearchInfo
 from moofa.predictor import AccuracyPredictor
 from moofa.predictor.dataset import read_dataset
@@ -354,8 +354,8 @@ def _sweep(run: Run, spec: ModelSpec, backend: Any, overwrite: bool,
         else:
             log.warning("re-ranking measurements not appended: %s is not a .jsonl dataset", path)
     if backend.is_main:
-        summary = run_from_infos(spec.name, infos, res_dir)
-        for p in write_summary(res_dir, summary):
+        series = series_from_infos(spec.name, infos, res_dir)
+        for p in write_summary(res_dir, series):
             log.info("wrote %s", p)
     backend.barrier()
     return infos
@@ -560,9 +560,9 @@ def _compile_for_target(ctx: _Context, c: float, chosen: SubnetConfig, rerank: l
         if ctx.supernet is not None:
             supernet, provider, _ = ctx.measuring()
 
-            def extracted(cfg: SubnetConfig) -> nn.Module:
-                calibrate_subnet(supernet, cfg, provider)
-                supernet.set_subnet(cfg)
+            def extracted(subnet: SubnetConfig) -> nn.Module:
+                calibrate_subnet(supernet, subnet, provider)
+                supernet.set_subnet(subnet)
                 return supernet.get_active_subnet().cpu().eval()
             net_of = extracted
         else:
