@@ -108,7 +108,8 @@ def report_text(out: Path, labels: Sequence[str], cfgs: Mapping[str, RunConfig],
                          f"{pct(r.get('fp32_accuracy'))}: int8 minus fp32 {_cmp(r.get('int8_minus_fp32'))}")
     for r in checks.finetune:
         if "after" in r:
-            lines.append(f"  {r['label']}: budget {r['constraint']:>7,} subnet, {r['epochs']} fine-tuning epoch(s): test "
+            lines.append(f"  {r['label']}: budget {r['constraint']:>7,} subnet, "
+                         f"{r['epochs']} fine-tuning epoch(s): test "
                          f"top-1 {pct(r['before'])} before -> {pct(r['after'])} after ({r['n_images']:,} test images), "
                          f"after minus before {_cmp(r.get('after_minus_before'))} {'OK' if r['ok'] else 'FAILED'}")
     for c in checks.comparisons():

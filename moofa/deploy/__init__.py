@@ -46,6 +46,7 @@ from moofa.config import AnyArgs, RunConfig, last_task_args
 from moofa.data import DataProvider
 from moofa.data.samplers import evenly_spaced
 from moofa.data.transforms import test_transform
+from moofa.deploy.ethosu import XNNPACK, check_target, ethosu_available, is_ethosu
 from moofa.deploy.programs import (
     INSTALL_HINT,
     RECIPE_VERSION,
@@ -56,15 +57,14 @@ from moofa.deploy.programs import (
     quantize,
     require_executorch,
 )
-from moofa.deploy.ethosu import XNNPACK, check_target, ethosu_available, is_ethosu
 from moofa.efficiency import MemoryOptions, peak_memory
 from moofa.errors import CheckpointError, ConfigError
 from moofa.fingerprint import sha256_file
 from moofa.io import atomic_path
 from moofa.models.spec import ModelSpec, SubnetConfig
+from moofa.models.subnet_file import head_settings, load_exported
 from moofa.records import DeployRecord
 from moofa.run import expected_n_classes
-from moofa.models.subnet_file import head_settings, load_exported
 from moofa.stats import pack_bits, paired_difference
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,8 @@ DEPLOY_NAME, INT8_NAME, FP32_NAME = "deploy.json", "subnet_int8.pte", "subnet_fp
 CHECK_IMAGES = 16  # images on which both programs' logits are compared with PyTorch's
 
 __all__ = ["deploy_network", "deploy_exported", "executorch_available", "require_executorch",
-           "ethosu_available", "target_program_name", "compile_target", "INSTALL_HINT", "DEPLOY_NAME", "INT8_NAME", "FP32_NAME", "file_sha256"]
+           "ethosu_available", "target_program_name", "compile_target", "INSTALL_HINT", "DEPLOY_NAME", "INT8_NAME",
+           "FP32_NAME", "file_sha256"]
 
 
 file_sha256 = sha256_file  # the name this module has exported
@@ -224,7 +225,8 @@ def deploy_network(net: nn.Module, spec: ModelSpec, subnet: SubnetConfig, args: 
                                          provider.test_loader(r))
         info["sources"]["targets"] = ("Vela's compile-time estimates for the target's system configuration "
                                       "(not measurements on silicon); analytic_int8_activations_bytes: moofa's "
-                                      "analytic activations-only peak at 1 byte per element; tosa_int8_accuracy: measured, "
+                                      "analytic activations-only peak at 1 byte per element; "
+                                      "tosa_int8_accuracy: measured, "
                                       "top-1 of the lowered int8 TOSA network run by the TOSA reference model on "
                                       "every test image (an integer reference of the NPU's maths, not the NPU)")
         info["units"].update(sram_bytes="bytes", flash_bytes="bytes", inference_ms="milliseconds",

@@ -1,8 +1,8 @@
 """Evaluation shared by training validation, eval mode, search and predictor-dataset creation.
 
 Counts are all-reduced across ranks, so every rank gets the accuracy over the whole evaluated set
-(the reference measured a 1/N shard per GPU; docs/design.md#departures-from-the-reference). Forward time is measured with
-device synchronisation after warm-up batches (docs/design.md#departures-from-the-reference).
+(the reference measured a 1/N shard per GPU; docs/design.md#departures-from-the-reference). Forward
+time is measured with device synchronisation after warm-up batches (docs/design.md#departures-from-the-reference).
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Memory-constrained regularised evolution (docs/design.md#search-space, with the fixes of docs/design.md#departures-from-the-reference).
+"""Memory-constrained regularised evolution (docs/design.md#search-space, with the fixes of
+docs/design.md#departures-from-the-reference).
 
 One run per constraint C (peak memory, elements):
 
@@ -44,15 +45,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from moofa import preempt
+from moofa.config import SearchSettings
 from moofa.efficiency import (
     MemoryOptions,
     memory_bounds,
     peak_memory,
     peak_memory_batch,
 )
-from moofa.config import SearchSettings
 from moofa.efficiency.limits import Limits, check_limits, fits_batch, repair_within, sample_within
-from moofa import preempt
 from moofa.errors import InfeasibleConstraintError
 from moofa.models.space import SearchSpace
 from moofa.models.spec import ModelSpec, SubnetConfig, get_model_spec

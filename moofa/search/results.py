@@ -331,7 +331,8 @@ def against_data_markdown(run: SearchSeries) -> list[str]:
     lines = [f"## {run.label}: the search against the data it had", "",
              "predicted = the search's estimate (± one standard deviation; a measured subnet shows its "
              "measurement); 90 % interval = where the accuracy lies with 90 % probability, calibrated "
-             "on held-out measured subnets (docs/search.md); selection = measured on the images used to choose (" + (sel or "none") + "); "
+             "on held-out measured subnets (docs/search.md); selection = measured on the images used to "
+             "choose (" + (sel or "none") + "); "
              "test = measured on the report images (" + (test or "not evaluated") + "); baseline = the "
              "best subnet already in the predictor dataset under the budget (its dataset accuracy, and "
              "its accuracy on the same test images). Accuracies in %.", "",

@@ -41,10 +41,10 @@ import numpy as np
 import torch
 
 from moofa.config import SEARCH_SCHEMA, SearchSettings
-from moofa.models.spec import ModelSpec, SubnetConfig
-from moofa.predictor.dataset import PredictorDataset
 from moofa.efficiency import peak_memory_batch
 from moofa.efficiency.limits import fits_batch
+from moofa.models.spec import ModelSpec, SubnetConfig
+from moofa.predictor.dataset import PredictorDataset
 
 FITNESS_MODES = ("robust", "reference")
 OUTSIDE_PENALTY = 1.0  # fitness units (fraction = 100 pp) per gene beyond the trust radius

@@ -46,18 +46,19 @@ import torch.nn as nn
 from moofa.config import FINETUNE
 from moofa.data.provider import DataProvider
 from moofa.errors import CheckpointError, ConfigError, MoofaInputError, on_main_rank
+from moofa.fingerprint import normalise, sha256_file
 from moofa.io import check_writable, clean_stale_temps, read_json, write_json
 from moofa.lock import OutputLock
+from moofa.measurement.evaluate import EvalResult, evaluate
+from moofa.measurement.report import UNITS, subnet_report
 from moofa.models.bn_calibration import set_running_statistics
 from moofa.models.layers import MobileNetV3
 from moofa.models.spec import ModelSpec, SubnetConfig
-from moofa.measurement.report import UNITS, subnet_report
-from moofa.fingerprint import normalise, sha256_file
-from moofa.records import FinetuneInfo
-from moofa.run import EXPORT_NAME, FINETUNED_NAME as OUT_NAME, INFO_NAME, PhaseFiles, Run, SubnetSource
 from moofa.models.subnet_file import export_static, load_exported
+from moofa.records import FinetuneInfo
+from moofa.run import EXPORT_NAME, INFO_NAME, PhaseFiles, Run, SubnetSource
+from moofa.run import FINETUNED_NAME as OUT_NAME
 from moofa.stats import compare_stored
-from moofa.measurement.evaluate import EvalResult, evaluate
 from moofa.training.logger import RunLogger
 from moofa.training.trainer import Trainer, seed_everything
 

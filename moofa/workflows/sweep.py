@@ -1,4 +1,5 @@
-"""``eval_and_search.py --mode search``: the constraint sweep (docs/design.md#search-space, fixed per docs/design.md#departures-from-the-reference).
+"""``eval_and_search.py --mode search``: the constraint sweep (docs/design.md#search-space, fixed
+per docs/design.md#departures-from-the-reference).
 
 For each constraint of :func:`moofa.config.search_constraints` (checked against the model's exact
 minimum first), rank 0 runs the evolutionary search and broadcasts the result; with
@@ -32,45 +33,43 @@ removes temporary files of writes a killed run left there.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-
-import torch
-import torch.nn as nn
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.nn as nn
+
+from moofa import preempt
 from moofa.config import AnyArgs, RunConfig, SearchSettings
+from moofa.data import DataProvider
+from moofa.data.folder import data_fingerprint
+from moofa.deploy import DEPLOY_NAME, deploy_exported, require_executorch
 from moofa.efficiency import MemoryOptions
 from moofa.efficiency.limits import Limits, violations
 from moofa.errors import CheckpointError, ConfigError, MoofaInputError, on_main_rank
 from moofa.fingerprint import change_message, comparable, file_fingerprint, model_identity, same, unrecorded_images
 from moofa.io import clean_stale_temps, require_file
 from moofa.lock import OutputLock
-from moofa import preempt
-from moofa.models.spec import ModelSpec, SubnetConfig
-from moofa.models.supernet import Supernet
+from moofa.measurement.evaluate import calibrate_subnet, evaluate_subnet
+from moofa.measurement.meter import SubnetMeter
 from moofa.measurement.report import draw_subnet_plots, subnet_report, units
+from moofa.models.spec import ModelSpec, SubnetConfig
+from moofa.models.subnet_file import export_subnet
+from moofa.models.supernet import Supernet
+from moofa.predictor import AccuracyPredictor
+from moofa.predictor.create import subnet_record
+from moofa.predictor.dataset import append_records, read_dataset
+from moofa.records import SearchInfo
 from moofa.run import INFO_NAME, Run, constraint_dir
 from moofa.search.evolution import EvolutionFinder, Individual, SearchResult, check_constraints, search_budget
-from moofa.search.robust import FitnessSettings, RobustFitness
 from moofa.search.results import format_prediction, series_from_infos, write_summary
-from moofa.records import SearchInfo
-from moofa.predictor import AccuracyPredictor
-from moofa.predictor.dataset import read_dataset
-import hashlib
-from moofa.data import DataProvider
-from moofa.data.folder import data_fingerprint
-from moofa.measurement.meter import SubnetMeter
-from moofa.deploy import require_executorch
-from moofa.predictor.dataset import append_records
-from moofa.predictor.create import subnet_record
-from moofa.measurement.evaluate import calibrate_subnet, evaluate_subnet
-from moofa.models.subnet_file import export_subnet
-from moofa.stats import Comparison, compare_stored
-from moofa.deploy import DEPLOY_NAME, deploy_exported
+from moofa.search.robust import FitnessSettings, RobustFitness
 from moofa.search.target import TARGET_KEYS, compile_answer, random_weights_net, target_table, with_target_limits
+from moofa.stats import Comparison, compare_stored
 
 log = logging.getLogger(__name__)
 EXPORT_NAME = "subnet.pth.tar"
@@ -622,7 +621,8 @@ def _write_outputs(spec: ModelSpec, info: SearchInfo, report: Mapping[str, Any],
                                                       with_onnx="onnx" in formats)]
         if deploy_cfg is not None:
             # a budget whose answer is another budget's subnet file copies that budget's programs
-            dep = deploy_exported(out / EXPORT_NAME, deploy_cfg, out, reuse_from=sorted(out.parent.glob("constraint_*")))
+            dep = deploy_exported(out / EXPORT_NAME, deploy_cfg, out,
+                                  reuse_from=sorted(out.parent.glob("constraint_*")))
             info.deploy = dep.summary()
             info.int8_accuracy = dep.int8_accuracy
             info.export += [n for n in ("subnet_int8.pte", "subnet_fp32.pte", DEPLOY_NAME) if (out / n).is_file()]
