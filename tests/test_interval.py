@@ -19,7 +19,7 @@ from moofa.models.spec import get_model_spec
 from moofa.predictor import AccuracyPredictor
 from moofa.predictor.create import subnet_record
 from moofa.predictor.dataset import PredictorDataset, append_records
-from moofa.search.results import format_prediction, read_run, summary_csv, summary_markdown
+from moofa.search.results import format_prediction, read_series, summary_csv, summary_markdown
 from moofa.search.robust import INTERVAL_LEVEL, FitnessSettings, RobustFitness, conformal_quantile
 
 NOISE = 0.004  # sd (fraction) of the true accuracy around the predictor's output
@@ -151,7 +151,7 @@ def test_summaries_read_results_with_and_without_an_interval(tmp_path):
         d = tmp_path / f"constraint_{info['constraint']}"
         d.mkdir()
         (d / "info.json").write_text(json.dumps(info))
-    run = read_run(tmp_path)
+    run = read_series(tmp_path)
     assert [r.predicted_interval for r in run.rows] == [None, (0.7412, 0.7588), (0.7607, 0.7607)]
     md = summary_markdown([run])
     assert "| < 325k | 71.31 ± 0.64 | 71.31 % (predicted) |" in md  # the old columns kept
@@ -165,7 +165,7 @@ def test_summaries_read_results_with_and_without_an_interval(tmp_path):
     (tmp_path / "constraint_450000" / "info.json").write_text(json.dumps(bad))
     from moofa.errors import MoofaInputError
     with pytest.raises(MoofaInputError, match="low above high"):
-        read_run(tmp_path)
+        read_series(tmp_path)
 
 
 def test_sweep_log_line_shows_the_interval(caplog):

@@ -41,23 +41,23 @@ def _parser() -> ArgParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    ns = _parser().parse_args(argv)
 
-    cfg = load_config(args.config, args.model_config_path)
-    subnet = SubnetSource.resolve(args.subnet).export_file()
+    cfg = load_config(ns.config, ns.model_config_path)
+    subnet = SubnetSource.resolve(ns.subnet).export_file()
     require_executorch()
-    targets = [check_target(t, key="--target") for t in args.target] if args.target else None
-    info = deploy_exported(subnet, cfg, args.output, progress=not args.no_progress, targets=targets)
+    targets = [check_target(t, key="--target") for t in ns.target] if ns.target else None
+    info = deploy_exported(subnet, cfg, ns.output, progress=not ns.no_progress, targets=targets)
     for t, f in (info.targets or {}).items():
         print(f"{t} ({f['system_config']}, {f['memory_mode']}): SRAM {f['sram_bytes']:,} B, Flash "
               f"{f['flash_bytes']:,} B, {f['inference_ms']:.3f} ms, {f['delegate_calls']} delegate call "
-              f"(Vela's estimates, not silicon); wrote {Path(args.output) / target_program_name(t)}")
+              f"(Vela's estimates, not silicon); wrote {Path(ns.output) / target_program_name(t)}")
     if info.int8_accuracy is None:  # Ethos-U targets only
         return 0
     print(f"int8 top-1 {100 * info.int8_accuracy:.2f}% (ExecuTorch runtime) vs fp32 "
           f"{100 * (info.fp32_accuracy or 0.0):.2f}% (PyTorch) on {info.n_images or 0:,} test images; "
           f"int8 program {info.pte_bytes or 0:,} bytes, planned activations {info.runtime_memory_bytes or 0:,} "
-          f"bytes (analytic peak {info.analytic_peak_memory or 0:,} {info.analytic_unit}); wrote {args.output}")
+          f"bytes (analytic peak {info.analytic_peak_memory or 0:,} {info.analytic_unit}); wrote {ns.output}")
     return 0
 
 

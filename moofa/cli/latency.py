@@ -88,9 +88,9 @@ def build(model: str, targets: Sequence[str], samples: int, *, start: int = 0, s
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    build(args.model, args.target, args.samples, start=args.start, seed=args.seed, workers=args.workers,
-          cache=args.cache, output=args.output, checkpoint=args.checkpoint, model_configs=args.model_config_path)
+    ns = _parser().parse_args(argv)
+    build(ns.model, ns.target, ns.samples, start=ns.start, seed=ns.seed, workers=ns.workers,
+          cache=ns.cache, output=ns.output, checkpoint=ns.checkpoint, model_configs=ns.model_config_path)
     return 0
 
 

@@ -74,10 +74,10 @@ def read_subnet_config(value: str, image_size: int | None = None) -> SubnetConfi
 
 def format_table(layers: Sequence[Any], unit: str) -> str:
     """The per-layer table: layer, in, out, weights, residual, total (``unit``), peak marked."""
-    peak = max(l.total for l in layers)
+    peak = max(layer.total for layer in layers)
     head = ("layer", "in", "out", "weights", "residual", f"total ({unit})")
-    rows = [head] + [(l.name + (" *" if l.total == peak else ""), f"{l.inp:,}", f"{l.out:,}",
-                      f"{l.weights:,}", f"{l.residual:,}", f"{l.total:,}") for l in layers]
+    rows = [head] + [(layer.name + (" *" if layer.total == peak else ""), f"{layer.inp:,}", f"{layer.out:,}",
+                      f"{layer.weights:,}", f"{layer.residual:,}", f"{layer.total:,}") for layer in layers]
     widths = [max(len(r[c]) for r in rows) for c in range(len(head))]
     lines = ["  ".join(r[0].ljust(widths[0]) if c == 0 else r[c].rjust(widths[c])
                        for c in range(len(head))) for r in rows]
@@ -86,36 +86,37 @@ def format_table(layers: Sequence[Any], unit: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    ns = _parser().parse_args(argv)
     try:
-        spec = get_model_spec(args.model, args.model_config_path)
+        spec = get_model_spec(ns.model, ns.model_config_path)
     except ValueError as err:
         raise MoofaInputError(str(err), key="--model") from None
-    cfg = read_subnet_config(args.config, args.image_size)
+    subnet = read_subnet_config(ns.config, ns.image_size)
     try:
-        cfg.validate(spec)
-        options = MemoryOptions(bytes_per_element=args.bytes_per_element, count_head=args.count_head,
-                                count_weights=not args.activations_only,
-                                inplace_depthwise=args.inplace_depthwise, n_classes=args.n_classes)
+        subnet.validate(spec)
+        options = MemoryOptions(bytes_per_element=ns.bytes_per_element, count_head=ns.count_head,
+                                count_weights=not ns.activations_only,
+                                inplace_depthwise=ns.inplace_depthwise, n_classes=ns.n_classes)
     except ValueError as err:
-        raise ConfigError(str(err), file=args.config if not args.config.lstrip().startswith("{") else "--config") from None
+        raise ConfigError(str(err), file=ns.config if not ns.config.lstrip().startswith("{") else "--config") from None
     unit = options.unit if options.is_reference else options.describe()
-    layers = memory_layers(spec, cfg, options)
-    peak = max(l.total for l in layers)
-    mmacs = flops(spec, cfg, args.n_classes)
-    params = count_params(spec, cfg, args.n_classes)
-    print(f"model {spec.name}  image_size {cfg.image_size}  d {list(cfg.d)}")
+    layers = memory_layers(spec, subnet, options)
+    peak = max(layer.total for layer in layers)
+    mmacs = flops(spec, subnet, ns.n_classes)
+    params = count_params(spec, subnet, ns.n_classes)
+    print(f"model {spec.name}  image_size {subnet.image_size}  d {list(subnet.d)}")
     print(f"peak memory: {peak:,} {unit}")
     print(f"MMACs: {mmacs:.6f}")
     print(f"parameters: {params:,}")
     print(format_table(layers, unit))
-    out = Path(args.output)
+    out = Path(ns.output)
     out.mkdir(parents=True, exist_ok=True)
-    paths = plot_memory_histogram([l.total for l in layers], out / "memory_histogram", args.constraint,
-                                  f"{spec.name} @ {cfg.image_size}px: peak {peak:,} {unit}",
-                                  labels=[l.name for l in layers], unit=unit)
-    report = {"model": spec.name, "config": cfg.to_dict(), "peak_memory": peak, "unit": options.unit,
-              "memory_model": options.to_dict(), "mmacs": mmacs, "params": params, "layers": [l._asdict() for l in layers]}
+    paths = plot_memory_histogram([layer.total for layer in layers], out / "memory_histogram", ns.constraint,
+                                  f"{spec.name} @ {subnet.image_size}px: peak {peak:,} {unit}",
+                                  labels=[layer.name for layer in layers], unit=unit)
+    report = {"model": spec.name, "config": subnet.to_dict(), "peak_memory": peak, "unit": options.unit,
+              "memory_model": options.to_dict(), "mmacs": mmacs, "params": params,
+              "layers": [layer._asdict() for layer in layers]}
     write_json(out / "profile.json", report, indent=1)
     print("wrote " + ", ".join(str(p) for p in [*paths, out / "profile.json"]))
     return 0

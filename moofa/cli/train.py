@@ -14,8 +14,8 @@ from moofa.errors import MoofaInputError
 from moofa.models.spec import DEFAULT_MODEL_CONFIGS
 from moofa.run import Run
 from moofa.training.checkpoint import PHASE_ORDER
-from moofa.workflows.finetune import finetune
 from moofa.training.trainer import train_step
+from moofa.workflows.finetune import finetune
 
 
 def build_parser() -> ArgParser:
@@ -37,21 +37,21 @@ def build_parser() -> ArgParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.step == FINETUNE and args.subnet is None:
+    ns = build_parser().parse_args(argv)
+    if ns.step == FINETUNE and ns.subnet is None:
         raise MoofaInputError("--step finetune needs --subnet <constraint folder | subnet.pth.tar>", key="--subnet")
-    if args.step != FINETUNE and args.subnet is not None:
-        raise MoofaInputError(f"--subnet is only for --step finetune, not {args.step}", key="--subnet",
-                              value=args.subnet)
-    if args.step == FINETUNE and args.phase is not None:
-        raise MoofaInputError("--step finetune has no phases", key="--phase", value=args.phase)
-    run = Run.load(args.config, args.model_config_path)
+    if ns.step != FINETUNE and ns.subnet is not None:
+        raise MoofaInputError(f"--subnet is only for --step finetune, not {ns.step}", key="--subnet",
+                              value=ns.subnet)
+    if ns.step == FINETUNE and ns.phase is not None:
+        raise MoofaInputError("--step finetune has no phases", key="--phase", value=ns.phase)
+    run = Run.load(ns.config, ns.model_config_path)
     backend = init_backend(run.cfg.args.device)
     try:
-        if args.step == FINETUNE:
-            result = finetune(run, args.subnet, backend, overwrite=args.overwrite)
+        if ns.step == FINETUNE:
+            result = finetune(run, ns.subnet, backend, overwrite=ns.overwrite)
         else:
-            result = train_step(run, args.step, args.phase, backend, overwrite=args.overwrite)
+            result = train_step(run, ns.step, ns.phase, backend, overwrite=ns.overwrite)
     finally:
         backend.shutdown()
     if backend.is_main and not result.already_done:

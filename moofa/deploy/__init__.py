@@ -33,7 +33,7 @@ import importlib.metadata
 import logging
 import shutil
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sized
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ from moofa.config import AnyArgs, RunConfig, last_task_args
 from moofa.data import DataProvider
 from moofa.data.samplers import evenly_spaced
 from moofa.data.transforms import test_transform
+from moofa.deploy.ethosu import XNNPACK, check_target, ethosu_available, is_ethosu
 from moofa.deploy.programs import (
     INSTALL_HINT,
     RECIPE_VERSION,
@@ -56,15 +57,14 @@ from moofa.deploy.programs import (
     quantize,
     require_executorch,
 )
-from moofa.deploy.ethosu import XNNPACK, check_target, ethosu_available, is_ethosu
 from moofa.efficiency import MemoryOptions, peak_memory
-from moofa.errors import ConfigError
+from moofa.errors import CheckpointError, ConfigError
 from moofa.fingerprint import Inputs, Policy, resolve, sha256_file
 from moofa.io import atomic_path
 from moofa.models.spec import ModelSpec, SubnetConfig
+from moofa.models.subnet_file import head_settings, load_exported
 from moofa.records import DeployRecord
 from moofa.run import expected_n_classes
-from moofa.models.subnet_file import head_settings, load_exported
 from moofa.stats import pack_bits, paired_difference
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,8 @@ DEPLOY_NAME, INT8_NAME, FP32_NAME = "deploy.json", "subnet_int8.pte", "subnet_fp
 CHECK_IMAGES = 16  # images on which both programs' logits are compared with PyTorch's
 
 __all__ = ["deploy_network", "deploy_exported", "executorch_available", "require_executorch",
-           "ethosu_available", "target_program_name", "compile_target", "INSTALL_HINT", "DEPLOY_NAME", "INT8_NAME", "FP32_NAME", "file_sha256"]
+           "ethosu_available", "target_program_name", "compile_target", "INSTALL_HINT", "DEPLOY_NAME", "INT8_NAME",
+           "FP32_NAME", "file_sha256"]
 
 
 file_sha256 = sha256_file  # the name this module has exported
@@ -137,7 +138,8 @@ def _measure(net: nn.Module, quantized: nn.Module, int8: ProgramRunner, fp32: Pr
     ok32: list[bool] = []
     diff_q = diff_fp32 = scale = 0.0
     seconds = 0.0
-    bar = tqdm(total=len(loader.dataset), desc="int8 top-1 (ExecuTorch)", unit="img",
+    total = len(loader.dataset) if isinstance(loader.dataset, Sized) else None  # map-style: sized
+    bar = tqdm(total=total, desc="int8 top-1 (ExecuTorch)", unit="img",
                disable=not progress, dynamic_ncols=True, mininterval=2.0)
     for images, labels in loader:
         ref = net(images)
@@ -171,13 +173,13 @@ def _measure(net: nn.Module, quantized: nn.Module, int8: ProgramRunner, fp32: Pr
                        "pytorch_max_abs_logit": scale}}
 
 
-def deploy_network(net: nn.Module, spec: ModelSpec, cfg: SubnetConfig, args: AnyArgs,
+def deploy_network(net: nn.Module, spec: ModelSpec, subnet: SubnetConfig, args: AnyArgs,
                    out_dir: str | Path, *, calibration_images: int = 256, per_channel: bool = True,
                    memory_options: MemoryOptions | None = None, subnet_sha256: str | None = None,
                    progress: bool = True, reuse_from: Iterable[str | Path] = (),
                    targets: Iterable[str] = (XNNPACK,), system_config: str | None = None,
                    memory_mode: str | None = None) -> DeployRecord:
-    """Quantise, lower and measure the static network ``net`` (architecture ``cfg`` of
+    """Quantise, lower and measure the static network ``net`` (architecture ``subnet`` of
     ``spec``) on the data of the run args ``args``; writes the folder described in the module
     docstring and returns deploy.json's content. A folder of ``reuse_from`` (or ``out_dir``
     itself) that holds the programs of the same inputs is copied instead (budgets whose answer
@@ -187,12 +189,14 @@ def deploy_network(net: nn.Module, spec: ModelSpec, cfg: SubnetConfig, args: Any
     require_executorch()
     targets = list(dict.fromkeys(check_target(t) for t in targets))
     out = Path(out_dir)
-    cfg = SubnetConfig.from_dict(cfg).validate(spec)
-    r = cfg.image_size
+    subnet = SubnetConfig.from_dict(subnet).validate(spec)
+    r = subnet.image_size
     provider = _single_process_provider(args, r)
-    fp = {"subnet_sha256": subnet_sha256, "config": cfg.to_dict(), "calibration_images": int(calibration_images),
-          "per_channel": bool(per_channel), "data_path": str(provider.root), "n_test": len(provider.test_folder),
-          "executorch": importlib.metadata.version("executorch"), "recipe": RECIPE_VERSION}
+    fp: dict[str, Any] = {"subnet_sha256": subnet_sha256, "config": subnet.to_dict(),
+                          "calibration_images": int(calibration_images),
+                          "per_channel": bool(per_channel), "data_path": str(provider.root),
+                          "n_test": len(provider.test_folder),
+                          "executorch": importlib.metadata.version("executorch"), "recipe": RECIPE_VERSION}
     if targets != [XNNPACK]:  # the default's fingerprint stays as before
         fp.update(targets=targets, system_config=system_config, memory_mode=memory_mode)
         if any(is_ethosu(t) for t in targets):
@@ -214,17 +218,18 @@ def deploy_network(net: nn.Module, spec: ModelSpec, cfg: SubnetConfig, args: Any
     calib = calibration_batches(provider, r, calibration_images)
     opts = memory_options or MemoryOptions()
     if XNNPACK in targets:
-        info = _deploy_xnnpack(net, spec, cfg, provider, out, calib, per_channel, opts, progress)
+        info = _deploy_xnnpack(net, spec, subnet, provider, out, calib, per_channel, opts, progress)
     else:
-        info = {"model": spec.name, "config": cfg.to_dict(), "sources": {}, "units": {},
+        info = {"model": spec.name, "config": subnet.to_dict(), "sources": {}, "units": {},
                 "calibration_images": sum(len(b) for b in calib)}
     ethos = [t for t in targets if is_ethosu(t)]
     if ethos:
-        info["targets"] = _deploy_ethosu(net, spec, cfg, out, calib, ethos, system_config, memory_mode,
+        info["targets"] = _deploy_ethosu(net, spec, subnet, out, calib, ethos, system_config, memory_mode,
                                          provider.test_loader(r))
         info["sources"]["targets"] = ("Vela's compile-time estimates for the target's system configuration "
                                       "(not measurements on silicon); analytic_int8_activations_bytes: moofa's "
-                                      "analytic activations-only peak at 1 byte per element; tosa_int8_accuracy: measured, "
+                                      "analytic activations-only peak at 1 byte per element; "
+                                      "tosa_int8_accuracy: measured, "
                                       "top-1 of the lowered int8 TOSA network run by the TOSA reference model on "
                                       "every test image (an integer reference of the NPU's maths, not the NPU)")
         info["units"].update(sram_bytes="bytes", flash_bytes="bytes", inference_ms="milliseconds",
@@ -234,15 +239,15 @@ def deploy_network(net: nn.Module, spec: ModelSpec, cfg: SubnetConfig, args: Any
     return record
 
 
-def _deploy_ethosu(net: nn.Module, spec: ModelSpec, cfg: SubnetConfig, out: Path, calib: list[torch.Tensor],
+def _deploy_ethosu(net: nn.Module, spec: ModelSpec, subnet: SubnetConfig, out: Path, calib: list[torch.Tensor],
                    targets: list[str], system_config: str | None, memory_mode: str | None,
                    loader: Any = None) -> dict[str, Any]:
     """``{target: :func:`compile_target`}`` of each Ethos-U target."""
-    return {t: compile_target(net, spec, cfg, calib, t, out, system_config, memory_mode, loader)
+    return {t: compile_target(net, spec, subnet, calib, t, out, system_config, memory_mode, loader)
             for t in targets}
 
 
-def compile_target(net: nn.Module, spec: ModelSpec, cfg: SubnetConfig, calib: list[torch.Tensor], t: str,
+def compile_target(net: nn.Module, spec: ModelSpec, subnet: SubnetConfig, calib: list[torch.Tensor], t: str,
                    out: Path, system_config: str | None = None, memory_mode: str | None = None,
                    loader: Any = None) -> dict[str, Any]:
     """Quantise (Arm quantiser, calibrated on ``calib``) and lower the static network ``net`` for
@@ -264,8 +269,8 @@ def compile_target(net: nn.Module, spec: ModelSpec, cfg: SubnetConfig, calib: li
     out = Path(out)
     log.info("deploy: quantising (Arm quantiser) and lowering for %s ...", t)
     t0 = time.perf_counter()
-    quantized, _ = quantize_for(net, cfg.image_size, calib, t, system_config, memory_mode)
-    prog = ethosu_program(quantized, cfg.image_size, t, out / f".work_{t}", system_config, memory_mode)
+    quantized, _ = quantize_for(net, subnet.image_size, calib, t, system_config, memory_mode)
+    prog = ethosu_program(quantized, subnet.image_size, t, out / f".work_{t}", system_config, memory_mode)
     _write_bytes(out / target_program_name(t), prog.program.buffer)
     kept = out / f"vela_{t}"
     shutil.rmtree(kept, ignore_errors=True)
@@ -275,7 +280,7 @@ def compile_target(net: nn.Module, spec: ModelSpec, cfg: SubnetConfig, calib: li
     figs = prog.figures.to_dict()
     found = {**figs, "delegate_calls": prog.program.delegate_calls,
              "compile_seconds": time.perf_counter() - t0, "pte_bytes": prog.program.size,
-             "analytic_int8_activations_bytes": int8_activation_bytes(spec, cfg),
+             "analytic_int8_activations_bytes": int8_activation_bytes(spec, subnet),
              "estimate": "Vela"}
     if loader is not None and reference_model_available():
         acc = tosa_top1(kept / "out.tosa", quantized, loader)
@@ -289,11 +294,11 @@ def compile_target(net: nn.Module, spec: ModelSpec, cfg: SubnetConfig, calib: li
     return found
 
 
-def _deploy_xnnpack(net: nn.Module, spec: ModelSpec, cfg: SubnetConfig, provider: Any, out: Path,
+def _deploy_xnnpack(net: nn.Module, spec: ModelSpec, subnet: SubnetConfig, provider: Any, out: Path,
                     calib: list[torch.Tensor], per_channel: bool, opts: MemoryOptions,
                     progress: bool) -> dict[str, Any]:
     """The int8 XNNPACK and fp32 portable programs, measured on the test images."""
-    r = cfg.image_size
+    r = subnet.image_size
     log.info("deploy: quantising (PT2E int8, %s weights) on %d training images at %d px",
              "per-channel" if per_channel else "per-tensor", sum(len(b) for b in calib), r)
     quantized, q_seconds = quantize(net, r, calib, per_channel)
@@ -308,18 +313,18 @@ def _deploy_xnnpack(net: nn.Module, spec: ModelSpec, cfg: SubnetConfig, provider
              f"{p32.planned_bytes:,}", p32.seconds)
     loader = provider.test_loader(r)
     measured = _measure(net, quantized, ProgramRunner(p8.buffer), ProgramRunner(p32.buffer), loader, progress)
-    acts = peak_memory(spec, cfg, MemoryOptions(count_weights=False))
+    acts = peak_memory(spec, subnet, MemoryOptions(count_weights=False))
     info = {**{k: measured[k] for k in ("int8_accuracy", "fp32_accuracy", "n_images", "int8_minus_fp32",
                                         "per_image")},
             "pte_bytes": p8.size, "runtime_memory_bytes": p8.planned_bytes,
             "fp32_pte_bytes": p32.size, "fp32_runtime_memory_bytes": p32.planned_bytes,
-            "analytic_peak_memory": int(peak_memory(spec, cfg, opts)), "analytic_unit": opts.unit,
+            "analytic_peak_memory": int(peak_memory(spec, subnet, opts)), "analytic_unit": opts.unit,
             "memory": opts.to_dict(),
             "analytic_activations_elements": int(acts),
             "int8_ms_per_image": measured["int8_ms_per_image"], "checks": measured["checks"],
             "int8_delegate_calls": p8.delegate_calls, "int8_undelegated_ops": p8.undelegated_ops,
             "seconds": {"quantize": q_seconds, "int8_lowering": p8.seconds, "fp32_lowering": p32.seconds},
-            "model": spec.name, "config": cfg.to_dict(),
+            "model": spec.name, "config": subnet.to_dict(),
             "sources": {
                 "int8_accuracy": f"measured: {INT8_NAME} in executorch.runtime, top-1 on every image of "
                                  f"{provider.root}/val at {r} px, one image at a time",
@@ -346,7 +351,9 @@ def deploy_exported(subnet_path: str | Path, cfg: RunConfig, out_dir: str | Path
     ``deploy:`` settings of the loaded run config ``cfg`` (``targets`` overrides ``deploy.targets``)."""
     require_executorch()
     net = load_exported(subnet_path)
-    spec, arch = net.model_spec, net.subnet_config  # type: ignore[attr-defined]
+    spec, arch = net.model_spec, net.subnet_config
+    if spec is None or arch is None:  # load_exported sets both
+        raise CheckpointError("the exported subnet records no arch or model", file=subnet_path)
     args = last_task_args(cfg)
     n_out = head_settings(net)[0]
     if n_out != expected_n_classes(args):

@@ -102,19 +102,19 @@ class ChoiceTable:
         return out
 
 
-def reduce_single(spec: ModelSpec, cfg: SubnetConfig, table: ChoiceTable, how: str) -> int:
-    """Max or sum of ``table`` over the fixed part and the active blocks of ``cfg``."""
-    bt, b, ks, es = table.blocks, spec.blocks_per_stage, cfg.ks, cfg.e
+def reduce_single(spec: ModelSpec, subnet: SubnetConfig, table: ChoiceTable, how: str) -> int:
+    """Max or sum of ``table`` over the fixed part and the active blocks of ``subnet``."""
+    bt, b, ks, es = table.blocks, spec.blocks_per_stage, subnet.ks, subnet.e
     if how == "max":
         best = table.fixed
-        for s, d in enumerate(cfg.d):
+        for s, d in enumerate(subnet.d):
             for i in range(s * b, s * b + d):
                 v = bt[i][(ks[i], es[i])]
                 if v > best:
                     best = v
         return best
     total = table.fixed
-    for s, d in enumerate(cfg.d):
+    for s, d in enumerate(subnet.d):
         for i in range(s * b, s * b + d):
             total += bt[i][(ks[i], es[i])]
     return total

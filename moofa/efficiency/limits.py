@@ -262,34 +262,34 @@ def _smaller(values: Sequence[Any], v: Any) -> Any:
     return below[-1] if below else None
 
 
-def _moves(spec: ModelSpec, cfg: SubnetConfig) -> list[SubnetConfig]:
-    """Every config one choice smaller than ``cfg``: the next lower resolution, a stage one
+def _moves(spec: ModelSpec, subnet: SubnetConfig) -> list[SubnetConfig]:
+    """Every config one choice smaller than ``subnet``: the next lower resolution, a stage one
     shallower, an active block's next smaller kernel or expand ratio (CompOFA: e follows d)."""
     out = []
-    r = _smaller(spec.image_sizes, cfg.image_size)
+    r = _smaller(spec.image_sizes, subnet.image_size)
     if r is not None:
-        out.append(SubnetConfig(cfg.ks, cfg.e, cfg.d, r))
+        out.append(SubnetConfig(subnet.ks, subnet.e, subnet.d, r))
     b = spec.blocks_per_stage
     for s in range(N_STAGES):
-        d = _smaller(spec.depth_list, cfg.d[s])
+        d = _smaller(spec.depth_list, subnet.d[s])
         if d is not None:
-            ds = list(cfg.d)
+            ds = list(subnet.d)
             ds[s] = d
-            es = list(cfg.e)
+            es = list(subnet.e)
             if spec.compound:
                 es[s * b:(s + 1) * b] = [spec.compound_expand(d)] * b
-            out.append(SubnetConfig(cfg.ks, tuple(es), tuple(ds), cfg.image_size))
-        for i in range(s * b, s * b + cfg.d[s]):
-            k = _smaller(spec.ks_list, cfg.ks[i])
+            out.append(SubnetConfig(subnet.ks, tuple(es), tuple(ds), subnet.image_size))
+        for i in range(s * b, s * b + subnet.d[s]):
+            k = _smaller(spec.ks_list, subnet.ks[i])
             if k is not None:
-                ks = list(cfg.ks)
+                ks = list(subnet.ks)
                 ks[i] = k
-                out.append(SubnetConfig(tuple(ks), cfg.e, cfg.d, cfg.image_size))
-            e = None if spec.compound else _smaller(spec.expand_list, cfg.e[i])
+                out.append(SubnetConfig(tuple(ks), subnet.e, subnet.d, subnet.image_size))
+            e = None if spec.compound else _smaller(spec.expand_list, subnet.e[i])
             if e is not None:
-                es = list(cfg.e)
+                es = list(subnet.e)
                 es[i] = e
-                out.append(SubnetConfig(cfg.ks, tuple(es), cfg.d, cfg.image_size))
+                out.append(SubnetConfig(subnet.ks, tuple(es), subnet.d, subnet.image_size))
     return out
 
 

@@ -43,9 +43,9 @@ def sample_config(spec: ModelSpec, seed: int, index: int) -> SubnetConfig:
     return sample_feasible(spec, np.inf, gen, 1, resolution_weighting="uniform")[0]
 
 
-def config_hash(cfg: SubnetConfig) -> str:
+def config_hash(subnet: SubnetConfig) -> str:
     """Short stable hash of a subnet config (12 hex digits)."""
-    return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+    return hashlib.sha256(json.dumps(subnet.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,8 @@ class Job:
     n_classes: int = N_CLASSES
 
 
-def static_subnet(spec: ModelSpec, cfg: SubnetConfig, checkpoint: str | None, n_classes: int) -> torch.nn.Module:
-    """The static subnet ``cfg`` of the supernet: weights of ``checkpoint`` or, without one,
+def static_subnet(spec: ModelSpec, subnet: SubnetConfig, checkpoint: str | None, n_classes: int) -> torch.nn.Module:
+    """The static subnet ``subnet`` of the supernet: weights of ``checkpoint`` or, without one,
     ``torch.manual_seed(0)`` then the default initialisation."""
     from moofa.models import build_supernet
     from moofa.models.supernet import load_weights
@@ -72,7 +72,7 @@ def static_subnet(spec: ModelSpec, cfg: SubnetConfig, checkpoint: str | None, n_
     net = build_supernet(spec, n_classes=n_classes)
     if checkpoint is not None:
         load_weights(net, checkpoint)
-    net.set_subnet(cfg)
+    net.set_subnet(subnet)
     return net.get_active_subnet().eval()
 
 

@@ -57,25 +57,25 @@ def _shape(c: int, h: int) -> str:
     return f"{c}x{h}x{h}"
 
 
-def _nodes(spec: ModelSpec, cfg: SubnetConfig, n_classes: int) -> list[_Node]:
-    t, geo = spec.table, geometry(spec, cfg.image_size)
-    r, c0, h1 = cfg.image_size, t.first_conv, geo.h1
+def _nodes(spec: ModelSpec, subnet: SubnetConfig, n_classes: int) -> list[_Node]:
+    t, geo = spec.table, geometry(spec, subnet.image_size)
+    r, c0, h1 = subnet.image_size, t.first_conv, geo.h1
     hs = out_side(h1, 3, t.stem.stride)
     nodes = [_Node("ConvLayer 3x3", kernel_colour(3), 3.0, _shape(3, r)),
              _Node("MBConv1 3x3 (S)", kernel_colour(3), block_width(1), _shape(c0, h1),
                    residual=t.stem.stride == 1 and c0 == t.stem.width)]
     h = hs
-    for i in cfg.active_blocks(spec):
-        g, k, e = geo.blocks[i], cfg.ks[i], norm_expand(cfg.e[i])
+    for i in subnet.active_blocks(spec):
+        g, k, e = geo.blocks[i], subnet.ks[i], norm_expand(subnet.e[i])
         nodes.append(_Node(f"MBConv{e} {k}x{k}", kernel_colour(k), block_width(e), _shape(g.cin, h),
                            residual=g.shortcut, stage=i // spec.blocks_per_stage,
                            text_colour="black" if k == 5 else "white"))
         h = out_side(h, k, g.stride)
-    f, l = t.final_expand, t.feature_mix
+    f, mix = t.final_expand, t.feature_mix
     nodes += [_Node("ConvLayer 1x1 (final expand)", kernel_colour(1), 3.5, _shape(t.stages[-1].width, h)),
               _Node("GlobalAvgPool", GREY, 3.0, _shape(f, h), text_colour="black"),
               _Node("ConvLayer 1x1 (feature mix)", kernel_colour(1), 3.5, _shape(f, 1)),
-              _Node(f"Linear classifier ({n_classes})", GREY, 3.5, str(l), text_colour="black")]
+              _Node(f"Linear classifier ({n_classes})", GREY, 3.5, str(mix), text_colour="black")]
     return nodes
 
 
@@ -83,7 +83,7 @@ def draw_arch(model: str | ModelSpec, config: Mapping[str, Any] | SubnetConfig,
               path_stem: str | Path, info: Mapping[str, Any] | None = None,
               n_classes: int = 1000) -> list[Path]:
     """Draw ``config`` of ``model`` to ``<path_stem>.png`` and ``<path_stem>.pdf`` (atomic);
-    ``info`` (e.g. peak memory, MFLOPs, accuracy) is printed as a header. Returns the paths."""
+    ``info`` (e.g. peak memory, MMACs, accuracy) is printed as a header. Returns the paths."""
     spec = get_model_spec(model)
     cfg = SubnetConfig.from_dict(config).validate(spec)
     nodes = _nodes(spec, cfg, n_classes)

@@ -41,10 +41,10 @@ def onnx_available() -> bool:
     return importlib.util.find_spec("onnx") is not None
 
 
-def export_config(spec: ModelSpec, cfg: SubnetConfig, n_classes: int, dropout: float,
+def export_config(spec: ModelSpec, subnet: SubnetConfig, n_classes: int, dropout: float,
                   bn_momentum: float, bn_eps: float) -> dict[str, Any]:
     """The ``config`` entry of an export: the arch and everything needed to rebuild the net."""
-    return {"arch": cfg.to_dict(), "model": spec.name, "model_class": spec.model_class,
+    return {"arch": subnet.to_dict(), "model": spec.name, "model_class": spec.model_class,
             "ks_list": list(spec.ks_list), "expand_list": list(spec.expand_list),
             "depth_list": list(spec.depth_list), "image_sizes": list(spec.image_sizes),
             "widths": list(spec.table.widths), "n_classes": int(n_classes), "dropout": float(dropout),
@@ -65,31 +65,31 @@ def head_settings(net: nn.Module) -> tuple[int, float, float, float]:
     return int(linear.out_features), p, float(bn.momentum), float(bn.eps)
 
 
-def export_subnet(supernet: Supernet, cfg: SubnetConfig, path: str | Path,
+def export_subnet(supernet: Supernet, subnet: SubnetConfig, path: str | Path,
                   with_onnx: bool = True) -> list[Path]:
-    """Activate ``cfg`` on ``supernet`` (its BN statistics as they are: re-calibrate first),
+    """Activate ``subnet`` on ``supernet`` (its BN statistics as they are: re-calibrate first),
     extract the static subnet and write ``path`` (atomic), plus ``<path stem>.onnx`` when
     ``with_onnx`` and onnx is installed. Returns the written paths."""
     spec = supernet.spec
-    cfg = SubnetConfig.from_dict(cfg).validate(spec)
-    supernet.set_subnet(cfg)
-    return export_static(supernet.get_active_subnet(), spec, cfg, path, with_onnx)
+    subnet = SubnetConfig.from_dict(subnet).validate(spec)
+    supernet.set_subnet(subnet)
+    return export_static(supernet.get_active_subnet(), spec, subnet, path, with_onnx)
 
 
-def export_static(net: nn.Module, spec: ModelSpec, cfg: SubnetConfig, path: str | Path,
+def export_static(net: nn.Module, spec: ModelSpec, subnet: SubnetConfig, path: str | Path,
                   with_onnx: bool = True) -> list[Path]:
-    """Write the static network ``net`` (arch ``cfg`` of ``spec``, e.g. a fine-tuned subnet) in
+    """Write the static network ``net`` (arch ``subnet`` of ``spec``, e.g. a fine-tuned subnet) in
     the export format (atomic; a CPU copy of its weights), plus ONNX as :func:`export_subnet`."""
-    cfg = SubnetConfig.from_dict(cfg).validate(spec)
+    subnet = SubnetConfig.from_dict(subnet).validate(spec)
     n_classes, dropout, momentum, eps = head_settings(net)
     state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
     data = {"format": EXPORT_FORMAT, "state_dict": state,
-            "config": export_config(spec, cfg, n_classes, dropout, momentum, eps)}
+            "config": export_config(spec, subnet, n_classes, dropout, momentum, eps)}
     path = atomic_save(data, path)
     written = [path]
     if with_onnx:
         net = copy.deepcopy(net).cpu().eval()  # the caller's network stays where and as it is
-        onnx_path = export_onnx(net, cfg.image_size, path.with_suffix("").with_suffix(".onnx"))
+        onnx_path = export_onnx(net, subnet.image_size, path.with_suffix("").with_suffix(".onnx"))
         if onnx_path is not None:
             written.append(onnx_path)
     return written

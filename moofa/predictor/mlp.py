@@ -44,7 +44,7 @@ import torch
 import torch.nn as nn
 
 from moofa.efficiency import (
-    flops_batch,  # lazy: only needed for extra inputs
+    flops_batch,  # for the optional extra inputs (MMACs)
     peak_memory_batch,
 )
 from moofa.errors import CheckpointError

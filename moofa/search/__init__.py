@@ -16,10 +16,10 @@ from moofa.search.evolution import (
                                     search_budget,
                                     search_sweep,
 )
+from moofa.search.results import compare, read_series, write_summary
 from moofa.search.robust import Estimates, FitnessSettings, RobustFitness
-from moofa.search.results import compare, read_run, write_summary
 
 __all__ = ["Estimates", "EvolutionFinder", "FitnessSettings", "Individual", "OperatorStats",
            "RobustFitness", "SearchResult", "SearchSettings", "check_constraints", "compare",
-           "monotone_answer", "random_configs", "random_search_baseline", "read_run", "search_budget",
+           "monotone_answer", "random_configs", "random_search_baseline", "read_series", "search_budget",
            "search_sweep", "write_summary"]

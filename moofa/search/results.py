@@ -68,7 +68,7 @@ class ResultRow:
 
 
 @dataclass(frozen=True)
-class Run:
+class SearchSeries:
     """The results of one sweep: a label (column header) and its rows sorted by constraint."""
 
     label: str
@@ -149,15 +149,15 @@ def _describe(images: Any) -> str | None:
     return f"{images.get('split')}, {int(images.get('n_images', 0)):,} images"
 
 
-def run_from_infos(label: str, infos: Iterable[SearchInfo], where: str | Path = "<results>") -> Run:
-    """A :class:`Run` from info.json records (each with ``constraint``)."""
+def series_from_infos(label: str, infos: Iterable[SearchInfo], where: str | Path = "<results>") -> SearchSeries:
+    """A :class:`SearchSeries` from info.json records (each with ``constraint``)."""
     rows = [_row(info, int(_constraint(info, where)), Path(where)) for info in infos]
     if not rows:
         raise MoofaInputError("no search results", file=where)
-    return Run(label, tuple(sorted(rows, key=lambda r: r.constraint)))
+    return SearchSeries(label, tuple(sorted(rows, key=lambda r: r.constraint)))
 
 
-def read_run(res_dir: str | Path, label: str | None = None) -> Run:
+def read_series(res_dir: str | Path, label: str | None = None) -> SearchSeries:
     """Read every ``constraint_<int>/info.json`` under ``res_dir``; the label defaults to the
     ``model`` recorded in the results, else the folder name. MoofaInputError if there is none,
     or if the results name several models."""
@@ -182,7 +182,7 @@ def read_run(res_dir: str | Path, label: str | None = None) -> Run:
                               "give each model its own results folder", file=res_dir)
     if label is None:
         label = models.pop() if len(models) == 1 else res_dir.name
-    return run_from_infos(label, infos, res_dir)
+    return series_from_infos(label, infos, res_dir)
 
 
 # ---------------------------------------------------------------------------------------- tables
@@ -202,18 +202,18 @@ def _cell(row: ResultRow | None) -> str:
     return f"{_pct(row.top1)}{star} / {row.peak_memory:,} / {row.mflops:,.0f}"
 
 
-def _by_constraint(runs: Sequence[Run]) -> tuple[list[int], list[dict[int, ResultRow]]]:
+def _by_constraint(runs: Sequence[SearchSeries]) -> tuple[list[int], list[dict[int, ResultRow]]]:
     maps = [{r.constraint: r for r in run.rows} for run in runs]
     return sorted({c for m in maps for c in m}), maps
 
 
-def memory_unit(runs: Sequence[Run]) -> str:
+def memory_unit(runs: Sequence[SearchSeries]) -> str:
     """The peaks' unit over ``runs`` (elements, bytes or "mixed units")."""
     found = {r.memory_unit for r in runs}
     return found.pop() if len(found) == 1 else "mixed units"
 
 
-def summary_markdown(runs: Sequence[Run], title: str | None = None) -> str:
+def summary_markdown(runs: Sequence[SearchSeries], title: str | None = None) -> str:
     """Table 1 layout: ``| Constraint | <label> | ... |`` with cells
     ``top-1 % / memory peak / MFLOPs``; then, when some subnets were deployed, a table of their
     int8 ExecuTorch programs (:func:`deploy_markdown`)."""
@@ -231,7 +231,7 @@ def summary_markdown(runs: Sequence[Run], title: str | None = None) -> str:
     return "\n".join(lines) + "\n" + deploy_markdown(runs) + target_markdown(runs)
 
 
-def target_markdown(runs: Sequence[Run]) -> str:
+def target_markdown(runs: Sequence[SearchSeries]) -> str:
     """Per Ethos-U target, Table 1's layout with cells ``SRAM / Flash / latency`` of each answer:
     Vela's compile-time estimates, not measurements on silicon. Empty when nothing was compiled."""
     names = sorted({t for run in runs for r in run.rows for t in (r.targets or {})})
@@ -245,7 +245,8 @@ def target_markdown(runs: Sequence[Run]) -> str:
         for c in constraints:
             cells = []
             for m in maps:
-                f = (m.get(c).targets or {}).get(t) if m.get(c) else None
+                row = m.get(c)
+                f = (row.targets or {}).get(t) if row else None
                 cells.append("-" if not f else f"{f['sram_bytes'] / 1024:,.1f} / {f['flash_bytes'] / 1024:,.1f} / "
                              f"{f['inference_ms']:.3f}")
             out.append(f"| < {format_constraint(c)} | " + " | ".join(cells) + " |")
@@ -267,7 +268,7 @@ def _paired(d: Mapping[str, Any] | None) -> str:
     return c.text() + ("" if c.verdict == NO_DIFFERENCE else " *")
 
 
-def intervals_markdown(runs: Sequence[Run]) -> list[str]:
+def intervals_markdown(runs: Sequence[SearchSeries]) -> list[str]:
     """The measured top-1 of every cell with its Wilson 95 % interval and, with several runs, the
     first run minus each other one, paired on the same test images (docs/statistics.md)."""
     constraints, maps = _by_constraint(runs)
@@ -282,17 +283,17 @@ def intervals_markdown(runs: Sequence[Run]) -> list[str]:
     for c in constraints:
         first = maps[0].get(c)
         diffs = [compare_stored(first.per_image if first else None, "real_accuracy",
-                                m.get(c).per_image if m.get(c) else None, "real_accuracy") for m in maps[1:]]
+                                row.per_image if (row := m.get(c)) else None, "real_accuracy") for m in maps[1:]]
         cells = [_measured(m.get(c)) for m in maps] + [_paired(d.to_dict() if d else None) for d in diffs]
         lines.append(f"| < {format_constraint(c)} | " + " | ".join(cells) + " |")
     return lines
 
 
-def deploy_markdown(runs: Sequence[Run]) -> str:
+def deploy_markdown(runs: Sequence[SearchSeries]) -> str:
     """The deployed subnets (rows with ``deploy``): fp32 top-1 (PyTorch) and int8 top-1 measured
     in the ExecuTorch runtime on the same test images, program size, ExecuTorch's planned
     activation memory and the analytic peak beside it. Empty when nothing was deployed."""
-    rows = [(run.label, r) for run in runs for r in run.rows if r.deploy]
+    rows = [(run.label, r, r.deploy) for run in runs for r in run.rows if r.deploy]
     if not rows:
         return ""
     lines = ["", "## int8 ExecuTorch programs of the found subnets", "",
@@ -304,8 +305,7 @@ def deploy_markdown(runs: Sequence[Run]) -> str:
              "int8 planned (bytes) | fp32 planned (bytes) | analytic peak | analytic activations (elements) | "
              "int8 minus fp32 (pp, paired 95 % interval) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for label, r in rows:
-        d = r.deploy
+    for label, r, d in rows:
         lines.append(f"| {label} | < {format_constraint(r.constraint)} | {d.get('n_images', '')} | "
                      f"{_pct(d.get('fp32_accuracy'))} | {_pct(d.get('int8_accuracy'))} | "
                      f"{d.get('pte_bytes', 0):,} | {d.get('runtime_memory_bytes', 0):,} | "
@@ -323,7 +323,7 @@ def _delta(a: float | None, b: float | None) -> str:
     return "" if a is None or b is None else f"{100 * (a - b):+.2f}"
 
 
-def against_data_markdown(run: Run) -> list[str]:
+def against_data_markdown(run: SearchSeries) -> list[str]:
     """The "search against its data" table of one run (see the module docstring)."""
     rows = run.rows
     sel = next((r.selection_images for r in rows if r.selection_images), None)
@@ -331,7 +331,8 @@ def against_data_markdown(run: Run) -> list[str]:
     lines = [f"## {run.label}: the search against the data it had", "",
              "predicted = the search's estimate (± one standard deviation; a measured subnet shows its "
              "measurement); 90 % interval = where the accuracy lies with 90 % probability, calibrated "
-             "on held-out measured subnets (docs/search.md); selection = measured on the images used to choose (" + (sel or "none") + "); "
+             "on held-out measured subnets (docs/search.md); selection = measured on the images used to "
+             "choose (" + (sel or "none") + "); "
              "test = measured on the report images (" + (test or "not evaluated") + "); baseline = the "
              "best subnet already in the predictor dataset under the budget (its dataset accuracy, and "
              "its accuracy on the same test images). Accuracies in %.", "",
@@ -347,7 +348,8 @@ def against_data_markdown(run: Run) -> list[str]:
                      f"{format_prediction(r.predicted_top1, r.predicted_interval, r.predicted_source)} | "
                      f"{_pct(r.selection_top1)} | {_pct(real)} | {_pct(r.baseline_dataset_top1)} | "
                      f"{_pct(r.baseline_real_top1)} | {gap} |")
-    measured = [(r.top1, r.baseline_real_top1) for r in rows if not r.predicted and r.baseline_real_top1 is not None]
+    measured = [(r.top1, r.baseline_real_top1) for r in rows
+                if not r.predicted and r.top1 is not None and r.baseline_real_top1 is not None]
     if measured:
         d = [a - b for a, b in measured]
         verdicts = [r.vs_baseline["verdict"] for r in rows if r.vs_baseline]
@@ -360,7 +362,7 @@ def against_data_markdown(run: Run) -> list[str]:
     return lines
 
 
-def summary_csv(runs: Sequence[Run]) -> str:
+def summary_csv(runs: Sequence[SearchSeries]) -> str:
     """Wide CSV: ``constraint`` then per run ``<label> top1_percent``, ``<label> accuracy_source``
     (real | predicted), ``<label> predicted_top1_percent``, ``<label> peak_memory`` (elements),
     ``<label> mflops`` (MMACs), ``<label> predicted_std_percent``, ``<label>
@@ -392,7 +394,7 @@ def summary_csv(runs: Sequence[Run]) -> str:
 
 
 # ------------------------------------------------------------------------------------------ plot
-def plot_accuracy_vs_constraint(runs: Sequence[Run], path_stem: str | Path,
+def plot_accuracy_vs_constraint(runs: Sequence[SearchSeries], path_stem: str | Path,
                                 title: str | None = None) -> list[Path]:
     """Left: top-1 (%) against the constraint (thousands of the memory unit), one line per run (dashed
     when predicted). Right: the found subnet's peak memory against the constraint, with the
@@ -427,7 +429,7 @@ def plot_accuracy_vs_constraint(runs: Sequence[Run], path_stem: str | Path,
 
 
 # ---------------------------------------------------------------------------------------- writers
-def write_tables(runs: Sequence[Run], out_dir: str | Path, title: str | None = None) -> list[Path]:
+def write_tables(runs: Sequence[SearchSeries], out_dir: str | Path, title: str | None = None) -> list[Path]:
     """``summary.csv``, ``summary.md`` and the accuracy plot of ``runs`` in ``out_dir``."""
     if not runs:
         raise MoofaInputError("no results to summarise")
@@ -440,11 +442,11 @@ def write_tables(runs: Sequence[Run], out_dir: str | Path, title: str | None = N
             *plot_accuracy_vs_constraint(runs, out / SUMMARY_PLOT, title)]
 
 
-def write_summary(res_dir: str | Path, run: Run | None = None) -> list[Path]:
-    """Summary of one sweep (``run``, default: every result folder under ``res_dir``), written
+def write_summary(res_dir: str | Path, series: SearchSeries | None = None) -> list[Path]:
+    """Summary of one sweep (``series``, default: every result folder under ``res_dir``), written
     into ``res_dir``."""
-    run = run or read_run(res_dir)
-    return write_tables([run], res_dir, f"Best subnet per peak-memory constraint ({run.label})")
+    series = series or read_series(res_dir)
+    return write_tables([series], res_dir, f"Best subnet per peak-memory constraint ({series.label})")
 
 
 def compare(dirs: Iterable[str | Path], labels: Sequence[str] | None = None,
@@ -455,5 +457,5 @@ def compare(dirs: Iterable[str | Path], labels: Sequence[str] | None = None,
     if labels is not None and len(labels) != len(dirs):
         raise MoofaInputError(f"got {len(labels)} labels for {len(dirs)} result folders",
                               key="labels", value=list(labels))
-    runs = [read_run(d, labels[i] if labels else None) for i, d in enumerate(dirs)]
+    runs = [read_series(d, labels[i] if labels else None) for i, d in enumerate(dirs)]
     return write_tables(runs, out_dir, "Best subnet per peak-memory constraint")

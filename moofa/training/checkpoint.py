@@ -1,4 +1,4 @@
-"""Checkpoint files: atomic writes, RNG state capture, the phase chaining of docs/design.md#protocols.
+"""Checkpoint files: their layout, RNG state capture, the phase chaining of docs/design.md#protocols.
 
 Layout (reference names kept; resume state per phase fixes docs/design.md#departures-from-the-reference):
 - teacher: ``<teacher_path>/checkpoint/checkpoint.pth.tar`` (resume state, always with
