@@ -59,6 +59,7 @@ from moofa.models.subnet_file import export_static, load_exported
 from moofa.stats import compare_stored
 from moofa.measurement.evaluate import EvalResult, evaluate
 from moofa.training.logger import RunLogger
+from moofa.training.phase import StaticPhase
 from moofa.training.trainer import Trainer, seed_everything
 
 INPUTS_NAME = "inputs.json"
@@ -74,7 +75,8 @@ class FinetuneTrainer(Trainer):
     """One launch of ``train.py --step finetune``; see the module docstring."""
 
     def __init__(self, run: Run, subnet: str | Path, backend: Any, overwrite: bool = False) -> None:
-        self.layout, self.cfg, self.step, self.phase, self.backend = run, run.cfg, FINETUNE, None, backend
+        self.layout, self.cfg, self.step, self.backend = run, run.cfg, FINETUNE, backend
+        self.phase = StaticPhase(FINETUNE)
         self.name = FINETUNE
         self.args = run.args(FINETUNE)
         self.spec: ModelSpec = run.spec(self.args)
