@@ -14,7 +14,8 @@ args.continuous_size                 true: training resolutions are every multip
                                      the smallest and largest model image size (25 sizes for
                                      128..224); false (default, what the reference really did):
                                      the model's size list. The reference YAMLs say ``true``,
-                                     which now changes the training distribution (docs/design.md#departures-from-the-reference).
+                                     which now changes the training distribution
+                                     (docs/design.md#departures-from-the-reference).
 args.momentum                        SGD momentum (0.9). Not used by Adam.
 args.no_nesterov                     true: plain momentum SGD; false (default): Nesterov.
 args.not_sync_distributed_image_size true: each rank draws its own batch resolution (the seed
@@ -248,9 +249,12 @@ ARGS_SCHEMA: dict[str, Field] = {
     "valid_size": Field(100, _valid_size, "held-out training images: count, fraction or null (= test set)"),
     "validation_frequency": Field(1, _POS_INT, "validate every k epochs"),
     "weight_decay": Field(3.0e-5, _num(0.0), "weight decay of the decayed parameter group"),
-    "resort_channels": Field(False, _bool(), "OFA's channel re-sorting before expand phases (docs/design.md#architecture)"),
-    "teacher_eval_mode": Field(False, _bool(), "KD teacher in eval mode (docs/design.md#departures-from-the-reference); false = reference"),
-    "average_subnet_losses": Field(False, _bool(), "divide the loss by dynamic_batch_size (docs/design.md#departures-from-the-reference)"),
+    "resort_channels": Field(False, _bool(),
+                             "OFA's channel re-sorting before expand phases (docs/design.md#architecture)"),
+    "teacher_eval_mode": Field(False, _bool(), "KD teacher in eval mode "
+                               "(docs/design.md#departures-from-the-reference); false = reference"),
+    "average_subnet_losses": Field(False, _bool(), "divide the loss by dynamic_batch_size "
+                                   "(docs/design.md#departures-from-the-reference)"),
     "bn_calib_images": Field(2000, _POS_INT, "training images used for BN re-calibration"),
     "bn_calib_batch_size": Field(200, _POS_INT, "batch size of BN re-calibration (images)"),
     "corrupt_images": Field("skip", _choice("skip", "error"),
@@ -425,10 +429,12 @@ DEPLOY_SCHEMA: dict[str, Field] = {
     "per_channel": Field(True, _bool(), "per-channel symmetric int8 weights (false = per-tensor)"),
     "targets": Field(["xnnpack"], _list(_deploy_target),
                      "xnnpack and/or Ethos-U configurations (ethos-u55-128, ethos-u55-256, ethos-u65-256, "
-                     "ethos-u85-256, any Vela knows): subnet_<target>.pte with Vela's estimates; needs the ethos-u extra"),
+                     "ethos-u85-256, any Vela knows): subnet_<target>.pte with Vela's estimates; "
+                     "needs the ethos-u extra"),
     "system_config": Field(None, _str(nullable=True),
                            "Ethos-U: Vela system configuration (null = ExecuTorch's default per target)"),
-    "memory_mode": Field(None, _str(nullable=True), "Ethos-U: Vela memory mode (null = ExecuTorch's default per target)"),
+    "memory_mode": Field(None, _str(nullable=True),
+                         "Ethos-U: Vela memory mode (null = ExecuTorch's default per target)"),
 }
 
 WANDB_SCHEMA: dict[str, Field] = {
@@ -1129,7 +1135,8 @@ def load_config(path: str | Path, model_config_path: str | Path | None = None) -
 
 
 def _phase_count_problem(spec: ModelSpec, step: str, n: int) -> str | None:
-    """Why ``n`` phases of ``step`` do not fit ``spec`` (docs/design.md#configuration: fewer phases than list values)."""
+    """Why ``n`` phases of ``step`` do not fit ``spec`` (docs/design.md#configuration: fewer phases
+    than list values)."""
     values = {"depth": spec.depth_list, "expand": spec.expand_list}.get(step)
     if values is not None and n > len(values) - 1:
         return (f"{step} needs fewer phases than {spec.name}'s {step} choices {list(values)} "

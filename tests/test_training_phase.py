@@ -5,12 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import make_tiny_project
 
 from moofa.errors import ConfigError
 from moofa.run import PhaseFiles, Run
 from moofa.training.phase import ElasticPhase, TeacherPhase, phase_for
-
-from tiny import make_tiny_project
 
 
 @pytest.fixture(scope="module")

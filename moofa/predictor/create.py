@@ -1,93 +1,10 @@
-"""Balanced predictor-dataset creation (docs/design.md#protocols, with the fixes of docs/design.md#departures-from-the-reference).
-
-Subnets of a trained supernet are sampled so that the accuracy samples spread evenly over
-``n_bins`` equal-width peak-memory bins ``[min_memory + i*w, min_memory + (i+1)*w)`` (elements),
-each subnet's accuracy is measured, and one JSON Lines record per subnet is appended to the output
-(docs/design.md#run-layout): ``ks, e, d, image_size, accuracy`` (fraction), ``peak_memory`` (elements),
-``flops`` (MMACs of the network as built, i.e. with the dataset's class count) and ``model``.
-
-Bins and quotas
-    Bins are in the unit of the run's memory model (the ``memory:`` section: elements by default,
-    bytes otherwise); the records' ``peak_memory`` stays the reference's element count (the file
-    format), and existing records are binned by their peak recomputed under the memory model.
-    A bin is *reachable* when some config of the model has its peak inside it. This is counted
-    exactly (:func:`moofa.efficiency.count_feasible`; peaks are integers, so ``[low, high)`` is
-    ``[ceil(low), ceil(high) - 1]``), which skips both the bins outside
-    :func:`moofa.efficiency.memory_bounds` (MOOFA_V3's bins below 299,520 and above 696,192) and
-    empty bins inside them (the OFA peak takes few distinct values). Unreachable bins are logged
-    and get no quota. ``n_samples`` is split over the reachable bins by largest-remainder
-    apportionment with equal weights: quotas differ by at most one and add up to ``n_samples``.
-
-Sampler
-    Bin ``b`` draws candidates with :func:`moofa.efficiency.sample_feasible` restricted to the
-    bin (``lower=low``, constraint ``ceil(high) - 1``): uniform over all configs whose peak lies
-    in the bin, without rejection, for every model (no hard-coded expand ratios). Each bin has
-    its own generator seeded with ``(seed, b)``, so its candidate sequence does not depend on the
-    other bins, on ``n_samples`` or on what is already on disk. Candidates are deduplicated by
-    :meth:`SubnetConfig.canonical` (inactive blocks zeroed), among themselves and against the
-    existing records. Every draw counts as an attempt; ``max_attempts`` is split over the bins in
-    proportion to their quotas, and a bin that cannot be filled within its share is reported
-    with a warning (the run then writes what it has). The candidates of all bins are interleaved
-    so that the bins fill at the same pace: a run stopped at any point has a balanced dataset.
-
-Accuracy
-    Top-1 fraction after BN re-calibration (docs/design.md#protocols) on the data provider's fixed calibration
-    subset at the subnet's resolution, on a fixed evaluation subset of ``dataset_config.eval_split``:
-    ``selection`` (default, OFA's protocol): the training images held out of supernet training by
-    ``args.valid_size``, so that the search's selection never sees the test images its result is
-    reported on; ``test`` (the reference's choice): the test split ``val/``. The subset is the
-    ``eval_images`` images at indices ``floor(i * N / eval_images)``, ``i = 0 .. eval_images - 1``,
-    of the split's ``N`` images (the test split in ImageFolder order, sorted by class, so the
-    stride takes the same share of every class; the held-out images in their fixed random order);
-    all of them when ``eval_images`` is null or at least ``N``. The subset does not depend on any
-    RNG or on the number of ranks (the reference measured a different 1/N shard per GPU).
-
-Ranks (why there are no shard files)
-    The work is split by subnet, in rounds. Rank 0 reads the existing output, draws the candidate
-    list and broadcasts it. In round ``t`` rank ``k`` measures candidate ``t * world + k`` on the
-    *whole* evaluation subset, so the accuracy of a subnet is the same for any number of ranks
-    and no count needs reducing (each record's counts are complete). The round's records are
-    all-gathered and rank 0 appends them, in candidate order, to the one output file: the
-    all-gather is the "each rank's shard merged by rank 0" step, done in memory every round.
-    Compared with every rank evaluating the same subnet on 1/N of the images (counts
-    all-reduced), the BN re-calibration is not repeated on every rank; compared with per-rank
-    shard files, there is no merge step that a kill can interrupt and only rank 0 touches the
-    filesystem (so ranks on other nodes need no shared disk).
-
-Files
-    ``dataset_config.output`` (default ``search_config.acc_dataset_path``) ending in ``.jsonl``
-    is the dataset. Ending in ``.pkl`` (the reference configs' value), the records go to the
-    ``.jsonl`` file beside it, and at the end of every run rank 0 also writes the reference's
-    merged pickle (flat lists ``configs``, ``accuracies``, ``features``, ``efficiencies``)
-    atomically at the ``.pkl`` path, so the shipped configs work unchanged. A folder there (the
-    reference's per-GPU layout) or a ``.pkl`` without its ``.jsonl`` (not ours) is refused.
-    ``save_interval`` is the interval of the progress log lines: records are appended as soon as
-    they are measured.
-
-Inputs (no stale resume)
-    Beside the dataset, ``<name>.recipe.json`` records what its records are measured with
-    (:func:`dataset_recipe`): the model, the supernet checkpoint by content, the evaluation
-    subset, the BN re-calibration and data settings, the images of train/ and val/ (file list,
-    sizes, mtimes), the bins and the seed. A run that finds
-    existing records with another recipe stops with exit 2 naming what changed;
-    ``--overwrite`` deletes the dataset and starts it again. ``n_samples`` and
-    ``max_attempts`` are not part of it: raising them extends the dataset. Records without a
-    recipe (written by an older version, or merged by hand) are kept with a warning. The output
-    is locked while a run writes it (a second run stops with exit 2 naming the first).
-
-Resume
-    The output is append-only (:func:`moofa.predictor.dataset.append_records`, fsync per call).
-    At start rank 0 cuts off a partial last line left by a kill (with a warning), reads the
-    records, counts them per bin and skips their configs. Since each bin's candidate sequence is
-    fixed by ``(seed, bin)`` and records are appended in candidate order, a restarted run
-    proposes exactly the candidates the killed run had not finished: the final file holds the
-    same subnets as an uninterrupted run, with no duplicates. A kill loses at most the round in
-    flight (one subnet per rank).
+"""Balanced predictor-dataset creation: sample subnets evenly over peak-memory bins, measure each
+one's accuracy and append a JSON Lines record per subnet; resumable, rank-parallel, with its
+inputs recorded. The method, file formats and guarantees are in docs/dataset.md.
 """
 from __future__ import annotations
 
 import dataclasses
-
 import logging
 import math
 import pickle
@@ -96,7 +13,11 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
+from moofa import preempt
+from moofa.config import AnyArgs, DatasetSettings
+from moofa.data.folder import data_fingerprint
 from moofa.efficiency import (
     DEFAULT_OPTIONS,
     MemoryOptions,
@@ -106,9 +27,7 @@ from moofa.efficiency import (
     peak_memory,
     sample_feasible,
 )
-from moofa.config import AnyArgs, DatasetSettings
 from moofa.errors import MoofaInputError, on_main_rank
-from moofa.data.folder import data_fingerprint
 from moofa.fingerprint import (
     change_message,
     comparable,
@@ -121,12 +40,10 @@ from moofa.fingerprint import (
     write_fingerprint,
 )
 from moofa.io import atomic_open
-from moofa.models.spec import ModelSpec, SubnetConfig
-from moofa import preempt
-from moofa.predictor.dataset import append_records, make_record, read_jsonl, repair_tail
 from moofa.measurement.meter import SubnetMeter
+from moofa.models.spec import ModelSpec, SubnetConfig
+from moofa.predictor.dataset import append_records, make_record, read_jsonl, repair_tail
 from moofa.predictor.encoder import ArchEncoder
-from tqdm import tqdm
 
 LOG = logging.getLogger("moofa.create_dataset")
 

@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from moofa import preempt
 from moofa.config import save_resolved_config
 from moofa.data.provider import DataProvider
 from moofa.distributed import to_device
@@ -43,20 +44,18 @@ from moofa.fingerprint import (
 )
 from moofa.io import atomic_save, check_writable, clean_stale_temps, require_file
 from moofa.lock import OutputLock
-from moofa.records import FinetuneInfo
-from moofa import preempt
+from moofa.measurement.evaluate import evaluate
 from moofa.models.bn_calibration import set_running_statistics
 from moofa.models.spec import ModelSpec
 from moofa.models.supernet import load_checkpoint_file, load_weights
+from moofa.records import FinetuneInfo
 from moofa.run import Run
 from moofa.training.checkpoint import rng_state, set_rng_state
-from moofa.measurement.evaluate import evaluate
 from moofa.training.logger import RunLogger
 from moofa.training.losses import distillation_loss
 from moofa.training.optim import build_optimizer, set_lr
 from moofa.training.phase import Constraints, Phase, Source, phase_for, teacher_source
 from moofa.training.schedule import learning_rate
-
 
 # args that do not change the trained weights (where and how fast, not what)
 NOT_RECIPE_ARGS = ("device", "n_worker", "print_frequency", "checkpoint", "path", "teacher_path",
