@@ -13,14 +13,12 @@ envelope fitted on samples 0-11). Goal: within 2 %. Vela's figures are compile-t
 """
 from __future__ import annotations
 
-
 import numpy as np
+from ethosu_args import sample_parser
 
 from moofa.efficiency.target import int8_activation_bytes_batch
 from moofa.latency.samples import load_sample, run_jobs, sample_jobs
 from moofa.models.spec import get_model_spec
-
-from ethosu_args import sample_parser
 
 
 def main() -> None:
@@ -38,10 +36,12 @@ def main() -> None:
             acts = int8_activation_bytes_batch(spec, [s["config"] for s in got]).astype(np.float64)
             over = vela - acts
             fixed = acts + over.mean()
-            line = (f"{model:9s} {t:14s} n={len(got):3d}  Vela SRAM {vela.min() / 1024:7.1f}..{vela.max() / 1024:7.1f} KiB"
+            line = (f"{model:9s} {t:14s} n={len(got):3d}  "
+                    f"Vela SRAM {vela.min() / 1024:7.1f}..{vela.max() / 1024:7.1f} KiB"
                     f"  overhead {over.min():+10,.0f}..{over.max():+10,.0f} B  ratio {np.min(vela / acts):.4f}.."
                     f"{np.max(vela / acts):.4f}  |err| of analytic+mean overhead: max "
-                    f"{100 * np.max(np.abs(fixed - vela) / vela):5.2f} % mean {100 * np.mean(np.abs(fixed - vela) / vela):5.2f} %")
+                    f"{100 * np.max(np.abs(fixed - vela) / vela):5.2f} % "
+                    f"mean {100 * np.mean(np.abs(fixed - vela) / vela):5.2f} %")
             try:
                 from moofa.latency import load_table
 

@@ -23,8 +23,8 @@ import time
 
 import numpy as np
 import torch
-
 from bench_search import CONSTRAINTS, PREDICTORS, REF_DATA
+
 from moofa.predictor import AccuracyPredictor
 from moofa.predictor.dataset import read_dataset
 from moofa.search.robust import INTERVAL_LEVEL, FitnessSettings, RobustFitness

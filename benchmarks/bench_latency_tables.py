@@ -13,14 +13,12 @@ Goal: latency max error <= 8 %, mean <= 5 %. All figures are Vela's compile-time
 """
 from __future__ import annotations
 
-
 import numpy as np
+from ethosu_args import sample_parser
 
 from moofa.latency import load_table
 from moofa.latency.samples import load_sample, run_jobs, sample_jobs
 from moofa.models.spec import get_model_spec
-
-from ethosu_args import sample_parser
 
 
 def main() -> None:

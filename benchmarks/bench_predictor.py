@@ -17,8 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from moofa.predictor import (AccuracyPredictor, PredictorRecipe, read_dataset,
-                             regression_metrics, split_indices, train_predictor)
+from moofa.predictor import (
+    AccuracyPredictor,
+    PredictorRecipe,
+    read_dataset,
+    regression_metrics,
+    split_indices,
+    train_predictor,
+)
 
 REF = Path(__file__).resolve().parents[2] / "shared" / "reference"
 

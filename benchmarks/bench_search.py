@@ -145,7 +145,8 @@ def quality(label: str, predictor: AccuracyPredictor, data, generations: int, po
         print(line)
     over = max(preds) - best_all
     mono = all(b >= a - 1e-12 for a, b in zip(preds, preds[1:]))
-    print(f"max predicted - best measured: {100 * over:+.2f} pp (goal <= +1.00: {'met' if over <= 0.01 else 'NOT met'}); "
+    print(f"max predicted - best measured: {100 * over:+.2f} pp "
+          f"(goal <= +1.00: {'met' if over <= 0.01 else 'NOT met'}); "
           f"monotone: {mono}; mean gain on the best measured that fits {100 * np.mean(gains):+.2f} pp, "
           f"worst {100 * min(gains):+.2f} pp (goal mean >= +0.30, none < 0: "
           f"{'met' if np.mean(gains) >= 0.003 and min(gains) >= 0 else 'NOT met'})")

@@ -13,6 +13,7 @@ a moved or copied checkpoint still matches and a file rewritten in place does no
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -23,7 +24,6 @@ from typing import Any
 
 from moofa.errors import MoofaInputError
 from moofa.io import write_json
-import dataclasses
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ objects; :mod:`moofa.stats` reads the stored comparisons and per-image bits.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from collections.abc import Mapping
 from typing import Any, ClassVar, Self
 
 from moofa.errors import ConfigError, MoofaInputError

@@ -25,10 +25,10 @@ from typing import Mapping
 
 from moofa.config import AnyArgs, RunConfig, TaskArgs, last_task_args, load_config, task_args
 from moofa.errors import ConfigError, MoofaInputError
-from moofa.records import SearchInfo
 from moofa.models.layers import MobileNetV3
 from moofa.models.spec import DEFAULT_MODEL_CONFIGS, ModelSpec
 from moofa.models.supernet import Supernet, build_supernet, load_weights
+from moofa.records import SearchInfo
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "checkpoint.pth.tar"   # resume state: epoch, best_acc, optimizer, RNG, state_dict
@@ -158,6 +158,8 @@ class Run:
         if step == "teacher":
             d = Path(args.teacher_path) / CHECKPOINT_DIR
             return PhaseFiles(Path(args.teacher_path), d / STATE_FILE, d / BEST_FILE, d / BEST_FILE)
+        if phase is None:  # every step but the teacher has phases
+            raise ConfigError(f"--phase is required for step {step}", key="--phase")
         d = Path(args.path) / CHECKPOINT_DIR / f"{step}_{phase}"
         return PhaseFiles(Path(args.path), d / STATE_FILE, d / BEST_FILE,
                           final_phase_file(args.path, step, phase))
@@ -235,4 +237,5 @@ class Run:
 
 
 __all__ = ["Run", "PhaseFiles", "final_phase_file", "teacher_file", "constraint_dir",
-           "expected_n_classes", "SubnetSource", "EXPORT_NAME", "FINETUNED_NAME", "INFO_NAME", "RECIPE_NAME", "CHECKPOINT_DIR", "STATE_FILE", "BEST_FILE"]
+           "expected_n_classes", "SubnetSource", "EXPORT_NAME", "FINETUNED_NAME", "INFO_NAME", "RECIPE_NAME",
+           "CHECKPOINT_DIR", "STATE_FILE", "BEST_FILE"]

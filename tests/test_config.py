@@ -8,9 +8,17 @@ import pytest
 import yaml
 
 from moofa.cli.common import run_cli
-from moofa.config import (REFERENCE_PHASES, last_task_args, load_config, phase_constraints,
-                          resolve_model, save_resolved_config, search_constraints, task_args,
-                          validation_subnets)
+from moofa.config import (
+    REFERENCE_PHASES,
+    last_task_args,
+    load_config,
+    phase_constraints,
+    resolve_model,
+    save_resolved_config,
+    search_constraints,
+    task_args,
+    validation_subnets,
+)
 from moofa.errors import ConfigError
 from moofa.models.spec import get_model_spec
 

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from tiny import PYTHON, ROOT, make_tiny_project
 
 from moofa.cli.common import run_cli
@@ -25,11 +24,21 @@ from moofa.cli.create_dataset import main as create_main
 from moofa.config import DatasetSettings
 from moofa.efficiency import flops, memory_bounds, peak_memory, sample_feasible
 from moofa.errors import MoofaInputError
+from moofa.measurement.meter import eval_subset_indices
 from moofa.models import build_supernet
 from moofa.models.spec import SubnetConfig, get_model_spec, load_model_configs
-from moofa.measurement.meter import eval_subset_indices
-from moofa.predictor.create import (apportion, bin_quotas, bin_rng, draw_bin, interleave, memory_bins, output_paths, plan_run, read_existing,
-                                    write_reference_pickle)
+from moofa.predictor.create import (
+    apportion,
+    bin_quotas,
+    bin_rng,
+    draw_bin,
+    interleave,
+    memory_bins,
+    output_paths,
+    plan_run,
+    read_existing,
+    write_reference_pickle,
+)
 from moofa.predictor.dataset import append_records, make_record, read_dataset
 
 SCRIPT = "create_moofa_predictor_dataset.py"
@@ -263,9 +272,9 @@ def test_meter_matches_evaluate_subnet(tiny, single_run) -> None:
     """The strided-subset meter equals the provider's own evaluation when it covers all images."""
     from moofa.config import last_task_args, load_config
     from moofa.data import DataProvider
-    from moofa.models import load_weights
-    from moofa.measurement.meter import SubnetMeter
     from moofa.measurement.evaluate import evaluate_subnet
+    from moofa.measurement.meter import SubnetMeter
+    from moofa.models import load_weights
 
     cfg = load_config(tiny.project.config_path)
     args = last_task_args(cfg)

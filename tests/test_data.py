@@ -11,9 +11,16 @@ import yaml
 from PIL import Image
 
 from moofa.config import Args, load_config, task_args
-from moofa.data import (DataProvider, DistributedSubsetSampler, ElasticResolutionBatchSampler,
-                        candidate_sizes, draw_resolution, ensure_dataset, resolution_seed,
-                        split_train_valid)
+from moofa.data import (
+    DataProvider,
+    DistributedSubsetSampler,
+    ElasticResolutionBatchSampler,
+    candidate_sizes,
+    draw_resolution,
+    ensure_dataset,
+    resolution_seed,
+    split_train_valid,
+)
 from moofa.data.datasets import MARKER, digits_arrays
 from moofa.data.transforms import test_resize_size, test_transform, train_transform
 from moofa.errors import MoofaInputError
@@ -146,9 +153,11 @@ def test_synthetic_is_deterministic(tmp_path):
 def test_dataset_folder_errors(tmp_path):
     with pytest.raises(MoofaInputError, match=r"args.data_path: dataset folder .*nowhere/train not found"):
         ensure_dataset(Args.from_mapping({"dataset": "imagenet", "data_path": str(tmp_path / "nowhere")}))
-    root = ensure_dataset(Args.from_mapping({"dataset": "synthetic", "data_path": str(tmp_path / "s"), "synthetic": TINY}))
+    root = ensure_dataset(Args.from_mapping({"dataset": "synthetic", "data_path": str(tmp_path / "s"),
+                                             "synthetic": TINY}))
     with pytest.raises(MoofaInputError, match=r"args.data_path: holds dataset 'synthetic'.*difficulty"):
-        ensure_dataset(Args.from_mapping({"dataset": "synthetic", "data_path": str(root), "synthetic": {**TINY, "difficulty": 0.9}}))
+        ensure_dataset(Args.from_mapping({"dataset": "synthetic", "data_path": str(root),
+                                          "synthetic": {**TINY, "difficulty": 0.9}}))
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "x.txt").write_text("x")
     with pytest.raises(MoofaInputError, match=r"no complete digits dataset.*\(got '.*junk'\)"):

@@ -20,8 +20,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from moofa.distributed import (GradientAveragingOptimizer, Metric, SingleBackend, _buckets,
-                               detect_launcher, init_backend, resolve_device)
+from moofa.distributed import (
+    GradientAveragingOptimizer,
+    Metric,
+    SingleBackend,
+    _buckets,
+    detect_launcher,
+    init_backend,
+    resolve_device,
+)
 from moofa.errors import MoofaInputError
 
 SCRIPTS = Path(__file__).resolve().parent / "dist_scripts"

@@ -10,20 +10,34 @@ from collections import Counter, defaultdict
 import numpy as np
 import pytest
 import torch
+from conftest import REFERENCE, needs_reference
 from torch.utils.flop_counter import FlopCounterMode
 
 from moofa.cli.common import run_cli
-from moofa.efficiency import (MemoryOptions, count_feasible, count_params, feasible_fraction,
-                              feasible_resolutions, flops, flops_batch, macs, measure_peak_memory,
-                              memory_bounds, memory_histogram, memory_layers, memory_range_table,
-                              peak_memory, peak_memory_batch, repair_config,
-                              sample_feasible, stage_choices)
+from moofa.efficiency import (
+    MemoryOptions,
+    count_feasible,
+    count_params,
+    feasible_fraction,
+    feasible_resolutions,
+    flops,
+    flops_batch,
+    macs,
+    measure_peak_memory,
+    memory_bounds,
+    memory_histogram,
+    memory_layers,
+    memory_range_table,
+    peak_memory,
+    peak_memory_batch,
+    repair_config,
+    sample_feasible,
+    stage_choices,
+)
 from moofa.efficiency.plots import plot_memory_histogram
 from moofa.errors import InfeasibleConstraintError
 from moofa.models import MODELS, MobileNetV3, SubnetConfig, build_supernet, count_parameters, get_model_spec
 from moofa.profile import main as profile_main
-
-from conftest import REFERENCE, needs_reference
 
 # docs/design.md#memory-model: (model, config, peak memory in elements, MMACs).
 EXAMPLES = {
@@ -118,14 +132,14 @@ def test_example_a_histogram_entries():
     assert hist[:9] == [61_521, 24_603, 45_080, 98_432, 82_320, 41_344, 74_880, 124_080, 74_880]
     assert hist[-1] == 153_632
     assert len(hist) == 1 + 2 + 3 * sum(cfg["d"]) + 1
-    layers = {l.name: l for l in memory_layers(model, cfg)}
+    layers = {layer.name: layer for layer in memory_layers(model, cfg)}
     assert layers["b17.ib"][1:] == (1_536, 3_072, 294_912, 0, 299_520)
     assert layers["b9.dw"].residual == 18_432
 
 
 def test_example_b_peak_layer():
     model, cfg, _, _ = EXAMPLES["B"]
-    layers = {l.name: l.total for l in memory_layers(model, cfg)}
+    layers = {layer.name: layer.total for layer in memory_layers(model, cfg)}
     assert layers["b6.dw"] == 384 * 28 ** 2 * 2 + 384 * 49 + 96 * 28 ** 2 == 696_192
     assert (layers["b1.dw"], layers["b9.ib"], layers["b0.dw"], layers["first_conv"]) == \
         (679_776, 614_016, 502_560, 188_241)
@@ -232,7 +246,7 @@ def test_sample_feasible_uniform_resolution_and_errors():
 def test_stage_choices_and_repair():
     c = 320_000
     choices = stage_choices("MOOFA_V3", c, 128)
-    table = {l.name: l.total for l in memory_layers("MOOFA_V3", get_model_spec("MOOFA_V3").max_config(128))}
+    table = {layer.name: layer.total for layer in memory_layers("MOOFA_V3", get_model_spec("MOOFA_V3").max_config(128))}
     # stage 5, block 1 at R=128: (k7, e4) IB = 384*16 + 1536*16 + 384*1536 = 620,544 > c;
     # (k3, e2) IB = 299,520 fits
     assert table["b17.ib"] > c
@@ -291,7 +305,7 @@ def test_supernet_extracted_subnets(model):
         assert (peak, hist) == (peak_memory(spec, cfg), memory_histogram(spec, cfg))
         assert count_parameters(sub) == count_params(spec, cfg, n_classes=10)
     if model == "MOOFA_V2":  # e = 1 blocks have no IB: 2 entries each
-        assert not any(l.name.startswith("b0.ib") for l in memory_layers(spec, cfg))
+        assert not any(layer.name.startswith("b0.ib") for layer in memory_layers(spec, cfg))
 
 
 def test_tiny_width_models_many_configs(tmp_path):
@@ -382,7 +396,8 @@ def test_memory_options():
     # head counted: classifier 392 in + 1000 out + 392*1000 weights + 1000 bias
     assert peak_memory(model, cfg, MemoryOptions(count_head=True)) == 392 + 1000 + 392_000 + 1000
     # in-place depthwise: OFA example C's b0.dw = max(48*64*64, 48*32*32) + 48*49
-    layers = {l.name: l.total for l in memory_layers("OFA", EXAMPLES["C"][1], MemoryOptions(inplace_depthwise=True))}
+    layers = {layer.name: layer.total
+              for layer in memory_layers("OFA", EXAMPLES["C"][1], MemoryOptions(inplace_depthwise=True))}
     assert layers["b0.dw"] == 48 * 64 * 64 + 48 * 49 == 198_960
     opts = MemoryOptions(count_weights=False)
     arrays = uniform_arrays("OFA", 300, np.random.default_rng(9))

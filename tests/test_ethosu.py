@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -28,8 +27,8 @@ TARGET = "ethos-u55-128"
 
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory):
-    from moofa.data import ensure_dataset
     from moofa.cli.deploy import main
+    from moofa.data import ensure_dataset
 
     root = tmp_path_factory.mktemp("ethosu")
     project = make_tiny_project(root, "TINY_OFA")

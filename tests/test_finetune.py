@@ -17,20 +17,19 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from tiny import PYTHON, ROOT, free_port, make_tiny_project
 
 from moofa.cli.common import run_cli
 from moofa.cli.train import main as train_main
 from moofa.config import FINETUNE_DEFAULTS, last_task_args, load_config, task_args
 from moofa.data import DataProvider
 from moofa.efficiency import flops, measure_peak_memory, peak_memory
+from moofa.measurement.evaluate import evaluate, evaluate_subnet
+from moofa.models.space import SearchSpace
 from moofa.models.spec import SubnetConfig, get_model_spec
 from moofa.models.subnet_file import export_subnet, load_exported
-from moofa.models.space import SearchSpace
 from moofa.records import DeployRecord
 from moofa.run import Run
-from moofa.measurement.evaluate import evaluate, evaluate_subnet
-
-from tiny import PYTHON, ROOT, free_port, make_tiny_project
 
 # 1 warmup + 3 epochs; a learning rate high enough that the weights really move on the tiny data
 FT = {"n_epochs": 3, "base_lr": 0.01, "warmup_epochs": 1, "warmup_lr": 0.001}
@@ -260,10 +259,11 @@ def test_two_processes_finetune_to_identical_weights(searched, two_process_resul
 def test_deploy_accepts_the_result_folder_fine_tuning_accepts(tmp_path, capsys, monkeypatch):
     """Issue 22 item 8: ``python -m moofa.deploy --subnet <constraint folder>`` deploys the
     folder's subnet.pth.tar (one resolver with fine-tuning's --subnet)."""
+    from tiny import make_tiny_project
+
     import moofa.cli.deploy as deploy_main
     from moofa.run import SubnetSource
     from moofa.workflows.finetune import SubnetSource as FinetuneSource
-    from tiny import make_tiny_project
 
     project = make_tiny_project(tmp_path)
     folder = tmp_path / "search" / "constraint_12345"

@@ -3,7 +3,6 @@ subnets, survives a SIGKILL (the rerun keeps the compiled samples) and writes a 
 Vela's figures; shipped tables load and predict without the ethos-u extra."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -102,7 +101,8 @@ def test_bad_arguments_are_one_error_line(tmp_path):
         proc = subprocess.run([sys.executable, "-m", "moofa.latency", "build", *args, "--cache", str(tmp_path)],
                               env=env, capture_output=True, text=True, timeout=300)
         lines = proc.stderr.strip().splitlines()
-        assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:") and word in lines[0], proc.stderr
+        assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:") and word in lines[0], \
+            proc.stderr
 
 
 @pytest.mark.parametrize("model", ["OFA", "MOOFA_V3"])

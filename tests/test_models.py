@@ -8,14 +8,13 @@ import random
 import pytest
 import torch
 import torch.nn as nn
+from conftest import REFERENCE, needs_reference
 
 from moofa.errors import CheckpointError
 from moofa.models import MODELS, MobileNetV3, SubnetConfig, build_supernet, count_parameters, moofa_widths
 from moofa.models.bn_calibration import set_running_statistics
 from moofa.models.dynamic import DynamicSeparableConv2d
 from moofa.models.supernet import load_weights
-
-from conftest import REFERENCE, needs_reference
 
 PARAMS = {"OFA": 7_678_880, "CompOFA": 7_678_880, "MOOFA_V1": 33_834_184, "MOOFA_V2": 8_326_088,
           "MOOFA_V3": 19_351_360}
@@ -76,7 +75,8 @@ def test_extracted_subnet_equals_supernet(model: str) -> None:
     net = randomise(build_supernet(model, n_classes=10)).eval()
     for r in net.spec.image_sizes:
         net.sample_active_subnet()
-        if model == "MOOFA_V2":  # e = 1 blocks: the IB must be skipped in both (docs/design.md#departures-from-the-reference)
+        # e = 1 blocks: the IB must be skipped in both (docs/design.md#departures-from-the-reference)
+        if model == "MOOFA_V2":
             net.set_active_subnet(e=[1, 1.5, 2, 1] * 5)
         x = torch.randn(1, 3, r, r)
         with torch.no_grad():

@@ -13,13 +13,24 @@ import pytest
 import torch
 
 from moofa.cli.common import run_cli
+from moofa.cli.train_predictor import main
 from moofa.errors import CheckpointError, MoofaInputError
 from moofa.models.space import SearchSpace
 from moofa.models.spec import SubnetConfig, get_model_spec, load_model_configs
-from moofa.predictor import (AccuracyMLP, AccuracyPredictor, ArchEncoder, PredictorRecipe,
-                             append_records, load_restricted_pickle, make_record, read_dataset,
-                             regression_metrics, repair_tail, split_indices, train_predictor)
-from moofa.cli.train_predictor import main
+from moofa.predictor import (
+    AccuracyMLP,
+    AccuracyPredictor,
+    ArchEncoder,
+    PredictorRecipe,
+    append_records,
+    load_restricted_pickle,
+    make_record,
+    read_dataset,
+    regression_metrics,
+    repair_tail,
+    split_indices,
+    train_predictor,
+)
 from moofa.predictor.training import feature_names, kendall_tau, shuffle_split
 
 REF = Path(__file__).resolve().parents[2] / "shared" / "reference"

@@ -12,12 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+from tiny import PYTHON, ROOT, make_tiny_project, script_env
 
 from moofa import preempt
 from moofa.cli.common import run_cli
 from moofa.lock import LOCK_NAME, OutputLock
-
-from tiny import PYTHON, ROOT, make_tiny_project, script_env
 
 
 def _job(folder: Path, sig: int, reached: list[int], then=None):
@@ -123,7 +122,8 @@ def test_sigterm_under_a_launcher_stops_every_rank_and_resumes(tmp_path, launche
     log = tmp_path / "run" / "teacher" / "logs" / "log.jsonl"
     lock = tmp_path / "run" / "teacher" / "checkpoint" / LOCK_NAME
     cmd = ("train.py", "--step", "teacher")
-    stopped = project.signal_when(*cmd, nproc=2, launcher=launcher, when=lambda: log.is_file() and len(log.read_text().splitlines()) >= 1)
+    stopped = project.signal_when(*cmd, nproc=2, launcher=launcher,
+                                  when=lambda: log.is_file() and len(log.read_text().splitlines()) >= 1)
     assert stopped is not None, "the run ended before its SIGTERM"
     # horovodrun prefixes each line with its rank
     lines = [line for line in (re.sub(r"^\[\d+\]<stderr>:", "", x) for x in stopped.stderr.splitlines())

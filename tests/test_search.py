@@ -22,9 +22,10 @@ from moofa.distributed import SingleBackend
 from moofa.efficiency import count_params, flops, memory_bounds, peak_memory, peak_memory_batch
 from moofa.errors import CheckpointError, InfeasibleConstraintError
 from moofa.models import build_supernet
-from moofa.models.space import SearchSpace
 from moofa.models.layers import count_parameters
+from moofa.models.space import SearchSpace
 from moofa.models.spec import SubnetConfig, get_model_spec
+from moofa.models.subnet_file import load_exported, onnx_available
 from moofa.predictor import AccuracyPredictor
 from moofa.search.evolution import (
     EvolutionFinder,
@@ -33,7 +34,6 @@ from moofa.search.evolution import (
     random_search_baseline,
     single_thread,
 )
-from moofa.models.subnet_file import load_exported, onnx_available
 
 OFA_PREDICTOR = REFERENCE / "ofa_imagenet_acc_predictor.pth.tar"
 TABLE_CONSTRAINTS = [325_000, 350_000, 400_000, 450_000, 500_000, 600_000, 700_000, 800_000]
@@ -174,7 +174,8 @@ def tiny(tmp_path_factory):
 
 def _write(project, tag: str, **search) -> None:
     # test batch = 4 x 2 = 8 images: 5 batches of the 40 test images, 3 timed after 2 warm-up ones
-    project.write(args=dict(base_batch_size=2), search_config=dict(constraints=TINY_CONSTRAINTS, res_dir=str(project.root / f"search_{tag}"),
+    project.write(args=dict(base_batch_size=2),
+                  search_config=dict(constraints=TINY_CONSTRAINTS, res_dir=str(project.root / f"search_{tag}"),
                                      **{"append_measurements": False, **search}),
                   subnet_config=dict(res_dir=str(project.root / f"eval_{tag}"), random_sample=True))
 
@@ -336,7 +337,8 @@ def test_search_killed_after_a_budget_appends_every_measurement_once(tiny):
     for c in TINY_CONSTRAINTS:  # and the same answers
         ref, got = (json.loads((project.root / f"search_{tag}" / f"constraint_{c}" / "info.json").read_text())
                     for tag in data)
-        assert (got["config"], got["real_accuracy"], got["rerank"]) == (ref["config"], ref["real_accuracy"], ref["rerank"])
+        assert ((got["config"], got["real_accuracy"], got["rerank"])
+                == (ref["config"], ref["real_accuracy"], ref["rerank"]))
 
 
 def _measured_dataset(project, spec, path: Path, seed: int = 7) -> list[SubnetConfig]:
@@ -572,9 +574,10 @@ def test_flops_input_uses_the_datasets_class_count(tmp_path):
 
 
 def test_selection_and_report_images_are_disjoint(tmp_path):
+    from test_data import make_args
+
     from moofa.data import DataProvider
     from moofa.measurement.meter import split_images
-    from test_data import make_args
 
     args = make_args(tmp_path, valid_size=12)
     p = DataProvider(args, [16])

@@ -9,14 +9,13 @@ import pytest
 import yaml
 from conftest import REFERENCE, needs_reference
 
-from moofa.config import load_config
+from moofa.config import SearchSettings, load_config
 from moofa.distributed import SingleBackend
+from moofa.efficiency import sample_feasible
 from moofa.efficiency.limits import Limits, check_limits, fits_batch, repair_within, sample_within
-from moofa.config import SearchSettings
 from moofa.errors import InfeasibleConstraintError, MoofaInputError
 from moofa.latency import load_table
 from moofa.models.spec import SubnetConfig, get_model_spec
-from moofa.efficiency import sample_feasible
 from moofa.search.target import compile_answer, with_target_limits
 
 OFA_PREDICTOR = REFERENCE / "ofa_imagenet_acc_predictor.pth.tar"

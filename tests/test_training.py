@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import PYTHON, ROOT, free_port, make_tiny_project
 
 from moofa.cli.common import run_cli
 from moofa.cli.train import main as train_main
@@ -20,8 +21,6 @@ from moofa.training.checkpoint import predecessor
 from moofa.training.losses import label_smoothed_ce, soft_cross_entropy
 from moofa.training.schedule import learning_rate
 from moofa.training.trainer import subnet_seed
-
-from tiny import PYTHON, ROOT, free_port, make_tiny_project
 
 PHASES = [("teacher", None), ("kernel", 1), ("depth", 1), ("depth", 2), ("expand", 1), ("expand", 2)]
 
@@ -359,9 +358,10 @@ def test_sigterm_at_three_moments_resumes_to_the_uninterrupted_weights(tmp_path)
     (3 epochs, validated after the last one, as the demo's phases). Each stopped launch exits 143
     with one ``stopped by SIGTERM at epoch k/3 (kernel_1)`` line and leaves no lock; the rerun
     ends with the uninterrupted launch's weights and optimizer state, bit for bit."""
+    from tiny import stopped_at
+
     from moofa.models import build_supernet
     from moofa.models.spec import get_model_spec
-    from tiny import stopped_at
 
     project = make_tiny_project(tmp_path, args_per_task={"kernel_1": {"n_epochs": 3, "validation_frequency": 3}})
     teacher = tmp_path / "run" / "teacher" / "checkpoint" / "model_best.pth.tar"

@@ -14,11 +14,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from tiny import make_tiny_project
 
 from moofa.cli.common import run_cli
 from moofa.cli.create_dataset import main as create_main
 from moofa.cli.eval_and_search import main as search_main
 from moofa.cli.train import main as train_main
+from moofa.cli.train_predictor import main as predictor_main
 from moofa.config import last_task_args, load_config
 from moofa.data import DataProvider, candidate_sizes, ensure_dataset
 from moofa.distributed import SingleBackend
@@ -27,17 +29,13 @@ from moofa.fingerprint import differences, file_fingerprint
 from moofa.io import atomic_path, clean_stale_temps
 from moofa.lock import LOCK_NAME, OutputLock
 from moofa.models import build_supernet
+from moofa.models.space import SearchSpace
 from moofa.models.spec import get_model_spec
 from moofa.models.supernet import load_checkpoint_file
 from moofa.predictor import AccuracyPredictor
 from moofa.predictor.dataset import PredictorDataset, make_record
-from moofa.models.space import SearchSpace
-from moofa.predictor.encoder import ArchEncoder
 from moofa.predictor.training import PredictorRecipe, min_records, train_predictor
-from moofa.cli.train_predictor import main as predictor_main
 from moofa.training.trainer import resolution_note
-
-from tiny import make_tiny_project
 
 CONSTRAINTS = [9000, 16000]
 TINY_DATASET = {"n_samples": 2, "n_bins": 1, "eval_images": 8, "min_memory": 1000, "max_memory": 40000}
@@ -87,8 +85,8 @@ def test_eval_teacher_and_supernet_never_write_the_same_files(tmp_path):
     teacher.parent.mkdir(parents=True)
     torch.manual_seed(5)
     torch.save({"state_dict": build_supernet(spec, n_classes=4).build_teacher().state_dict()}, teacher)
-    from moofa.workflows.eval_mode import run_eval
     from moofa.run import Run
+    from moofa.workflows.eval_mode import run_eval
 
     run = Run.load(project.config_path, project.model_config_path)
     sup = run_eval(run, SingleBackend("cpu"), "supernet")
@@ -339,9 +337,8 @@ def test_predictor_of_another_model_is_refused_or_warned(tmp_path, caplog):
     with pytest.raises(CheckpointError, match="trained for model 'OFA', not 'MOOFA_V1'"):
         AccuracyPredictor.load(tmp_path / "ofa.pth.tar", "MOOFA_V1")
     ofa.save(tmp_path / "ref.pth.tar", reference_format=True)  # records no model
-    from moofa.workflows.sweep import load_search_predictor
-
     from moofa.run import Run
+    from moofa.workflows.sweep import load_search_predictor
 
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(
         {"search_config": {"acc_predictor_checkpoint": str(tmp_path / "ref.pth.tar")}}))
@@ -458,6 +455,7 @@ def test_garbled_lock_is_taken_over_unless_a_live_process_holds_it(tmp_path, cap
     None" before); it is taken over when no live process holds its flock."""
     import fcntl
     import time
+
     import moofa.lock as lock_mod
     res = tmp_path / "search"
     res.mkdir()

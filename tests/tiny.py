@@ -104,7 +104,8 @@ class TinyProject:
         cmd = self.command(script, *args, nproc=nproc, launcher=launcher)
         proc = subprocess.run(cmd, cwd=self.root, env=script_env(), capture_output=True, text=True, timeout=timeout)
         if check and proc.returncode != 0:
-            raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+            raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n"
+                                 f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
         return proc
 
     def kill_when(self, script: str, *args: str, when: Callable[[], bool], timeout: float = 900) -> bool:

@@ -6,7 +6,7 @@ import logging
 import os
 import signal
 import sys
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
 
 from moofa.errors import MoofaInputError
 from moofa.preempt import StopSignals, exit_status, stop_line
@@ -76,5 +76,5 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
 class ArgParser(argparse.ArgumentParser):
     """argparse with README's error format: one ``error:`` line, exit status 2."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise MoofaInputError(f"{self.prog}: {message}")

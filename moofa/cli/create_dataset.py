@@ -18,8 +18,8 @@ from moofa.efficiency import MemoryOptions
 from moofa.errors import CheckpointError, ConfigError, on_main_rank
 from moofa.io import check_writable, clean_stale_temps, require_file
 from moofa.lock import OutputLock
-from moofa.models.spec import DEFAULT_MODEL_CONFIGS
 from moofa.measurement.meter import SubnetMeter
+from moofa.models.spec import DEFAULT_MODEL_CONFIGS
 from moofa.predictor.create import (
     check_bins,
     check_recipe,

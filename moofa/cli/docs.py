@@ -21,7 +21,8 @@ END = "<!-- config-reference:end -->"
 
 _SECTION_INTRO = {
     "args": "Run settings shared by every script; `args_per_task` entries may override any of them.",
-    "args_per_task": ("Per step and phase (`teacher`, `<step>_<phase>` or `<step>`, and `finetune`), merged over `args`. "
+    "args_per_task": ("Per step and phase (`teacher`, `<step>_<phase>` or `<step>`, and `finetune`), "
+                      "merged over `args`. "
                       "Given as a whole, the section replaces the reference table; a missing key of an entry "
                       "comes from the reference row of the same name (docs/design.md#protocols)."),
     "subnet_config": "The subnet evaluated by `eval_and_search.py --mode eval`.",

@@ -15,9 +15,9 @@ from moofa.distributed import init_backend
 from moofa.efficiency.limits import Limits
 from moofa.models.spec import DEFAULT_MODEL_CONFIGS
 from moofa.run import Run
-from moofa.workflows.eval_mode import run_eval
 from moofa.search.evolution import check_constraints
 from moofa.search.results import compare
+from moofa.workflows.eval_mode import run_eval
 from moofa.workflows.sweep import run_search
 
 EPILOG = """examples:

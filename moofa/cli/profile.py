@@ -74,10 +74,10 @@ def read_subnet_config(value: str, image_size: int | None = None) -> SubnetConfi
 
 def format_table(layers: Sequence[Any], unit: str) -> str:
     """The per-layer table: layer, in, out, weights, residual, total (``unit``), peak marked."""
-    peak = max(l.total for l in layers)
+    peak = max(layer.total for layer in layers)
     head = ("layer", "in", "out", "weights", "residual", f"total ({unit})")
-    rows = [head] + [(l.name + (" *" if l.total == peak else ""), f"{l.inp:,}", f"{l.out:,}",
-                      f"{l.weights:,}", f"{l.residual:,}", f"{l.total:,}") for l in layers]
+    rows = [head] + [(layer.name + (" *" if layer.total == peak else ""), f"{layer.inp:,}", f"{layer.out:,}",
+                      f"{layer.weights:,}", f"{layer.residual:,}", f"{layer.total:,}") for layer in layers]
     widths = [max(len(r[c]) for r in rows) for c in range(len(head))]
     lines = ["  ".join(r[0].ljust(widths[0]) if c == 0 else r[c].rjust(widths[c])
                        for c in range(len(head))) for r in rows]
@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ConfigError(str(err), file=ns.config if not ns.config.lstrip().startswith("{") else "--config") from None
     unit = options.unit if options.is_reference else options.describe()
     layers = memory_layers(spec, subnet, options)
-    peak = max(l.total for l in layers)
+    peak = max(layer.total for layer in layers)
     mmacs = flops(spec, subnet, ns.n_classes)
     params = count_params(spec, subnet, ns.n_classes)
     print(f"model {spec.name}  image_size {subnet.image_size}  d {list(subnet.d)}")
@@ -111,11 +111,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(layers, unit))
     out = Path(ns.output)
     out.mkdir(parents=True, exist_ok=True)
-    paths = plot_memory_histogram([l.total for l in layers], out / "memory_histogram", ns.constraint,
+    paths = plot_memory_histogram([layer.total for layer in layers], out / "memory_histogram", ns.constraint,
                                   f"{spec.name} @ {subnet.image_size}px: peak {peak:,} {unit}",
-                                  labels=[l.name for l in layers], unit=unit)
+                                  labels=[layer.name for layer in layers], unit=unit)
     report = {"model": spec.name, "config": subnet.to_dict(), "peak_memory": peak, "unit": options.unit,
-              "memory_model": options.to_dict(), "mmacs": mmacs, "params": params, "layers": [l._asdict() for l in layers]}
+              "memory_model": options.to_dict(), "mmacs": mmacs, "params": params,
+              "layers": [layer._asdict() for layer in layers]}
     write_json(out / "profile.json", report, indent=1)
     print("wrote " + ", ".join(str(p) for p in [*paths, out / "profile.json"]))
     return 0

@@ -14,8 +14,8 @@ from moofa.errors import MoofaInputError
 from moofa.models.spec import DEFAULT_MODEL_CONFIGS
 from moofa.run import Run
 from moofa.training.checkpoint import PHASE_ORDER
-from moofa.workflows.finetune import finetune
 from moofa.training.trainer import train_step
+from moofa.workflows.finetune import finetune
 
 
 def build_parser() -> ArgParser:

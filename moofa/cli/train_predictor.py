@@ -43,9 +43,9 @@ def main(argv: "Sequence[str] | None" = None) -> int:
         check_image_path(ns.output)  # fail before training, not after
     cfg = load_config(ns.config, ns.model_config_path)
     sc, spec, recipe, seed = cfg.search_config, cfg.spec, cfg.predictor_config, cfg.args.manual_seed
-    for key in ("acc_dataset_path", "acc_predictor_checkpoint"):
-        if sc[key] is None:
-            raise ConfigError("missing key", file=cfg.path, key=f"search_config.{key}")
+    checkpoint = sc.acc_predictor_checkpoint  # nullable; acc_dataset_path is not (the loader refuses null)
+    if checkpoint is None:
+        raise ConfigError("missing key", file=cfg.path, key="search_config.acc_predictor_checkpoint")
     dataset = read_dataset(sc.acc_dataset_path, spec)
     log.info("predictor dataset %s: %d subnets of %s", sc.acc_dataset_path, len(dataset), spec.name)
     dataset = deduplicate(dataset, spec)  # before the split; the plot below uses the same one
@@ -58,7 +58,7 @@ def main(argv: "Sequence[str] | None" = None) -> int:
 
     predictor, metrics = train_predictor(dataset, spec, seed, recipe, device=cfg.args.device,
                                          progress=progress, n_classes=n_classes)
-    out = predictor.save(sc.acc_predictor_checkpoint)
+    out = predictor.save(checkpoint)
     print(format_metrics(metrics, spec.name))
     print(f"checkpoint: {out}")
     if ns.output:

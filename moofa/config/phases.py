@@ -17,8 +17,8 @@ DEFAULT_TASKS_PHASES = {"kernel": 1, "depth": 2, "expand": 2}
 
 
 def _phase_count_problem(spec: ModelSpec, step: str, n: int) -> str | None:
-    """Why ``n`` phases of ``step`` do not fit ``spec`` (docs/design.md#configuration: fewer
-    phases than list values)."""
+    """Why ``n`` phases of ``step`` do not fit ``spec`` (docs/design.md#configuration: fewer phases
+    than list values)."""
     values = {"depth": spec.depth_list, "expand": spec.expand_list}.get(step)
     if values is not None and n > len(values) - 1:
         return (f"{step} needs fewer phases than {spec.name}'s {step} choices {list(values)} "

@@ -26,8 +26,8 @@ from moofa.efficiency import MemoryOptions, peak_memory
 from moofa.errors import ConfigError
 from moofa.records import EvalInfo, FinetuneInfo, Record, SearchInfo
 from moofa.run import INFO_NAME, Run, constraint_dir
-from moofa.workflows.sweep import deploys
 from moofa.stats import Accuracy, Comparison, binomial_p_at_least, compare_stored
+from moofa.workflows.sweep import deploys
 
 R = TypeVar("R", bound=Record)
 ALPHA = 0.05  # significance level of the teacher's binomial test (one-sided)

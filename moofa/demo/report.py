@@ -108,7 +108,8 @@ def report_text(out: Path, labels: Sequence[str], cfgs: Mapping[str, RunConfig],
                          f"{pct(r.get('fp32_accuracy'))}: int8 minus fp32 {_cmp(r.get('int8_minus_fp32'))}")
     for r in checks.finetune:
         if "after" in r:
-            lines.append(f"  {r['label']}: budget {r['constraint']:>7,} subnet, {r['epochs']} fine-tuning epoch(s): test "
+            lines.append(f"  {r['label']}: budget {r['constraint']:>7,} subnet, "
+                         f"{r['epochs']} fine-tuning epoch(s): test "
                          f"top-1 {pct(r['before'])} before -> {pct(r['after'])} after ({r['n_images']:,} test images), "
                          f"after minus before {_cmp(r.get('after_minus_before'))} {'OK' if r['ok'] else 'FAILED'}")
     for c in checks.comparisons():
@@ -143,8 +144,8 @@ def plot_memory_histograms(cfgs: Mapping[str, RunConfig], out_stem: Path,
         colours = ["#c0392b" if v == peak else "#2e86c1" for v in hist]
         ax.bar(range(1, len(hist) + 1), hist, color=colours, width=0.85)
         ax.axhline(c, color="black", linestyle="--", linewidth=1, label=f"budget {c:,} {info.memory_unit}")
-        cfg = info.config
-        ax.set_title(f"{label}: {info.model or ''}, R={cfg['image_size']}, peak {peak:,}", fontsize=9)
+        arch = info.config
+        ax.set_title(f"{label}: {info.model or ''}, R={arch['image_size']}, peak {peak:,}", fontsize=9)
         ax.set_xlabel("layer (execution order)")
         ax.legend(loc="upper right", fontsize=8)
     unit = next(iter(infos.values())).memory_unit

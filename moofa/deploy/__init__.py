@@ -33,7 +33,7 @@ import importlib.metadata
 import logging
 import shutil
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sized
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ from moofa.config import AnyArgs, RunConfig, last_task_args
 from moofa.data import DataProvider
 from moofa.data.samplers import evenly_spaced
 from moofa.data.transforms import test_transform
+from moofa.deploy.ethosu import XNNPACK, check_target, ethosu_available, is_ethosu
 from moofa.deploy.programs import (
     INSTALL_HINT,
     RECIPE_VERSION,
@@ -56,15 +57,14 @@ from moofa.deploy.programs import (
     quantize,
     require_executorch,
 )
-from moofa.deploy.ethosu import XNNPACK, check_target, ethosu_available, is_ethosu
 from moofa.efficiency import MemoryOptions, peak_memory
-from moofa.errors import ConfigError
+from moofa.errors import CheckpointError, ConfigError
 from moofa.fingerprint import sha256_file
 from moofa.io import atomic_path
 from moofa.models.spec import ModelSpec, SubnetConfig
+from moofa.models.subnet_file import head_settings, load_exported
 from moofa.records import DeployRecord
 from moofa.run import expected_n_classes
-from moofa.models.subnet_file import head_settings, load_exported
 from moofa.stats import pack_bits, paired_difference
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,8 @@ DEPLOY_NAME, INT8_NAME, FP32_NAME = "deploy.json", "subnet_int8.pte", "subnet_fp
 CHECK_IMAGES = 16  # images on which both programs' logits are compared with PyTorch's
 
 __all__ = ["deploy_network", "deploy_exported", "executorch_available", "require_executorch",
-           "ethosu_available", "target_program_name", "compile_target", "INSTALL_HINT", "DEPLOY_NAME", "INT8_NAME", "FP32_NAME", "file_sha256"]
+           "ethosu_available", "target_program_name", "compile_target", "INSTALL_HINT", "DEPLOY_NAME", "INT8_NAME",
+           "FP32_NAME", "file_sha256"]
 
 
 file_sha256 = sha256_file  # the name this module has exported
@@ -134,7 +135,8 @@ def _measure(net: nn.Module, quantized: nn.Module, int8: ProgramRunner, fp32: Pr
     ok32: list[bool] = []
     diff_q = diff_fp32 = scale = 0.0
     seconds = 0.0
-    bar = tqdm(total=len(loader.dataset), desc="int8 top-1 (ExecuTorch)", unit="img",
+    total = len(loader.dataset) if isinstance(loader.dataset, Sized) else None  # map-style: sized
+    bar = tqdm(total=total, desc="int8 top-1 (ExecuTorch)", unit="img",
                disable=not progress, dynamic_ncols=True, mininterval=2.0)
     for images, labels in loader:
         ref = net(images)
@@ -187,9 +189,11 @@ def deploy_network(net: nn.Module, spec: ModelSpec, subnet: SubnetConfig, args: 
     subnet = SubnetConfig.from_dict(subnet).validate(spec)
     r = subnet.image_size
     provider = _single_process_provider(args, r)
-    fp = {"subnet_sha256": subnet_sha256, "config": subnet.to_dict(), "calibration_images": int(calibration_images),
-          "per_channel": bool(per_channel), "data_path": str(provider.root), "n_test": len(provider.test_folder),
-          "executorch": importlib.metadata.version("executorch"), "recipe": RECIPE_VERSION}
+    fp: dict[str, Any] = {"subnet_sha256": subnet_sha256, "config": subnet.to_dict(),
+                          "calibration_images": int(calibration_images),
+                          "per_channel": bool(per_channel), "data_path": str(provider.root),
+                          "n_test": len(provider.test_folder),
+                          "executorch": importlib.metadata.version("executorch"), "recipe": RECIPE_VERSION}
     if targets != [XNNPACK]:  # the default's fingerprint stays as before
         fp.update(targets=targets, system_config=system_config, memory_mode=memory_mode)
         if any(is_ethosu(t) for t in targets):
@@ -221,7 +225,8 @@ def deploy_network(net: nn.Module, spec: ModelSpec, subnet: SubnetConfig, args: 
                                          provider.test_loader(r))
         info["sources"]["targets"] = ("Vela's compile-time estimates for the target's system configuration "
                                       "(not measurements on silicon); analytic_int8_activations_bytes: moofa's "
-                                      "analytic activations-only peak at 1 byte per element; tosa_int8_accuracy: measured, "
+                                      "analytic activations-only peak at 1 byte per element; "
+                                      "tosa_int8_accuracy: measured, "
                                       "top-1 of the lowered int8 TOSA network run by the TOSA reference model on "
                                       "every test image (an integer reference of the NPU's maths, not the NPU)")
         info["units"].update(sram_bytes="bytes", flash_bytes="bytes", inference_ms="milliseconds",
@@ -343,7 +348,9 @@ def deploy_exported(subnet_path: str | Path, cfg: RunConfig, out_dir: str | Path
     ``deploy:`` settings of the loaded run config ``cfg`` (``targets`` overrides ``deploy.targets``)."""
     require_executorch()
     net = load_exported(subnet_path)
-    spec, arch = net.model_spec, net.subnet_config  # type: ignore[attr-defined]
+    spec, arch = net.model_spec, net.subnet_config
+    if spec is None or arch is None:  # load_exported sets both
+        raise CheckpointError("the exported subnet records no arch or model", file=subnet_path)
     args = last_task_args(cfg)
     n_out = head_settings(net)[0]
     if n_out != expected_n_classes(args):

@@ -71,11 +71,11 @@ def _nodes(spec: ModelSpec, subnet: SubnetConfig, n_classes: int) -> list[_Node]
                            residual=g.shortcut, stage=i // spec.blocks_per_stage,
                            text_colour="black" if k == 5 else "white"))
         h = out_side(h, k, g.stride)
-    f, l = t.final_expand, t.feature_mix
+    f, mix = t.final_expand, t.feature_mix
     nodes += [_Node("ConvLayer 1x1 (final expand)", kernel_colour(1), 3.5, _shape(t.stages[-1].width, h)),
               _Node("GlobalAvgPool", GREY, 3.0, _shape(f, h), text_colour="black"),
               _Node("ConvLayer 1x1 (feature mix)", kernel_colour(1), 3.5, _shape(f, 1)),
-              _Node(f"Linear classifier ({n_classes})", GREY, 3.5, str(l), text_colour="black")]
+              _Node(f"Linear classifier ({n_classes})", GREY, 3.5, str(mix), text_colour="black")]
     return nodes
 
 

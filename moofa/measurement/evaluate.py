@@ -1,8 +1,8 @@
 """Evaluation shared by training validation, eval mode, search and predictor-dataset creation.
 
 Counts are all-reduced across ranks, so every rank gets the accuracy over the whole evaluated set
-(the reference measured a 1/N shard per GPU; docs/design.md#departures-from-the-reference). Forward time is measured with
-device synchronisation after warm-up batches (docs/design.md#departures-from-the-reference).
+(the reference measured a 1/N shard per GPU; docs/design.md#departures-from-the-reference). Forward
+time is measured with device synchronisation after warm-up batches (docs/design.md#departures-from-the-reference).
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from moofa.distributed import to_device
 from moofa.models.bn_calibration import set_running_statistics
 from moofa.models.spec import SubnetConfig
+from moofa.models.supernet import Supernet
 from moofa.stats import pack_bits
 
 
@@ -79,7 +80,7 @@ def evaluate(net: nn.Module, loader: Iterable, backend: Any = None, device: torc
                                F.cross_entropy(logits, labels, reduction="sum").item(), len(labels)],
                               dtype=torch.float64)
         seen += len(labels)
-    correct = torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)
+    correct: torch.Tensor | None = torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)
     if backend is not None:
         stats = backend.allreduce_sum_(stats)
         correct = _interleave(backend.allgather_object(correct))
@@ -102,7 +103,7 @@ def _interleave(shards: list[torch.Tensor]) -> torch.Tensor | None:
     return out
 
 
-def calibrate_subnet(supernet: nn.Module, config: SubnetConfig, provider: Any) -> None:
+def calibrate_subnet(supernet: Supernet, config: SubnetConfig, provider: Any) -> None:
     """Activate ``config`` and re-calibrate BN on the provider's fixed calibration subset at the
     config's resolution (docs/design.md#protocols): the state every measurement and every export
     of the subnet starts from."""
@@ -110,7 +111,7 @@ def calibrate_subnet(supernet: nn.Module, config: SubnetConfig, provider: Any) -
     set_running_statistics(supernet, provider.calibration_batches(config.image_size))
 
 
-def evaluate_subnet(supernet: nn.Module, config: SubnetConfig, provider: Any, backend: Any = None,
+def evaluate_subnet(supernet: Supernet, config: SubnetConfig, provider: Any, backend: Any = None,
                     split: str = "test", max_images: int | None = None,
                     time_forward: bool = False) -> EvalResult:
     """Activate ``config``, re-calibrate BN on the provider's fixed calibration subset at the

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch.utils.data import DataLoader, Subset
 
 from moofa.errors import MoofaInputError
 from moofa.measurement.evaluate import calibrate_subnet, evaluate
 from moofa.models.spec import SubnetConfig
+from moofa.models.supernet import Supernet
 
 EVAL_SPLITS = ("selection", "test")
 
@@ -55,7 +55,7 @@ class SubnetMeter:
     :func:`split_images`; loaders cached per size). ``provider`` must be a single-process
     provider (rank 0 of 1) so that its splits are whole."""
 
-    def __init__(self, supernet: torch.nn.Module, provider: Any, eval_images: int | None,
+    def __init__(self, supernet: Supernet, provider: Any, eval_images: int | None,
                  split: str = "test") -> None:
         if getattr(provider, "world_size", 1) != 1:
             raise ValueError("provider: SubnetMeter needs a provider of world_size 1 (whole test split)")

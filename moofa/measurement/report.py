@@ -8,8 +8,8 @@ from typing import Any
 
 from moofa.efficiency import MemoryOptions, count_params, flops, memory_layers
 from moofa.efficiency.plots import plot_memory_histogram
-from moofa.models.spec import ModelSpec, SubnetConfig
 from moofa.measurement.arch_plot import draw_arch
+from moofa.models.spec import ModelSpec, SubnetConfig
 
 UNITS = {"peak_memory": "elements", "memory_history": "elements", "flops": "MMACs",
          "params": "parameters", "accuracy": "fraction", "avg_forward_time": "seconds per batch"}
@@ -29,8 +29,8 @@ def subnet_report(spec: ModelSpec, subnet: SubnetConfig, n_classes: int,
     says which), ``memory_layers`` (their names), ``flops`` (MMACs), ``params``."""
     options = options or MemoryOptions(n_classes=n_classes)
     layers = memory_layers(spec, subnet, options)
-    hist = [int(l.total) for l in layers]
-    return {"peak_memory": max(hist), "memory_history": hist, "memory_layers": [l.name for l in layers],
+    hist = [int(layer.total) for layer in layers]
+    return {"peak_memory": max(hist), "memory_history": hist, "memory_layers": [layer.name for layer in layers],
             "memory_unit": options.unit,
             "flops": float(flops(spec, subnet, n_classes)), "params": int(count_params(spec, subnet, n_classes))}
 

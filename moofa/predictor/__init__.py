@@ -22,7 +22,6 @@ from moofa.predictor.training import (
     train_predictor,
 )
 
-
 __all__ = ["ArchEncoder", "AccuracyMLP", "AccuracyPredictor", "EXTRA_FEATURES", "PredictorDataset",
            "PredictorRecipe", "RestrictedUnpickler", "append_records", "load_restricted_pickle",
            "make_record", "plot_predictions", "read_dataset", "read_jsonl", "read_pickle",

@@ -5,7 +5,6 @@ inputs recorded. The method, file formats and guarantees are in docs/dataset.md.
 from __future__ import annotations
 
 import dataclasses
-
 import logging
 import math
 import pickle
@@ -14,7 +13,11 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
+from moofa import preempt
+from moofa.config import AnyArgs, DatasetSettings
+from moofa.data.folder import data_fingerprint
 from moofa.efficiency import (
     DEFAULT_OPTIONS,
     MemoryOptions,
@@ -24,9 +27,7 @@ from moofa.efficiency import (
     peak_memory,
     sample_feasible,
 )
-from moofa.config import AnyArgs, DatasetSettings
 from moofa.errors import MoofaInputError, on_main_rank
-from moofa.data.folder import data_fingerprint
 from moofa.fingerprint import (
     change_message,
     comparable,
@@ -39,12 +40,10 @@ from moofa.fingerprint import (
     write_fingerprint,
 )
 from moofa.io import atomic_open
-from moofa.models.spec import ModelSpec, SubnetConfig
-from moofa import preempt
-from moofa.predictor.dataset import append_records, make_record, read_jsonl, repair_tail
 from moofa.measurement.meter import SubnetMeter
+from moofa.models.spec import ModelSpec, SubnetConfig
+from moofa.predictor.dataset import append_records, make_record, read_jsonl, repair_tail
 from moofa.predictor.encoder import ArchEncoder
-from tqdm import tqdm
 
 LOG = logging.getLogger("moofa.create_dataset")
 

@@ -24,7 +24,7 @@ def check_image_path(path: "str | Path") -> Path:
     return path
 
 
-def plot_predictions(real: Sequence[float], pred: Sequence[float], path: "str | Path",
+def plot_predictions(real: Sequence[float] | np.ndarray, pred: Sequence[float] | np.ndarray, path: "str | Path",
                      title: str = "Predicted vs Real Values") -> Path:
     """Write a 10x10-inch scatter of predicted vs real accuracy (inputs are fractions, axes in
     percent) with the identity line and the Pearson / RMSE (percentage points) / Kendall tau

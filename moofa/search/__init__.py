@@ -16,8 +16,8 @@ from moofa.search.evolution import (
                                     search_budget,
                                     search_sweep,
 )
-from moofa.search.robust import Estimates, FitnessSettings, RobustFitness
 from moofa.search.results import compare, read_series, write_summary
+from moofa.search.robust import Estimates, FitnessSettings, RobustFitness
 
 __all__ = ["Estimates", "EvolutionFinder", "FitnessSettings", "Individual", "OperatorStats",
            "RobustFitness", "SearchResult", "SearchSettings", "check_constraints", "compare",

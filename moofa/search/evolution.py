@@ -1,4 +1,5 @@
-"""Memory-constrained regularised evolution (docs/design.md#search-space, with the fixes of docs/design.md#departures-from-the-reference).
+"""Memory-constrained regularised evolution (docs/design.md#search-space, with the fixes of
+docs/design.md#departures-from-the-reference).
 
 One run per constraint C (peak memory, elements):
 
@@ -44,21 +45,21 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from moofa import preempt
+from moofa.config import SearchSettings
 from moofa.efficiency import (
     MemoryOptions,
     memory_bounds,
     peak_memory,
     peak_memory_batch,
 )
-from moofa.config import SearchSettings
 from moofa.efficiency.limits import Limits, check_limits, fits_batch, repair_within, sample_within
-from moofa import preempt
 from moofa.errors import InfeasibleConstraintError
 from moofa.models.space import SearchSpace
 from moofa.models.spec import ModelSpec, SubnetConfig, get_model_spec
 from moofa.search.robust import Estimates, RobustFitness
 
-Scorer = Callable[[list[SubnetConfig]], "np.ndarray | Sequence[float]"]
+Scorer = Callable[[list[SubnetConfig]], "np.ndarray | Sequence[float] | Estimates"]
 
 
 class Individual(NamedTuple):
@@ -371,7 +372,8 @@ def search_sweep(finder: EvolutionFinder, constraints: Iterable[float], top_k: i
     """Search every constraint in ascending order, each starting from the previous answer
     (what ``eval_and_search.py --mode search`` does without evaluation)."""
     out: list[tuple[SearchResult, Individual]] = []
-    previous, top = None, []
+    previous: Individual | None = None
+    top: list[Individual] = []
     for c in sorted(constraints):
         result, previous = search_budget(finder, c, previous, top, top_k, progress)
         top = result.top

@@ -245,7 +245,8 @@ def target_markdown(runs: Sequence[SearchSeries]) -> str:
         for c in constraints:
             cells = []
             for m in maps:
-                f = (m.get(c).targets or {}).get(t) if m.get(c) else None
+                row = m.get(c)
+                f = (row.targets or {}).get(t) if row else None
                 cells.append("-" if not f else f"{f['sram_bytes'] / 1024:,.1f} / {f['flash_bytes'] / 1024:,.1f} / "
                              f"{f['inference_ms']:.3f}")
             out.append(f"| < {format_constraint(c)} | " + " | ".join(cells) + " |")
@@ -282,7 +283,7 @@ def intervals_markdown(runs: Sequence[SearchSeries]) -> list[str]:
     for c in constraints:
         first = maps[0].get(c)
         diffs = [compare_stored(first.per_image if first else None, "real_accuracy",
-                                m.get(c).per_image if m.get(c) else None, "real_accuracy") for m in maps[1:]]
+                                row.per_image if (row := m.get(c)) else None, "real_accuracy") for m in maps[1:]]
         cells = [_measured(m.get(c)) for m in maps] + [_paired(d.to_dict() if d else None) for d in diffs]
         lines.append(f"| < {format_constraint(c)} | " + " | ".join(cells) + " |")
     return lines
@@ -292,7 +293,7 @@ def deploy_markdown(runs: Sequence[SearchSeries]) -> str:
     """The deployed subnets (rows with ``deploy``): fp32 top-1 (PyTorch) and int8 top-1 measured
     in the ExecuTorch runtime on the same test images, program size, ExecuTorch's planned
     activation memory and the analytic peak beside it. Empty when nothing was deployed."""
-    rows = [(run.label, r) for run in runs for r in run.rows if r.deploy]
+    rows = [(run.label, r, r.deploy) for run in runs for r in run.rows if r.deploy]
     if not rows:
         return ""
     lines = ["", "## int8 ExecuTorch programs of the found subnets", "",
@@ -304,8 +305,7 @@ def deploy_markdown(runs: Sequence[SearchSeries]) -> str:
              "int8 planned (bytes) | fp32 planned (bytes) | analytic peak | analytic activations (elements) | "
              "int8 minus fp32 (pp, paired 95 % interval) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for label, r in rows:
-        d = r.deploy
+    for label, r, d in rows:
         lines.append(f"| {label} | < {format_constraint(r.constraint)} | {d.get('n_images', '')} | "
                      f"{_pct(d.get('fp32_accuracy'))} | {_pct(d.get('int8_accuracy'))} | "
                      f"{d.get('pte_bytes', 0):,} | {d.get('runtime_memory_bytes', 0):,} | "
@@ -331,7 +331,8 @@ def against_data_markdown(run: SearchSeries) -> list[str]:
     lines = [f"## {run.label}: the search against the data it had", "",
              "predicted = the search's estimate (± one standard deviation; a measured subnet shows its "
              "measurement); 90 % interval = where the accuracy lies with 90 % probability, calibrated "
-             "on held-out measured subnets (docs/search.md); selection = measured on the images used to choose (" + (sel or "none") + "); "
+             "on held-out measured subnets (docs/search.md); selection = measured on the images used to "
+             "choose (" + (sel or "none") + "); "
              "test = measured on the report images (" + (test or "not evaluated") + "); baseline = the "
              "best subnet already in the predictor dataset under the budget (its dataset accuracy, and "
              "its accuracy on the same test images). Accuracies in %.", "",
@@ -347,7 +348,8 @@ def against_data_markdown(run: SearchSeries) -> list[str]:
                      f"{format_prediction(r.predicted_top1, r.predicted_interval, r.predicted_source)} | "
                      f"{_pct(r.selection_top1)} | {_pct(real)} | {_pct(r.baseline_dataset_top1)} | "
                      f"{_pct(r.baseline_real_top1)} | {gap} |")
-    measured = [(r.top1, r.baseline_real_top1) for r in rows if not r.predicted and r.baseline_real_top1 is not None]
+    measured = [(r.top1, r.baseline_real_top1) for r in rows
+                if not r.predicted and r.top1 is not None and r.baseline_real_top1 is not None]
     if measured:
         d = [a - b for a, b in measured]
         verdicts = [r.vs_baseline["verdict"] for r in rows if r.vs_baseline]

@@ -41,10 +41,10 @@ import numpy as np
 import torch
 
 from moofa.config import SEARCH_SCHEMA, SearchSettings
-from moofa.models.spec import ModelSpec, SubnetConfig
-from moofa.predictor.dataset import PredictorDataset
 from moofa.efficiency import peak_memory_batch
 from moofa.efficiency.limits import fits_batch
+from moofa.models.spec import ModelSpec, SubnetConfig
+from moofa.predictor.dataset import PredictorDataset
 
 FITNESS_MODES = ("robust", "reference")
 OUTSIDE_PENALTY = 1.0  # fitness units (fraction = 100 pp) per gene beyond the trust radius
@@ -239,8 +239,8 @@ class RobustFitness:
         (fraction), the distance to the nearest (genes) and the neighbours' indices.
         ``available``: how many measured subnets may be neighbours (default: all)."""
         k = min(self.settings.neighbours, dist.shape[1] if available is None else available)
-        d_k, idx = torch.topk(dist, k, dim=1, largest=False, sorted=True)
-        d_k, idx = d_k.double().numpy().clip(min=0.0), idx.numpy()
+        d_top, idx_top = torch.topk(dist, k, dim=1, largest=False, sorted=True)
+        d_k, idx = d_top.double().numpy().clip(min=0.0), idx_top.numpy()
         w = 1.0 / (1.0 + d_k)
         r = self.residuals[idx]
         shift = (w * r).sum(axis=1) / w.sum(axis=1)

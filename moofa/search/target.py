@@ -67,7 +67,8 @@ def with_target_limits(limits: Limits, sc: SearchSettings, spec: ModelSpec, file
                            lambda s, cs: table.predict_sram_batch(cs, s), f"bytes of SRAM (predicted, {table.target})"))
     if sc.max_flash_bytes is not None:
         qs.append(Quantity("flash_bytes", "search_config.max_flash_bytes", float(sc.max_flash_bytes),
-                           lambda s, cs: table.predict_flash_batch(cs, s), f"bytes of Flash (predicted, {table.target})"))
+                           lambda s, cs: table.predict_flash_batch(cs, s),
+                           f"bytes of Flash (predicted, {table.target})"))
     return limits.with_quantities(*qs)
 
 

@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from moofa import preempt
 from moofa.config import phase_constraints, save_resolved_config, validation_subnets
 from moofa.data.provider import DataProvider
 from moofa.distributed import to_device
@@ -43,19 +44,17 @@ from moofa.fingerprint import (
 )
 from moofa.io import atomic_save, check_writable, clean_stale_temps, require_file
 from moofa.lock import OutputLock
-from moofa.records import FinetuneInfo
-from moofa import preempt
+from moofa.measurement.evaluate import evaluate
 from moofa.models.bn_calibration import set_running_statistics
 from moofa.models.spec import ModelSpec
 from moofa.models.supernet import load_checkpoint_file, load_weights
-from moofa.run import PhaseFiles, Run, final_phase_file
+from moofa.records import FinetuneInfo
+from moofa.run import Run, final_phase_file
 from moofa.training.checkpoint import PHASE_ORDER, phase_name, predecessor, rng_state, set_rng_state
-from moofa.measurement.evaluate import evaluate
 from moofa.training.logger import RunLogger
 from moofa.training.losses import distillation_loss
 from moofa.training.optim import build_optimizer, set_lr
 from moofa.training.schedule import learning_rate
-
 
 # args that do not change the trained weights (where and how fast, not what)
 NOT_RECIPE_ARGS = ("device", "n_worker", "print_frequency", "checkpoint", "path", "teacher_path",
@@ -164,6 +163,13 @@ class Trainer:
         false for the teacher and for fine-tuning a static subnet (moofa.workflows.finetune)."""
         return self.step in PHASE_ORDER
 
+    @property
+    def phase_index(self) -> int:
+        """The phase of a step that has phases (``__init__`` requires one for every step but the teacher)."""
+        if self.phase is None:
+            raise ConfigError(f"--phase is required for step {self.step}", key="--phase")
+        return self.phase
+
     def completed(self) -> bool:
         """Whether this launch's output exists already (then :meth:`run` trains nothing)."""
         return self.elastic and self.files.final.is_file()
@@ -187,7 +193,7 @@ class Trainer:
         if self.step == "teacher":
             self.backend.broadcast_parameters(self.net, root=0)
             return
-        prev = predecessor(self.step, self.phase, self.cfg.tasks, self.cfg.tasks_phases)
+        prev = predecessor(self.step, self.phase_index, self.cfg.tasks, self.cfg.tasks_phases)
         if prev is None:
             src = self._teacher_file()
         else:
@@ -210,7 +216,7 @@ class Trainer:
     def setup(self) -> tuple[int, float, int | None]:
         """Weights, optimizer and resume state; returns (start epoch, best accuracy, resumed from)."""
         if self.elastic:
-            self.constraints = phase_constraints(self.spec, self.step, self.phase, self.cfg.tasks_phases)
+            self.constraints = phase_constraints(self.spec, self.step, self.phase_index, self.cfg.tasks_phases)
             for key, ctype in (("ks", "kernel_size"), ("e", "expand_ratio"), ("d", "depth")):
                 self.supernet.set_constraint(self.constraints[key], ctype)
         start, best, resumed = 0, 0.0, None
@@ -294,6 +300,7 @@ class Trainer:
     def validate(self) -> tuple[float, dict[str, float]]:
         """Mean validation top-1 and the per-subnet top-1 (fractions)."""
         results: dict[str, float] = {}
+        items: list[tuple[str, int, dict[str, Any] | None]]
         if self.step == "teacher":
             items = [(f"R{r}", r, None) for r in self.spec.image_sizes]
         else:
@@ -325,7 +332,7 @@ class Trainer:
         """The weights a fresh run of this phase starts from (None: random, the teacher)."""
         if self.step == "teacher":
             return None
-        prev = predecessor(self.step, self.phase, self.cfg.tasks, self.cfg.tasks_phases)
+        prev = predecessor(self.step, self.phase_index, self.cfg.tasks, self.cfg.tasks_phases)
         if prev is None:
             return self.layout.teacher_file(self.args)
         return final_phase_file(self.args.path, *prev)

@@ -1,4 +1,5 @@
-"""``eval_and_search.py --mode eval`` (docs/design.md#protocols, fixed per docs/design.md#departures-from-the-reference).
+"""``eval_and_search.py --mode eval`` (docs/design.md#protocols, fixed per
+docs/design.md#departures-from-the-reference).
 
 ``--model supernet``: the supernet from ``args.checkpoint`` in the subnet of ``subnet_config``
 (null ks/e/d lists = the largest values; ``random_sample: true`` draws one arch with a
@@ -7,8 +8,8 @@
 
 ``--model teacher``: the static largest subnet with the teacher's weights from
 ``<args.teacher_path>/checkpoint/model_best.pth.tar`` (the file progressive shrinking distils
-from; the reference's eval read ``checkpoint.pth.tar``, docs/design.md#departures-from-the-reference), BN re-calibrated and
-evaluated at ``subnet_config.image_size``.
+from; the reference's eval read ``checkpoint.pth.tar``, docs/design.md#departures-from-the-reference),
+BN re-calibrated and evaluated at ``subnet_config.image_size``.
 
 Accuracy counts are all-reduced over ranks; forward time is synchronised after warm-up. Rank 0
 always writes ``info.json`` (the arch dict actually evaluated, not the YAML, and under ``data`` the
@@ -30,14 +31,14 @@ from moofa.data import DataProvider
 from moofa.data.folder import data_fingerprint
 from moofa.efficiency import MemoryOptions
 from moofa.io import check_writable
+from moofa.measurement.evaluate import evaluate, evaluate_subnet
+from moofa.measurement.report import draw_subnet_plots, subnet_report, units
 from moofa.models.bn_calibration import set_running_statistics
 from moofa.models.space import SearchSpace
 from moofa.models.spec import ModelSpec, SubnetConfig
 from moofa.records import EvalInfo
 from moofa.run import INFO_NAME, Run
-from moofa.measurement.report import draw_subnet_plots, subnet_report, units
 from moofa.stats import Accuracy
-from moofa.measurement.evaluate import evaluate, evaluate_subnet
 
 log = logging.getLogger(__name__)
 

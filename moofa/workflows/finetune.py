@@ -46,18 +46,19 @@ import torch.nn as nn
 from moofa.config import FINETUNE
 from moofa.data.provider import DataProvider
 from moofa.errors import CheckpointError, ConfigError, MoofaInputError, on_main_rank
+from moofa.fingerprint import normalise, sha256_file
 from moofa.io import check_writable, clean_stale_temps, read_json, write_json
 from moofa.lock import OutputLock
+from moofa.measurement.evaluate import EvalResult, evaluate
+from moofa.measurement.report import UNITS, subnet_report
 from moofa.models.bn_calibration import set_running_statistics
 from moofa.models.layers import MobileNetV3
 from moofa.models.spec import ModelSpec, SubnetConfig
-from moofa.measurement.report import UNITS, subnet_report
-from moofa.fingerprint import normalise, sha256_file
-from moofa.records import FinetuneInfo
-from moofa.run import EXPORT_NAME, FINETUNED_NAME as OUT_NAME, INFO_NAME, PhaseFiles, Run, SubnetSource
 from moofa.models.subnet_file import export_static, load_exported
+from moofa.records import FinetuneInfo
+from moofa.run import EXPORT_NAME, INFO_NAME, PhaseFiles, Run, SubnetSource
+from moofa.run import FINETUNED_NAME as OUT_NAME
 from moofa.stats import compare_stored
-from moofa.measurement.evaluate import EvalResult, evaluate
 from moofa.training.logger import RunLogger
 from moofa.training.trainer import Trainer, seed_everything
 
@@ -88,15 +89,21 @@ class FinetuneTrainer(Trainer):
         seed_everything(a.manual_seed)
         # the static network, built (and for a folder extracted) identically on every rank
         exported = load_exported(self.source.path) if self.source.kind == "export" else None
-        self.arch = exported.subnet_config if exported is not None else self._folder_arch()
-        self.subnet_spec = exported.model_spec if exported is not None else self.spec
+        self.arch: SubnetConfig
+        self.subnet_spec: ModelSpec
+        if exported is None:
+            self.arch, self.subnet_spec = self._folder_arch(), self.spec
+        elif exported.subnet_config is None or exported.model_spec is None:  # load_exported sets both
+            raise CheckpointError("the exported subnet records no arch or model", file=self.source.path)
+        else:
+            self.arch, self.subnet_spec = exported.subnet_config, exported.model_spec
         self.provider = DataProvider(a, [self.arch.image_size], backend.rank, backend.size)
         self.net = exported if exported is not None else self._extract(self.provider.n_classes)
         if _n_classes(self.net) != self.provider.n_classes:
             raise CheckpointError(f"the subnet has {_n_classes(self.net)} classes, the dataset of "
                                   f"args.data_path {self.provider.n_classes}", file=self.source.path)
         self.teacher: nn.Module | None = None
-        self.supernet = None  # nothing is sampled (Trainer.elastic is false)
+        # no self.supernet: nothing is sampled (Trainer.elastic is false), the static net is trained
         self.n_epochs = a.warmup_epochs + a.n_epochs
         self.init_lr = a.base_lr * backend.size
         self.fingerprint, self.inputs = self._inputs()
@@ -159,6 +166,7 @@ class FinetuneTrainer(Trainer):
         if a.kd_ratio > 0:
             teacher_file = self._teacher_file()
             teacher = {"file": str(teacher_file), "sha256": sha256_file(teacher_file)}
+        weights: dict[str, Any]
         if src.kind == "export":
             weights = {"file": str(src.path), "sha256": sha256_file(src.path)}
         else:  # _extract refused a missing checkpoint before
@@ -299,8 +307,11 @@ class FinetuneTrainer(Trainer):
 
 
 def _n_classes(net: nn.Module) -> int:
-    clf = net.classifier
-    return int(getattr(clf, "linear", clf).out_features)
+    clf = net.get_submodule("classifier")
+    linear = getattr(clf, "linear", clf)  # a LinearLayer wraps its nn.Linear
+    if not isinstance(linear, nn.Linear):
+        raise TypeError(f"classifier: expected a Linear or LinearLayer, got {type(clf).__name__}")
+    return int(linear.out_features)
 
 
 def _eval_dict(res: EvalResult) -> dict:

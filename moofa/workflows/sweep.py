@@ -1,4 +1,5 @@
-"""``eval_and_search.py --mode search``: the constraint sweep (docs/design.md#search-space, fixed per docs/design.md#departures-from-the-reference).
+"""``eval_and_search.py --mode search``: the constraint sweep (docs/design.md#search-space, fixed
+per docs/design.md#departures-from-the-reference).
 
 For each constraint of :func:`moofa.config.search_constraints` (checked against the model's exact
 minimum first), rank 0 runs the evolutionary search and broadcasts the result; with
@@ -32,43 +33,43 @@ removes temporary files of writes a killed run left there.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-
-import torch
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.nn as nn
+
+from moofa import preempt
 from moofa.config import AnyArgs, RunConfig, SearchSettings
+from moofa.data import DataProvider
+from moofa.data.folder import data_fingerprint
+from moofa.deploy import DEPLOY_NAME, deploy_exported, require_executorch
 from moofa.efficiency import MemoryOptions
 from moofa.efficiency.limits import Limits, violations
 from moofa.errors import CheckpointError, ConfigError, MoofaInputError, on_main_rank
 from moofa.fingerprint import change_message, comparable, file_fingerprint, model_identity, same, unrecorded_images
 from moofa.io import clean_stale_temps, require_file
 from moofa.lock import OutputLock
-from moofa import preempt
-from moofa.models.spec import ModelSpec, SubnetConfig
+from moofa.measurement.evaluate import calibrate_subnet, evaluate_subnet
+from moofa.measurement.meter import SubnetMeter
 from moofa.measurement.report import draw_subnet_plots, subnet_report, units
+from moofa.models.spec import ModelSpec, SubnetConfig
+from moofa.models.subnet_file import export_subnet
+from moofa.models.supernet import Supernet
+from moofa.predictor import AccuracyPredictor
+from moofa.predictor.create import subnet_record
+from moofa.predictor.dataset import append_records, read_dataset
+from moofa.records import SearchInfo
 from moofa.run import INFO_NAME, Run, constraint_dir
 from moofa.search.evolution import EvolutionFinder, Individual, SearchResult, check_constraints, search_budget
-from moofa.search.robust import FitnessSettings, RobustFitness
 from moofa.search.results import format_prediction, series_from_infos, write_summary
-from moofa.records import SearchInfo
-from moofa.predictor import AccuracyPredictor
-from moofa.predictor.dataset import read_dataset
-import hashlib
-from moofa.data import DataProvider
-from moofa.data.folder import data_fingerprint
-from moofa.measurement.meter import SubnetMeter
-from moofa.deploy import require_executorch
-from moofa.predictor.dataset import append_records
-from moofa.predictor.create import subnet_record
-from moofa.measurement.evaluate import calibrate_subnet, evaluate_subnet
-from moofa.models.subnet_file import export_subnet
-from moofa.stats import Comparison, compare_stored
-from moofa.deploy import DEPLOY_NAME, deploy_exported
+from moofa.search.robust import FitnessSettings, RobustFitness
 from moofa.search.target import TARGET_KEYS, compile_answer, random_weights_net, target_table, with_target_limits
+from moofa.stats import Comparison, compare_stored
 
 log = logging.getLogger(__name__)
 EXPORT_NAME = "subnet.pth.tar"
@@ -245,7 +246,10 @@ class _Context:
         self.args = run.args()
         self.evaluate = sc.evaluate
         self.top_k = sc.rerank_top_k
-        self.supernet = self.provider = self.meter = None
+        # the measuring parts: set when search_config.evaluate (see measuring())
+        self.supernet: Supernet | None = None
+        self.provider: DataProvider | None = None
+        self.meter: SubnetMeter | None = None
         if self.evaluate:
             self.provider = DataProvider(self.args, spec.image_sizes, backend.rank, backend.size)
             self.supernet = run.supernet(self.args, self.provider.n_classes, load=True).to(backend.device)
@@ -267,6 +271,13 @@ class _Context:
         self.finder = EvolutionFinder(spec, self.fitness, self.settings, limits=self.limits)
         self.selection_measured: dict[tuple, float] = {}  # canonical config -> selection top-1
         self.new_records: list[dict] = []
+
+    def measuring(self) -> tuple[Supernet, DataProvider, SubnetMeter]:
+        """The supernet, its data and the selection-split meter of a sweep that evaluates
+        (search_config.evaluate); RuntimeError in a predictor-only sweep."""
+        if self.supernet is None or self.provider is None or self.meter is None:
+            raise RuntimeError("predictor-only search (search_config.evaluate is false): nothing is measured")
+        return self.supernet, self.provider, self.meter
 
     def key(self, config: SubnetConfig) -> tuple:
         c = config.canonical(self.spec)
@@ -326,7 +337,7 @@ def _sweep(run: Run, spec: ModelSpec, backend: Any, overwrite: bool,
                  "(%d measured subnets), %s%s", spec.name, len(constraints), [f"{c:,}" for c in constraints],
                  lim.options.describe(), s.population_size, s.generations, s.seed, sc.fitness,
                  len(ctx.fitness.configs),
-                 f"re-ranking the top {ctx.top_k} by measurement on {ctx.meter.description}"
+                 f"re-ranking the top {ctx.top_k} by measurement on {ctx.measuring()[2].description}"
                  if ctx.evaluate else "predictor only",
                  f"; max_mmacs {lim.max_mmacs}, max_params {lim.max_params}" if lim.extra else "")
     infos: list[SearchInfo] = []
@@ -387,10 +398,11 @@ def _measure(ctx: _Context, configs: list[SubnetConfig]) -> list[float]:
     """Selection-split top-1 of ``configs``, batched across ranks: in round t rank k measures
     config t * world + k on the whole selection subset (no reduction needed)."""
     b = ctx.backend
+    meter = ctx.measuring()[2]
     out: list[float] = []
     for start in range(0, len(configs), b.size):
         mine = start + b.rank
-        acc = ctx.meter.accuracy(configs[mine]) if mine < len(configs) else None
+        acc = meter.accuracy(configs[mine]) if mine < len(configs) else None
         out += [a for a in b.allgather_object(acc) if a is not None]
     return out[:len(configs)]
 
@@ -426,8 +438,8 @@ def _rerank(ctx: _Context, c: int, found: Individual, top: list[Individual],
 
         ctx.new_records.append(_rerank_record(ctx, cfg, acc))
     rows = []
-    for i, (cfg, acc, row) in enumerate(pool):
-        rows.append(dict(row, config=cfg.to_dict(), selection_accuracy=acc, newly_measured=i in todo))
+    for i, (cfg, selection, row) in enumerate(pool):
+        rows.append(dict(row, config=cfg.to_dict(), selection_accuracy=selection, newly_measured=i in todo))
     best = max(range(len(pool)), key=lambda i: (pool[i][1], -i))  # ties: the earlier entry
     return pool[best][0], rows
 
@@ -482,13 +494,14 @@ def _one_constraint(ctx: _Context, c: int, previous: SearchInfo | None, overwrit
     if ctx.table is not None:  # the answer as compiled for the chip: the first candidate Vela says fits
         chosen, target = _compile_for_target(ctx, c, chosen, rerank, result, out)
     if ctx.evaluate:
-        evaluation = evaluate_subnet(ctx.supernet, chosen, ctx.provider, backend, split="test",
+        supernet, provider, _ = ctx.measuring()
+        evaluation = evaluate_subnet(supernet, chosen, provider, backend, split="test",
                                      time_forward=True)
         per_image = {**evaluation.per_image("real_accuracy"), "images": _test_images(ctx, evaluation)}
         if baseline is not None:
             base_cfg = SubnetConfig.from_dict(baseline["config"])
             base_eval = evaluation if ctx.key(base_cfg) == ctx.key(chosen) else \
-                evaluate_subnet(ctx.supernet, base_cfg, ctx.provider, backend, split="test")
+                evaluate_subnet(supernet, base_cfg, provider, backend, split="test")
             baseline["real_accuracy"] = base_eval.top1
             per_image.update(base_eval.per_image("baseline.real_accuracy"))
             versus = compare_stored(per_image, "real_accuracy", per_image, "baseline.real_accuracy")
@@ -542,11 +555,15 @@ def _compile_for_target(ctx: _Context, c: float, chosen: SubnetConfig, rerank: l
         ranked = sorted((r for r in rerank if r.get("selection_accuracy") is not None),
                         key=lambda r: -r["selection_accuracy"])
         candidates = [chosen, *(SubnetConfig.from_dict(r["config"]) for r in ranked), *(t.config for t in result.top)]
+        net_of: Callable[[SubnetConfig], nn.Module]
         if ctx.supernet is not None:
-            def net_of(cfg: SubnetConfig) -> Any:
-                calibrate_subnet(ctx.supernet, cfg, ctx.provider)
-                ctx.supernet.set_subnet(cfg)
-                return ctx.supernet.get_active_subnet().cpu().eval()
+            supernet, provider, _ = ctx.measuring()
+
+            def extracted(subnet: SubnetConfig) -> nn.Module:
+                calibrate_subnet(supernet, subnet, provider)
+                supernet.set_subnet(subnet)
+                return supernet.get_active_subnet().cpu().eval()
+            net_of = extracted
         else:
             net_of = random_weights_net(ctx.spec, ctx.n_classes)
         n_calib = ctx.cfg.deploy.calibration_images
@@ -590,7 +607,7 @@ def _images(ctx: _Context, evaluation: Any) -> dict[str, Any]:
 
 
 def _test_images(ctx: _Context, evaluation: Any) -> str:
-    return f"{evaluation.n_images:,} images of the test split {ctx.provider.root / 'val'}"
+    return f"{evaluation.n_images:,} images of the test split {ctx.measuring()[1].root / 'val'}"
 
 
 def _write_outputs(spec: ModelSpec, info: SearchInfo, report: Mapping[str, Any], out: Path, supernet: Any,
@@ -604,7 +621,8 @@ def _write_outputs(spec: ModelSpec, info: SearchInfo, report: Mapping[str, Any],
                                                       with_onnx="onnx" in formats)]
         if deploy_cfg is not None:
             # a budget whose answer is another budget's subnet file copies that budget's programs
-            dep = deploy_exported(out / EXPORT_NAME, deploy_cfg, out, reuse_from=sorted(out.parent.glob("constraint_*")))
+            dep = deploy_exported(out / EXPORT_NAME, deploy_cfg, out,
+                                  reuse_from=sorted(out.parent.glob("constraint_*")))
             info.deploy = dep.summary()
             info.int8_accuracy = dep.int8_accuracy
             info.export += [n for n in ("subnet_int8.pte", "subnet_fp32.pte", DEPLOY_NAME) if (out / n).is_file()]
@@ -626,9 +644,9 @@ def _log_result(info: SearchInfo) -> None:
             d = Comparison.from_dict(base["real_difference"])
             measured += f" (found minus baseline {d.text()}, {d.verdict})"
     if info.deploy and info.deploy.get("int8_accuracy") is not None:
-        d = info.deploy
-        measured += (f", int8 top-1 {100 * d['int8_accuracy']:.2f}% (ExecuTorch), program "
-                     f"{d['pte_bytes']:,} bytes, planned activations {d['runtime_memory_bytes']:,} bytes")
+        dep = info.deploy
+        measured += (f", int8 top-1 {100 * dep['int8_accuracy']:.2f}% (ExecuTorch), program "
+                     f"{dep['pte_bytes']:,} bytes, planned activations {dep['runtime_memory_bytes']:,} bytes")
     log.info("constraint %s: top-1 %s, sd %.2f pp, peak %s %s, %.1f MMACs, %.1f s search%s",
              f"{info.constraint:,}", format_prediction(info.predicted_accuracy, info.predicted_interval,
                                                              info.predicted_source), 100 * (info.predicted_std or 0.0),

@@ -9,8 +9,8 @@ from __future__ import annotations
 import random
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 PASSES = 2          # backward_passes_per_step
 STEPS = 2           # optimizer steps

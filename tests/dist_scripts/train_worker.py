@@ -6,11 +6,10 @@ import json
 import sys
 from pathlib import Path
 
-
 from moofa.distributed import init_backend
 from moofa.run import Run
-from moofa.workflows.finetune import FinetuneTrainer
 from moofa.training.trainer import Trainer
+from moofa.workflows.finetune import FinetuneTrainer
 
 config, model_configs, step, phase, out = sys.argv[1:6]
 backend = init_backend("cpu")
