@@ -256,12 +256,12 @@ def test_demo_checks_and_report_show_the_ethosu_table(tmp_path):
     summary.md's Ethos-U table must be there (from stored results: compiling is too slow here)."""
     from moofa.demo.checks import collect_checks, ethosu_targets
     from moofa.demo.report import report_text
-    from moofa.search.results import read_run, summary_markdown
+    from moofa.search.results import read_series, summary_markdown
 
     cfg, res = _stored_results(tmp_path, {20000: _U55, 35000: dict(_U55, sram_bytes=30720, inference_ms=2.5)})
     assert ethosu_targets(cfg) == ["ethos-u55-128"] and cfg["search_config"]["deploy_constraints"] == [20000, 35000]
     checks = collect_checks({"MOOFA": cfg})
-    table = summary_markdown([read_run(res, "MOOFA")])
+    table = summary_markdown([read_series(res, "MOOFA")])
     assert "## ethos-u55-128: Vela's estimates of the found subnets" in table
     assert "| < 20k | 21.5 / 493.1 / 1.196 |" in table and "| < 35k | 30.0 / 493.1 / 2.500 |" in table
     assert "| < 25k | - |" in table   # only the deployed budgets are compiled
