@@ -222,6 +222,70 @@ def test_demo_configs_budgets_fit_both_models(tmp_path):
     assert memory_bounds(moofa, 32) == (18720, 37344) and memory_bounds(moofa, 56) == (18944, 37344)
 
 
+# Vela's figures of a demo subnet compiled for ethos-u55-128, as deploy.json stores them (the
+# MOOFA 20k answer of a demo run; an Ethos-U compile takes ~1.5 min, too long for the suite).
+_U55 = {"target": "ethos-u55-128", "system_config": "Ethos_U55_High_End_Embedded", "memory_mode": "Shared_Sram",
+        "sram_bytes": 21984, "flash_bytes": 504896, "cycles": 597870, "inference_ms": 1.19574, "macs": 2574128,
+        "vela_version": "5.1.0", "delegate_calls": 1, "pte_bytes": 520368, "estimate": "Vela",
+        "tosa_int8_accuracy": 283 / 360, "tosa_n_images": 360}
+
+
+def _stored_results(tmp_path: Path, targets: dict[int, dict | None]) -> tuple[object, Path]:
+    """The shipped MOOFA demo config under ``tmp_path`` and a search result per budget whose
+    deployed budgets hold ``targets[c]`` as ``info["deploy"]["targets"]`` (None: no Ethos-U entry)."""
+    path = demo.write_demo_configs(tmp_path, ["MOOFA"], quick=False)["MOOFA"]
+    cfg = load_config(path, demo.MODEL_CONFIGS)
+    spec = get_model_spec(cfg["args"]["model"], demo.MODEL_CONFIGS)
+    arch = {"ks": [3] * 20, "e": [2] * 20, "d": [2] * 5, "image_size": 32}   # the smallest subnet
+    for c in search_constraints(cfg):
+        info = {"model": spec.name, "constraint": c, "config": arch, "peak_memory": int(peak_memory(spec, arch)),
+                "flops": 1.5, "real_accuracy": 0.8, "n_images": 360, "predicted_accuracy": 0.8}
+        if c in targets:
+            info["deploy"] = {"int8_accuracy": 0.8, "fp32_accuracy": 0.8, "n_images": 360, "pte_bytes": 500000}
+            if targets[c] is not None:
+                info["deploy"]["targets"] = {"ethos-u55-128": targets[c]}
+        folder = constraint_dir(cfg["search_config"]["res_dir"], c)
+        folder.mkdir(parents=True)
+        (folder / "info.json").write_text(json.dumps(info))
+    return cfg, Path(cfg["search_config"]["res_dir"])
+
+
+def test_demo_checks_and_report_show_the_ethosu_table(tmp_path):
+    """The full demo compiles the tightest and the loosest budget's answer for ethos-u55-128: its
+    checks read Vela's figures from info.json, its report prints them as Vela's estimates, and
+    summary.md's Ethos-U table must be there (from stored results: compiling is too slow here)."""
+    from moofa.demo.checks import collect_checks, ethosu_targets
+    from moofa.demo.report import report_text
+    from moofa.search.results import read_series, summary_markdown
+
+    cfg, res = _stored_results(tmp_path, {20000: _U55, 35000: dict(_U55, sram_bytes=30720, inference_ms=2.5)})
+    assert ethosu_targets(cfg) == ["ethos-u55-128"] and cfg["search_config"]["deploy_constraints"] == [20000, 35000]
+    checks = collect_checks({"MOOFA": cfg})
+    table = summary_markdown([read_series(res, "MOOFA")])
+    assert "## ethos-u55-128: Vela's estimates of the found subnets" in table
+    assert "| < 20k | 21.5 / 493.1 / 1.196 |" in table and "| < 35k | 30.0 / 493.1 / 2.500 |" in table
+    assert "| < 25k | - |" in table   # only the deployed budgets are compiled
+    checks.check_summary(table, {"MOOFA": cfg})
+    assert checks.target_tables == {"ethos-u55-128": True}
+    rows = {r["constraint"]: r for r in checks.budgets}
+    assert rows[20000]["targets"]["ethos-u55-128"]["sram_bytes"] == 21984 and rows[25000]["targets"] == {}
+    assert all(r["ok"] for r in rows.values()) and checks.failures(quick=True) == []
+    text = report_text(tmp_path, ["MOOFA"], {"MOOFA": cfg}, [], checks, [], 0.0, 1.0, table)
+    assert ("ethos-u55-128 program: SRAM 21.5 KiB, Flash 493.1 KiB, 1.196 ms, 1 delegate call(s) (Vela's "
+            "estimates for Ethos_U55_High_End_Embedded, not measured on silicon); int8 top-1 78.61 %") in text
+    assert text.count("ethos-u55-128 program:") == 2 and table in text
+
+    # a program split into several delegate calls, a budget left uncompiled, a summary without the table
+    cfg, _ = _stored_results(tmp_path / "bad", {20000: None, 35000: dict(_U55, delegate_calls=3)})
+    checks = collect_checks({"MOOFA": cfg})
+    checks.check_summary("# Best subnet per peak-memory constraint\n", {"MOOFA": cfg})
+    failures = checks.failures(quick=True)
+    assert len(failures) == 3, failures
+    assert "budget 20,000: no ethos-u55-128 program" in failures[0]
+    assert "budget 35,000: the ethos-u55-128 program is 3 delegate calls, not one" in failures[1]
+    assert failures[2] == "summary.md has no ethos-u55-128 table (Vela's estimates of the deployed subnets)"
+
+
 def test_demo_model_widths_are_the_reference_divided_by_4():
     from moofa.models.spec import make_divisible, moofa_widths
     specs = {n: get_model_spec(n, demo.MODEL_CONFIGS) for n in ("OFA_DEMO", "MOOFA_V3_DEMO")}

@@ -8,7 +8,10 @@ measurement can support (docs/statistics.md):
   budget, exactly (the re-ranking guarantees it);
 * on the test images the found subnet is not *significantly* worse than that baseline, fine-tuning
   does not make the subnet significantly worse, and the int8 program is not significantly worse
-  than fp32: a check fails only when the upper end of the paired 95 % interval is below 0.
+  than fp32: a check fails only when the upper end of the paired 95 % interval is below 0;
+* every deployed subnet was compiled for each Ethos-U target of ``deploy.targets`` as exactly one
+  delegate call (Vela's SRAM, Flash and latency recorded in info.json: estimates, not silicon),
+  and summary.md holds each target's table.
 
 Every paired comparison, MOOFA against OFA on the same test images included, is recorded with its
 difference, interval, number of images and verdict (:func:`comparisons`)."""
@@ -21,11 +24,13 @@ from typing import Any, TypeVar
 
 import torch
 
-from moofa.config import RunConfig
+from moofa.config import RunConfig, search_constraints
+from moofa.deploy.ethosu import XNNPACK, is_ethosu
 from moofa.efficiency import MemoryOptions, peak_memory
 from moofa.errors import ConfigError
 from moofa.records import EvalInfo, FinetuneInfo, Record, SearchInfo
 from moofa.run import INFO_NAME, Run, constraint_dir
+from moofa.search.results import target_heading
 from moofa.stats import Accuracy, Comparison, binomial_p_at_least, compare_stored
 from moofa.workflows.sweep import deploys
 
@@ -107,6 +112,33 @@ def _comparison(d: Mapping[str, Any] | None) -> Comparison | None:
     return Comparison.from_dict(d) if d else None
 
 
+def ethosu_targets(cfg: RunConfig) -> list[str]:
+    """The Ethos-U targets of ``deploy.targets``: every deployed budget is compiled for each."""
+    return [t for t in cfg.deploy.targets if is_ethosu(t)]
+
+
+# Vela's figures of one compiled program that the demo reports (bytes, ms; estimates, not silicon)
+# and the TOSA reference model's top-1 of the same int8 network (measured, fraction).
+TARGET_KEYS = ("sram_bytes", "flash_bytes", "inference_ms", "delegate_calls", "system_config", "memory_mode",
+               "tosa_int8_accuracy", "tosa_n_images")
+
+
+def target_problems(found: Mapping[str, Any] | None, targets: list[str]) -> tuple[dict[str, dict], list[str]]:
+    """Vela's figures per Ethos-U target of a deployed budget (``info["deploy"]["targets"]``) and what
+    fails: a target without a compiled program, or a program that is not exactly one delegate call."""
+    rows: dict[str, dict] = {}
+    problems = []
+    for t in targets:
+        f = (found or {}).get(t)
+        if not isinstance(f, Mapping) or f.get("sram_bytes") is None:
+            problems.append(f"no {t} program (deploy.targets asks for it; see the search log)")
+            continue
+        rows[t] = {k: f.get(k) for k in TARGET_KEYS}
+        if f.get("delegate_calls") != 1:
+            problems.append(f"the {t} program is {f.get('delegate_calls')} delegate calls, not one")
+    return rows, problems
+
+
 def budget_rows(label: str, cfg: RunConfig) -> list[dict]:
     """One row per search budget: the found subnet's peak (from info.json and recomputed with
     :func:`moofa.efficiency.peak_memory`), accuracies with their comparisons, the int8 deployment
@@ -130,8 +162,10 @@ def budget_rows(label: str, cfg: RunConfig) -> list[dict]:
         problems = []
         if not int(info.peak_memory) == recomputed <= c:
             problems.append(f"peak {info.peak_memory} (recomputed {recomputed}) over the budget")
-        if wanted and deploy.get("int8_accuracy") is None:
+        if wanted and XNNPACK in cfg.deploy.targets and deploy.get("int8_accuracy") is None:
             problems.append("no measured int8 top-1")
+        targets, bad = target_problems(deploy.get("targets"), ethosu_targets(cfg)) if wanted else ({}, [])
+        problems += bad
         problems += baseline_check(info.selection_accuracy, base.get("dataset_accuracy"), versus,
                                    bool(info.rerank))
         if int8 is not None and int8.significantly_worse:
@@ -151,7 +185,7 @@ def budget_rows(label: str, cfg: RunConfig) -> list[dict]:
                      "deployed": wanted, "int8_accuracy": deploy.get("int8_accuracy"),
                      "fp32_accuracy": deploy.get("fp32_accuracy"),
                      "int8_minus_fp32": None if int8 is None else int8.to_dict(),
-                     "pte_bytes": deploy.get("pte_bytes"), "per_image": info.per_image,
+                     "pte_bytes": deploy.get("pte_bytes"), "targets": targets, "per_image": info.per_image,
                      "problems": problems, "ok": not problems})
     return rows
 
@@ -202,12 +236,22 @@ class Checks:
     kendall_tau: dict[str, float | None] = field(default_factory=dict)
     budgets: list[dict] = field(default_factory=list)
     finetune: list[dict] = field(default_factory=list)
+    target_tables: dict[str, bool] = field(default_factory=dict)  # Ethos-U target -> its table in summary.md
+
+    def check_summary(self, summary_md: str, cfgs: Mapping[str, RunConfig]) -> None:
+        """Record whether summary.md holds the table of each Ethos-U target that some deployed
+        budget was compiled for."""
+        wanted = {t for cfg in cfgs.values() for t in ethosu_targets(cfg)
+                  if any(deploys(cfg.search_config, c) for c in search_constraints(cfg))}
+        self.target_tables = {t: target_heading(t) in summary_md for t in sorted(wanted)}
 
     def failures(self, quick: bool) -> list[str]:
         """What fails. Budgets always count; teacher, tau and fine-tuning only in the full demo
         (the --quick run trains for one epoch on toy data)."""
         bad = [f"{r['label']}: subnet for budget {r['constraint']:,}: " + "; ".join(r["problems"]) + f" ({r['info']})"
                for r in self.budgets if not r["ok"]]
+        bad += [f"summary.md has no {t} table (Vela's estimates of the deployed subnets)"
+                for t, present in self.target_tables.items() if not present]
         if not quick:
             bad += [f"{t['label']}: teacher test top-1 {pct(t.get('accuracy'))} is not significantly above "
                     f"chance {pct(t['chance'])} (binomial p = {t.get('p_value', float('nan')):.3g})"
@@ -241,7 +285,7 @@ class Checks:
         """The checks as demo_summary.json stores them (per-image bit arrays left out)."""
         budgets = [{k: v for k, v in r.items() if k != "per_image"} for r in self.budgets]
         return {"teacher": self.teacher, "kendall_tau": self.kendall_tau, "budgets": budgets,
-                "finetune": self.finetune}
+                "finetune": self.finetune, "target_tables": self.target_tables}
 
 
 def n_classes_on_disk(cfg: RunConfig) -> int:

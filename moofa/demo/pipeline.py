@@ -15,9 +15,12 @@ package needs no repository); logs show the command a user types::
     eval_and_search.py --mode search                         (search + evaluation per budget)
     train.py --step finetune --subnet <tightest budget>      (fine-tuning of that subnet)
 
-then the OFA-vs-MOOFA comparison (``eval_and_search.py --mode summary``: ``summary/summary.md``,
-``summary.csv``, ``accuracy_vs_constraint.png``) and a memory-histogram figure; it checks the
-acceptance criteria
+The search deploys the tightest and the loosest budget's answer (``search_config.deploy_constraints``)
+for each of ``deploy.targets``: the int8 XNNPACK program (top-1 measured in ExecuTorch) and, for
+``ethos-u55-128``, the program Vela compiles (its SRAM, Flash and latency: Vela's estimates, not
+silicon). Then the OFA-vs-MOOFA comparison (``eval_and_search.py --mode summary``:
+``summary/summary.md`` with the Ethos-U table, ``summary.csv``, ``accuracy_vs_constraint.png``) and a
+memory-histogram figure; it checks the acceptance criteria
 (:mod:`moofa.demo.checks`: claims with their statistical tests) and prints the per-stage times and
 the summary table.
 
@@ -450,13 +453,14 @@ def run_demo(out: Path, labels: Sequence[str], quick: bool = False, jobs: int | 
     summary_dir = out / "summary"
     figures = plot_memory_histograms(cfgs, summary_dir / "memory_histograms")
     checks = collect_checks(cfgs)
+    table = (summary_dir / "summary.md").read_text()
+    checks.check_summary(table, cfgs)
     failures = checks.failures(quick)
     summary.update(ok=not failures, failures=failures, stages=[asdict(r) for r in results],
                    checks=checks.to_dict(), comparisons=checks.comparisons(), figures=[str(p) for p in figures],
                    seconds=round(time.time() - t_start, 1))
     atomic_write_text(out / SUMMARY_NAME, json.dumps(summary, indent=1) + "\n")
-    echo(report_text(out, labels, cfgs, results, checks, failures, data_seconds, summary["seconds"],
-                 (summary_dir / "summary.md").read_text()))
+    echo(report_text(out, labels, cfgs, results, checks, failures, data_seconds, summary["seconds"], table))
     return summary
 
 

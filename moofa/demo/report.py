@@ -25,6 +25,18 @@ def _cmp(d: Mapping[str, Any] | None) -> str:
     return f"{c.text()} ({c.n_images:,} images, {c.verdict})"
 
 
+def target_line(target: str, f: Mapping[str, Any]) -> str:
+    """One Ethos-U program of a deployed budget: Vela's SRAM, Flash (KiB) and latency (ms), which
+    are compile-time estimates, and the TOSA reference model's int8 top-1 when it was measured."""
+    line = (f"{target} program: SRAM {f['sram_bytes'] / 1024:,.1f} KiB, Flash {f['flash_bytes'] / 1024:,.1f} KiB, "
+            f"{f['inference_ms']:.3f} ms, {f['delegate_calls']} delegate call(s) (Vela's estimates for "
+            f"{f.get('system_config')}, not measured on silicon)")
+    if f.get("tosa_int8_accuracy") is not None:
+        line += (f"; int8 top-1 {Accuracy.of(f['tosa_int8_accuracy'], f['tosa_n_images']).text()} "
+                 "(TOSA reference model)")
+    return line
+
+
 def short_path(path: Path) -> str:
     """``path`` relative to the working directory when it lies below it."""
     try:
@@ -106,6 +118,8 @@ def report_text(out: Path, labels: Sequence[str], cfgs: Mapping[str, RunConfig],
         if r.get("int8_accuracy") is not None:
             lines.append(f"      int8 program (ExecuTorch, {r['pte_bytes']:,} B) {pct(r['int8_accuracy'])} vs fp32 "
                          f"{pct(r.get('fp32_accuracy'))}: int8 minus fp32 {_cmp(r.get('int8_minus_fp32'))}")
+        for target, f in (r.get("targets") or {}).items():
+            lines.append(f"      {target_line(target, f)}")
     for r in checks.finetune:
         if "after" in r:
             lines.append(f"  {r['label']}: budget {r['constraint']:>7,} subnet, "
@@ -116,7 +130,8 @@ def report_text(out: Path, labels: Sequence[str], cfgs: Mapping[str, RunConfig],
         if not c["check"]:
             lines.append(f"  {c['what']}: {_cmp(c)}")
     lines += ["  all checks passed" if not failures else "  FAILED: " + "; ".join(failures), "",
-              "Best subnet per peak-memory budget (top-1 % / peak memory / MMACs; int8 programs below):", "",
+              ("Best subnet per peak-memory budget (top-1 % / peak memory / MMACs; int8 programs and the "
+               "Ethos-U table, Vela's estimates, below):"), "",
               table]
     return "\n".join(lines)
 

@@ -29,7 +29,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from moofa import preempt
-from moofa.config import phase_constraints, save_resolved_config, validation_subnets
+from moofa.config import save_resolved_config
 from moofa.data.provider import DataProvider
 from moofa.distributed import to_device
 from moofa.errors import CheckpointError, ConfigError, on_main_rank
@@ -51,11 +51,12 @@ from moofa.models.bn_calibration import set_running_statistics
 from moofa.models.spec import ModelSpec
 from moofa.models.supernet import load_checkpoint_file, load_weights
 from moofa.records import FinetuneInfo
-from moofa.run import Run, final_phase_file
-from moofa.training.checkpoint import PHASE_ORDER, phase_name, predecessor, rng_state, set_rng_state
+from moofa.run import Run
+from moofa.training.checkpoint import rng_state, set_rng_state
 from moofa.training.logger import RunLogger
 from moofa.training.losses import distillation_loss
 from moofa.training.optim import build_optimizer, set_lr
+from moofa.training.phase import Constraints, Phase, Source, phase_for, teacher_source
 from moofa.training.schedule import learning_rate
 
 # args that do not change the trained weights (where and how fast, not what)
@@ -82,13 +83,10 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-def _command_hint(run: Run, step: str, phase: int | None) -> str:
-    ph = "" if step == "teacher" else f" --phase {phase}"
-    return f"python train.py --config {run.path} --step {step}{ph}"
-
-
-def _require(path: Path, what: str, hint: str) -> Path:
-    return require_file(path, what, error=CheckpointError, hint=f"; produce it with `{hint}`")
+def _require(run: Run, source: Source) -> Path:
+    """The source's file; CheckpointError naming the command that produces it when missing."""
+    return require_file(source.path, source.what, error=CheckpointError,
+                        hint=f"; produce it with `{source.producer.command(run)}`")
 
 
 def subnet_seed(global_step: int, j: int, rank: int = 0) -> int:
@@ -109,39 +107,36 @@ def resolution_note(spec: ModelSpec, candidates: list[int]) -> str:
 
 
 class Trainer:
-    """State of one launch; see :func:`train_step`."""
+    """State of one launch; see :func:`train_step`. What differs between the teacher and the
+    supernet phases is asked of :attr:`phase` (:mod:`moofa.training.phase`)."""
 
     def __init__(self, run: Run, step: str, phase: int | None, backend: Any) -> None:
-        if step != "teacher" and phase is None:
-            raise ConfigError(f"--phase is required for step {step}", key="--phase")
+        self.phase: Phase = phase_for(step, phase)
         self.layout, self.cfg, self.step, self.backend = run, run.cfg, step, backend
-        self.phase = phase if step != "teacher" else None
-        self.args = run.args(step, phase)
+        self.args = run.args(step, self.phase.number)
         self.spec: ModelSpec = run.spec(self.args)
-        if self.spec.compound and step != "teacher":
+        if self.spec.compound and self.phase.elastic:
             raise ConfigError("CompOFA supernets are not trained by progressive shrinking here (as in "
                               "the reference); evaluate or search a pretrained CompOFA checkpoint instead",
                               key="args.model", value=self.spec.name)
-        self.name = phase_name(step, phase)
-        self.files = run.phase_files(step, phase)
+        self.name = self.phase.name
+        self.files = run.phase_files(step, self.phase.number)
         self.device = backend.device
-        self.lock = OutputLock(self.files.state.parent, f"train.py --step {step}"
-                               + ("" if self.phase is None else f" --phase {phase}"))
+        self.lock = OutputLock(self.files.state.parent, f"train.py {self.phase.launch_args()}")
 
         def take_folder() -> None:  # writable, ours, tidy: before any long work
-            key = "args.teacher_path" if step == "teacher" else "args.path"
-            check_writable(self.files.run_dir / "logs", key)
+            check_writable(self.files.run_dir / "logs", self.phase.folder_key)
             self.lock.acquire()
             clean_stale_temps(self.files.owned)
 
         try:
             on_main_rank(backend, take_folder)
-            self._init_rest(run, step, backend)
+            self._init_rest(run, backend)
         except BaseException:
             self.lock.release()
             raise
 
-    def _init_rest(self, run: Run, step: str, backend: Any) -> None:
+    def _init_rest(self, run: Run, backend: Any) -> None:
         self.log = RunLogger(self.files.run_dir, backend.is_main, self.name, self.cfg.wandb,
                              self.args.as_dict())
         seed_everything(self.args.manual_seed)
@@ -149,7 +144,7 @@ class Trainer:
         a = self.args
         self.supernet = run.supernet(a, self.provider.n_classes)
         self.teacher: nn.Module | None = None
-        self.net: nn.Module = self.supernet.build_teacher() if step == "teacher" else self.supernet
+        self.net: nn.Module = self.phase.network(self.supernet)
         self.n_epochs = a.warmup_epochs + a.n_epochs
         self.init_lr = a.base_lr * backend.size
         self.use_cuda = self.device.type == "cuda"
@@ -163,53 +158,41 @@ class Trainer:
     def elastic(self) -> bool:
         """Whether training samples subnets of the supernet (the kernel, depth and expand phases);
         false for the teacher and for fine-tuning a static subnet (moofa.workflows.finetune)."""
-        return self.step in PHASE_ORDER
-
-    @property
-    def phase_index(self) -> int:
-        """The phase of a step that has phases (``__init__`` requires one for every step but the teacher)."""
-        if self.phase is None:
-            raise ConfigError(f"--phase is required for step {self.step}", key="--phase")
-        return self.phase
+        return self.phase.elastic
 
     def completed(self) -> bool:
         """Whether this launch's output exists already (then :meth:`run` trains nothing)."""
-        return self.elastic and self.files.final.is_file()
+        return self.phase.writes_final and self.files.final.is_file()
 
     def finish(self) -> FinetuneInfo | None:
         """Write the launch's output after the last epoch (called on every rank): a phase's final
         weights, the next phase's input. Returns what goes into ``StepResult.info``."""
-        if self.elastic and self.backend.is_main:
+        if self.phase.writes_final and self.backend.is_main:
             atomic_save({"state_dict": self.net.state_dict()}, self.files.final)
             self.log.info(f"Wrote {self.files.final}")
         return None
 
     # ------------------------------------------------------------------------------ set-up
     def _teacher_file(self) -> Path:
-        return _require(self.layout.teacher_file(self.args), "teacher checkpoint",
-                        _command_hint(self.layout, "teacher", None))
+        return _require(self.layout, teacher_source(self.layout, self.args))
 
     def _init_weights(self) -> None:
         """Initial weights of a fresh run: random (teacher, broadcast from rank 0), the teacher's
         best weights (first task) or the predecessor phase's final weights."""
-        if self.step == "teacher":
+        source = self.phase.init_source(self.layout, self.args)
+        if source is None:
             self.backend.broadcast_parameters(self.net, root=0)
             return
-        prev = predecessor(self.step, self.phase_index, self.cfg.tasks, self.cfg.tasks_phases)
-        if prev is None:
-            src = self._teacher_file()
-        else:
-            src = _require(final_phase_file(self.args.path, *prev),
-                           f"predecessor checkpoint of {self.name}", _command_hint(self.layout, *prev))
+        src = _require(self.layout, source)
         load_weights(self.supernet, src)
         self.log.info(f"Loaded init from {src}")
-        if self.step == "expand" and self.args.resort_channels:
-            n_e = len(self.constraints["e"])
-            self.supernet.re_organize_middle_weights(n_e - 2)
-            self.log.info(f"Re-sorted middle channels by importance (expand_ratio_stage={n_e - 2})")
+        stage = self.phase.resort_stage(self.args, self.constraints)
+        if stage is not None:
+            self.supernet.re_organize_middle_weights(stage)
+            self.log.info(f"Re-sorted middle channels by importance (expand_ratio_stage={stage})")
 
     def _build_teacher(self) -> None:
-        if self.step == "teacher" or self.args.kd_ratio <= 0:
+        if not self.phase.distils or self.args.kd_ratio <= 0:
             return
         teacher = self.layout.teacher(self.args, self.provider.n_classes, load=False)
         load_weights(teacher, self._teacher_file())
@@ -217,8 +200,8 @@ class Trainer:
 
     def setup(self) -> tuple[int, float, int | None]:
         """Weights, optimizer and resume state; returns (start epoch, best accuracy, resumed from)."""
-        if self.elastic:
-            self.constraints = phase_constraints(self.spec, self.step, self.phase_index, self.cfg.tasks_phases)
+        self.constraints: Constraints | None = self.phase.constraints(self.spec, self.cfg.tasks_phases)
+        if self.constraints is not None:
             for key, ctype in (("ks", "kernel_size"), ("e", "expand_ratio"), ("d", "depth")):
                 self.supernet.set_constraint(self.constraints[key], ctype)
         start, best, resumed = 0, 0.0, None
@@ -302,14 +285,7 @@ class Trainer:
     def validate(self) -> tuple[float, dict[str, float]]:
         """Mean validation top-1 and the per-subnet top-1 (fractions)."""
         results: dict[str, float] = {}
-        items: list[tuple[str, int, dict[str, Any] | None]]
-        if self.step == "teacher":
-            items = [(f"R{r}", r, None) for r in self.spec.image_sizes]
-        else:
-            subs = validation_subnets(self.spec, self.step, self.constraints["ks"], self.constraints["e"],
-                                      self.constraints["d"])
-            items = [(s["name"], s["image_size"], s) for s in subs]
-        for name, r, sub in items:
+        for name, r, sub in self.phase.validation_items(self.spec, self.constraints):
             if sub is not None:
                 self.supernet.set_active_subnet(sub["ks"], sub["e"], sub["d"])
             set_running_statistics(self.net, self.provider.calibration_batches(r))
@@ -332,12 +308,8 @@ class Trainer:
     # ------------------------------------------------------------------------------- recipe
     def _init_source(self) -> Path | None:
         """The weights a fresh run of this phase starts from (None: random, the teacher)."""
-        if self.step == "teacher":
-            return None
-        prev = predecessor(self.step, self.phase_index, self.cfg.tasks, self.cfg.tasks_phases)
-        if prev is None:
-            return self.layout.teacher_file(self.args)
-        return final_phase_file(self.args.path, *prev)
+        source = self.phase.init_source(self.layout, self.args)
+        return None if source is None else source.path
 
     def recipe(self, recorded: Inputs | None = None) -> dict[str, Any]:
         """What this phase's weights are computed from (JSON-normalised): the phase, the model,
@@ -345,7 +317,7 @@ class Trainer:
         phase structure and, by content, the initial and the distillation teacher's weights. An
         input file that no longer exists takes its ``recorded`` value (it cannot be checked)."""
         files = {"init": self._init_source()}
-        if self.step != "teacher" and self.args.kd_ratio > 0:
+        if self.phase.distils and self.args.kd_ratio > 0:
             files["kd_teacher"] = self.layout.teacher_file(self.args)
         out: dict[str, Any] = {
             "phase": self.name, "model_spec": model_identity(self.spec),
@@ -375,9 +347,7 @@ class Trainer:
                 self.log.info(f"--overwrite: removed {', '.join(str(p) for p in removed)}")
         recorded = read_fingerprint(f.recipe)
         current = Inputs.of(self.recipe(recorded))
-        finished = self.step != "teacher" and f.final.is_file()
-        if self.step == "teacher" and f.state.is_file():
-            finished = int(load_checkpoint_file(f.state).get("epoch", -1)) + 1 >= self.n_epochs
+        finished = self.phase.finished(f, self.n_epochs)
         exists = finished or f.state.is_file()
         if exists and not f.recipe.is_file():
             _LOG.warning("%s records no recipe (written by an older version): cannot check that it "
@@ -401,7 +371,7 @@ class Trainer:
 
     def _run(self, overwrite: bool) -> StepResult:
         finished = on_main_rank(self.backend, lambda: self.check_recipe(overwrite))
-        if finished and self.step != "teacher":
+        if finished and self.phase.writes_final:  # a finished teacher still reports its best
             self.log.info(f"{self.name} is already complete ({self.files.final}); nothing to do")
             return StepResult(self.name, self.n_epochs, 0.0, already_done=True)
         start, best, resumed = self.setup()
@@ -419,7 +389,7 @@ class Trainer:
             metrics = self.train_epoch(epoch)
             due = (epoch + 1) % self.args.validation_frequency == 0 or epoch + 1 == self.n_epochs
             is_best = False
-            if self.step == "teacher" or due:
+            if self.phase.validates_every_epoch or due:
                 val, per = self.validate()
                 is_best = val > best or not self.files.best.is_file()
                 best = max(best, val)

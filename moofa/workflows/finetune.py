@@ -60,6 +60,7 @@ from moofa.run import EXPORT_NAME, INFO_NAME, PhaseFiles, Run, SubnetSource
 from moofa.run import FINETUNED_NAME as OUT_NAME
 from moofa.stats import compare_stored
 from moofa.training.logger import RunLogger
+from moofa.training.phase import StaticPhase
 from moofa.training.trainer import Trainer, seed_everything
 
 INPUTS_NAME = "inputs.json"
@@ -75,7 +76,8 @@ class FinetuneTrainer(Trainer):
     """One launch of ``train.py --step finetune``; see the module docstring."""
 
     def __init__(self, run: Run, subnet: str | Path, backend: Any, overwrite: bool = False) -> None:
-        self.layout, self.cfg, self.step, self.phase, self.backend = run, run.cfg, FINETUNE, None, backend
+        self.layout, self.cfg, self.step, self.backend = run, run.cfg, FINETUNE, backend
+        self.phase = StaticPhase(FINETUNE)
         self.name = FINETUNE
         self.args = run.args(FINETUNE)
         self.spec: ModelSpec = run.spec(self.args)
