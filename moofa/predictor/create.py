@@ -89,7 +89,7 @@ def memory_bins(spec: ModelSpec, min_memory: float, max_memory: float, n_bins: i
                 options: MemoryOptions | None = None) -> list[MemoryBin]:
     """``n_bins`` equal-width bins between ``min_memory`` and ``max_memory`` (in the unit of the
     memory model ``options``: elements by default), each with its exact number of configs (see
-    the module docstring)."""
+    docs/dataset.md, "Bins and quotas")."""
     if not min_memory < max_memory:
         raise ValueError(f"min_memory: {min_memory} must be below max_memory {max_memory}")
     if n_bins < 1:
@@ -199,7 +199,7 @@ RECIPE_ARGS_KEYS = ("bn_calib_images", "bn_calib_batch_size", "bn_eps", "bn_mome
 
 def dataset_recipe(spec: ModelSpec, dc: DatasetSettings, args: AnyArgs,
                    memory: Any = None) -> Inputs:
-    """What the records' values depend on (see "Inputs" in the module docstring); ``memory``
+    """What the records' values depend on (see "Inputs" in docs/dataset.md); ``memory``
     (a MemoryOptions) decides the bins' unit."""
     recipe = {"model_spec": model_identity(spec), "checkpoint": file_fingerprint(args.checkpoint),
               "dataset_config": {k: dc[k] for k in RECIPE_DATASET_KEYS},  # records: read by name
