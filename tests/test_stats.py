@@ -8,6 +8,7 @@ import pytest
 from scipy import stats as sps
 
 from moofa.demo.checks import baseline_check, teacher_check
+from moofa.records import EvalInfo
 from moofa.stats import (
     NO_DIFFERENCE,
     WORSE,
@@ -104,9 +105,9 @@ def test_an_answer_below_the_baseline_on_the_selection_images_fails():
 
 
 def test_teacher_check_is_a_binomial_test_against_chance():
-    ok = teacher_check("M", {"accuracy": 48 / 360, "n_images": 360}, 10)
+    ok = teacher_check("M", EvalInfo.from_dict({"accuracy": 48 / 360, "n_images": 360}, "info.json"), 10)
     assert ok["ok"] and ok["p_value"] < 0.05      # 13.3 % of 360 is above chance (10 %), p = 0.025
     assert ok["p_value"] == pytest.approx(sps.binomtest(48, 360, 0.1, alternative="greater").pvalue)
-    noise = teacher_check("M", {"accuracy": 45 / 360, "n_images": 360}, 10)
+    noise = teacher_check("M", EvalInfo.from_dict({"accuracy": 45 / 360, "n_images": 360}, "info.json"), 10)
     assert not noise["ok"]                         # 12.5 % of 360 is within chance's noise, p = 0.07
     assert Accuracy.of(0.8528, 360).text() == "85.28 % [81.2, 88.6] (n=360)"
