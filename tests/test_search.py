@@ -7,15 +7,13 @@ import functools
 import json
 import random
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REFERENCE, ROOT, needs_reference
+from conftest import REFERENCE, needs_reference
 from tiny import make_tiny_project
 
 from moofa.config import last_task_args, load_config
@@ -138,15 +136,19 @@ def test_constraint_below_minimum_is_rejected_with_the_minimum():
         EvolutionFinder("OFA", lambda cs: np.zeros(len(cs))).search(262_911)
 
 
-def test_cli_infeasible_constraint_exits_2(tmp_path):
+def test_cli_infeasible_constraint_exits_2(tmp_path, capsys):
+    from moofa.cli.common import run_cli
+    from tiny import script_main
+
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"args": {"model": "OFA"}, "search_config": {
         "constraints": [200_000, 400_000], "evaluate": False, "res_dir": str(tmp_path / "s"),
         "acc_predictor_checkpoint": str(tmp_path / "missing.pth.tar")}}))
-    proc = subprocess.run([sys.executable, str(ROOT / "eval_and_search.py"), "--config", str(cfg),
-                           "--mode", "search"], capture_output=True, text=True, timeout=120, check=False)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
+    # in-process: the script's main under run_cli, as eval_and_search.py runs it
+    rc = run_cli(script_main("eval_and_search.py"), ["--config", str(cfg), "--mode", "search"])
+    stderr = capsys.readouterr().err
+    assert rc == 2, stderr
+    lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "262,912" in lines[0]
     assert "200,000" in lines[0] and str(cfg) in lines[0]
     assert not (tmp_path / "s").exists()
