@@ -235,7 +235,7 @@ def _records(path: Path) -> list[dict]:
 def single_run(tiny):
     out = tiny.project.root / "single.jsonl"
     tiny.project.write(dataset_config={"output": str(out)})
-    proc = tiny.project.run(SCRIPT)
+    proc = tiny.project.call(SCRIPT)
     return proc, _records(out)
 
 
@@ -263,7 +263,7 @@ def test_single_process_fills_reachable_bins(tiny, single_run) -> None:
     assert sum(counts) == N_SAMPLES and max(counts) - min(counts) <= 1
     assert f"{N_SAMPLES} subnets ({N_SAMPLES} new), complete" in proc.stdout
     # a second run has nothing to do
-    again = tiny.project.run(SCRIPT)
+    again = tiny.project.call(SCRIPT)
     assert f"{N_SAMPLES} subnets (0 new), complete" in again.stdout
     assert _records(tiny.project.root / "single.jsonl") == recs
 
@@ -332,7 +332,7 @@ def test_killed_run_resumes_without_loss_or_duplicates(tiny, single_run) -> None
     assert 2 <= n_killed < N_SAMPLES
     with open(out, "a") as fh:
         fh.write('{"model": "TINY", "ks": [3')  # as if killed inside an append
-    rerun = tiny.project.run(SCRIPT)
+    rerun = tiny.project.call(SCRIPT)
     assert "partial last line" in rerun.stderr and f"resuming: {n_killed} record(s)" in rerun.stderr
     recs = _records(out)
     assert len(recs) == N_SAMPLES
@@ -356,7 +356,7 @@ def test_killed_at_three_moments_ends_equal_to_an_uninterrupted_run(tiny, single
         assert tiny.project.kill_when(SCRIPT, when=when), f"run {i} ended before its kill"
         assert lock.is_file()  # left behind by the kill
     assert 7 <= n_records() < N_SAMPLES
-    rerun = tiny.project.run(SCRIPT)
+    rerun = tiny.project.call(SCRIPT)
     assert "taking over the stale lock" in rerun.stderr
     assert _records(out) == single_run[1] and not lock.exists()
 
@@ -394,7 +394,7 @@ def test_bad_inputs_exit_2(tiny, capsys, tmp_path) -> None:
 
 def test_missing_checkpoint_exits_2(tiny) -> None:
     tiny.project.write(args={"checkpoint": str(tiny.project.root / "nope.pth.tar")})
-    proc = tiny.project.run(SCRIPT, check=False)
+    proc = tiny.project.call(SCRIPT, check=False)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "nope.pth.tar" in lines[0]
@@ -424,6 +424,6 @@ def test_sigterm_at_three_moments_ends_equal_to_an_uninterrupted_run(tiny, singl
             assert where in (f"subnet {n_records() + 1}/{N_SAMPLES}", f"subnet {n_records()}/{N_SAMPLES}"), where
         assert not lock.exists() and stopped.stop_seconds < 30
     assert 7 <= n_records() < N_SAMPLES
-    rerun = tiny.project.run(SCRIPT)
+    rerun = tiny.project.call(SCRIPT)
     assert "taking over the stale lock" not in rerun.stderr
     assert _records(out) == single_run[1] and not lock.exists()

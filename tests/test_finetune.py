@@ -66,7 +66,7 @@ def searched(tmp_path_factory):
     teacher = root / "run" / "teacher" / "checkpoint" / "model_best.pth.tar"
     project = make_tiny_project(root, args={"checkpoint": str(teacher), "synthetic": {"difficulty": 0.1}},
                                 args_per_task={"teacher": {"n_epochs": 2}, "finetune": dict(FT)})
-    project.run("train.py", "--step", "teacher")
+    project.call("train.py", "--step", "teacher")
     cfg = load_config(project.config_path, project.model_config_path)
     spec = get_model_spec("TINY", project.model_config_path)
     drawn = SearchSpace(spec).sample(random.Random(3))
@@ -80,7 +80,7 @@ def searched(tmp_path_factory):
     (folder / "info.json").write_text(json.dumps({
         "predicted_accuracy": 0.5, "real_accuracy": measured.top1, "peak_memory": peak_memory(spec, arch),
         "config": arch.to_dict(), "flops": flops(spec, arch, 4), "model": "TINY", "constraint": 12345}))
-    run = project.run("train.py", "--step", "finetune", "--subnet", str(folder / "subnet.pth.tar"))
+    run = project.call("train.py", "--step", "finetune", "--subnet", str(folder / "subnet.pth.tar"))
     return project, cfg, spec, arch, folder, measured, run
 
 
@@ -114,7 +114,7 @@ def test_finetune_writes_its_folder_and_the_export_reproduces_it(searched):
     assert (out / "resolved_config.json").is_file() and (out / "inputs.json").is_file()
     assert "before, " in run.stdout and "after fine-tuning" in run.stdout
     # the same command again trains nothing
-    again = project.run("train.py", "--step", "finetune", "--subnet", str(folder / "subnet.pth.tar"))
+    again = project.call("train.py", "--step", "finetune", "--subnet", str(folder / "subnet.pth.tar"))
     assert "already complete" in again.stderr
 
 
@@ -139,7 +139,7 @@ def test_killed_finetune_resumes_to_the_same_weights(searched, tmp_path, kill_af
     done = len(log.read_text().splitlines())
     assert kill_after <= done < 4 and not (other / "finetuned" / "info.json").exists()
     assert "val_acc" in json.loads(log.read_text().splitlines()[done - 1])
-    r = project.run("train.py", "--step", "finetune", "--subnet", str(other / "subnet.pth.tar"))
+    r = project.call("train.py", "--step", "finetune", "--subnet", str(other / "subnet.pth.tar"))
     assert "Resumed finetune from" in r.stderr and f"at epoch {done}" in r.stderr
     ref = torch.load(folder / "finetuned" / "subnet.pth.tar", weights_only=True)["state_dict"]
     got = torch.load(other / "finetuned" / "subnet.pth.tar", weights_only=True)["state_dict"]
@@ -308,7 +308,7 @@ def test_sigterm_stops_finetune_cleanly_and_it_resumes_to_the_same_weights(searc
     assert stopped is not None, "the run ended before its SIGTERM"
     assert stopped_at(stopped) in ("epoch 2/4 (finetune)", "epoch 1/4 (finetune)")
     assert not (other / ".moofa-finetune.lock").exists() and not (other / "finetuned" / "info.json").exists()
-    r = project.run(*cmd)
+    r = project.call(*cmd)
     assert "Resumed finetune from" in r.stderr
     ref = torch.load(folder / "finetuned" / "subnet.pth.tar", weights_only=True)["state_dict"]
     got = torch.load(other / "finetuned" / "subnet.pth.tar", weights_only=True)["state_dict"]

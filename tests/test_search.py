@@ -3,18 +3,17 @@ infeasible constraints, eval/search outputs end to end (1 and 2 processes), expo
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import random
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REFERENCE, ROOT, needs_reference
+from conftest import REFERENCE, needs_reference
 from tiny import make_tiny_project
 
 from moofa.config import last_task_args, load_config
@@ -137,15 +136,19 @@ def test_constraint_below_minimum_is_rejected_with_the_minimum():
         EvolutionFinder("OFA", lambda cs: np.zeros(len(cs))).search(262_911)
 
 
-def test_cli_infeasible_constraint_exits_2(tmp_path):
+def test_cli_infeasible_constraint_exits_2(tmp_path, capsys):
+    from moofa.cli.common import run_cli
+    from tiny import script_main
+
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"args": {"model": "OFA"}, "search_config": {
         "constraints": [200_000, 400_000], "evaluate": False, "res_dir": str(tmp_path / "s"),
         "acc_predictor_checkpoint": str(tmp_path / "missing.pth.tar")}}))
-    proc = subprocess.run([sys.executable, str(ROOT / "eval_and_search.py"), "--config", str(cfg),
-                           "--mode", "search"], capture_output=True, text=True, timeout=120, check=False)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
+    # in-process: the script's main under run_cli, as eval_and_search.py runs it
+    rc = run_cli(script_main("eval_and_search.py"), ["--config", str(cfg), "--mode", "search"])
+    stderr = capsys.readouterr().err
+    assert rc == 2, stderr
+    lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "262,912" in lines[0]
     assert "200,000" in lines[0] and str(cfg) in lines[0]
     assert not (tmp_path / "s").exists()
@@ -191,11 +194,13 @@ def _read_all(project, tag: str) -> dict:
 def _run_all(project, tag: str, nproc: int) -> dict:
     """Search with evaluation, eval of a random supernet subnet, eval of the teacher."""
     _write(project, tag)
-    project.run("eval_and_search.py", "--mode", "search", nproc=nproc)
-    project.run("eval_and_search.py", "--mode", "eval", "--model", "supernet", nproc=nproc)
+    # one process: in this one (no torch import per run); two: under torchrun
+    go = project.call if nproc == 1 else functools.partial(project.run, nproc=nproc)
+    go("eval_and_search.py", "--mode", "search")
+    go("eval_and_search.py", "--mode", "eval", "--model", "supernet")
     project.write(args=dict(base_batch_size=2), subnet_config=dict(  # same name: own folder
         res_dir=str(project.root / f"eval_{tag}"), random_sample=False))
-    project.run("eval_and_search.py", "--mode", "eval", "--model", "teacher", nproc=nproc)
+    go("eval_and_search.py", "--mode", "eval", "--model", "teacher")
     return _read_all(project, tag)
 
 
@@ -285,7 +290,7 @@ def test_search_killed_at_three_moments_ends_equal_to_an_uninterrupted_run(tiny)
     summary equal an uninterrupted run's."""
     project, _ = tiny
     _write(project, "ref", export=False)
-    project.run("eval_and_search.py", "--mode", "search")
+    project.call("eval_and_search.py", "--mode", "search")
     expected = _results(project, "ref")
     _write(project, "kill", export=False)
     res = project.root / "search_kill"
@@ -297,7 +302,7 @@ def test_search_killed_at_three_moments_ends_equal_to_an_uninterrupted_run(tiny)
             f"run {i} ended before its kill"
     # No assertion on budget 2's info.json: on a fast machine the last SIGTERM can land after it
     # was written (while the summary is written); the stop line then names budget 2/2, as allowed.
-    rerun = project.run("eval_and_search.py", "--mode", "search")
+    rerun = project.call("eval_and_search.py", "--mode", "search")
     assert "taking over the stale lock" in rerun.stderr and "already done with the same inputs" in rerun.stderr
     assert _results(project, "kill") == expected
     assert not list(res.rglob(".*.tmp*")) and not (res / ".moofa.lock").exists()
@@ -316,7 +321,7 @@ def test_search_killed_after_a_budget_appends_every_measurement_once(tiny):
         shutil.copy(base, path)
         _write(project, tag, export=False, acc_dataset_path=str(path), append_measurements=True)
         if tag == "append_ref":
-            project.run("eval_and_search.py", "--mode", "search")
+            project.call("eval_and_search.py", "--mode", "search")
     expected = data["append_ref"].read_text().splitlines()
     added = [json.loads(line) for line in expected[len(base.read_text().splitlines()):]]
     first = project.root / "search_append_kill" / f"constraint_{TINY_CONSTRAINTS[0]}" / "info.json"
@@ -332,7 +337,7 @@ def test_search_killed_after_a_budget_appends_every_measurement_once(tiny):
     project.kill_when("eval_and_search.py", "--mode", "search",  # after the append, if not ended
                       when=lambda: data["append_kill"].stat().st_size > size)
     for _ in range(2):
-        project.run("eval_and_search.py", "--mode", "search")
+        project.call("eval_and_search.py", "--mode", "search")
         assert data["append_kill"].read_text().splitlines() == expected
     for c in TINY_CONSTRAINTS:  # and the same answers
         ref, got = (json.loads((project.root / f"search_{tag}" / f"constraint_{c}" / "info.json").read_text())
@@ -364,7 +369,7 @@ def test_exported_subnet_reproduces_the_reported_top1_after_the_baseline_is_meas
     _measured_dataset(project, spec, data)
     _write(project, "base", export=["subnet"], acc_dataset_path=str(data), rerank_top_k=0, pessimism=0.0,
            bound_margin_pp=20.0)
-    project.run("eval_and_search.py", "--mode", "search")
+    project.call("eval_and_search.py", "--mode", "search")
     args = last_task_args(load_config(project.config_path))
     provider = DataProvider(args, spec.image_sizes, 0, 1)
     differs = 0
@@ -620,7 +625,7 @@ def test_search_sigterm_at_three_moments_ends_equal_to_an_uninterrupted_run(tiny
     project, _ = tiny
     _write(project, "ref", export=False)
     if not (project.root / "search_ref" / "summary.csv").is_file():  # the SIGKILL test's, if it ran
-        project.run("eval_and_search.py", "--mode", "search")
+        project.call("eval_and_search.py", "--mode", "search")
     expected = _results(project, "ref")
     _write(project, "term", export=False)
     res = project.root / "search_term"
@@ -635,7 +640,7 @@ def test_search_sigterm_at_three_moments_ends_equal_to_an_uninterrupted_run(tiny
         assert not lock.exists() and stopped.stop_seconds < 30
     # No assertion on budget 2's info.json: on a fast machine the last SIGTERM can land after it
     # was written (while the summary is written); the stop line then names budget 2/2, as allowed.
-    rerun = project.run("eval_and_search.py", "--mode", "search")
+    rerun = project.call("eval_and_search.py", "--mode", "search")
     assert "taking over the stale lock" not in rerun.stderr and "already done with the same inputs" in rerun.stderr
     assert _results(project, "term") == expected
     assert not list(res.rglob(".*.tmp*")) and not lock.exists()

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -38,7 +39,7 @@ def trained(tmp_path_factory):
                                 args_per_task={"teacher": {"base_lr": 0.005}})
     outputs = {}
     for step, phase in PHASES:
-        outputs[(step, phase)] = project.run("train.py", *phase_args(step, phase))
+        outputs[(step, phase)] = project.call("train.py", *phase_args(step, phase))
     return project, outputs
 
 
@@ -62,7 +63,7 @@ def test_phases_chain_and_write_their_checkpoints(trained) -> None:
     assert sorted(expand2[-1]["per_subnet"]) == sorted(
         f"R{r}-D{d}-E{e}-K{k}-W0" for d in (2, 4) for e in (2, 4) for k in (3, 7) for r in (32, 48))
     # a finished phase is not trained again
-    again = project.run("train.py", "--step", "expand", "--phase", "2")
+    again = project.call("train.py", "--step", "expand", "--phase", "2")
     assert "already complete" in again.stderr
 
 
@@ -135,25 +136,35 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path) -> None:
         assert not f.name.endswith(".tmp")
         if f.suffix == ".tar":
             load_checkpoint_file(f)
-    r = project.run("train.py", "--step", "teacher")
+    r = project.call("train.py", "--step", "teacher")  # the resume needs no fresh process
     assert f"at epoch {done}" in r.stderr and "Resumed teacher" in r.stderr
     epochs = [json.loads(line)["epoch"] for line in log.read_text().splitlines()]
     assert epochs == [1, 2, 3, 4, 5]
 
 
+@pytest.fixture(scope="module")
+def depth_1(tmp_path_factory) -> Path:
+    """A project trained with a single process up to depth_1 (teacher of 1 epoch), once for both
+    launchers; each test copies it."""
+    root = tmp_path_factory.mktemp("depth_1")
+    project = make_tiny_project(root, args_per_task={"teacher": {"n_epochs": 1}})
+    for step in (("--step", "teacher"), ("--step", "kernel", "--phase", "1"), ("--step", "depth", "--phase", "1")):
+        project.call("train.py", *step)
+    return root
+
+
 @pytest.mark.distributed
 @pytest.mark.parametrize("launcher", ["torchrun", "horovod"])
-def test_two_processes_agree(tmp_path, launcher) -> None:
+def test_two_processes_agree(depth_1, tmp_path, launcher) -> None:
     if launcher == "horovod":
         pytest.importorskip("horovod.torch", reason="Horovod is built by `make test` (scripts/install_horovod.sh)")
     project = make_tiny_project(tmp_path, args_per_task={"teacher": {"n_epochs": 1}})
-    project.run("train.py", "--step", "teacher")
+    # depth_2 needs depth_1: trained with a single process by the fixture, copied here
+    for folder in ("data", "run"):
+        shutil.copytree(depth_1 / folder, tmp_path / folder)
     worker = ROOT / "tests" / "dist_scripts" / "train_worker.py"
     out = tmp_path / "ranks"
     args = [str(worker), str(project.config_path), str(project.model_config_path), "depth", "2", str(out)]
-    # depth_2 needs depth_1: train it with a single process first
-    project.run("train.py", "--step", "kernel", "--phase", "1")
-    project.run("train.py", "--step", "depth", "--phase", "1")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     if launcher == "torchrun":
         cmd = [PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
@@ -316,10 +327,10 @@ def test_phase_killed_after_a_validation_resumes_bit_identical(tmp_path) -> None
             assert project.kill_when("train.py", "--step", "kernel", "--phase", "1", when=validated)
             done = len(log.read_text().splitlines())
             assert 2 <= done <= 3, done  # a validation in the resumed launch, then an epoch of training
-            r = project.run("train.py", "--step", "kernel", "--phase", "1")
+            r = project.call("train.py", "--step", "kernel", "--phase", "1")
             assert f"at epoch {done}" in r.stderr
         else:
-            project.run("train.py", "--step", "kernel", "--phase", "1")
+            project.call("train.py", "--step", "kernel", "--phase", "1")
         records = [json.loads(line) for line in log.read_text().splitlines()]
         weights = torch.load(tmp_path / name / "run" / "checkpoint" / "checkpoint-kernel_1.pth.tar",
                              weights_only=True)["state_dict"]
@@ -379,7 +390,7 @@ def test_sigterm_at_three_moments_resumes_to_the_uninterrupted_weights(tmp_path)
                 run / "checkpoint" / "kernel_1" / "checkpoint.pth.tar", run / "logs" / "log.jsonl")
 
     final_ref, state_ref, _ = phase("ref")
-    project.run(*cmd)
+    project.call(*cmd)
     final, state, log = phase("stopped")
     lock = state.parent / ".moofa.lock"
 
@@ -394,7 +405,7 @@ def test_sigterm_at_three_moments_resumes_to_the_uninterrupted_weights(tmp_path)
         assert (where if where is None else int(re.fullmatch(r"epoch (\d)/3 \(kernel_1\)", where)[1])) in at, where
         assert not lock.exists() and not final.exists() and stopped.stop_seconds < 30
     assert _state(state)["epoch"] + 1 == epochs_done() == 2
-    rerun = project.run(*cmd)
+    rerun = project.call(*cmd)
     assert "Resumed kernel_1" in rerun.stderr and "at epoch 2" in rerun.stderr
     _assert_identical(_state(final_ref)["state_dict"], _state(final)["state_dict"], "state_dict")
     _assert_identical(_state(state_ref)["optimizer"], _state(state)["optimizer"], "optimizer")

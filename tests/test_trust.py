@@ -252,7 +252,7 @@ def trained(tmp_path_factory):
     stale.write_bytes(b"\0" * 1000)
     outs = {}
     for step in (["--step", "teacher"], ["--step", "kernel", "--phase", "1"]):
-        proc = project.run("train.py", *step)
+        proc = project.call("train.py", *step)
         outs[step[1]] = proc
     return project, bad, stale, outs
 

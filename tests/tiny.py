@@ -3,7 +3,11 @@ a synthetic ImageFolder dataset and a config with one-epoch phases. Everything i
 temporary folder; nothing is downloaded."""
 from __future__ import annotations
 
+import contextlib
 import copy
+import importlib
+import io
+import logging
 import os
 import re
 import signal
@@ -108,6 +112,39 @@ class TinyProject:
                                  f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
         return proc
 
+    def call(self, script: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """Run a top-level script (train.py, ...) with this project's config in this process: its
+        ``main`` under ``run_cli``, as the script does, with the project root as working folder and
+        stdout / stderr (log lines included) captured. Same result as :meth:`run` without the
+        seconds a fresh interpreter spends importing torch; keep :meth:`run` where a real process
+        is the point (kills, signals, launchers)."""
+        cmd = self.command(script, *args)
+        main = script_main(script)
+        from moofa.cli.common import run_cli
+
+        out, err = io.StringIO(), io.StringIO()
+        handler = logging.StreamHandler(err)  # what run_cli's basicConfig gives a fresh process
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        root_log = logging.getLogger()
+        level, cwd = root_log.level, os.getcwd()
+        root_log.addHandler(handler)
+        root_log.setLevel(logging.INFO)
+        try:
+            os.chdir(self.root)
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                try:
+                    rc = run_cli(main, cmd[2:])
+                except SystemExit as stop:  # argparse --help and the like
+                    rc = stop.code if isinstance(stop.code, int) else 1
+        finally:
+            os.chdir(cwd)
+            root_log.removeHandler(handler)
+            root_log.setLevel(level)
+        done = subprocess.CompletedProcess(cmd, rc, out.getvalue(), err.getvalue())
+        if check and rc != 0:
+            raise AssertionError(f"{' '.join(cmd)} exited {rc} (in-process)\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        return done
+
     def kill_when(self, script: str, *args: str, when: Callable[[], bool], timeout: float = 900) -> bool:
         """Start a top-level script with this project's config and SIGKILL it as soon as
         ``when()`` holds (polled every 10 ms). Returns True when it was killed, False when it
@@ -142,6 +179,15 @@ class TinyProject:
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
+
+
+def script_main(script: str) -> Callable:
+    """The ``main`` a top-level script (train.py, ...) runs: read from its ``from M import main``
+    line, so the tests follow the script wherever its module lives."""
+    m = re.search(r"^from ([\w.]+) import main$", (ROOT / script).read_text(), flags=re.MULTILINE)
+    if not m:
+        raise ValueError(f"{script}: no 'from <module> import main' line")
+    return importlib.import_module(m.group(1)).main
 
 
 def free_port() -> int:
