@@ -137,8 +137,9 @@ def test_constraint_below_minimum_is_rejected_with_the_minimum():
 
 
 def test_cli_infeasible_constraint_exits_2(tmp_path, capsys):
-    from moofa.cli.common import run_cli
     from tiny import script_main
+
+    from moofa.cli.common import run_cli
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"args": {"model": "OFA"}, "search_config": {

@@ -142,7 +142,8 @@ class TinyProject:
             root_log.setLevel(level)
         done = subprocess.CompletedProcess(cmd, rc, out.getvalue(), err.getvalue())
         if check and rc != 0:
-            raise AssertionError(f"{' '.join(cmd)} exited {rc} (in-process)\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+            raise AssertionError(f"{' '.join(cmd)} exited {rc} (in-process)\n"
+                                 f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
         return done
 
     def kill_when(self, script: str, *args: str, when: Callable[[], bool], timeout: float = 900) -> bool:
