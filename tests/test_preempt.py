@@ -132,9 +132,11 @@ def test_sigterm_under_a_launcher_stops_every_rank_and_resumes(tmp_path, launche
                      ["stopped by SIGTERM at epoch 1/3 (teacher); rerun the same command to resume"]), \
         stopped.stderr[-3000:]
     assert stopped.stop_seconds < preempt.DEFAULT_GRACE and not lock.exists()
-    if launcher == "horovod":  # it reports the exit status of the ranks that ended before it stopped
+    if launcher == "horovod":
+        # horovodrun reports the exit status only of the ranks that ended before it stopped
+        # itself, which on a fast machine may be none; every status it does report is 143.
         codes = re.findall(r"Process \d+ exit with status code (\d+)", stopped.stdout)
-        assert codes and set(codes) == {"143"}, stopped.stdout[-3000:]
+        assert set(codes) <= {"143"}, stopped.stdout[-3000:]
     rerun = project.run(*cmd, nproc=2, launcher=launcher)
     assert "Resumed teacher" in rerun.stderr and not lock.exists()
     assert [json.loads(x)["epoch"] for x in log.read_text().splitlines()] == [1, 2, 3]
