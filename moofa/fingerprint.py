@@ -19,7 +19,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from enum import Enum
 from pathlib import Path
@@ -275,11 +275,6 @@ def data_identity(dataset: str, data_path: str | None,
     if params is not None:
         out["params"] = params
     return out
-
-
-def subset(mapping: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
-    """The entries of ``mapping`` named in ``keys`` (absent ones skipped)."""
-    return {k: mapping[k] for k in keys if k in mapping}
 
 
 def model_identity(spec: Any) -> dict[str, Any]:

@@ -7,8 +7,9 @@ Each file carries ``schema_version`` (:data:`SCHEMA_VERSION`); a file without it
 (what moofa wrote before the field existed: the same keys). A newer version than this moofa reads
 is refused with one line naming the file (:class:`moofa.errors.ConfigError`, exit 2). Keys a
 record does not model are kept in ``extra`` and written back unchanged, so reading and writing a
-file never loses data. Nested parts (per-image outcomes, comparisons, Vela's figures) stay JSON
-objects; :mod:`moofa.stats` reads the stored comparisons and per-image bits.
+file never loses data. Nested parts stay JSON objects in the records and are read through their
+types where they are used: per-image outcomes (:class:`moofa.stats.PerImage`), comparisons
+(:class:`moofa.stats.Comparison`) and one compiled Ethos-U program's figures (:class:`TargetFigures`).
 """
 from __future__ import annotations
 
@@ -34,6 +35,35 @@ def check_version(data: Mapping[str, Any], where: str | Path) -> int:
                           f"{FIRST_VERSION}-{SCHEMA_VERSION})", file=where)
     return v
 
+
+
+@dataclass(frozen=True)
+class TargetFigures:
+    """What the reports and the chip limits use of one compiled Ethos-U program (``targets[T]`` of
+    deploy.json, ``target.compiled`` of info.json): Vela's compile-time estimates (bytes, ms; not
+    measurements on silicon), the delegate-call count and, when measured, the TOSA reference
+    model's int8 top-1 (fraction) on ``tosa_n_images`` images."""
+
+    sram_bytes: int
+    flash_bytes: int
+    inference_ms: float
+    delegate_calls: int | None = None
+    system_config: str | None = None
+    memory_mode: str | None = None
+    tosa_int8_accuracy: float | None = None
+    tosa_n_images: int | None = None
+
+    @classmethod
+    def read(cls, stored: object) -> TargetFigures | None:
+        """The figures of a stored program record (any JSON value); None when it holds none."""
+        if not isinstance(stored, Mapping) or stored.get("sram_bytes") is None:
+            return None
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in stored.items() if k in names})
+
+    def figure(self, name: str) -> float:
+        """``sram_bytes``, ``flash_bytes`` or ``inference_ms`` by name (a chip limit's figure)."""
+        return float(getattr(self, name))
 
 def _defaults(cls: type) -> dict[str, Any]:
     """Each field's default value (a fresh one for ``default_factory`` fields)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -122,6 +122,11 @@ class Comparison:
         return cls(float(d["difference"]), (float(d["interval"][0]), float(d["interval"][1])),
                    int(d["n_images"]), int(d.get("only_a_correct", 0)), int(d.get("only_b_correct", 0)))
 
+    @classmethod
+    def read(cls, stored: object) -> Comparison | None:
+        """The comparison a file stores under some key (any JSON value), None when it stores none."""
+        return cls.from_dict(stored) if isinstance(stored, Mapping) and stored else None
+
     def to_dict(self) -> dict[str, Any]:
         return {"difference": self.difference, "interval": list(self.interval), "n_images": self.n_images,
                 "only_a_correct": self.only_a, "only_b_correct": self.only_b, "verdict": self.verdict,
@@ -169,23 +174,59 @@ def unpack_bits(text: str, n: int) -> np.ndarray:
     return bits[:n].astype(bool)
 
 
-def per_image(stored: Mapping[str, Any] | None, key: str) -> np.ndarray | None:
-    """The outcomes stored under ``key`` of a ``per_image`` record (``{"n_images": N, key: bits}``),
-    or None when the record or the key is missing."""
-    if not isinstance(stored, Mapping) or not isinstance(stored.get(key), str):
-        return None
-    return unpack_bits(stored[key], int(stored["n_images"]))
+@dataclass(frozen=True)
+class PerImage:
+    """Per-image top-1 outcomes of one or more measurements on the same ``n_images`` images:
+    packed bits (:func:`pack_bits`) under a key per measurement, and which images (``images``)
+    when known. Stored in files as ``{"n_images": N, "images": ..., key: bits, ...}``."""
+
+    n_images: int
+    bits: dict[str, str] = field(default_factory=dict)
+    images: str | None = None
+
+    @classmethod
+    def of(cls, key: str, outcomes: Sequence[bool] | np.ndarray, images: str | None = None) -> PerImage:
+        """One measurement's outcomes, in image order."""
+        arr = np.asarray(outcomes, dtype=bool)
+        return cls(int(arr.size), {key: pack_bits(arr)}, images)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> PerImage | None:
+        """The record :meth:`to_dict` stored; None when there is none (an older file)."""
+        if not isinstance(d, Mapping) or not isinstance(d.get("n_images"), int):
+            return None
+        bits = {k: v for k, v in d.items() if k not in ("n_images", "images") and isinstance(v, str)}
+        images = d.get("images")
+        return cls(int(d["n_images"]), bits, images if isinstance(images, str) else None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n_images": self.n_images, **({"images": self.images} if self.images is not None else {}),
+                **self.bits}
+
+    def outcomes(self, key: str) -> np.ndarray | None:
+        """The outcomes stored under ``key``, None when that measurement is not stored."""
+        return unpack_bits(self.bits[key], self.n_images) if key in self.bits else None
+
+    def merged(self, other: PerImage | None) -> PerImage:
+        """Both records' measurements; ``other`` is dropped unless it holds as many images."""
+        if other is None or other.n_images != self.n_images:
+            return self
+        return replace(self, bits={**self.bits, **other.bits})
 
 
-def compare_stored(a: Mapping[str, Any] | None, key_a: str, b: Mapping[str, Any] | None,
-                   key_b: str) -> Comparison | None:
+def per_image_record(outcomes: PerImage | None) -> dict[str, Any] | None:
+    """What a record file stores for ``outcomes`` (null when none were kept)."""
+    return None if outcomes is None else outcomes.to_dict()
+
+
+def compare_stored(a: PerImage | None, key_a: str, b: PerImage | None, key_b: str) -> Comparison | None:
     """:func:`paired_difference` of two stored outcome arrays, None when either is missing or they
     were measured on different numbers of images (not the same images)."""
     if a is None or b is None:
         return None
-    x, y = per_image(a, key_a), per_image(b, key_b)
+    x, y = a.outcomes(key_a), b.outcomes(key_b)
     if x is None or y is None or x.size != y.size:
         return None
-    if a.get("images") is not None and b.get("images") is not None and a["images"] != b["images"]:
+    if a.images is not None and b.images is not None and a.images != b.images:
         return None  # recorded as measured on other images
     return paired_difference(x, y)

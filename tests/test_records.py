@@ -9,7 +9,7 @@ import pytest
 from moofa.cli.common import run_cli
 from moofa.cli.eval_and_search import main
 from moofa.errors import ConfigError, MoofaInputError
-from moofa.records import SCHEMA_VERSION, DeployRecord, EvalInfo, FinetuneInfo, SearchInfo
+from moofa.records import SCHEMA_VERSION, DeployRecord, EvalInfo, FinetuneInfo, SearchInfo, TargetFigures
 
 CONFIG = {"ks": [3, 5], "e": [3, 6], "d": [2], "image_size": 32}
 
@@ -92,3 +92,15 @@ def test_a_file_that_is_not_a_record_names_file_and_key(tmp_path):
     (tmp_path / "b.json").write_text("[1, 2]")
     with pytest.raises(MoofaInputError, match="expected a JSON object"):
         SearchInfo.read(tmp_path / "b.json")
+
+
+def test_target_figures_read_what_deploy_json_stores_and_nothing_else():
+    """A stored Ethos-U program record (deploy.json ``targets[T]``) reads into its typed figures;
+    keys the reports do not use are left out, and a record without Vela's SRAM is no program."""
+    stored = {"sram_bytes": 153_600, "flash_bytes": 612_345, "inference_ms": 4.25, "cycles": 2_125_000,
+              "delegate_calls": 1, "system_config": "Ethos_U55_High_End_Embedded", "memory_mode": "Shared_Sram",
+              "vela_version": "4.4.1", "compile_seconds": 61.0}
+    f = TargetFigures.read(stored)
+    assert f == TargetFigures(153_600, 612_345, 4.25, 1, "Ethos_U55_High_End_Embedded", "Shared_Sram")
+    assert f.figure("inference_ms") == 4.25 and f.figure("sram_bytes") == 153_600.0
+    assert TargetFigures.read(dict(stored, sram_bytes=None)) is None and TargetFigures.read(["x"]) is None

@@ -3,6 +3,8 @@ intervals agree with scipy and with a brute-force image bootstrap, and the check
 and fail on significant differences, on synthetic per-image outcomes."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from scipy import stats as sps
@@ -13,6 +15,7 @@ from moofa.stats import (
     NO_DIFFERENCE,
     WORSE,
     Accuracy,
+    PerImage,
     binomial_p_at_least,
     compare_stored,
     pack_bits,
@@ -69,10 +72,14 @@ def test_bits_round_trip_and_stored_comparisons():
     assert np.array_equal(unpack_bits(text, 361), a)
     with pytest.raises(ValueError):
         unpack_bits(text, 400)
-    rec = {"n_images": 361, "x": text, "y": pack_bits(b), "images": "val/"}
+    stored = {"n_images": 361, "images": "val/", "x": text, "y": pack_bits(b)}
+    rec = PerImage.from_dict(stored)
+    assert rec == PerImage.of("x", a, "val/").merged(PerImage.of("y", b)) and rec.to_dict() == stored
+    assert PerImage.of("x", a).merged(PerImage.of("y", b[:360])).bits.keys() == {"x"}  # other images: not merged
     assert compare_stored(rec, "x", rec, "y").difference == pytest.approx(25 / 361)
-    assert compare_stored(rec, "x", dict(rec, images="other/"), "y") is None  # other images: no pairing
+    assert compare_stored(rec, "x", replace(rec, images="other/"), "y") is None  # other images: no pairing
     assert compare_stored(rec, "x", rec, "missing") is None
+    assert PerImage.from_dict(None) is None and PerImage.from_dict({"x": text}) is None
 
 
 def test_the_ofa_case_of_the_fresh_clone_passes():

@@ -17,6 +17,7 @@ from tiny import PYTHON, ROOT, free_port, make_tiny_project
 
 from moofa.cli.common import run_cli
 from moofa.cli.train import main as train_main
+from moofa.io import TEMP_MARK
 from moofa.models.supernet import load_checkpoint_file
 from moofa.training.checkpoint import predecessor
 from moofa.training.losses import label_smoothed_ce, soft_cross_entropy
@@ -132,12 +133,15 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path) -> None:
     done = len(log.read_text().splitlines())
     assert 2 <= done < 5
     ckpt_dir = tmp_path / "run" / "teacher" / "checkpoint"
-    for f in ckpt_dir.iterdir():  # nothing half-written: every file loads, no temp files left
-        assert not f.name.endswith(".tmp")
-        if f.suffix == ".tar":
+    # nothing half-written under a final name: every checkpoint loads. A kill during a save leaves
+    # that save's temporary file (.<stem>.<random>.tmp.tar), which the next run removes.
+    for f in ckpt_dir.iterdir():
+        if f.suffix == ".tar" and TEMP_MARK not in f.name:
             load_checkpoint_file(f)
+    (ckpt_dir / f".checkpoint.pth.killed{TEMP_MARK}.tar").write_bytes(b"half a save")  # as a kill leaves it
     r = project.call("train.py", "--step", "teacher")  # the resume needs no fresh process
     assert f"at epoch {done}" in r.stderr and "Resumed teacher" in r.stderr
+    assert not [f for f in ckpt_dir.rglob("*") if TEMP_MARK in f.name]
     epochs = [json.loads(line)["epoch"] for line in log.read_text().splitlines()]
     assert epochs == [1, 2, 3, 4, 5]
 

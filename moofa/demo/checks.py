@@ -18,7 +18,7 @@ difference, interval, number of images and verdict (:func:`comparisons`)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,10 +28,10 @@ from moofa.config import RunConfig, search_constraints
 from moofa.deploy.ethosu import XNNPACK, is_ethosu
 from moofa.efficiency import MemoryOptions, peak_memory
 from moofa.errors import ConfigError
-from moofa.records import EvalInfo, FinetuneInfo, Record, SearchInfo
+from moofa.records import EvalInfo, FinetuneInfo, Record, SearchInfo, TargetFigures
 from moofa.run import INFO_NAME, Run, constraint_dir
 from moofa.search.results import target_heading
-from moofa.stats import Accuracy, Comparison, binomial_p_at_least, compare_stored
+from moofa.stats import Accuracy, Comparison, PerImage, binomial_p_at_least, compare_stored
 from moofa.workflows.sweep import deploys
 
 R = TypeVar("R", bound=Record)
@@ -108,34 +108,26 @@ def baseline_check(selection: float | None, baseline_selection: float | None,
     return bad
 
 
-def _comparison(d: Mapping[str, Any] | None) -> Comparison | None:
-    return Comparison.from_dict(d) if d else None
-
-
 def ethosu_targets(cfg: RunConfig) -> list[str]:
     """The Ethos-U targets of ``deploy.targets``: every deployed budget is compiled for each."""
     return [t for t in cfg.deploy.targets if is_ethosu(t)]
 
 
-# Vela's figures of one compiled program that the demo reports (bytes, ms; estimates, not silicon)
-# and the TOSA reference model's top-1 of the same int8 network (measured, fraction).
-TARGET_KEYS = ("sram_bytes", "flash_bytes", "inference_ms", "delegate_calls", "system_config", "memory_mode",
-               "tosa_int8_accuracy", "tosa_n_images")
-
-
-def target_problems(found: Mapping[str, Any] | None, targets: list[str]) -> tuple[dict[str, dict], list[str]]:
-    """Vela's figures per Ethos-U target of a deployed budget (``info["deploy"]["targets"]``) and what
-    fails: a target without a compiled program, or a program that is not exactly one delegate call."""
+def target_problems(found: Mapping[str, TargetFigures | None], targets: list[str]
+                    ) -> tuple[dict[str, dict], list[str]]:
+    """Vela's figures per Ethos-U target of a deployed budget (``info["deploy"]["targets"]``) as the
+    demo summary stores them, and what fails: a target without a compiled program, or a program
+    that is not exactly one delegate call."""
     rows: dict[str, dict] = {}
     problems = []
     for t in targets:
-        f = (found or {}).get(t)
-        if not isinstance(f, Mapping) or f.get("sram_bytes") is None:
+        f = found.get(t)
+        if f is None:
             problems.append(f"no {t} program (deploy.targets asks for it; see the search log)")
             continue
-        rows[t] = {k: f.get(k) for k in TARGET_KEYS}
-        if f.get("delegate_calls") != 1:
-            problems.append(f"the {t} program is {f.get('delegate_calls')} delegate calls, not one")
+        rows[t] = asdict(f)
+        if f.delegate_calls != 1:
+            problems.append(f"the {t} program is {f.delegate_calls} delegate calls, not one")
     return rows, problems
 
 
@@ -157,14 +149,17 @@ def budget_rows(label: str, cfg: RunConfig) -> list[dict]:
         deploy = info.deploy or {}
         base = info.baseline or {}
         wanted = deploys(cfg.search_config, c)
-        versus = compare_stored(info.per_image, "real_accuracy", info.per_image, "baseline.real_accuracy")
-        int8 = _comparison(deploy.get("int8_minus_fp32"))
+        outcomes = PerImage.from_dict(info.per_image)
+        versus = compare_stored(outcomes, "real_accuracy", outcomes, "baseline.real_accuracy")
+        int8 = Comparison.read(deploy.get("int8_minus_fp32"))
         problems = []
         if not int(info.peak_memory) == recomputed <= c:
             problems.append(f"peak {info.peak_memory} (recomputed {recomputed}) over the budget")
         if wanted and XNNPACK in cfg.deploy.targets and deploy.get("int8_accuracy") is None:
             problems.append("no measured int8 top-1")
-        targets, bad = target_problems(deploy.get("targets"), ethosu_targets(cfg)) if wanted else ({}, [])
+        stored = deploy.get("targets")
+        found = {t: TargetFigures.read(f) for t, f in stored.items()} if isinstance(stored, Mapping) else {}
+        targets, bad = target_problems(found, ethosu_targets(cfg)) if wanted else ({}, [])
         problems += bad
         problems += baseline_check(info.selection_accuracy, base.get("dataset_accuracy"), versus,
                                    bool(info.rerank))
@@ -205,7 +200,7 @@ def finetune_row(label: str, cfg: RunConfig) -> dict:
                    peak_memory=int(info.peak_memory))  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return dict(row, ok=False)
-    versus = _comparison(info.test_difference)
+    versus = Comparison.read(info.test_difference)
     return dict(row, after_minus_before=None if versus is None else versus.to_dict(),
                 ok=versus is None or not versus.significantly_worse)
 
@@ -221,7 +216,8 @@ def model_comparisons(budgets: list[dict]) -> list[dict]:
             o = by.get((other, c))
             if label != labels[0] or o is None:
                 continue
-            versus = compare_stored(r.get("per_image"), "real_accuracy", o.get("per_image"), "real_accuracy")
+            versus = compare_stored(PerImage.from_dict(r.get("per_image")), "real_accuracy",
+                                    PerImage.from_dict(o.get("per_image")), "real_accuracy")
             if versus is not None:
                 out.append({"what": f"{labels[0]} minus {other}, budget {c:,}, test images", "check": False,
                             **versus.to_dict()})

@@ -12,27 +12,26 @@ from matplotlib.ticker import FuncFormatter
 from moofa.config import RunConfig
 from moofa.demo.checks import Checks, finetune_folder, pct, predictor_file, scatter_path
 from moofa.io import save_figure
-from moofa.records import SearchInfo
+from moofa.records import SearchInfo, TargetFigures
 from moofa.run import INFO_NAME, Run, constraint_dir
 from moofa.stats import Accuracy, Comparison
 
 
-def _cmp(d: Mapping[str, Any] | None) -> str:
-    """``+0.28 pp [-1.9, +2.5] (360 images, no significant difference)`` from a stored comparison."""
-    if not d:
+def _cmp(stored: object) -> str:
+    """``+0.28 pp [-1.9, +2.5] (360 images, no significant difference)`` of a stored comparison."""
+    if (c := Comparison.read(stored)) is None:
         return "n/a (per-image outcomes not stored)"
-    c = Comparison.from_dict(d)
     return f"{c.text()} ({c.n_images:,} images, {c.verdict})"
 
 
-def target_line(target: str, f: Mapping[str, Any]) -> str:
+def target_line(target: str, f: TargetFigures) -> str:
     """One Ethos-U program of a deployed budget: Vela's SRAM, Flash (KiB) and latency (ms), which
     are compile-time estimates, and the TOSA reference model's int8 top-1 when it was measured."""
-    line = (f"{target} program: SRAM {f['sram_bytes'] / 1024:,.1f} KiB, Flash {f['flash_bytes'] / 1024:,.1f} KiB, "
-            f"{f['inference_ms']:.3f} ms, {f['delegate_calls']} delegate call(s) (Vela's estimates for "
-            f"{f.get('system_config')}, not measured on silicon)")
-    if f.get("tosa_int8_accuracy") is not None:
-        line += (f"; int8 top-1 {Accuracy.of(f['tosa_int8_accuracy'], f['tosa_n_images']).text()} "
+    line = (f"{target} program: SRAM {f.sram_bytes / 1024:,.1f} KiB, Flash {f.flash_bytes / 1024:,.1f} KiB, "
+            f"{f.inference_ms:.3f} ms, {f.delegate_calls} delegate call(s) (Vela's estimates for "
+            f"{f.system_config}, not measured on silicon)")
+    if f.tosa_int8_accuracy is not None and f.tosa_n_images is not None:
+        line += (f"; int8 top-1 {Accuracy.of(f.tosa_int8_accuracy, f.tosa_n_images).text()} "
                  "(TOSA reference model)")
     return line
 
@@ -118,8 +117,9 @@ def report_text(out: Path, labels: Sequence[str], cfgs: Mapping[str, RunConfig],
         if r.get("int8_accuracy") is not None:
             lines.append(f"      int8 program (ExecuTorch, {r['pte_bytes']:,} B) {pct(r['int8_accuracy'])} vs fp32 "
                          f"{pct(r.get('fp32_accuracy'))}: int8 minus fp32 {_cmp(r.get('int8_minus_fp32'))}")
-        for target, f in (r.get("targets") or {}).items():
-            lines.append(f"      {target_line(target, f)}")
+        for target, stored in (r.get("targets") or {}).items():
+            if (f := TargetFigures.read(stored)) is not None:
+                lines.append(f"      {target_line(target, f)}")
     for r in checks.finetune:
         if "after" in r:
             lines.append(f"  {r['label']}: budget {r['constraint']:>7,} subnet, "

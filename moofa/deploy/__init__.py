@@ -33,7 +33,7 @@ import importlib.metadata
 import logging
 import shutil
 import time
-from collections.abc import Iterable, Mapping, Sized
+from collections.abc import Iterable, Sized
 from pathlib import Path
 from typing import Any
 
@@ -111,9 +111,11 @@ def _program_names(targets: Iterable[str]) -> list[str]:
     return names + [target_program_name(t) for t in targets if is_ethosu(t)]
 
 
-def _reuse(out: Path, fp: Mapping[str, Any]) -> DeployRecord | None:
+def _reuse(out: Path, fp: Inputs, targets: list[str]) -> DeployRecord | None:
+    """The deploy record in ``out`` when its programs of ``targets`` exist and were built from the
+    inputs ``fp``; None otherwise."""
     path = out / DEPLOY_NAME
-    names = _program_names(fp.get("targets", [XNNPACK]))
+    names = _program_names(targets)
     if not path.is_file() or not all((out / n).is_file() for n in names):
         return None
     try:
@@ -124,7 +126,7 @@ def _reuse(out: Path, fp: Mapping[str, Any]) -> DeployRecord | None:
         return None
     recorded = Inputs.unrecorded() if data.fingerprint is None else Inputs.of(data.fingerprint)
     # programs of other inputs are built again over (the caller tries the next folder first)
-    reusable = resolve("these programs", recorded, Inputs.of(fp), Policy.REDO, file=path).reuse
+    reusable = resolve("these programs", recorded, fp, Policy.REDO, file=path).reuse
     return data if reusable else None
 
 
@@ -203,10 +205,10 @@ def deploy_network(net: nn.Module, spec: ModelSpec, subnet: SubnetConfig, args: 
             fp["vela"] = importlib.metadata.version("ethos-u-vela") if ethosu_available() else None
     if subnet_sha256 is not None:
         for folder in dict.fromkeys([out, *map(Path, reuse_from)]):
-            if (done := _reuse(folder, fp)) is None:
+            if (done := _reuse(folder, Inputs.of(fp), targets)) is None:
                 continue
             if folder != out:
-                for name in _program_names(fp.get("targets", [XNNPACK])):
+                for name in _program_names(targets):
                     _write_bytes(out / name, (folder / name).read_bytes())
                 for t in done.targets or {}:
                     if (folder / f"vela_{t}").is_dir():

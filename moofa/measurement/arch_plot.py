@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Patch
@@ -47,9 +46,7 @@ class _Node:
     text_colour: str = "white"
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return str(v)
+def _fmt(v: int | float) -> str:
     return f"{v:,}" if isinstance(v, int) else f"{v:,.2f}"
 
 
@@ -79,13 +76,13 @@ def _nodes(spec: ModelSpec, subnet: SubnetConfig, n_classes: int) -> list[_Node]
     return nodes
 
 
-def draw_arch(model: str | ModelSpec, config: Mapping[str, Any] | SubnetConfig,
-              path_stem: str | Path, info: Mapping[str, Any] | None = None,
+def draw_arch(model: str | ModelSpec, config: SubnetConfig,
+              path_stem: str | Path, info: Mapping[str, int | float] | None = None,
               n_classes: int = 1000) -> list[Path]:
     """Draw ``config`` of ``model`` to ``<path_stem>.png`` and ``<path_stem>.pdf`` (atomic);
     ``info`` (e.g. peak memory, MMACs, accuracy) is printed as a header. Returns the paths."""
     spec = get_model_spec(model)
-    cfg = SubnetConfig.from_dict(config).validate(spec)
+    cfg = config.validate(spec)
     nodes = _nodes(spec, cfg, n_classes)
     n = len(nodes)
     height = (n + 1) * STEP

@@ -18,7 +18,7 @@ from moofa.distributed import to_device
 from moofa.models.bn_calibration import set_running_statistics
 from moofa.models.spec import SubnetConfig
 from moofa.models.supernet import Supernet
-from moofa.stats import pack_bits
+from moofa.stats import PerImage
 
 
 @dataclass
@@ -34,9 +34,9 @@ class EvalResult:
     avg_forward_time: float = 0.0
     correct: torch.Tensor | None = None   # bool, one per image
 
-    def per_image(self, key: str) -> dict[str, Any]:
-        """``{"n_images": N, key: packed bits}``: the record info.json files store."""
-        return {"n_images": self.n_images, key: pack_bits(self.correct.numpy())} if self.correct is not None else {}
+    def per_image(self, key: str, images: str | None = None) -> PerImage | None:
+        """The outcomes under ``key`` (None when they were not kept), on the ``images`` named."""
+        return PerImage.of(key, self.correct.numpy(), images) if self.correct is not None else None
 
 
 def _sync(device: torch.device) -> None:

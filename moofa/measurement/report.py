@@ -2,9 +2,8 @@
 MMACs, parameters) and its plots."""
 from __future__ import annotations
 
-from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from moofa.efficiency import MemoryOptions, count_params, flops, memory_layers
 from moofa.efficiency.plots import plot_memory_histogram
@@ -22,31 +21,43 @@ def units(options: MemoryOptions | None = None) -> dict[str, str]:
     return {**UNITS, "peak_memory": unit, "memory_history": unit}
 
 
+@dataclass(frozen=True)
+class SubnetReport:
+    """Analytic facts of a subnet under a memory model: the peak and the per-layer history (in
+    ``memory_unit``: elements or bytes; layers in docs/design.md#memory-model order, named in
+    ``memory_layers``), MMACs and parameters."""
+
+    peak_memory: int
+    memory_history: list[int]
+    memory_layers: list[str]
+    memory_unit: str
+    flops: float  # MMACs
+    params: int
+
+
 def subnet_report(spec: ModelSpec, subnet: SubnetConfig, n_classes: int,
-                  options: MemoryOptions | None = None) -> dict[str, Any]:
-    """Analytic facts of a subnet: ``peak_memory`` and ``memory_history`` (per layer, docs/design.md#memory-model
-    order) under the memory model ``options`` (elements by default, else bytes; ``memory_unit``
-    says which), ``memory_layers`` (their names), ``flops`` (MMACs), ``params``."""
+                  options: MemoryOptions | None = None) -> SubnetReport:
+    """The :class:`SubnetReport` of ``subnet`` under the memory model ``options`` (elements by
+    default)."""
     options = options or MemoryOptions(n_classes=n_classes)
     layers = memory_layers(spec, subnet, options)
     hist = [int(layer.total) for layer in layers]
-    return {"peak_memory": max(hist), "memory_history": hist, "memory_layers": [layer.name for layer in layers],
-            "memory_unit": options.unit,
-            "flops": float(flops(spec, subnet, n_classes)), "params": int(count_params(spec, subnet, n_classes))}
+    return SubnetReport(max(hist), hist, [layer.name for layer in layers], options.unit,
+                        float(flops(spec, subnet, n_classes)), int(count_params(spec, subnet, n_classes)))
 
 
-def draw_subnet_plots(spec: ModelSpec, subnet: SubnetConfig, out_dir: str | Path, report: Mapping[str, Any],
+def draw_subnet_plots(spec: ModelSpec, subnet: SubnetConfig, out_dir: str | Path, report: SubnetReport,
                       n_classes: int, constraint: float | None = None,
                       accuracy: float | None = None) -> list[Path]:
     """``memory_histogram.png/.pdf`` (with the constraint line) and ``subnet.png/.pdf`` (the
     architecture diagram) in ``out_dir``."""
     out = Path(out_dir)
-    unit = report.get("memory_unit", "elements")
+    unit = report.memory_unit
     title = f"{spec.name} R={subnet.image_size}" + (f", constraint {constraint:,.0f} {unit}"
                                                  if constraint is not None else "")
-    paths = plot_memory_histogram(report["memory_history"], out / "memory_histogram", constraint,
-                                  title=title, labels=report["memory_layers"], unit=unit)
-    info = {f"peak memory ({unit})": int(report["peak_memory"]), "MMACs": float(report["flops"])}
+    paths = plot_memory_histogram(report.memory_history, out / "memory_histogram", constraint,
+                                  title=title, labels=report.memory_layers, unit=unit)
+    info: dict[str, int | float] = {f"peak memory ({unit})": report.peak_memory, "MMACs": report.flops}
     if accuracy is not None:
         info["top-1 (%)"] = 100.0 * float(accuracy)
     return paths + draw_arch(spec, subnet, out / "subnet", info=info, n_classes=n_classes)

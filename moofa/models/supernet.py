@@ -283,11 +283,11 @@ def remap_state_dict(source: Mapping[str, torch.Tensor],
     return out, unexpected
 
 
-def check_fit(unexpected: list[str], missing: list[str], source: Mapping[str, Any],
+def check_fit(unexpected: list[str], missing: list[str], source: Mapping[str, torch.Tensor],
               target: Mapping[str, torch.Tensor], where: str = "state_dict") -> None:
     """Raise a one-line CheckpointError if keys are unexpected, missing or mis-shaped."""
     shape = [f"{k} {tuple(source[k].shape)} vs {tuple(v.shape)}" for k, v in target.items()
-             if k in source and hasattr(source[k], "shape") and tuple(source[k].shape) != tuple(v.shape)]
+             if k in source and tuple(source[k].shape) != tuple(v.shape)]
     if unexpected or missing or shape:
         parts = []
         for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shape)):

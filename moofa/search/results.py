@@ -32,7 +32,7 @@ from moofa.errors import MoofaInputError
 from moofa.io import atomic_write_text, read_json, save_figure  # noqa: F401 (read_json: re-exported)
 from moofa.records import SearchInfo
 from moofa.run import INFO_NAME, constraint_dir  # noqa: F401 (constraint_dir: re-exported)
-from moofa.stats import NO_DIFFERENCE, Accuracy, Comparison, compare_stored
+from moofa.stats import NO_DIFFERENCE, Accuracy, Comparison, PerImage, compare_stored
 
 SUMMARY_CSV, SUMMARY_MD, SUMMARY_PLOT = "summary.csv", "summary.md", "accuracy_vs_constraint"
 _DIR_RE = re.compile(r"^constraint_(\d+)$")
@@ -62,8 +62,8 @@ class ResultRow:
     deploy: Mapping[str, Any] | None = None  # the int8 ExecuTorch export's measured figures
     predicted_interval: tuple[float, float] | None = None  # 90 % interval (fractions); None in old results
     n_images: int = 0                           # test images behind top1 when measured
-    per_image: Mapping[str, Any] | None = None  # per-image outcomes (moofa.stats), for paired comparisons
-    vs_baseline: Mapping[str, Any] | None = None  # found minus baseline on the test images, paired
+    per_image: PerImage | None = None  # per-image outcomes, for paired comparisons
+    vs_baseline: Comparison | None = None  # found minus baseline on the test images, paired
     targets: Mapping[str, Any] | None = None  # Ethos-U target -> Vela's figures of the answer (estimates)
 
 
@@ -104,8 +104,8 @@ def _row(info: SearchInfo, constraint: int, path: Path) -> ResultRow:
                          info.deploy if isinstance(info.deploy, Mapping) else None,
                          _interval(info.predicted_interval),
                          int(info.n_images or 0),
-                         info.per_image if isinstance(info.per_image, Mapping) else None,
-                         base.get("real_difference") if isinstance(base.get("real_difference"), Mapping) else None,
+                         PerImage.from_dict(info.per_image),
+                         Comparison.read(base.get("real_difference")),
                          info.deploy_targets)
     except (KeyError, TypeError, ValueError) as err:
         raise MoofaInputError(f"not a search result ({type(err).__name__}: {err})", file=path) from None
@@ -265,11 +265,10 @@ def _measured(row: ResultRow | None) -> str:
     return f"{100 * row.top1:.2f} [{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
-def _paired(d: Mapping[str, Any] | None) -> str:
-    """A stored comparison as ``+0.28 pp [-1.9, +2.5]`` (``*`` when significant)."""
-    if not d:
+def _paired(c: Comparison | None) -> str:
+    """A comparison as ``+0.28 pp [-1.9, +2.5]`` (``*`` when significant)."""
+    if c is None:
         return "-"
-    c = Comparison.from_dict(d)
     return c.text() + ("" if c.verdict == NO_DIFFERENCE else " *")
 
 
@@ -289,7 +288,7 @@ def intervals_markdown(runs: Sequence[SearchSeries]) -> list[str]:
         first = maps[0].get(c)
         diffs = [compare_stored(first.per_image if first else None, "real_accuracy",
                                 row.per_image if (row := m.get(c)) else None, "real_accuracy") for m in maps[1:]]
-        cells = [_measured(m.get(c)) for m in maps] + [_paired(d.to_dict() if d else None) for d in diffs]
+        cells = [_measured(m.get(c)) for m in maps] + [_paired(d) for d in diffs]
         lines.append(f"| < {format_constraint(c)} | " + " | ".join(cells) + " |")
     return lines
 
@@ -316,7 +315,8 @@ def deploy_markdown(runs: Sequence[SearchSeries]) -> str:
                      f"{d.get('pte_bytes', 0):,} | {d.get('runtime_memory_bytes', 0):,} | "
                      f"{d.get('fp32_runtime_memory_bytes', 0):,} | "
                      f"{d.get('analytic_peak_memory', 0):,} {d.get('analytic_unit', '')} | "
-                     f"{d.get('analytic_activations_elements', 0):,} | {_paired(d.get('int8_minus_fp32'))} |")
+                     f"{d.get('analytic_activations_elements', 0):,} | "
+                     f"{_paired(Comparison.read(d.get('int8_minus_fp32')))} |")
     return "\n".join(lines) + "\n"
 
 
@@ -357,7 +357,7 @@ def against_data_markdown(run: SearchSeries) -> list[str]:
                 if not r.predicted and r.top1 is not None and r.baseline_real_top1 is not None]
     if measured:
         d = [a - b for a, b in measured]
-        verdicts = [r.vs_baseline["verdict"] for r in rows if r.vs_baseline]
+        verdicts = [r.vs_baseline.verdict for r in rows if r.vs_baseline is not None]
         lines += ["", f"On the test images the search's subnets are {100 * sum(d) / len(d):+.2f} pp from the "
                   f"best already-measured subnet on average (worst {100 * min(d):+.2f} pp, {len(d)} budgets)"
                   + (f"; paired per budget: {verdicts.count('significantly worse')} significantly worse, "

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -21,6 +21,7 @@ from moofa.config import SearchSettings
 from moofa.efficiency.limits import Limits, Quantity, fits_batch
 from moofa.errors import ConfigError, InfeasibleConstraintError
 from moofa.models.spec import ModelSpec, SubnetConfig
+from moofa.records import TargetFigures
 
 log = logging.getLogger(__name__)
 TARGET_KEYS = ("max_latency_ms", "max_sram_bytes", "max_flash_bytes")
@@ -78,10 +79,10 @@ def predicted_figures(table: Any, config: SubnetConfig) -> dict[str, Any]:
             "flash_bytes": table.predict_flash_bytes(config)}
 
 
-def broken(sc: SearchSettings, figures: Mapping[str, Any]) -> dict[str, float]:
+def broken(sc: SearchSettings, figures: TargetFigures) -> dict[str, float]:
     """``{limit key: Vela's value}`` of each chip limit the compiled figures break."""
-    return {k: figures[FIGURE_OF[k]] for k, limit in _chip_limits(sc).items()
-            if limit is not None and figures[FIGURE_OF[k]] > limit}
+    return {k: figures.figure(FIGURE_OF[k]) for k, limit in _chip_limits(sc).items()
+            if limit is not None and figures.figure(FIGURE_OF[k]) > limit}
 
 
 def compile_answer(spec: ModelSpec, sc: SearchSettings, table: Any, candidates: Sequence[SubnetConfig],
@@ -111,7 +112,10 @@ def compile_answer(spec: ModelSpec, sc: SearchSettings, table: Any, candidates: 
         work = out / f"target_try{i}"
         figs = compile_target(net_of(cfg), spec, cfg, calibration_of(cfg.image_size), target, work,
                               system_config, memory_mode)
-        bad = broken(sc, figs)
+        read = TargetFigures.read(figs)
+        if read is None:  # compile_target always returns Vela's figures
+            raise RuntimeError(f"no Vela figures from the {target} compile in {work}")
+        bad = broken(sc, read)
         record["tries"].append({"config": cfg.to_dict(), "predicted": predicted_figures(table, cfg),
                                 "compiled": {k: figs[k] for k in ("sram_bytes", "flash_bytes", "inference_ms",
                                                                   "cycles", "macs", "delegate_calls")},

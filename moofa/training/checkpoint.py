@@ -10,7 +10,8 @@ Layout (reference names kept; resume state per phase fixes docs/design.md#depart
 from __future__ import annotations
 
 import random
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any, NotRequired, TypedDict
 
 import numpy as np
 import torch
@@ -20,21 +21,41 @@ from moofa.config import STEPS
 PHASE_ORDER = STEPS  # the order in which the steps chain their weights
 
 
-def rng_state() -> dict:
+class NumpyRngState(TypedDict):
+    """NumPy's legacy MT19937 state as tensors and numbers (``weights_only`` loadable)."""
+
+    keys: torch.Tensor
+    pos: int
+    has_gauss: int
+    cached: float
+
+
+class RngState(TypedDict):
+    """The RNG states a resume checkpoint stores (``rng``): Python's as lists, NumPy's, torch's
+    CPU generator and, on CUDA machines, each device's."""
+
+    python: list[Any]
+    numpy: NumpyRngState
+    torch: torch.Tensor
+    cuda: NotRequired[list[torch.Tensor]]
+
+
+def rng_state() -> RngState:
     """Python, NumPy and torch RNG states as tensors/lists (loadable with weights_only=True)."""
     np_state = np.random.get_state(legacy=True)
     if not isinstance(np_state, tuple):  # the legacy form of the global MT19937 generator is a tuple
         raise RuntimeError(f"unexpected NumPy RNG state {type(np_state).__name__}")
-    state = {"python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
-             "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                       "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
-             "torch": torch.get_rng_state()}
+    state: RngState = {
+        "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+        "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def set_rng_state(state: Mapping[str, Any]) -> None:
+def set_rng_state(state: RngState) -> None:
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     n = state["numpy"]

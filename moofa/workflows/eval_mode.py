@@ -38,7 +38,7 @@ from moofa.models.space import SearchSpace
 from moofa.models.spec import ModelSpec, SubnetConfig
 from moofa.records import EvalInfo
 from moofa.run import INFO_NAME, Run
-from moofa.stats import Accuracy
+from moofa.stats import Accuracy, per_image_record
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +85,9 @@ def run_eval(run: Run, backend: Any, which: str = "supernet") -> EvalInfo:
     info = EvalInfo(
         accuracy=res.top1, top5=res.top5, loss=res.loss, n_images=res.n_images,
         accuracy_interval=list(Accuracy.of(res.top1, res.n_images).interval),
-        per_image={**res.per_image("accuracy"), "images": f"the test split {provider.root / 'val'}"},
-        peak_memory=report["peak_memory"], memory_history=report["memory_history"],
-        flops=report["flops"], params=report["params"],
+        per_image=per_image_record(res.per_image("accuracy", f"the test split {provider.root / 'val'}")),
+        peak_memory=report.peak_memory, memory_history=report.memory_history,
+        flops=report.flops, params=report.params,
         avg_forward_time=res.avg_forward_time, config=arch.to_dict(), model=spec.name,
         network=which, checkpoint=source, random_sample=bool(sc.random_sample),
         memory_model=options.to_dict(), units=units(options),
@@ -98,7 +98,7 @@ def run_eval(run: Run, backend: Any, which: str = "supernet") -> EvalInfo:
         info.write(out / INFO_NAME)
         log.info("%s %s R=%d: top-1 %.2f%% top-5 %.2f%% on %s images, peak %s " + options.unit + ", %.1f MMACs, "
                  "%.2f ms/batch; wrote %s", spec.name, which, arch.image_size, 100 * res.top1,
-                 100 * res.top5, f"{res.n_images:,}", f"{report['peak_memory']:,}", report["flops"],
+                 100 * res.top5, f"{res.n_images:,}", f"{report.peak_memory:,}", report.flops,
                  1e3 * res.avg_forward_time, out / INFO_NAME)
     backend.barrier()
     return info

@@ -37,6 +37,7 @@ import hashlib
 import json
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,7 @@ from moofa.models.subnet_file import export_static, load_exported
 from moofa.records import FinetuneInfo
 from moofa.run import EXPORT_NAME, INFO_NAME, PhaseFiles, Run, SubnetSource
 from moofa.run import FINETUNED_NAME as OUT_NAME
-from moofa.stats import compare_stored
+from moofa.stats import PerImage, compare_stored, per_image_record
 from moofa.training.logger import RunLogger
 from moofa.training.phase import StaticPhase
 from moofa.training.trainer import Trainer, seed_everything
@@ -271,11 +272,11 @@ class FinetuneTrainer(Trainer):
         val = self._valid()
         report = subnet_report(self.subnet_spec, self.arch, self.provider.n_classes)
         n_test = test.n_images
-        before_bits = (self.before["test"].get("per_image") or {}).get("correct")
-        per_image = {**test.per_image("test_top1_after"), "images": f"the test split {self.provider.root / 'val'}"}
-        if before_bits is not None and per_image.get("n_images") == self.before["test"]["n_images"]:
-            per_image["test_top1_before"] = before_bits
-        versus = compare_stored(per_image, "test_top1_after", per_image, "test_top1_before")
+        before = PerImage.from_dict(self.before["test"].get("per_image"))
+        outcomes = test.per_image("test_top1_after", f"the test split {self.provider.root / 'val'}")
+        if outcomes is not None and before is not None and "correct" in before.bits:
+            outcomes = outcomes.merged(replace(before, bits={"test_top1_before": before.bits["correct"]}))
+        versus = compare_stored(outcomes, "test_top1_after", outcomes, "test_top1_before")
         info = FinetuneInfo(
             format=INFO_FORMAT, model=self.subnet_spec.name, config=self.arch.to_dict(),
             source=str(self.source.path), source_kind=self.source.kind,
@@ -289,9 +290,9 @@ class FinetuneTrainer(Trainer):
             valid_images=(f"{val.n_images:,} held-out training images (args.valid_size)"
                           if self.provider.valid_indices else "the test split (args.valid_size is null)"),
             accuracy_source="measured",
-            per_image=per_image, test_difference=None if versus is None else versus.to_dict(),
-            peak_memory=report["peak_memory"], memory_history=report["memory_history"],
-            flops=report["flops"], params=report["params"],
+            per_image=per_image_record(outcomes), test_difference=None if versus is None else versus.to_dict(),
+            peak_memory=report.peak_memory, memory_history=report.memory_history,
+            flops=report.flops, params=report.params,
             epochs=self.n_epochs, n_epochs=self.args.n_epochs,
             warmup_epochs=self.args.warmup_epochs,
             recipe={k: self.args[k] for k in ("base_lr", "warmup_lr", "lr_schedule_type", "opt_type",
@@ -309,8 +310,8 @@ class FinetuneTrainer(Trainer):
             self.log.info(f"Fine-tuned {self.subnet_spec.name} R={self.arch.image_size}: test top-1 "
                           f"{100 * (info.test_top1_before or 0.0):.2f}% -> {100 * test.top1:.2f}% on {n_test:,} images "
                           + ("" if versus is None else f"(after minus before {versus.text()}, {versus.verdict}) ")
-                          + f"({self.n_epochs} epochs); peak {report['peak_memory']:,} elements, "
-                          f"{report['flops']:.1f} MMACs; wrote {out / EXPORT_NAME} and {self.files.final}")
+                          + f"({self.n_epochs} epochs); peak {report.peak_memory:,} elements, "
+                          f"{report.flops:.1f} MMACs; wrote {out / EXPORT_NAME} and {self.files.final}")
         return info
 
 
@@ -324,7 +325,7 @@ def _n_classes(net: nn.Module) -> int:
 
 def _eval_dict(res: EvalResult) -> dict:
     return {"top1": res.top1, "top5": res.top5, "loss": res.loss, "n_images": res.n_images,
-            "per_image": res.per_image("correct")}
+            "per_image": per_image_record(res.per_image("correct"))}
 
 
 def finetune(run: Run, subnet: str | Path, backend: Any, overwrite: bool = False):

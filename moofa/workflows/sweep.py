@@ -56,7 +56,7 @@ from moofa.io import clean_stale_temps, require_file
 from moofa.lock import OutputLock
 from moofa.measurement.evaluate import calibrate_subnet, evaluate_subnet
 from moofa.measurement.meter import SubnetMeter
-from moofa.measurement.report import draw_subnet_plots, subnet_report, units
+from moofa.measurement.report import SubnetReport, draw_subnet_plots, subnet_report, units
 from moofa.models.spec import ModelSpec, SubnetConfig
 from moofa.models.subnet_file import export_subnet
 from moofa.models.supernet import Supernet
@@ -69,7 +69,7 @@ from moofa.search.evolution import EvolutionFinder, Individual, SearchResult, ch
 from moofa.search.results import format_prediction, series_from_infos, write_summary
 from moofa.search.robust import FitnessSettings, RobustFitness
 from moofa.search.target import TARGET_KEYS, compile_answer, random_weights_net, target_table, with_target_limits
-from moofa.stats import Comparison, compare_stored
+from moofa.stats import Comparison, compare_stored, per_image_record
 
 log = logging.getLogger(__name__)
 EXPORT_NAME = "subnet.pth.tar"
@@ -410,11 +410,11 @@ def _measure(ctx: _Context, configs: list[SubnetConfig]) -> list[float]:
 
 
 def _rerank(ctx: _Context, c: int, found: Individual, top: list[Individual],
-            previous: SearchInfo | None, baseline: Mapping[str, Any] | None
+            previous: SearchInfo | None, baseline: SubnetConfig | None
             ) -> tuple[SubnetConfig, list[dict]]:
     """Measure the top candidates on the selection split; return the best measured config among
-    them, the previous budget's answer and the best measured subnet of the dataset, and the
-    measured rows."""
+    them, the previous budget's answer and ``baseline`` (the best measured subnet of the dataset),
+    and the measured rows."""
     pool: list[tuple[SubnetConfig, float | None, dict]] = []
     seen: set = set()
 
@@ -427,7 +427,7 @@ def _rerank(ctx: _Context, c: int, found: Individual, top: list[Individual],
     if previous is not None:
         add(SubnetConfig.from_dict(previous.config), {"source": "previous budget's answer"})
     if baseline is not None:
-        add(SubnetConfig.from_dict(baseline["config"]), {"source": "best measured subnet of the dataset"})
+        add(baseline, {"source": "best measured subnet of the dataset"})
     for ind in [found] + top[:ctx.top_k]:
         add(ind.config, {"source": "search", "predicted_accuracy": ind.predicted,
                          "predicted_std": ind.std, "fitness": ind.accuracy})
@@ -488,10 +488,11 @@ def _one_constraint(ctx: _Context, c: int, previous: SearchInfo | None, overwrit
     baseline = _baseline(ctx, c)
     rerank: list[dict] = []
     chosen = answer.config
-    evaluation = per_image = None
+    evaluation = outcomes = None
     if ctx.evaluate:
         if ctx.top_k > 0:
-            chosen, rerank = _rerank(ctx, c, answer, result.top, previous, baseline)
+            chosen, rerank = _rerank(ctx, c, answer, result.top, previous,
+                                     None if baseline is None else SubnetConfig.from_dict(baseline["config"]))
     target = None
     if ctx.table is not None:  # the answer as compiled for the chip: the first candidate Vela says fits
         chosen, target = _compile_for_target(ctx, c, chosen, rerank, result, out)
@@ -499,39 +500,40 @@ def _one_constraint(ctx: _Context, c: int, previous: SearchInfo | None, overwrit
         supernet, provider, _ = ctx.measuring()
         evaluation = evaluate_subnet(supernet, chosen, provider, backend, split="test",
                                      time_forward=True)
-        per_image = {**evaluation.per_image("real_accuracy"), "images": _test_images(ctx, evaluation)}
+        outcomes = evaluation.per_image("real_accuracy", _test_images(ctx, evaluation))
         if baseline is not None:
             base_cfg = SubnetConfig.from_dict(baseline["config"])
             base_eval = evaluation if ctx.key(base_cfg) == ctx.key(chosen) else \
                 evaluate_subnet(supernet, base_cfg, provider, backend, split="test")
             baseline["real_accuracy"] = base_eval.top1
-            per_image.update(base_eval.per_image("baseline.real_accuracy"))
-            versus = compare_stored(per_image, "real_accuracy", per_image, "baseline.real_accuracy")
+            if outcomes is not None:
+                outcomes = outcomes.merged(base_eval.per_image("baseline.real_accuracy"))
+            versus = compare_stored(outcomes, "real_accuracy", outcomes, "baseline.real_accuracy")
             baseline["real_difference"] = versus.to_dict() if versus is not None else None
     est = ctx.fitness([chosen])
     limits = ctx.limits.with_memory(c)
     report = subnet_report(spec, chosen, ctx.n_classes, limits.options)
-    if not report["peak_memory"] <= c or violations(spec, chosen, limits):
-        raise RuntimeError(f"search returned a subnet over its limits: peak {report['peak_memory']} "
+    if not report.peak_memory <= c or violations(spec, chosen, limits):
+        raise RuntimeError(f"search returned a subnet over its limits: peak {report.peak_memory} "
                            f"(constraint {c}), {violations(spec, chosen, limits)}")
     selection = ctx.dataset_accuracy(chosen) if ctx.evaluate else None
     info = SearchInfo(
         predicted_accuracy=float(est.mean[0]), real_accuracy=evaluation.top1 if evaluation else None,
-        peak_memory=int(report["peak_memory"]), config=chosen.to_dict(),
+        peak_memory=int(report.peak_memory), config=chosen.to_dict(),
         predicted_std=float(est.std[0]), predicted_source=_predicted_source(ctx, est),
         predicted_interval=ctx.fitness.interval_of(chosen),
         selection_accuracy=selection,
-        images=_images(ctx, evaluation), baseline=baseline, per_image=per_image,
+        images=_images(ctx, evaluation), baseline=baseline, per_image=per_image_record(outcomes),
         answer=answer.to_dict() if ctx.key(chosen) == ctx.key(answer.config) else
-        Individual(float(est.fitness[0]), chosen, int(report["peak_memory"]), float(est.mean[0]),
+        Individual(float(est.fitness[0]), chosen, int(report.peak_memory), float(est.mean[0]),
                    float(est.std[0]), float(est.distance[0]), bool(est.measured[0])).to_dict(),
         candidates=[t.to_dict() for t in result.top[:max(ctx.top_k, 10)]],
         rerank=rerank, fitness=ctx.fitness.describe(),
         distance_to_data=None if est.distance[0] == float("inf") else float(est.distance[0]),
         target=target,
-        memory_history=report["memory_history"], flops=report["flops"],
+        memory_history=report.memory_history, flops=report.flops,
         avg_forward_time=evaluation.avg_forward_time if evaluation else None,
-        model=spec.name, constraint=c, params=report["params"],
+        model=spec.name, constraint=c, params=report.params,
         top5=evaluation.top5 if evaluation else None,
         n_images=evaluation.n_images if evaluation else 0,
         search_seconds=result.seconds, n_scored=result.n_scored,
@@ -612,7 +614,7 @@ def _test_images(ctx: _Context, evaluation: Any) -> str:
     return f"{evaluation.n_images:,} images of the test split {ctx.measuring()[1].root / 'val'}"
 
 
-def _write_outputs(spec: ModelSpec, info: SearchInfo, report: Mapping[str, Any], out: Path, supernet: Any,
+def _write_outputs(spec: ModelSpec, info: SearchInfo, report: SubnetReport, out: Path, supernet: Any,
                    formats: list[str], n_classes: int, c: int, deploy_cfg: RunConfig | None) -> None:
     """Plots, the exported files of ``formats`` and, last, info.json. With ``deploy_cfg`` (the
     run config) the exported subnet also becomes int8/fp32 ExecuTorch programs in ``out``."""
