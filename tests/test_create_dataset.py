@@ -27,7 +27,9 @@ from moofa.errors import MoofaInputError
 from moofa.measurement.meter import eval_subset_indices
 from moofa.models import build_supernet
 from moofa.models.spec import SubnetConfig, get_model_spec, load_model_configs
-from moofa.predictor.create import (
+from moofa.predictor.create import write_reference_pickle
+from moofa.predictor.dataset import append_records, make_record, read_dataset
+from moofa.predictor.plan import (
     apportion,
     bin_quotas,
     bin_rng,
@@ -37,9 +39,7 @@ from moofa.predictor.create import (
     output_paths,
     plan_run,
     read_existing,
-    write_reference_pickle,
 )
-from moofa.predictor.dataset import append_records, make_record, read_dataset
 
 SCRIPT = "create_moofa_predictor_dataset.py"
 N_SAMPLES = 10
@@ -118,7 +118,7 @@ def test_draw_bin_fills_the_bin_with_unique_subnets(model: str) -> None:
 def test_interleave_keeps_fill_level() -> None:
     spec = get_model_spec("MOOFA_V3")
     cfgs = [spec.min_config(128)] * 6
-    from moofa.predictor.create import BinDraw
+    from moofa.predictor.plan import BinDraw
     draws = [BinDraw(1, cfgs[:3], 3, 9, 0), BinDraw(4, cfgs[:2], 2, 9, 0)]
     order = [i for i, _ in interleave(draws, {4: 1}, {1: 3, 4: 3})]
     assert order == [1, 1, 4, 1, 4]
@@ -173,7 +173,7 @@ def test_resumed_plan_continues_the_same_candidates(tmp_path: Path) -> None:
 
 
 def test_attempt_budget_leaves_a_reported_shortfall(tmp_path: Path, caplog) -> None:
-    from moofa.predictor.create import log_plan
+    from moofa.predictor.plan import log_plan
 
     spec = get_model_spec("MOOFA_V3")
     plan = plan_run(spec, _dc(tmp_path / "d.jsonl", max_attempts=12))  # one draw per bin, 2 needed

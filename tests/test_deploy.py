@@ -17,8 +17,10 @@ from tiny import make_tiny_project
 from moofa.cli.common import run_cli
 from moofa.config import last_task_args, load_config
 from moofa.deploy import DEPLOY_NAME, FP32_NAME, INT8_NAME, calibration_batches, executorch_available
+from moofa.deploy.ethosu import XNNPACK
 from moofa.distributed import SingleBackend
 from moofa.efficiency import MemoryOptions, peak_memory, sample_feasible
+from moofa.fingerprint import Inputs
 from moofa.models import build_supernet
 from moofa.models.spec import SubnetConfig, get_model_spec
 from moofa.models.subnet_file import load_exported
@@ -204,5 +206,6 @@ def test_another_budget_with_the_same_subnet_file_copies_the_programs(deployed, 
     for name in (INT8_NAME, FP32_NAME):
         assert (other / name).read_bytes() == (out / name).read_bytes()
     # the programs of another subnet file are not served
-    assert deploy._reuse(out, dict(dep.fingerprint, subnet_sha256="0" * 64)) is None  # noqa: SLF001
-    assert deploy._reuse(out, dep.fingerprint) == dep  # noqa: SLF001
+    other_file = Inputs.of(dict(dep.fingerprint, subnet_sha256="0" * 64))
+    assert deploy._reuse(out, other_file, [XNNPACK]) is None  # noqa: SLF001
+    assert deploy._reuse(out, Inputs.of(dep.fingerprint), [XNNPACK]) == dep  # noqa: SLF001

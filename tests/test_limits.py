@@ -146,7 +146,7 @@ def test_cli_limit_below_its_minimum_exits_2_naming_it(tmp_path, capsys, search,
 
 def test_dataset_bins_are_in_the_memory_models_unit():
     from moofa.efficiency import count_feasible
-    from moofa.predictor.create import memory_bins
+    from moofa.predictor.plan import memory_bins
 
     spec = get_model_spec("MOOFA_V3")
     lo, hi = memory_bounds(spec, options=ACTS)

@@ -20,15 +20,8 @@ from moofa.io import check_writable, clean_stale_temps, require_file
 from moofa.lock import OutputLock
 from moofa.measurement.meter import SubnetMeter
 from moofa.models.spec import DEFAULT_MODEL_CONFIGS
-from moofa.predictor.create import (
-    check_bins,
-    check_recipe,
-    dataset_recipe,
-    output_paths,
-    prepare,
-    recipe_path,
-    run_plan,
-)
+from moofa.predictor.create import check_recipe, dataset_recipe, prepare, recipe_path, run_plan
+from moofa.predictor.plan import check_bins, output_paths
 from moofa.run import Run
 
 log = logging.getLogger("moofa.create_dataset")

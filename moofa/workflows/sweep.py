@@ -54,7 +54,7 @@ from moofa.errors import CheckpointError, ConfigError, on_main_rank
 from moofa.fingerprint import Inputs, Policy, file_fingerprint, model_identity, resolve
 from moofa.io import clean_stale_temps, require_file
 from moofa.lock import OutputLock
-from moofa.measurement.evaluate import calibrate_subnet, evaluate_subnet
+from moofa.measurement.evaluate import EvalResult, calibrate_subnet, evaluate_subnet
 from moofa.measurement.meter import SubnetMeter
 from moofa.measurement.report import SubnetReport, draw_subnet_plots, subnet_report, units
 from moofa.models.spec import ModelSpec, SubnetConfig
@@ -69,7 +69,7 @@ from moofa.search.evolution import EvolutionFinder, Individual, SearchResult, ch
 from moofa.search.results import format_prediction, series_from_infos, write_summary
 from moofa.search.robust import FitnessSettings, RobustFitness
 from moofa.search.target import TARGET_KEYS, compile_answer, random_weights_net, target_table, with_target_limits
-from moofa.stats import Comparison, compare_stored, per_image_record
+from moofa.stats import Comparison, PerImage, compare_stored, per_image_record
 
 log = logging.getLogger(__name__)
 EXPORT_NAME = "subnet.pth.tar"
@@ -456,26 +456,60 @@ def _baseline(ctx: _Context, c: int) -> dict | None:
 
 
 def _one_constraint(ctx: _Context, c: int, previous: SearchInfo | None, overwrite: bool) -> SearchInfo:
-    cfg, spec, backend, sc = ctx.cfg, ctx.spec, ctx.backend, ctx.sc
-    out = constraint_dir(sc.res_dir, c)
-    fp = fingerprint(cfg, spec, c, ctx.settings, ctx.args, ctx.inputs)
+    """One budget as steps: the finished result when its inputs are the same, else search ->
+    re-rank (measured on the selection images) -> compile for the target -> measure on the test
+    images -> record -> write."""
+    out = constraint_dir(ctx.sc.res_dir, c)
+    fp = fingerprint(ctx.cfg, ctx.spec, c, ctx.settings, ctx.args, ctx.inputs)
     fp["previous"] = None if previous is None else previous.config
     fp = json.loads(json.dumps(fp))
-    done = None if overwrite or not backend.is_main else _done(out / INFO_NAME, Inputs.of(fp))
-    done = backend.broadcast_object(done)
-    if done is not None:
-        if backend.is_main:
-            log.info("constraint %s: already done with the same inputs (%s), skipping", f"{c:,}", out / INFO_NAME)
-        for row in done.rerank:
-            if row.get("selection_accuracy") is not None:
-                measured = SubnetConfig.from_dict(row["config"])
-                ctx.selection_measured[ctx.key(measured)] = row["selection_accuracy"]
-                if row.get("newly_measured"):  # re-queued: appended once, at the end (append_measurements)
-                    ctx.new_records.append(_rerank_record(ctx, measured, row["selection_accuracy"]))
+    if (done := _finished(ctx, c, out, fp, overwrite)) is not None:
         return done
+    result, answer = _search(ctx, c, previous)
+    baseline = _baseline(ctx, c)
+    chosen, rerank = answer.config, list[dict]()
+    if ctx.evaluate and ctx.top_k > 0:
+        chosen, rerank = _rerank(ctx, c, answer, result.top, previous,
+                                 None if baseline is None else SubnetConfig.from_dict(baseline["config"]))
+    target = None
+    if ctx.table is not None:  # the answer as compiled for the chip: the first candidate Vela says fits
+        chosen, target = _compile_for_target(ctx, c, chosen, rerank, result, out)
+    evaluation, outcomes = _measure_on_test(ctx, chosen, baseline) if ctx.evaluate else (None, None)
+    info, report = _record(ctx, c, fp, result, answer, chosen, baseline, rerank, target, evaluation, outcomes)
+    if ctx.supernet is not None and ctx.sc.export:  # export the weights as measured, not the baseline's BN
+        calibrate_subnet(ctx.supernet, chosen, ctx.provider)
+    if ctx.backend.is_main:
+        _write_outputs(ctx.spec, info, report, out, ctx.supernet, list(ctx.sc.export), ctx.n_classes, c,
+                       ctx.cfg if deploys(ctx.sc, c) else None)
+        _log_result(info)
+    ctx.backend.barrier()
+    return info
+
+
+def _finished(ctx: _Context, c: int, out: Path, fp: dict[str, Any], overwrite: bool) -> SearchInfo | None:
+    """The budget's info.json when it was written from the inputs ``fp`` (every rank gets it); its
+    newly measured re-ranking rows are queued again for the dataset (see append_measurements)."""
+    done = None if overwrite or not ctx.backend.is_main else _done(out / INFO_NAME, Inputs.of(fp))
+    done = ctx.backend.broadcast_object(done)
+    if done is None:
+        return None
+    if ctx.backend.is_main:
+        log.info("constraint %s: already done with the same inputs (%s), skipping", f"{c:,}", out / INFO_NAME)
+    for row in done.rerank:
+        if row.get("selection_accuracy") is not None:
+            measured = SubnetConfig.from_dict(row["config"])
+            ctx.selection_measured[ctx.key(measured)] = row["selection_accuracy"]
+            if row.get("newly_measured"):  # re-queued: appended once, at the end (append_measurements)
+                ctx.new_records.append(_rerank_record(ctx, measured, row["selection_accuracy"]))
+    return done
+
+
+def _search(ctx: _Context, c: int, previous: SearchInfo | None) -> tuple[SearchResult, Individual]:
+    """The evolutionary search of budget ``c`` on rank 0 (seeded with the previous budget's
+    answer and candidates), broadcast to every rank."""
     ctx.fitness.clear_cache()  # each budget scored as in an uninterrupted sweep (see clear_cache)
     payload = None
-    if backend.is_main:
+    if ctx.backend.is_main:
         prev_ind = prev_top = None
         if previous is not None:
             prev_ind = Individual.from_dict(previous.answer or {})
@@ -483,33 +517,36 @@ def _one_constraint(ctx: _Context, c: int, previous: SearchInfo | None, overwrit
         result, answer = search_budget(ctx.finder, c, prev_ind, prev_top or [], max(ctx.top_k, 10),
                                        progress=True)
         payload = (result.to_dict(), answer.to_dict())
-    payload = backend.broadcast_object(payload)
-    result, answer = SearchResult.from_dict(payload[0]), Individual.from_dict(payload[1])
-    baseline = _baseline(ctx, c)
-    rerank: list[dict] = []
-    chosen = answer.config
-    evaluation = outcomes = None
-    if ctx.evaluate:
-        if ctx.top_k > 0:
-            chosen, rerank = _rerank(ctx, c, answer, result.top, previous,
-                                     None if baseline is None else SubnetConfig.from_dict(baseline["config"]))
-    target = None
-    if ctx.table is not None:  # the answer as compiled for the chip: the first candidate Vela says fits
-        chosen, target = _compile_for_target(ctx, c, chosen, rerank, result, out)
-    if ctx.evaluate:
-        supernet, provider, _ = ctx.measuring()
-        evaluation = evaluate_subnet(supernet, chosen, provider, backend, split="test",
-                                     time_forward=True)
-        outcomes = evaluation.per_image("real_accuracy", _test_images(ctx, evaluation))
-        if baseline is not None:
-            base_cfg = SubnetConfig.from_dict(baseline["config"])
-            base_eval = evaluation if ctx.key(base_cfg) == ctx.key(chosen) else \
-                evaluate_subnet(supernet, base_cfg, provider, backend, split="test")
-            baseline["real_accuracy"] = base_eval.top1
-            if outcomes is not None:
-                outcomes = outcomes.merged(base_eval.per_image("baseline.real_accuracy"))
-            versus = compare_stored(outcomes, "real_accuracy", outcomes, "baseline.real_accuracy")
-            baseline["real_difference"] = versus.to_dict() if versus is not None else None
+    payload = ctx.backend.broadcast_object(payload)
+    return SearchResult.from_dict(payload[0]), Individual.from_dict(payload[1])
+
+
+def _measure_on_test(ctx: _Context, chosen: SubnetConfig, baseline: dict[str, Any] | None
+                     ) -> tuple[EvalResult, PerImage | None]:
+    """Top-1 of ``chosen`` on the test images and, with a ``baseline``, the baseline's on the same
+    images (written into ``baseline``: ``real_accuracy``, ``real_difference``), with both per-image
+    outcomes."""
+    supernet, provider, _ = ctx.measuring()
+    evaluation = evaluate_subnet(supernet, chosen, provider, ctx.backend, split="test", time_forward=True)
+    outcomes = evaluation.per_image("real_accuracy", _test_images(ctx, evaluation))
+    if baseline is not None:
+        base_cfg = SubnetConfig.from_dict(baseline["config"])
+        base_eval = evaluation if ctx.key(base_cfg) == ctx.key(chosen) else \
+            evaluate_subnet(supernet, base_cfg, provider, ctx.backend, split="test")
+        baseline["real_accuracy"] = base_eval.top1
+        if outcomes is not None:
+            outcomes = outcomes.merged(base_eval.per_image("baseline.real_accuracy"))
+        versus = compare_stored(outcomes, "real_accuracy", outcomes, "baseline.real_accuracy")
+        baseline["real_difference"] = versus.to_dict() if versus is not None else None
+    return evaluation, outcomes
+
+
+def _record(ctx: _Context, c: int, fp: dict[str, Any], result: SearchResult, answer: Individual,
+            chosen: SubnetConfig, baseline: dict[str, Any] | None, rerank: list[dict], target: dict | None,
+            evaluation: EvalResult | None, outcomes: PerImage | None) -> tuple[SearchInfo, SubnetReport]:
+    """The budget's info.json record and the analytic report of ``chosen`` (checked against the
+    budget and the limits once more)."""
+    spec = ctx.spec
     est = ctx.fitness([chosen])
     limits = ctx.limits.with_memory(c)
     report = subnet_report(spec, chosen, ctx.n_classes, limits.options)
@@ -540,14 +577,7 @@ def _one_constraint(ctx: _Context, c: int, previous: SearchInfo | None, overwrit
         history=result.history, operator_stats=result.to_dict()["stats"],
         memory_unit=limits.options.unit, memory_model=limits.options.to_dict(),
         limits=limits.to_dict(), units=units(limits.options), fingerprint=fp)
-    if ctx.supernet is not None and sc.export:  # export the weights as measured, not the baseline's BN
-        calibrate_subnet(ctx.supernet, chosen, ctx.provider)
-    if backend.is_main:
-        _write_outputs(spec, info, report, out, ctx.supernet, list(sc.export), ctx.n_classes, c,
-                       cfg if deploys(sc, c) else None)
-        _log_result(info)
-    backend.barrier()
-    return info
+    return info, report
 
 
 def _compile_for_target(ctx: _Context, c: float, chosen: SubnetConfig, rerank: list[dict], result: Any,
