@@ -416,3 +416,30 @@ def test_plot_writes_png_and_pdf(tmp_path):
     assert all(p.stat().st_size > 1000 for p in paths)
     with pytest.raises(ValueError):
         plot_memory_histogram([], tmp_path / "empty")
+
+
+def test_ethosu_peak_holds_each_blocks_shortcut_as_int32():
+    """The Ethos-U activations peak equals a direct walk over the histogram entries (each entry's
+    int8 input + output, plus 4 bytes per element of its block's shortcut) on random subnets of
+    every model, and reproduces the peak read off Vela's tensor allocation for one MOOFA_V3
+    subnet: a 96-channel 48x48 depthwise stage (two 221,184-byte int8 tensors) with its 24-channel
+    shortcut held as int32 (4 x 55,296 bytes)."""
+    from moofa.efficiency.target import ethosu_activation_bytes, ethosu_activation_bytes_batch, int8_activation_bytes
+    from moofa.models.space import SearchSpace
+
+    opts = MemoryOptions(count_weights=False, bytes_per_element=1)
+    for name in MODELS:
+        spec = get_model_spec(name)
+        rng = np.random.default_rng(3)
+        cfgs = [SearchSpace(spec).sample(rng) for _ in range(40)]
+        walked = []
+        for cfg in cfgs:
+            layers = memory_layers(spec, cfg, opts)
+            shortcut = {lm.name.split(".")[0]: lm.residual for lm in layers if lm.residual}
+            walked.append(max(lm.inp + lm.out + 4 * shortcut.get(lm.name.split(".")[0], 0) for lm in layers))
+        assert ethosu_activation_bytes_batch(spec, cfgs).tolist() == walked
+        assert all(w >= int8_activation_bytes(spec, c) for w, c in zip(walked, cfgs))
+    cfg = dict(ks=[3, 3, 3, 3, 5, 7, 5, 5, 5, 5, 5, 7, 7, 3, 5, 7, 7, 7, 7, 3],
+               e=[4, 2, 2, 2, 4, 4, 3, 4, 4, 3, 4, 4, 2, 2, 2, 3, 2, 2, 3, 3], d=[2, 4, 4, 4, 2], image_size=192)
+    assert ethosu_activation_bytes("MOOFA_V3", cfg) == 2 * 221_184 + 4 * 55_296
+    assert int8_activation_bytes("MOOFA_V3", cfg) == 2 * 221_184 + 55_296

@@ -1,14 +1,20 @@
-"""Peak memory in a target's own bytes: the analytic int8 activations-only peak
-(``MemoryOptions(count_weights=False, bytes_per_element=1)``), the part of an Arm Ethos-U
-program's SRAM that the analytic model covers.
+"""Peak memory in a target's own bytes.
 
-Vela keeps the int8 activations in SRAM (``Shared_Sram`` on U55, ``Sram_Only`` on U85) and adds
-buffers of its own: a depthwise conv's input is not overwritten in place, and in blocks with
-h-swish and squeeze-excite it keeps further copies of the expanded tensor live. The latency tables
-(:mod:`moofa.latency`) therefore map this peak to Vela's SRAM with a fit per model and target
-(an upper envelope over compiled samples); benchmarks/bench_ethosu_sram.py measures how close
-both are (benchmarks/README.md). On U65 in ``Dedicated_Sram`` mode the SRAM is a cache of fixed
-size in front of DRAM, not the activations' home, and is reported as that bound.
+* :func:`int8_activation_bytes`: the analytic int8 activations-only peak
+  (``MemoryOptions(count_weights=False, bytes_per_element=1)``).
+* :func:`ethosu_activation_bytes`: that peak with every block's shortcut held as int32, the
+  worst case of an Arm Ethos-U program (docs/ethosu.md#peak-memory-in-the-targets-bytes). TOSA adds
+  two int8 tensors by rescaling both to int32. When Vela cannot fold the shortcut's rescale into
+  the NPU's ADD, which depends on the quantisation scales, it keeps the rescaled shortcut, 4 bytes
+  per element, live from the block's start to its ADD. This peak assumes it never can: each entry
+  of a block with an identity shortcut is its int8 input and output plus four bytes per shortcut
+  element. Vela's SRAM in ``Shared_Sram`` mode (U55) stays below it plus some 36 KB of weight
+  buffers and alignment on the measured subnets, and falls below it where Vela folds the rescale
+  (benchmarks/README.md).
+
+The latency tables (:mod:`moofa.latency`) map the int8 peak to Vela's SRAM with a fit per model
+and target. On U65 in ``Dedicated_Sram`` mode the SRAM is a cache of fixed size in front of DRAM,
+not the activations' home, and is reported as that bound.
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ import numpy as np
 
 from moofa.efficiency.layout import ChoiceTable, build_table, config_arrays, geometry, reduce_batch, resolve
 from moofa.efficiency.memory import (
+    LayerMemory,
     MemoryOptions,
     _block_layers,
     _head_layers,
@@ -41,6 +48,44 @@ def int8_activation_bytes(model: Any, config: Any) -> int:
 def int8_activation_bytes_batch(model: Any, configs: Sequence[Any]) -> np.ndarray:
     """Vectorised :func:`int8_activation_bytes` (bytes, int64 (N,))."""
     return np.asarray(peak_memory_batch(model, list(configs), options=INT8_ACTIVATIONS), dtype=np.int64)
+
+
+# TOSA's integer ADD works on int32: an unfolded shortcut is held rescaled, 4 bytes an element.
+SHORTCUT_BYTES = 4
+
+
+def _held_shortcut_peak(layers: Sequence[LayerMemory], shortcut_bytes: int = SHORTCUT_BYTES) -> int:
+    """Peak (bytes) of one block's int8 entries with the block's shortcut held at
+    ``shortcut_bytes`` per element through all of them (the depthwise entry carries the shortcut's
+    int8 size; 0 without an identity shortcut)."""
+    shortcut = max(lm.residual for lm in layers)
+    return max(lm.inp + lm.out + shortcut_bytes * shortcut for lm in layers)
+
+
+@lru_cache(maxsize=256)
+def ethosu_table(spec: ModelSpec, image_size: int) -> ChoiceTable:
+    """Per-block Ethos-U activations peak (bytes) for every (k, e) and that of the fixed layers
+    (first conv, block S, final expand), at one resolution."""
+    geo = geometry(spec, image_size)
+    stem = _stem_layers(spec, geo, INT8_ACTIVATIONS)
+    fixed = max(_held_shortcut_peak(stem[:1]), _held_shortcut_peak(stem[1:]),
+                *(_held_shortcut_peak([lm]) for lm in _head_layers(spec, geo, INT8_ACTIVATIONS)))
+    return build_table(spec, fixed, lambda i, k, e: _held_shortcut_peak(
+        _block_layers(spec, geo, i, k, e, INT8_ACTIVATIONS)))
+
+
+def ethosu_activation_bytes_batch(model: Any, configs: Sequence[Any]) -> np.ndarray:
+    """The int8 activations peak of each subnet with every block's shortcut held as int32, the
+    Ethos-U worst case (bytes, int64 (N,); see the module docstring)."""
+    spec = get_model_spec(model)
+    arrays = config_arrays(spec, list(configs))
+    return reduce_batch(spec, arrays, lambda r: ethosu_table(spec, int(r)), "max")
+
+
+def ethosu_activation_bytes(model: Any, config: Any) -> int:
+    """:func:`ethosu_activation_bytes_batch` of one subnet (bytes)."""
+    spec, cfg = resolve(model, config)
+    return int(ethosu_activation_bytes_batch(spec, [cfg])[0])
 
 
 @lru_cache(maxsize=256)
