@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from tiny import ROOT, TINY_MODELS
@@ -121,6 +122,26 @@ def test_shipped_tables_load_and_predict(model, target):
     e = table.provenance["fit_error"]
     assert e["ms_max_rel"] <= 0.08 and e["ms_mean_rel"] <= 0.05
     assert table.provenance["versions"]["ethos-u-vela"] == "5.1.0"
+
+
+def test_sram_models_of_version_1_and_2_tables():
+    """A version 1 table (no ``sram_model``) predicts SRAM from the int8 activations peak; a
+    version 2 table from the worst-case Ethos-U peak plus its largest overhead; an unknown model
+    is an input error."""
+    from moofa.efficiency.target import ethosu_activation_bytes, int8_activation_bytes
+    from moofa.errors import MoofaInputError
+    from moofa.latency.table import LatencyTable
+
+    shipped = load_table("MOOFA_V3", "ethos-u55-128").to_dict()
+    cfg = get_model_spec("MOOFA_V3").max_config(160)
+    old = LatencyTable.from_dict({k: v for k, v in shipped.items() if k != "sram_model"}
+                                 | {"version": 1, "sram": {"s": 1.25, "o": 1000.0}})
+    assert old.sram_model == "int8_activations"
+    assert old.predict_sram_bytes(cfg) == int(np.ceil(1.25 * int8_activation_bytes("MOOFA_V3", cfg) + 1000))
+    new = LatencyTable.from_dict(shipped | {"sram_model": "ethosu_worst_case", "sram": {"s": 1.0, "o": 36_384.0}})
+    assert new.predict_sram_bytes(cfg) == ethosu_activation_bytes("MOOFA_V3", cfg) + 36_384
+    with pytest.raises(MoofaInputError, match="unknown sram_model 'fancy'"):
+        LatencyTable.from_dict(shipped | {"sram_model": "fancy"})
 
 
 def test_missing_table_is_an_input_error():

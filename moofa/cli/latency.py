@@ -81,7 +81,7 @@ def build(model: str, targets: Sequence[str], samples: int, *, start: int = 0, s
         log(f"{model} on {t}: ms = {table.ms['a']:.4g}*MMACs + {table.ms['b']:.4g}*MB weights + "
             f"{table.ms['d']:.4g}*MB activation traffic + {table.ms['c']:.4g} "
             f"(fit error max {100 * e['ms_max_rel']:.2f} %, mean {100 * e['ms_mean_rel']:.2f} %); SRAM = "
-            f"{table.sram['s']:.4g}*int8 activations + {table.sram['o']:,.0f} B (max error "
+            f"{table.sram['s']:.4g}*{table.sram_model.replace('_', ' ')} peak + {table.sram['o']:,.0f} B (max error "
             f"{100 * e['sram_max_rel']:.2f} %); wrote {path}")
         out.append(path)
     return out

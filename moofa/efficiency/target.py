@@ -12,9 +12,9 @@
   buffers and alignment on the measured subnets, and falls below it where Vela folds the rescale
   (benchmarks/README.md).
 
-The latency tables (:mod:`moofa.latency`) map the int8 peak to Vela's SRAM with a fit per model
-and target. On U65 in ``Dedicated_Sram`` mode the SRAM is a cache of fixed size in front of DRAM,
-not the activations' home, and is reported as that bound.
+The latency tables (:mod:`moofa.latency`) predict Vela's SRAM with an upper envelope of their
+compiled samples on one of these peaks. On U65 in ``Dedicated_Sram`` mode the SRAM is a cache of
+fixed size in front of DRAM, not the activations' home, and is reported as that bound.
 """
 from __future__ import annotations
 

@@ -7,10 +7,14 @@ compiled sample subnets (:mod:`moofa.latency.samples`), saved as JSON tables.
   traffic do: the search's limits and repairs rely on that). U55 in Shared_Sram mode streams the
   weights from Flash, and U65 in Dedicated_Sram mode keeps the activations in DRAM, which is why
   latency is not proportional to MACs alone.
-* SRAM (bytes) = s * the analytic int8 activations-only peak + o, least squares then ``o``
-  raised by the largest residual (an upper envelope of the samples: the budget errs on the safe
-  side; :mod:`moofa.efficiency.target`). In a ``Dedicated_Sram`` memory mode (U65) the SRAM is a
-  cache of fixed size and the prediction is the largest SRAM Vela used over the samples.
+* SRAM (bytes): the tighter of two upper envelopes of the samples (so a budget errs on the safe
+  side), named by the table's ``sram_model`` (:mod:`moofa.efficiency.target`):
+  ``int8_activations``: s * the int8 activations-only peak + o, least squares with ``o`` raised by
+  the largest residual (the only form of version 1 tables); ``ethosu_worst_case``: the int8 peak
+  with every block's shortcut held as int32 (the most Vela holds) plus the largest overhead
+  (``s`` = 1). The first is tighter where Vela folds most shortcuts' rescales (OFA), the second
+  where it does not (MOOFA_V3). In a ``Dedicated_Sram`` memory mode (U65) the SRAM is a cache of
+  fixed size and the prediction is the largest SRAM Vela used over the samples.
 * Flash (bytes) = f * parameters + g (least squares, non-negative).
 
 Every figure a table predicts is a prediction of Vela's compile-time estimate, itself not a
@@ -29,13 +33,16 @@ import numpy as np
 from moofa.efficiency import flops_batch, peak_memory_batch
 from moofa.efficiency.flops import params_batch
 from moofa.efficiency.layout import resolve
-from moofa.efficiency.target import INT8_ACTIVATIONS, activation_traffic_batch
+from moofa.efficiency.target import INT8_ACTIVATIONS, activation_traffic_batch, ethosu_activation_bytes_batch
 from moofa.errors import MoofaInputError
 from moofa.io import write_json
 from moofa.models.spec import ModelSpec, SubnetConfig, get_model_spec
 
-TABLE_VERSION = 1
+TABLE_VERSION = 2  # 2: sram_model; a version 1 table fits SRAM on the plain int8 activations peak
 N_CLASSES = 1000
+# the analytic peak (bytes) each SRAM model predicts from: its key in features()
+SRAM_FEATURE = {"ethosu_worst_case": "ethosu_acts", "int8_activations": "acts"}
+
 
 
 def _nnls(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -53,13 +60,33 @@ def _nnls(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def features(spec: ModelSpec, configs: Sequence[Any], n_classes: int = N_CLASSES) -> dict[str, np.ndarray]:
     """Per config: ``mmacs`` (MMACs), ``weights_mb`` (int8 weights, 1e6 bytes), ``params``
-    (parameters), ``traffic_mb`` (int8 activations read and written, 1e6 bytes) and ``acts``
-    (analytic int8 activations-only peak, bytes)."""
+    (parameters), ``traffic_mb`` (int8 activations read and written, 1e6 bytes), ``acts``
+    (analytic int8 activations-only peak, bytes) and ``ethosu_acts`` (that peak with every block's
+    shortcut held as int32, bytes)."""
     configs = [SubnetConfig.from_dict(c) for c in configs]
     params = params_batch(spec, configs, n_classes=n_classes).astype(np.float64)
     return {"mmacs": flops_batch(spec, configs, n_classes=n_classes), "weights_mb": params / 1e6,
             "params": params, "traffic_mb": activation_traffic_batch(spec, configs).astype(np.float64) / 1e6,
-            "acts": peak_memory_batch(spec, configs, options=INT8_ACTIVATIONS).astype(np.float64)}
+            "acts": peak_memory_batch(spec, configs, options=INT8_ACTIVATIONS).astype(np.float64),
+            "ethosu_acts": ethosu_activation_bytes_batch(spec, configs).astype(np.float64)}
+
+
+def _sram_fit(f: Mapping[str, np.ndarray], sram: np.ndarray, dedicated: bool) -> tuple[str, np.ndarray]:
+    """``(sram_model, [s, o])``: the upper envelope of the samples' SRAM (bytes) whose largest
+    over-estimate is the smaller (module docstring); a Dedicated_Sram cache: its largest use."""
+    if dedicated:
+        return "int8_activations", np.array([0.0, float(sram.max())])
+    acts = f["acts"]
+    sc = _nnls(np.column_stack([acts, np.ones(len(sram))]), sram)
+    sc[1] += float(np.max(sram - (sc[0] * acts + sc[1])))
+    fits = {"int8_activations": sc,
+            "ethosu_worst_case": np.array([1.0, float(np.max(sram - f["ethosu_acts"]))])}
+
+    def over(model: str) -> float:
+        s, o = fits[model]
+        return float(np.max((s * f[SRAM_FEATURE[model]] + o - sram) / sram))
+    best = min(fits, key=over)
+    return best, fits[best]
 
 
 def _ms_design(f: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -76,12 +103,19 @@ class LatencyTable:
     system_config: str
     memory_mode: str
     ms: dict[str, float]  # a (ms per MMAC), b (ms per MB of weights), d (ms per MB of activation traffic), c (ms)
-    sram: dict[str, float]  # s (bytes per activation byte), o (bytes); s = 0 in a Dedicated_Sram mode
+    sram: dict[str, float]  # s (bytes per byte of the sram_model's peak), o (bytes); s = 0 in a Dedicated_Sram mode
     flash: dict[str, float]  # f (bytes per parameter), g (bytes)
     n_classes: int = N_CLASSES
     provenance: dict[str, Any] = field(default_factory=dict)
     version: int = TABLE_VERSION
     model_configs: str | None = None  # model_configs.yaml of a model that is not built in
+    sram_model: str = "int8_activations"  # the peak the SRAM prediction starts from (SRAM_FEATURE)
+
+    def __post_init__(self) -> None:
+        if self.sram_model not in SRAM_FEATURE:
+            raise MoofaInputError(f"unknown sram_model {self.sram_model!r} in the {self.model} table for "
+                                  f"{self.target} (known: {', '.join(SRAM_FEATURE)})", key="sram_model",
+                                  value=self.sram_model)
 
     def _spec(self) -> ModelSpec:
         return get_model_spec(self.model, self.model_configs)
@@ -92,8 +126,8 @@ class LatencyTable:
         return _ms_design(f) @ np.array([self.ms["a"], self.ms["b"], self.ms["d"], self.ms["c"]])
 
     def predict_sram_batch(self, configs: Sequence[Any], spec: ModelSpec | None = None) -> np.ndarray:
-        """Predicted SRAM (bytes) of each config: s * int8 activations-only peak + o."""
-        acts = features(spec or self._spec(), configs, self.n_classes)["acts"]
+        """Predicted SRAM (bytes) of each config: s * the sram_model's peak + o."""
+        acts = features(spec or self._spec(), configs, self.n_classes)[SRAM_FEATURE[self.sram_model]]
         return np.ceil(self.sram["s"] * acts + self.sram["o"]).astype(np.int64)
 
     def predict_flash_batch(self, configs: Sequence[Any], spec: ModelSpec | None = None) -> np.ndarray:
@@ -141,12 +175,9 @@ def fit_table(model: str, target: str, samples: Sequence[Mapping[str, Any]],
     pred = _ms_design(f) @ coef
     rel = np.abs(pred - ms) / ms
     sram = np.array([s["figures"]["sram_bytes"] for s in samples], dtype=np.float64)
-    if "Dedicated_Sram" in samples[0]["figures"]["memory_mode"]:  # a cache: its largest use
-        sc = np.array([0.0, float(sram.max())])
-    else:
-        sc = _nnls(np.column_stack([f["acts"], np.ones(len(sram))]), sram)
-        sc[1] += float(np.max(sram - (sc[0] * f["acts"] + sc[1])))
-    sram_pred = np.ceil(sc[0] * f["acts"] + sc[1])
+    sram_model, sc = _sram_fit(f, sram, "Dedicated_Sram" in samples[0]["figures"]["memory_mode"])
+    acts = f[SRAM_FEATURE[sram_model]]
+    sram_pred = np.ceil(sc[0] * acts + sc[1])
     flash = np.array([s["figures"]["flash_bytes"] for s in samples], dtype=np.float64)
     fc = _nnls(np.column_stack([f["params"], np.ones(len(flash))]), flash)
     first = samples[0]["figures"]
@@ -157,13 +188,14 @@ def fit_table(model: str, target: str, samples: Sequence[Mapping[str, Any]],
                           "flash_max_rel": float(np.max(np.abs(fc[0] * f["params"] + fc[1] - flash)
                                                         / np.maximum(flash, 1)))},
             "vela_version": first["vela_version"],
-            # Vela's SRAM minus the analytic int8 activations-only peak over the samples (bytes)
-            "sram_overhead_bytes": {"min": int(np.min(sram - f["acts"])), "mean": float(np.mean(sram - f["acts"])),
-                                    "max": int(np.max(sram - f["acts"]))}}
+            # Vela's SRAM minus the SRAM model's peak over the samples (bytes)
+            "sram_overhead_bytes": {"min": int(np.min(sram - acts)), "mean": float(np.mean(sram - acts)),
+                                    "max": int(np.max(sram - acts))}}
     return LatencyTable(model, target, first["system_config"], first["memory_mode"],
                         {"a": float(coef[0]), "b": float(coef[1]), "d": float(coef[2]), "c": float(coef[3])},
                         {"s": float(sc[0]), "o": float(sc[1])},
-                        {"f": float(fc[0]), "g": float(fc[1])}, n_classes, prov, TABLE_VERSION, model_configs)
+                        {"f": float(fc[0]), "g": float(fc[1])}, n_classes, prov, TABLE_VERSION, model_configs,
+                        sram_model)
 
 
 def table_name(model: str, target: str) -> str:
