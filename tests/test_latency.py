@@ -126,7 +126,7 @@ def test_shipped_tables_load_and_predict(model, target):
 
 def test_sram_models_of_version_1_and_2_tables():
     """A version 1 table (no ``sram_model``) predicts SRAM from the int8 activations peak; a
-    version 2 table from the worst-case Ethos-U peak plus its largest overhead; an unknown model
+    version 2 table may use the peak with int32 shortcuts plus its largest overhead; an unknown model
     is an input error."""
     from moofa.efficiency.target import ethosu_activation_bytes, int8_activation_bytes
     from moofa.errors import MoofaInputError
@@ -138,7 +138,7 @@ def test_sram_models_of_version_1_and_2_tables():
                                  | {"version": 1, "sram": {"s": 1.25, "o": 1000.0}})
     assert old.sram_model == "int8_activations"
     assert old.predict_sram_bytes(cfg) == int(np.ceil(1.25 * int8_activation_bytes("MOOFA_V3", cfg) + 1000))
-    new = LatencyTable.from_dict(shipped | {"sram_model": "ethosu_worst_case", "sram": {"s": 1.0, "o": 36_384.0}})
+    new = LatencyTable.from_dict(shipped | {"sram_model": "int32_shortcuts", "sram": {"s": 1.0, "o": 36_384.0}})
     assert new.predict_sram_bytes(cfg) == ethosu_activation_bytes("MOOFA_V3", cfg) + 36_384
     with pytest.raises(MoofaInputError, match="unknown sram_model 'fancy'"):
         LatencyTable.from_dict(shipped | {"sram_model": "fancy"})

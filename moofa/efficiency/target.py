@@ -2,14 +2,14 @@
 
 * :func:`int8_activation_bytes`: the analytic int8 activations-only peak
   (``MemoryOptions(count_weights=False, bytes_per_element=1)``).
-* :func:`ethosu_activation_bytes`: that peak with every block's shortcut held as int32, the
-  worst case of an Arm Ethos-U program (docs/ethosu.md#peak-memory-in-the-targets-bytes). TOSA adds
-  two int8 tensors by rescaling both to int32. When Vela cannot fold the shortcut's rescale into
-  the NPU's ADD, which depends on the quantisation scales, it keeps the rescaled shortcut, 4 bytes
-  per element, live from the block's start to its ADD. This peak assumes it never can: each entry
-  of a block with an identity shortcut is its int8 input and output plus four bytes per shortcut
-  element. Vela's SRAM in ``Shared_Sram`` mode (U55) stays below it plus some 36 KB of weight
-  buffers and alignment on the measured subnets, and falls below it where Vela folds the rescale
+* :func:`ethosu_activation_bytes`: that peak with every block's shortcut held as int32, as an
+  Arm Ethos-U program may hold it (docs/ethosu.md#peak-memory-in-the-targets-bytes). TOSA adds two
+  int8 tensors by rescaling both to int32. When Vela cannot fold the shortcut's rescale into the
+  NPU's ADD, which depends on the quantisation scales, it keeps the rescaled shortcut, 4 bytes per
+  element, live from the block's start to its ADD. This peak assumes it never can: each entry of a
+  block with an identity shortcut is its int8 input and output plus four bytes per shortcut
+  element. It is not a bound on Vela's SRAM, which also holds weight buffers (up to some 220 KB
+  for a wide 1x1 conv whose weights Vela streams double-buffered) and allocation gaps
   (benchmarks/README.md).
 
 The latency tables (:mod:`moofa.latency`) predict Vela's SRAM with an upper envelope of their
@@ -75,8 +75,8 @@ def ethosu_table(spec: ModelSpec, image_size: int) -> ChoiceTable:
 
 
 def ethosu_activation_bytes_batch(model: Any, configs: Sequence[Any]) -> np.ndarray:
-    """The int8 activations peak of each subnet with every block's shortcut held as int32, the
-    Ethos-U worst case (bytes, int64 (N,); see the module docstring)."""
+    """The int8 activations peak of each subnet with every block's shortcut held as int32
+    (bytes, int64 (N,); see the module docstring)."""
     spec = get_model_spec(model)
     arrays = config_arrays(spec, list(configs))
     return reduce_batch(spec, arrays, lambda r: ethosu_table(spec, int(r)), "max")

@@ -10,8 +10,8 @@ compiled sample subnets (:mod:`moofa.latency.samples`), saved as JSON tables.
 * SRAM (bytes): the tighter of two upper envelopes of the samples (so a budget errs on the safe
   side), named by the table's ``sram_model`` (:mod:`moofa.efficiency.target`):
   ``int8_activations``: s * the int8 activations-only peak + o, least squares with ``o`` raised by
-  the largest residual (the only form of version 1 tables); ``ethosu_worst_case``: the int8 peak
-  with every block's shortcut held as int32 (the most Vela holds) plus the largest overhead
+  the largest residual (the only form of version 1 tables); ``int32_shortcuts``: the int8 peak
+  with every block's shortcut held as int32 plus the largest overhead
   (``s`` = 1). The first is tighter where Vela folds most shortcuts' rescales (OFA), the second
   where it does not (MOOFA_V3). In a ``Dedicated_Sram`` memory mode (U65) the SRAM is a cache of
   fixed size and the prediction is the largest SRAM Vela used over the samples.
@@ -41,7 +41,7 @@ from moofa.models.spec import ModelSpec, SubnetConfig, get_model_spec
 TABLE_VERSION = 2  # 2: sram_model; a version 1 table fits SRAM on the plain int8 activations peak
 N_CLASSES = 1000
 # the analytic peak (bytes) each SRAM model predicts from: its key in features()
-SRAM_FEATURE = {"ethosu_worst_case": "ethosu_acts", "int8_activations": "acts"}
+SRAM_FEATURE = {"int32_shortcuts": "ethosu_acts", "int8_activations": "acts"}
 
 
 
@@ -80,7 +80,7 @@ def _sram_fit(f: Mapping[str, np.ndarray], sram: np.ndarray, dedicated: bool) ->
     sc = _nnls(np.column_stack([acts, np.ones(len(sram))]), sram)
     sc[1] += float(np.max(sram - (sc[0] * acts + sc[1])))
     fits = {"int8_activations": sc,
-            "ethosu_worst_case": np.array([1.0, float(np.max(sram - f["ethosu_acts"]))])}
+            "int32_shortcuts": np.array([1.0, float(np.max(sram - f["ethosu_acts"]))])}
 
     def over(model: str) -> float:
         s, o = fits[model]
