@@ -36,7 +36,6 @@ def check_version(data: Mapping[str, Any], where: str | Path) -> int:
     return v
 
 
-
 @dataclass(frozen=True)
 class TargetFigures:
     """What the reports and the chip limits use of one compiled Ethos-U program (``targets[T]`` of
@@ -64,6 +63,7 @@ class TargetFigures:
     def figure(self, name: str) -> float:
         """``sram_bytes``, ``flash_bytes`` or ``inference_ms`` by name (a chip limit's figure)."""
         return float(getattr(self, name))
+
 
 def _defaults(cls: type) -> dict[str, Any]:
     """Each field's default value (a fresh one for ``default_factory`` fields)."""

@@ -3,6 +3,7 @@ subnets, survives a SIGKILL (the rerun keeps the compiled samples) and writes a 
 Vela's figures; shipped tables load and predict without the ethos-u extra."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -124,7 +125,7 @@ def test_shipped_tables_load_and_predict(model, target):
     assert table.provenance["versions"]["ethos-u-vela"] == "5.1.0"
 
 
-def test_sram_models_of_version_1_and_2_tables():
+def test_sram_models_of_version_1_and_2_tables(tmp_path):
     """A version 1 table (no ``sram_model``) predicts SRAM from the int8 activations peak; a
     version 2 table may use the peak with int32 shortcuts plus its largest overhead; an unknown model
     is an input error."""
@@ -140,8 +141,13 @@ def test_sram_models_of_version_1_and_2_tables():
     assert old.predict_sram_bytes(cfg) == int(np.ceil(1.25 * int8_activation_bytes("MOOFA_V3", cfg) + 1000))
     new = LatencyTable.from_dict(shipped | {"sram_model": "int32_shortcuts", "sram": {"s": 1.0, "o": 36_384.0}})
     assert new.predict_sram_bytes(cfg) == ethosu_activation_bytes("MOOFA_V3", cfg) + 36_384
-    with pytest.raises(MoofaInputError, match="unknown sram_model 'fancy'"):
+    with pytest.raises(MoofaInputError, match="sram_model: unknown SRAM model .*got 'fancy'"):
         LatencyTable.from_dict(shipped | {"sram_model": "fancy"})
+    bad = tmp_path / "t.json"
+    bad.write_text(json.dumps(shipped | {"sram_model": "fancy"}))
+    with pytest.raises(MoofaInputError) as err:
+        load_table("MOOFA_V3", "ethos-u55-128", bad)
+    assert str(err.value).startswith(f"{bad}: sram_model: unknown SRAM model") and len(str(err.value).splitlines()) == 1
 
 
 def test_missing_table_is_an_input_error():

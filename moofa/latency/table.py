@@ -113,8 +113,8 @@ class LatencyTable:
 
     def __post_init__(self) -> None:
         if self.sram_model not in SRAM_FEATURE:
-            raise MoofaInputError(f"unknown sram_model {self.sram_model!r} in the {self.model} table for "
-                                  f"{self.target} (known: {', '.join(SRAM_FEATURE)})", key="sram_model",
+            raise MoofaInputError(f"unknown SRAM model of the {self.model} table for {self.target} "
+                                  f"(known: {', '.join(SRAM_FEATURE)})", key="sram_model",
                                   value=self.sram_model)
 
     def _spec(self) -> ModelSpec:
@@ -215,7 +215,10 @@ def load_table(model: str, target: str, path: str | Path | None = None) -> Laten
         p = Path(path)
         if not p.is_file():
             raise MoofaInputError("latency table not found", file=p)
-        return LatencyTable.from_dict(json.loads(p.read_text()))
+        try:
+            return LatencyTable.from_dict(json.loads(p.read_text()))
+        except MoofaInputError as err:  # name the file the bad value is in
+            raise MoofaInputError(err.reason, file=p, key=err.key, value=err.value) from None
     res = resources.files("moofa.latency") / "tables" / table_name(model, target)
     if not res.is_file():
         raise MoofaInputError(f"no shipped latency table for {model} on {target} (shipped: "
