@@ -104,3 +104,35 @@ def test_search_answer_is_compiled_and_meets_the_limits(tmp_path):
     c = t["compiled"]
     assert f"## {TARGET}: Vela's estimates" in md and "not measurements on silicon" in md
     assert f"{c['sram_bytes'] / 1024:,.1f} / {c['flash_bytes'] / 1024:,.1f} / {c['inference_ms']:.3f}" in md
+
+
+def test_a_changed_latency_table_is_a_changed_search_input(tmp_path):
+    """The table that predicts the chip's figures is an input of the sweep by content: editing
+    it (or upgrading the shipped one) makes finished budgets stale instead of reusing them."""
+    import json
+
+    from moofa.config import last_task_args
+    from moofa.workflows.sweep import search_inputs
+
+    table = tmp_path / "table.json"
+    table.write_text(json.dumps(load_table("OFA", TARGET).to_dict()))
+    raw = {"args": {"model": "OFA", "dataset": "imagenet"},
+           "search_config": {"constraints": [900_000], "evaluate": False, "res_dir": str(tmp_path / "s"),
+                             "acc_predictor_checkpoint": str(tmp_path / "p.pth.tar"), **SC,
+                             "latency_table": str(table)}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    (tmp_path / "p.pth.tar").write_bytes(b"a predictor file, read only by content here")
+
+    def inputs() -> dict:
+        cfg = load_config(tmp_path / "c.yaml")
+        return search_inputs(cfg, get_model_spec("OFA"), last_task_args(cfg))
+
+    first = inputs()
+    assert inputs() == first and len(first["latency_table"]) == 64
+    edited = json.loads(table.read_text())
+    edited["sram"]["o"] += 1
+    table.write_text(json.dumps(edited))
+    assert inputs()["latency_table"] != first["latency_table"]
+    raw["search_config"] = {k: v for k, v in raw["search_config"].items() if k not in (*SC, "latency_table")}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    assert "latency_table" not in inputs()  # a search without a target keeps its fingerprint

@@ -30,18 +30,18 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from moofa.efficiency import flops_batch, peak_memory_batch
+from moofa.efficiency import flops_batch
 from moofa.efficiency.flops import params_batch
 from moofa.efficiency.layout import resolve
-from moofa.efficiency.target import INT8_ACTIVATIONS, activation_traffic_batch, ethosu_activation_bytes_batch
+from moofa.efficiency.target import activation_traffic_batch, ethosu_activation_bytes_batch, int8_activation_bytes_batch
 from moofa.errors import MoofaInputError
 from moofa.io import write_json
 from moofa.models.spec import ModelSpec, SubnetConfig, get_model_spec
 
 TABLE_VERSION = 2  # 2: sram_model; a version 1 table fits SRAM on the plain int8 activations peak
 N_CLASSES = 1000
-# the analytic peak (bytes) each SRAM model predicts from: its key in features()
-SRAM_FEATURE = {"int32_shortcuts": "ethosu_acts", "int8_activations": "acts"}
+# the analytic peak (bytes, int64 (N,)) each SRAM model predicts from
+SRAM_PEAKS = {"int8_activations": int8_activation_bytes_batch, "int32_shortcuts": ethosu_activation_bytes_batch}
 
 
 
@@ -60,31 +60,28 @@ def _nnls(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def features(spec: ModelSpec, configs: Sequence[Any], n_classes: int = N_CLASSES) -> dict[str, np.ndarray]:
     """Per config: ``mmacs`` (MMACs), ``weights_mb`` (int8 weights, 1e6 bytes), ``params``
-    (parameters), ``traffic_mb`` (int8 activations read and written, 1e6 bytes), ``acts``
-    (analytic int8 activations-only peak, bytes) and ``ethosu_acts`` (that peak with every block's
-    shortcut held as int32, bytes)."""
+    (parameters) and ``traffic_mb`` (int8 activations read and written, 1e6 bytes)."""
     configs = [SubnetConfig.from_dict(c) for c in configs]
     params = params_batch(spec, configs, n_classes=n_classes).astype(np.float64)
     return {"mmacs": flops_batch(spec, configs, n_classes=n_classes), "weights_mb": params / 1e6,
-            "params": params, "traffic_mb": activation_traffic_batch(spec, configs).astype(np.float64) / 1e6,
-            "acts": peak_memory_batch(spec, configs, options=INT8_ACTIVATIONS).astype(np.float64),
-            "ethosu_acts": ethosu_activation_bytes_batch(spec, configs).astype(np.float64)}
+            "params": params, "traffic_mb": activation_traffic_batch(spec, configs).astype(np.float64) / 1e6}
 
 
-def _sram_fit(f: Mapping[str, np.ndarray], sram: np.ndarray, dedicated: bool) -> tuple[str, np.ndarray]:
+def _sram_fit(peaks: Mapping[str, np.ndarray], sram: np.ndarray, dedicated: bool) -> tuple[str, np.ndarray]:
     """``(sram_model, [s, o])``: the upper envelope of the samples' SRAM (bytes) whose largest
-    over-estimate is the smaller (module docstring); a Dedicated_Sram cache: its largest use."""
+    over-estimate is the smaller (module docstring); a Dedicated_Sram cache: its largest use.
+    ``peaks``: each SRAM model's peak of the samples (bytes)."""
     if dedicated:
         return "int8_activations", np.array([0.0, float(sram.max())])
-    acts = f["acts"]
+    acts = peaks["int8_activations"]
     sc = _nnls(np.column_stack([acts, np.ones(len(sram))]), sram)
     sc[1] += float(np.max(sram - (sc[0] * acts + sc[1])))
     fits = {"int8_activations": sc,
-            "int32_shortcuts": np.array([1.0, float(np.max(sram - f["ethosu_acts"]))])}
+            "int32_shortcuts": np.array([1.0, float(np.max(sram - peaks["int32_shortcuts"]))])}
 
     def over(model: str) -> float:
         s, o = fits[model]
-        return float(np.max((s * f[SRAM_FEATURE[model]] + o - sram) / sram))
+        return float(np.max((s * peaks[model] + o - sram) / sram))
     best = min(fits, key=over)
     return best, fits[best]
 
@@ -109,12 +106,12 @@ class LatencyTable:
     provenance: dict[str, Any] = field(default_factory=dict)
     version: int = TABLE_VERSION
     model_configs: str | None = None  # model_configs.yaml of a model that is not built in
-    sram_model: str = "int8_activations"  # the peak the SRAM prediction starts from (SRAM_FEATURE)
+    sram_model: str = "int8_activations"  # the peak the SRAM prediction starts from (SRAM_PEAKS)
 
     def __post_init__(self) -> None:
-        if self.sram_model not in SRAM_FEATURE:
+        if self.sram_model not in SRAM_PEAKS:
             raise MoofaInputError(f"unknown SRAM model of the {self.model} table for {self.target} "
-                                  f"(known: {', '.join(SRAM_FEATURE)})", key="sram_model",
+                                  f"(known: {', '.join(SRAM_PEAKS)})", key="sram_model",
                                   value=self.sram_model)
 
     def _spec(self) -> ModelSpec:
@@ -127,7 +124,7 @@ class LatencyTable:
 
     def predict_sram_batch(self, configs: Sequence[Any], spec: ModelSpec | None = None) -> np.ndarray:
         """Predicted SRAM (bytes) of each config: s * the sram_model's peak + o."""
-        acts = features(spec or self._spec(), configs, self.n_classes)[SRAM_FEATURE[self.sram_model]]
+        acts = SRAM_PEAKS[self.sram_model](spec or self._spec(), configs).astype(np.float64)
         return np.ceil(self.sram["s"] * acts + self.sram["o"]).astype(np.int64)
 
     def predict_flash_batch(self, configs: Sequence[Any], spec: ModelSpec | None = None) -> np.ndarray:
@@ -175,8 +172,10 @@ def fit_table(model: str, target: str, samples: Sequence[Mapping[str, Any]],
     pred = _ms_design(f) @ coef
     rel = np.abs(pred - ms) / ms
     sram = np.array([s["figures"]["sram_bytes"] for s in samples], dtype=np.float64)
-    sram_model, sc = _sram_fit(f, sram, "Dedicated_Sram" in samples[0]["figures"]["memory_mode"])
-    acts = f[SRAM_FEATURE[sram_model]]
+    configs = [SubnetConfig.from_dict(s["config"]) for s in samples]
+    peaks = {m: peak(spec, configs).astype(np.float64) for m, peak in SRAM_PEAKS.items()}
+    sram_model, sc = _sram_fit(peaks, sram, "Dedicated_Sram" in samples[0]["figures"]["memory_mode"])
+    acts = peaks[sram_model]
     sram_pred = np.ceil(sc[0] * acts + sc[1])
     flash = np.array([s["figures"]["flash_bytes"] for s in samples], dtype=np.float64)
     fc = _nnls(np.column_stack([f["params"], np.ones(len(flash))]), flash)

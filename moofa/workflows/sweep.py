@@ -123,8 +123,9 @@ def load_measured(cfg: RunConfig, spec: ModelSpec):
 def search_inputs(cfg: RunConfig, spec: ModelSpec, args: AnyArgs,
                   predictor: Any = None) -> dict[str, Any]:
     """The inputs of a sweep by content: the model, the predictor file (and the model it
-    records), the measured dataset the robust fitness reads and, with evaluation, the supernet
-    checkpoint and the data settings."""
+    records), the measured dataset the robust fitness reads, with a target the latency table it
+    predicts the chip's figures with and, with evaluation, the supernet checkpoint and the data
+    settings."""
     sc = cfg.search_config
     pred = dict(file_fingerprint(sc.acc_predictor_checkpoint) or {})  # the search needs a predictor
     pred["model"] = getattr(predictor, "recorded_model", None)
@@ -132,6 +133,9 @@ def search_inputs(cfg: RunConfig, spec: ModelSpec, args: AnyArgs,
     data = Path(sc.acc_dataset_path)
     if sc.fitness == "robust" and data.is_file():
         out["dataset"] = measured_identity(data)
+    if sc.target is not None:  # a rebuilt or upgraded table changes the candidates
+        table = json.dumps(target_table(sc, spec, cfg.path).to_dict(), sort_keys=True)
+        out["latency_table"] = hashlib.sha256(table.encode()).hexdigest()
     if sc.evaluate:
         ckpt = args.checkpoint
         if ckpt:
@@ -467,7 +471,8 @@ def _one_constraint(ctx: _Context, c: int, previous: SearchInfo | None, overwrit
         return done
     result, answer = _search(ctx, c, previous)
     baseline = _baseline(ctx, c)
-    chosen, rerank = answer.config, list[dict]()
+    chosen = answer.config
+    rerank: list[dict] = []
     if ctx.evaluate and ctx.top_k > 0:
         chosen, rerank = _rerank(ctx, c, answer, result.top, previous,
                                  None if baseline is None else SubnetConfig.from_dict(baseline["config"]))
