@@ -275,18 +275,38 @@ def test_static_subnets_agree_with_analytic(model):
       (addmm) it sees, i.e. all convs incl. SE reduce/expand, feature_mix and classifier, and
       nothing for BN, activations, pooling, the SE multiply or residual adds; the analytic model
       counts exactly the same MACs (docs/design.md#flops), so FlopCounterMode / 2 == macs().
+    * the latency tables' operator counts (moofa.efficiency.target.operator_counts_batch) equal
+      what forward hooks see: depthwise convs' output elements x k x k, the elements entering the
+      squeeze-excite modules, and the output elements of the blocks with an identity shortcut.
     """
+    from moofa.efficiency.target import operator_counts_batch
+    from moofa.models.layers import ResidualBlock, SEModule
+
     spec = get_model_spec(model)
     rng = np.random.default_rng(sum(map(ord, model)))
     for r in spec.image_sizes:
         cfg = random_config(model, rng, r)
         net = MobileNetV3.build(spec, cfg, n_classes=10)
+        seen: Counter = Counter()
+
+        def count(module, args, out):
+            if isinstance(module, torch.nn.Conv2d) and module.groups == module.in_channels > 1:
+                seen["dw_macs"] += out.numel() * module.kernel_size[0] * module.kernel_size[1]
+            elif isinstance(module, SEModule):
+                seen["se_elements"] += args[0].numel()
+            elif isinstance(module, ResidualBlock) and module.shortcut is not None:
+                seen["shortcut_elements"] += out.numel()
+        hooks = [m.register_forward_hook(count) for m in net.modules()]
         with FlopCounterMode(display=False) as counter:
             peak, hist = measure_peak_memory(net, r)
+        for h in hooks:
+            h.remove()
         assert hist == memory_histogram(model, cfg), (model, r)
         assert peak == peak_memory(model, cfg)
         assert count_parameters(net) == count_params(model, cfg, n_classes=10)
         assert counter.get_total_flops() == 2 * macs(model, cfg, n_classes=10)
+        counts = {name: int(v[0]) for name, v in operator_counts_batch(spec, [cfg]).items()}
+        assert counts == dict(seen) and min(counts.values()) > 0, (model, r)
 
 
 @pytest.mark.parametrize("model", ["OFA", "MOOFA_V2"])
@@ -421,10 +441,16 @@ def test_plot_writes_png_and_pdf(tmp_path):
 def test_ethosu_peak_holds_each_blocks_shortcut_as_int32():
     """The Ethos-U activations peak equals a direct walk over the histogram entries (each entry's
     int8 input + output, plus 4 bytes per element of its block's shortcut) on random subnets of
-    every model, and reproduces the peak read off Vela's tensor allocation for one MOOFA_V3
+    every model, as does the activation traffic above a threshold (the latency tables' spill); and
+    the peak reproduces the peak read off Vela's tensor allocation for one MOOFA_V3
     subnet: a 96-channel 48x48 depthwise stage (two 221,184-byte int8 tensors) with its 24-channel
     shortcut held as int32 (4 x 55,296 bytes)."""
-    from moofa.efficiency.target import ethosu_activation_bytes, ethosu_activation_bytes_batch, int8_activation_bytes
+    from moofa.efficiency.target import (
+        activation_traffic_batch,
+        ethosu_activation_bytes,
+        ethosu_activation_bytes_batch,
+        int8_activation_bytes,
+    )
     from moofa.models.space import SearchSpace
 
     opts = MemoryOptions(count_weights=False, bytes_per_element=1)
@@ -439,6 +465,12 @@ def test_ethosu_peak_holds_each_blocks_shortcut_as_int32():
             walked.append(max(lm.inp + lm.out + 4 * shortcut.get(lm.name.split(".")[0], 0) for lm in layers))
         assert ethosu_activation_bytes_batch(spec, cfgs).tolist() == walked
         assert all(w >= int8_activation_bytes(spec, c) for w, c in zip(walked, cfgs))
+    cfg0 = cfgs[0]
+    layers = memory_layers(spec, cfg0, opts)
+    for above in (0, 100_000, 400_000):
+        walked_traffic = sum(lm.inp + lm.out for lm in layers if lm.inp + lm.out > above)
+        assert activation_traffic_batch(spec, [cfg0], above=above)[0] == walked_traffic
+    assert activation_traffic_batch(spec, [cfg0], above=400_000)[0] < activation_traffic_batch(spec, [cfg0])[0]
     cfg = dict(ks=[3, 3, 3, 3, 5, 7, 5, 5, 5, 5, 5, 7, 7, 3, 5, 7, 7, 7, 7, 3],
                e=[4, 2, 2, 2, 4, 4, 3, 4, 4, 3, 4, 4, 2, 2, 2, 3, 2, 2, 3, 3], d=[2, 4, 4, 4, 2], image_size=192)
     assert ethosu_activation_bytes("MOOFA_V3", cfg) == 2 * 221_184 + 4 * 55_296

@@ -150,6 +150,66 @@ def test_sram_models_of_version_1_and_2_tables(tmp_path):
     assert str(err.value).startswith(f"{bad}: sram_model: unknown SRAM model") and len(str(err.value).splitlines()) == 1
 
 
+def test_latency_terms_of_version_2_and_3_tables():
+    """A version 2 table's a, b, d, c weigh MMACs, MB of weights, MB of activation traffic and a
+    constant; a version 3 table names its terms; an unknown term is an input error."""
+    from moofa.efficiency import flops
+    from moofa.efficiency.flops import count_params
+    from moofa.efficiency.target import activation_traffic_batch, operator_counts_batch
+    from moofa.errors import MoofaInputError
+    from moofa.latency.table import LatencyTable
+
+    shipped = load_table("MOOFA_V3", "ethos-u55-128").to_dict()
+    cfg = get_model_spec("MOOFA_V3").max_config(160)
+    mmacs, mb = flops("MOOFA_V3", cfg), count_params("MOOFA_V3", cfg) / 1e6
+    traffic = int(activation_traffic_batch("MOOFA_V3", [cfg])[0]) / 1e6
+    v2 = LatencyTable.from_dict(shipped | {"version": 2, "ms": {"a": 0.02, "b": 1.5, "d": 0.75, "c": 0.5}})
+    assert v2.predict_ms(cfg) == pytest.approx(0.02 * mmacs + 1.5 * mb + 0.75 * traffic + 0.5, rel=1e-12)
+    dw = int(operator_counts_batch("MOOFA_V3", [cfg])["dw_macs"][0]) / 1e6
+    v3 = LatencyTable.from_dict(shipped | {"version": 3, "ms": {"pw_mmacs": 0.01, "dw_mmacs": 0.2, "c": 1.0}})
+    assert v3.predict_ms(cfg) == pytest.approx(0.01 * (mmacs - dw) + 0.2 * dw + 1.0, rel=1e-12)
+    with pytest.raises(MoofaInputError, match="ms: unknown latency term .*got 'flops'"):
+        LatencyTable.from_dict(shipped | {"version": 3, "ms": {"flops": 1.0}})
+    with pytest.raises(MoofaInputError, match="cache_bytes: .*spill_mb without"):
+        LatencyTable.from_dict(shipped | {"version": 3, "ms": {"spill_mb": 1.0}, "cache_bytes": None})
+
+
+def test_the_fit_selects_the_terms_that_generated_the_latency():
+    """Latencies made exactly from depthwise and pointwise MMACs, weights, squeeze-excite elements
+    and a constant: the fit selects those terms, recovers their coefficients and predicts other
+    subnets exactly; with fewer than 3 samples per term it keeps to the smaller designs."""
+    from moofa.latency.table import features, fit_table
+    from moofa.models.space import SearchSpace
+
+    spec = get_model_spec("OFA")
+    rng = np.random.default_rng(5)
+    configs = [SearchSpace(spec).sample(rng) for _ in range(40)]
+    f = features(spec, configs)
+    true = {"pw_mmacs": 0.02, "dw_mmacs": 0.15, "weights_mb": 1.5, "se_m": 3.0, "c": 0.3}
+    ms = sum(v * f[t] for t, v in true.items())
+    samples = [{"config": c, "figures": {"inference_ms": float(m), "sram_bytes": 100_000 + i, "flash_bytes": 1000,
+                                         "memory_mode": "Shared_Sram", "system_config": "S", "vela_version": "5.1.0"}}
+               for i, (c, m) in enumerate(zip(configs, ms))]
+    table = fit_table("OFA", "ethos-u55-128", samples[:20])
+    assert set(table.ms) == set(true) and table.version == 3
+    assert all(table.ms[t] == pytest.approx(v, rel=1e-6) for t, v in true.items())
+    assert table.predict_ms_batch(configs[20:], spec) == pytest.approx(ms[20:], rel=1e-9)
+    assert table.provenance["fit_error"]["ms_loo_max_rel"] < 1e-9
+    assert len(fit_table("OFA", "ethos-u55-128", samples[:12]).ms) == 4  # 12 samples: 4 terms at most
+    # an SRAM cache (Dedicated_Sram): the layers that do not fit in it cost their traffic again
+    cache = 300_000
+    f = features(spec, configs, cache_bytes=cache)
+    true = {"pw_mmacs": 0.01, "dw_mmacs": 0.02, "weights_mb": 0.15, "spill_mb": 0.5, "c": 0.3}
+    ms = sum(v * f[t] for t, v in true.items())
+    assert f["spill_mb"].min() < f["spill_mb"].max() < f["traffic_mb"].max()
+    for s, m in zip(samples, ms):
+        s["figures"] |= {"inference_ms": float(m), "memory_mode": "Dedicated_Sram_384KB", "sram_bytes": cache - 5}
+    samples[3]["figures"]["sram_bytes"] = cache  # the cache: the largest SRAM Vela used
+    table = fit_table("OFA", "ethos-u65-256", samples[:20])
+    assert table.cache_bytes == cache and set(table.ms) == set(true)
+    assert table.predict_ms_batch(configs[20:], spec) == pytest.approx(ms[20:], rel=1e-9)
+
+
 def test_missing_table_is_an_input_error():
     from moofa.errors import MoofaInputError
 

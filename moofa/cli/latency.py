@@ -78,9 +78,9 @@ def build(model: str, targets: Sequence[str], samples: int, *, start: int = 0, s
         table = fit_table(model, t, [s for s in found if s is not None], prov, model_configs=model_configs)
         path = table.save(Path(output) / table_name(model, t))
         e = table.provenance["fit_error"]
-        log(f"{model} on {t}: ms = {table.ms['a']:.4g}*MMACs + {table.ms['b']:.4g}*MB weights + "
-            f"{table.ms['d']:.4g}*MB activation traffic + {table.ms['c']:.4g} "
-            f"(fit error max {100 * e['ms_max_rel']:.2f} %, mean {100 * e['ms_mean_rel']:.2f} %); SRAM = "
+        terms = " + ".join(f"{v:.4g}*{term}" if term != "c" else f"{v:.4g}" for term, v in table.ms.items())
+        log(f"{model} on {t}: ms = {terms} (fit error max {100 * e['ms_max_rel']:.2f} %, "
+            f"mean {100 * e['ms_mean_rel']:.2f} %); SRAM = "
             f"{table.sram['s']:.4g}*{table.sram_model.replace('_', ' ')} peak + {table.sram['o']:,.0f} B (max error "
             f"{100 * e['sram_max_rel']:.2f} %); wrote {path}")
         out.append(path)

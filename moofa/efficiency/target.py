@@ -12,6 +12,9 @@
   for a wide 1x1 conv whose weights Vela streams double-buffered) and allocation gaps
   (benchmarks/README.md).
 
+:func:`operator_counts_batch` counts what the Ethos-U latency tables weigh beside MACs and bytes:
+depthwise MACs, squeeze-excite elements and shortcut elements (docs/ethosu.md#latency-tables).
+
 The latency tables (:mod:`moofa.latency`) predict Vela's SRAM with an upper envelope of their
 compiled samples on one of these peaks. On U65 in ``Dedicated_Sram`` mode the SRAM is a cache of
 fixed size in front of DRAM, not the activations' home, and is reported as that bound.
@@ -23,7 +26,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from moofa.efficiency.layout import ChoiceTable, build_table, config_arrays, geometry, reduce_batch, resolve
+from moofa.efficiency.layout import (
+    ChoiceTable,
+    build_table,
+    config_arrays,
+    geometry,
+    out_side,
+    reduce_batch,
+    resolve,
+)
 from moofa.efficiency.memory import (
     LayerMemory,
     MemoryOptions,
@@ -33,7 +44,7 @@ from moofa.efficiency.memory import (
     peak_memory,
     peak_memory_batch,
 )
-from moofa.models.spec import ModelSpec, get_model_spec
+from moofa.models.spec import ModelSpec, get_model_spec, mid_channels
 
 # Activations only, one byte per int8 element: the analytic part of a target's SRAM.
 INT8_ACTIVATIONS = MemoryOptions(count_weights=False, bytes_per_element=1)
@@ -89,18 +100,61 @@ def ethosu_activation_bytes(model: Any, config: Any) -> int:
 
 
 @lru_cache(maxsize=256)
-def traffic_table(spec: ModelSpec, image_size: int) -> ChoiceTable:
-    """Bytes of int8 activations each layer reads and writes, summed per block and (k, e), and
-    over the fixed layers, at one resolution (what an NPU that keeps activations in DRAM moves)."""
+def traffic_table(spec: ModelSpec, image_size: int, above: int = 0) -> ChoiceTable:
+    """Bytes of int8 activations each layer reads and writes, counting only the layers whose input
+    and output together exceed ``above`` bytes, summed per block and (k, e), and over the fixed
+    layers, at one resolution. With ``above`` = 0, what an NPU that keeps activations in DRAM
+    moves; with ``above`` = an SRAM cache's size, the layers that cannot work in the cache."""
     geo = geometry(spec, image_size)
+
+    def moved(layers: Sequence[LayerMemory]) -> int:
+        return sum(lm.inp + lm.out for lm in layers if lm.inp + lm.out > above)
     fixed_layers = _stem_layers(spec, geo, INT8_ACTIVATIONS) + _head_layers(spec, geo, INT8_ACTIVATIONS)
-    fixed = sum(lm.inp + lm.out for lm in fixed_layers)
-    return build_table(spec, fixed, lambda i, k, e: sum(
-        lm.inp + lm.out for lm in _block_layers(spec, geo, i, k, e, INT8_ACTIVATIONS)))
+    return build_table(spec, moved(fixed_layers), lambda i, k, e: moved(
+        _block_layers(spec, geo, i, k, e, INT8_ACTIVATIONS)))
 
 
-def activation_traffic_batch(model: Any, configs: Sequence[Any]) -> np.ndarray:
-    """Bytes of int8 activations read and written by each subnet's layers (int64 (N,))."""
+def activation_traffic_batch(model: Any, configs: Sequence[Any], above: int = 0) -> np.ndarray:
+    """Bytes of int8 activations read and written by each subnet's layers (int64 (N,)), counting
+    only the layers whose input and output together exceed ``above`` bytes (:func:`traffic_table`)."""
     spec = get_model_spec(model)
     arrays = config_arrays(spec, list(configs))
-    return reduce_batch(spec, arrays, lambda r: traffic_table(spec, int(r)), "sum")
+    return reduce_batch(spec, arrays, lambda r: traffic_table(spec, int(r), int(above)), "sum")
+
+
+# What a latency table weighs beside all MACs and bytes (docs/ethosu.md#latency-tables), per
+# MBConv block: the depthwise conv's MACs (an NPU runs depthwise convs at a fraction of its
+# pointwise MAC rate), the elements the squeeze-excite gate pools and multiplies, and the elements
+# the identity shortcut adds (with the rescales TOSA puts around the ADD).
+OPERATOR_COUNTS = ("dw_macs", "se_elements", "shortcut_elements")
+
+
+def _mbconv_counts(mid: int, cout: int, k: int, ho: int, se: bool, shortcut: bool) -> tuple[int, int, int]:
+    """:data:`OPERATOR_COUNTS` of one MBConv block (MACs, elements, elements)."""
+    return mid * k * k * ho * ho, mid * ho * ho if se else 0, cout * ho * ho if shortcut else 0
+
+
+@lru_cache(maxsize=256)
+def operator_count_table(spec: ModelSpec, image_size: int, name: str) -> ChoiceTable:
+    """Per-block (k, e) values of one of :data:`OPERATOR_COUNTS` and that of block S, at one
+    resolution."""
+    at = OPERATOR_COUNTS.index(name)
+    geo, t = geometry(spec, image_size), spec.table
+    c0, c1 = t.first_conv, t.stem.width
+    hs = out_side(geo.h1, 3, t.stem.stride)
+    fixed = _mbconv_counts(c0, c1, 3, hs, t.stem.se, t.stem.stride == 1 and c0 == c1)[at]
+
+    def block(i: int, k: int, e: float) -> int:
+        g = geo.blocks[i]
+        return _mbconv_counts(mid_channels(g.cin, e), g.cout, k, out_side(g.h_in, k, g.stride), g.se,
+                              g.shortcut)[at]
+
+    return build_table(spec, fixed, block)
+
+
+def operator_counts_batch(model: Any, configs: Sequence[Any]) -> dict[str, np.ndarray]:
+    """Each of :data:`OPERATOR_COUNTS` of each subnet (MACs or elements, int64 (N,))."""
+    spec = get_model_spec(model)
+    arrays = config_arrays(spec, list(configs))
+    return {name: reduce_batch(spec, arrays, lambda r, n=name: operator_count_table(spec, int(r), n), "sum")
+            for name in OPERATOR_COUNTS}

@@ -1,12 +1,18 @@
 """Latency, SRAM and Flash models of a supernet on an Ethos-U target, fitted on Vela's figures of
 compiled sample subnets (:mod:`moofa.latency.samples`), saved as JSON tables.
 
-* latency (ms) = a * MMACs + b * MB of int8 weights + d * MB of int8 activation traffic (bytes
-  the layers read and write, :func:`moofa.efficiency.target.activation_traffic_batch`) + c, least
-  squares with non-negative coefficients (so it grows with every choice, as MACs, parameters and
-  traffic do: the search's limits and repairs rely on that). U55 in Shared_Sram mode streams the
-  weights from Flash, and U65 in Dedicated_Sram mode keeps the activations in DRAM, which is why
-  latency is not proportional to MACs alone.
+* latency (ms) = a sum of non-negative coefficients times terms (:data:`MS_TERMS`): MMACs, split
+  into pointwise and depthwise; MB of int8 weights; MB of int8 activation traffic (bytes the
+  layers read and write, :func:`moofa.efficiency.target.activation_traffic_batch`); millions of
+  squeeze-excite, shortcut and input elements (:func:`moofa.efficiency.target.operator_counts_batch`);
+  in a Dedicated_Sram mode, MB moved by the layers whose int8 input and output exceed the SRAM
+  cache (``spill_mb``; the cache's size is the largest SRAM Vela used over the samples, which it
+  fills almost completely); and a constant. The fit picks the set of terms whose leave-one-out error over the samples is
+  smallest (:func:`select_terms`; docs/ethosu.md#latency-tables). Non-negative coefficients make
+  the latency grow with every choice, as every term does: the search's limits and repairs rely on
+  that. U55 in Shared_Sram mode streams the weights from Flash, U65 in Dedicated_Sram mode keeps
+  the activations in DRAM, and depthwise convs and elementwise operators run far below the MAC
+  rate: latency is not proportional to MACs.
 * SRAM (bytes): the tighter of two upper envelopes of the samples (so a budget errs on the safe
   side), named by the table's ``sram_model`` (:mod:`moofa.efficiency.target`):
   ``int8_activations``: s * the int8 activations-only peak + o, least squares with ``o`` raised by
@@ -33,16 +39,31 @@ import numpy as np
 from moofa.efficiency import flops_batch
 from moofa.efficiency.flops import params_batch
 from moofa.efficiency.layout import resolve
-from moofa.efficiency.target import activation_traffic_batch, ethosu_activation_bytes_batch, int8_activation_bytes_batch
+from moofa.efficiency.target import (
+    activation_traffic_batch,
+    ethosu_activation_bytes_batch,
+    int8_activation_bytes_batch,
+    operator_counts_batch,
+)
 from moofa.errors import MoofaInputError
 from moofa.io import write_json
 from moofa.models.spec import ModelSpec, SubnetConfig, get_model_spec
 
-TABLE_VERSION = 2  # 2: sram_model; a version 1 table fits SRAM on the plain int8 activations peak
+TABLE_VERSION = 3  # 3: ms over named terms; 2: sram_model (a version 1 table fits SRAM on the int8 peak)
 N_CLASSES = 1000
 # the analytic peak (bytes, int64 (N,)) each SRAM model predicts from
 SRAM_PEAKS = {"int8_activations": int8_activation_bytes_batch, "int32_shortcuts": ethosu_activation_bytes_batch}
-
+# The latency terms a table may weigh (units: MMACs, 1e6 bytes, 1e6 elements); "c" is the constant (ms).
+MS_TERMS = ("mmacs", "pw_mmacs", "dw_mmacs", "weights_mb", "traffic_mb", "spill_mb", "se_m", "shortcut_m",
+            "pixels_m")
+# The terms of a version 1 or 2 table, whose ms coefficients are named a, b, d and c.
+_V2_TERMS = {"a": "mmacs", "b": "weights_mb", "d": "traffic_mb", "c": "c"}
+# Every fit may use the version 2 design; the terms a design adds to pointwise and depthwise MMACs,
+# weights and the constant are chosen among these (select_terms).
+_V2_DESIGN = ("mmacs", "weights_mb", "traffic_mb", "c")
+_CORE = ("pw_mmacs", "dw_mmacs", "weights_mb", "c")
+_OPTIONAL = ("traffic_mb", "spill_mb", "se_m", "shortcut_m", "pixels_m")  # spill_mb: with an SRAM cache only
+SAMPLES_PER_TERM = 3  # a design of t terms is tried only on at least 3 t samples
 
 
 def _nnls(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -58,13 +79,48 @@ def _nnls(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         cols.pop(int(np.argmin(coef)))
 
 
-def features(spec: ModelSpec, configs: Sequence[Any], n_classes: int = N_CLASSES) -> dict[str, np.ndarray]:
-    """Per config: ``mmacs`` (MMACs), ``weights_mb`` (int8 weights, 1e6 bytes), ``params``
-    (parameters) and ``traffic_mb`` (int8 activations read and written, 1e6 bytes)."""
+def features(spec: ModelSpec, configs: Sequence[Any], n_classes: int = N_CLASSES,
+             cache_bytes: int | None = None) -> dict[str, np.ndarray]:
+    """Per config, the terms of :data:`MS_TERMS` (``mmacs`` = ``pw_mmacs`` + ``dw_mmacs``;
+    ``spill_mb``, the traffic of the layers whose int8 input and output exceed an SRAM cache of
+    ``cache_bytes``, only with a cache), the constant ``c`` (ones) and ``params`` (parameters)."""
     configs = [SubnetConfig.from_dict(c) for c in configs]
     params = params_batch(spec, configs, n_classes=n_classes).astype(np.float64)
-    return {"mmacs": flops_batch(spec, configs, n_classes=n_classes), "weights_mb": params / 1e6,
-            "params": params, "traffic_mb": activation_traffic_batch(spec, configs).astype(np.float64) / 1e6}
+    counts = operator_counts_batch(spec, configs)
+    mmacs = flops_batch(spec, configs, n_classes=n_classes)
+    dw = counts["dw_macs"] / 1e6
+    pixels = np.array([3 * c.image_size ** 2 for c in configs], dtype=np.float64) / 1e6
+    out = {"mmacs": mmacs, "pw_mmacs": mmacs - dw, "dw_mmacs": dw, "weights_mb": params / 1e6,
+            "traffic_mb": activation_traffic_batch(spec, configs).astype(np.float64) / 1e6,
+            "se_m": counts["se_elements"] / 1e6, "shortcut_m": counts["shortcut_elements"] / 1e6,
+            "pixels_m": pixels, "c": np.ones(len(configs)), "params": params}
+    if cache_bytes is not None:
+        out["spill_mb"] = activation_traffic_batch(spec, configs, above=cache_bytes).astype(np.float64) / 1e6
+    return out
+
+
+def _loo_errors(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Relative error of each sample's prediction by the non-negative fit on all the others."""
+    keep = ~np.eye(len(y), dtype=bool)
+    return np.array([abs(x[i] @ _nnls(x[keep[i]], y[keep[i]]) - y[i]) / y[i] for i in range(len(y))])
+
+
+def select_terms(f: Mapping[str, np.ndarray], ms: np.ndarray) -> tuple[str, ...]:
+    """The latency design (terms of :data:`MS_TERMS` and ``c``) with the smallest leave-one-out
+    error (max, then mean, each to 0.01 %, then fewer terms): the version 2 design, or pointwise and depthwise
+    MMACs, weights and the constant with any of the optional terms, each design tried only with at
+    least :data:`SAMPLES_PER_TERM` samples per term."""
+    optional = [t for t in _OPTIONAL if t in f]
+    designs = [_V2_DESIGN] + [_CORE + tuple(t for j, t in enumerate(optional) if mask >> j & 1)
+                              for mask in range(1 << len(optional))]
+    usable = [d for d in designs if SAMPLES_PER_TERM * len(d) <= len(ms)] or [_V2_DESIGN]
+    if len(usable) == 1:
+        return usable[0]
+
+    def score(d: tuple[str, ...]) -> tuple[float, float, int]:
+        e = _loo_errors(np.column_stack([f[t] for t in d]), ms)
+        return round(float(e.max()), 4), round(float(e.mean()), 4), len(d)
+    return min(usable, key=score)
 
 
 def _sram_fit(peaks: Mapping[str, np.ndarray], sram: np.ndarray, dedicated: bool) -> tuple[str, np.ndarray]:
@@ -86,10 +142,6 @@ def _sram_fit(peaks: Mapping[str, np.ndarray], sram: np.ndarray, dedicated: bool
     return best, fits[best]
 
 
-def _ms_design(f: Mapping[str, np.ndarray]) -> np.ndarray:
-    return np.column_stack([f["mmacs"], f["weights_mb"], f["traffic_mb"], np.ones(len(f["mmacs"]))])
-
-
 @dataclass
 class LatencyTable:
     """A fitted table of one model on one target (see the module docstring); predictions of
@@ -99,7 +151,7 @@ class LatencyTable:
     target: str
     system_config: str
     memory_mode: str
-    ms: dict[str, float]  # a (ms per MMAC), b (ms per MB of weights), d (ms per MB of activation traffic), c (ms)
+    ms: dict[str, float]  # ms per unit of each term of MS_TERMS it uses, and c (ms)
     sram: dict[str, float]  # s (bytes per byte of the sram_model's peak), o (bytes); s = 0 in a Dedicated_Sram mode
     flash: dict[str, float]  # f (bytes per parameter), g (bytes)
     n_classes: int = N_CLASSES
@@ -107,8 +159,18 @@ class LatencyTable:
     version: int = TABLE_VERSION
     model_configs: str | None = None  # model_configs.yaml of a model that is not built in
     sram_model: str = "int8_activations"  # the peak the SRAM prediction starts from (SRAM_PEAKS)
+    cache_bytes: int | None = None  # Dedicated_Sram: the SRAM cache (bytes), the largest Vela used (spill_mb)
 
     def __post_init__(self) -> None:
+        if self.version < 3:  # a, b, d, c: the version 2 design
+            self.ms = {_V2_TERMS.get(k, k): v for k, v in self.ms.items()}
+        unknown = sorted(set(self.ms) - {*MS_TERMS, "c"})
+        if unknown:
+            raise MoofaInputError(f"unknown latency term of the {self.model} table for {self.target} "
+                                  f"(known: {', '.join(MS_TERMS)}, c)", key="ms", value=unknown[0])
+        if "spill_mb" in self.ms and self.cache_bytes is None:
+            raise MoofaInputError(f"the {self.model} table for {self.target} weighs spill_mb without a cache_bytes",
+                                  key="cache_bytes", value=None)
         if self.sram_model not in SRAM_PEAKS:
             raise MoofaInputError(f"unknown SRAM model of the {self.model} table for {self.target} "
                                   f"(known: {', '.join(SRAM_PEAKS)})", key="sram_model",
@@ -119,8 +181,8 @@ class LatencyTable:
 
     def predict_ms_batch(self, configs: Sequence[Any], spec: ModelSpec | None = None) -> np.ndarray:
         """Predicted inference time (ms, Vela's estimate) of each config."""
-        f = features(spec or self._spec(), configs, self.n_classes)
-        return _ms_design(f) @ np.array([self.ms["a"], self.ms["b"], self.ms["d"], self.ms["c"]])
+        f = features(spec or self._spec(), configs, self.n_classes, self.cache_bytes)
+        return sum((v * f[t] for t, v in self.ms.items()), np.zeros(len(f["c"])))
 
     def predict_sram_batch(self, configs: Sequence[Any], spec: ModelSpec | None = None) -> np.ndarray:
         """Predicted SRAM (bytes) of each config: s * the sram_model's peak + o."""
@@ -166,15 +228,19 @@ def fit_table(model: str, target: str, samples: Sequence[Mapping[str, Any]],
         raise MoofaInputError(f"{model} on {target}: {len(samples)} compiled samples, a fit needs at least 4",
                               key="--samples", value=len(samples))
     spec = get_model_spec(model, model_configs)
-    f = features(spec, [s["config"] for s in samples], n_classes)
-    ms = np.array([s["figures"]["inference_ms"] for s in samples])
-    coef = _nnls(_ms_design(f), ms)
-    pred = _ms_design(f) @ coef
-    rel = np.abs(pred - ms) / ms
     sram = np.array([s["figures"]["sram_bytes"] for s in samples], dtype=np.float64)
+    dedicated = "Dedicated_Sram" in samples[0]["figures"]["memory_mode"]
+    cache = int(sram.max()) if dedicated else None  # the cache Vela fills (module docstring)
+    f = features(spec, [s["config"] for s in samples], n_classes, cache)
+    ms = np.array([s["figures"]["inference_ms"] for s in samples])
+    terms = select_terms(f, ms)
+    design = np.column_stack([f[t] for t in terms])
+    coef = _nnls(design, ms)
+    pred = design @ coef
+    rel = np.abs(pred - ms) / ms
     configs = [SubnetConfig.from_dict(s["config"]) for s in samples]
     peaks = {m: peak(spec, configs).astype(np.float64) for m, peak in SRAM_PEAKS.items()}
-    sram_model, sc = _sram_fit(peaks, sram, "Dedicated_Sram" in samples[0]["figures"]["memory_mode"])
+    sram_model, sc = _sram_fit(peaks, sram, dedicated)
     acts = peaks[sram_model]
     sram_pred = np.ceil(sc[0] * acts + sc[1])
     flash = np.array([s["figures"]["flash_bytes"] for s in samples], dtype=np.float64)
@@ -183,6 +249,7 @@ def fit_table(model: str, target: str, samples: Sequence[Mapping[str, Any]],
     prov = {**(provenance or {}), "n_samples": len(samples),
             "samples": [s.get("folder", "") and Path(s["folder"]).name for s in samples],
             "fit_error": {"ms_max_rel": float(rel.max()), "ms_mean_rel": float(rel.mean()),
+                          "ms_loo_max_rel": float(_loo_errors(design, ms).max()),
                           "sram_max_rel": float(np.max(np.abs(sram_pred - sram) / sram)),
                           "flash_max_rel": float(np.max(np.abs(fc[0] * f["params"] + fc[1] - flash)
                                                         / np.maximum(flash, 1)))},
@@ -191,10 +258,10 @@ def fit_table(model: str, target: str, samples: Sequence[Mapping[str, Any]],
             "sram_overhead_bytes": {"min": int(np.min(sram - acts)), "mean": float(np.mean(sram - acts)),
                                     "max": int(np.max(sram - acts))}}
     return LatencyTable(model, target, first["system_config"], first["memory_mode"],
-                        {"a": float(coef[0]), "b": float(coef[1]), "d": float(coef[2]), "c": float(coef[3])},
+                        {t: float(v) for t, v in zip(terms, coef)},
                         {"s": float(sc[0]), "o": float(sc[1])},
                         {"f": float(fc[0]), "g": float(fc[1])}, n_classes, prov, TABLE_VERSION, model_configs,
-                        sram_model)
+                        sram_model, cache)
 
 
 def table_name(model: str, target: str) -> str:
