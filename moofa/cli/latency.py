@@ -2,7 +2,7 @@
 SRAM and Flash tables (:mod:`moofa.latency.table`).
 
     python -m moofa.latency build --model OFA --target ethos-u55-128 [--target ethos-u65-256]
-        [--samples 12] [--start 0] [--seed 0] [--workers 1] [--cache .cache/ethosu]
+        [--samples 20] [--start 0] [--seed 0] [--workers 1] [--cache .cache/ethosu]
         [--output DIR] [--checkpoint C] [--model_config_path P]
 
 Each sampled subnet (samples ``start .. start+samples-1`` of ``seed``) is quantised and lowered
@@ -29,7 +29,8 @@ def _parser() -> ArgParser:
     b.add_argument("--model", required=True, help="model name (e.g. OFA, MOOFA_V3)")
     b.add_argument("--target", action="append", required=True,
                    help="Ethos-U configuration, e.g. ethos-u55-128 (repeatable; the TOSA is compiled for the first)")
-    b.add_argument("--samples", type=int, default=12, help="sampled subnets the fit uses")
+    b.add_argument("--samples", type=int, default=20,
+                   help="sampled subnets the fit uses (a latency design of t terms needs 3 t)")
     b.add_argument("--start", type=int, default=0, help="index of the first sample")
     b.add_argument("--seed", type=int, default=0, help="sampling seed")
     b.add_argument("--workers", type=int, default=1, help="compiling processes")

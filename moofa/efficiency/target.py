@@ -15,8 +15,8 @@
 :func:`operator_counts_batch` counts what the Ethos-U latency tables weigh beside MACs and bytes:
 depthwise MACs, squeeze-excite elements and shortcut elements (docs/ethosu.md#latency-tables).
 
-The latency tables (:mod:`moofa.latency`) predict Vela's SRAM with an upper envelope of their
-compiled samples on one of these peaks. On U65 in ``Dedicated_Sram`` mode the SRAM is a cache of
+The latency tables (:mod:`moofa.latency`) predict Vela's SRAM on one of these peaks, with an
+overhead that covers most of their compiled samples. On U65 in ``Dedicated_Sram`` mode the SRAM is a cache of
 fixed size in front of DRAM, not the activations' home, and is reported as that bound.
 """
 from __future__ import annotations
