@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -83,24 +84,29 @@ def _nnls(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         cols.pop(int(np.argmin(coef)))
 
 
-def features(spec: ModelSpec, configs: Sequence[Any], n_classes: int = N_CLASSES,
-             cache_bytes: int | None = None) -> dict[str, np.ndarray]:
-    """Per config, the terms of :data:`MS_TERMS` (``mmacs`` = ``pw_mmacs`` + ``dw_mmacs``;
-    ``spill_mb``, the traffic of the layers whose int8 input and output exceed an SRAM cache of
-    ``cache_bytes``, only with a cache), the constant ``c`` (ones) and ``params`` (parameters)."""
+def features(spec: ModelSpec, configs: Sequence[Any], n_classes: int = N_CLASSES, cache_bytes: int | None = None,
+             terms: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+    """Per config, each of ``terms`` (default: all): the terms of :data:`MS_TERMS` (``mmacs`` =
+    ``pw_mmacs`` + ``dw_mmacs``; ``spill_mb``, the traffic of the layers whose int8 input and
+    output exceed an SRAM cache of ``cache_bytes``, only with a cache), the constant ``c`` (ones)
+    and ``params`` (parameters). Only what the asked terms need is computed."""
     configs = [SubnetConfig.from_dict(c) for c in configs]
-    params = params_batch(spec, configs, n_classes=n_classes).astype(np.float64)
-    counts = operator_counts_batch(spec, configs)
-    mmacs = flops_batch(spec, configs, n_classes=n_classes)
-    dw = counts["dw_macs"] / 1e6
-    pixels = np.array([3 * c.image_size ** 2 for c in configs], dtype=np.float64) / 1e6
-    out = {"mmacs": mmacs, "pw_mmacs": mmacs - dw, "dw_mmacs": dw, "weights_mb": params / 1e6,
-            "traffic_mb": activation_traffic_batch(spec, configs).astype(np.float64) / 1e6,
-            "se_m": counts["se_elements"] / 1e6, "shortcut_m": counts["shortcut_elements"] / 1e6,
-            "pixels_m": pixels, "c": np.ones(len(configs)), "params": params}
+    counts = cache(lambda: operator_counts_batch(spec, configs))
+    mmacs = cache(lambda: flops_batch(spec, configs, n_classes=n_classes))
+    params = cache(lambda: params_batch(spec, configs, n_classes=n_classes).astype(np.float64))
+
+    def traffic(above: int) -> np.ndarray:
+        return activation_traffic_batch(spec, configs, above=above).astype(np.float64) / 1e6
+    make: dict[str, Callable[[], np.ndarray]] = {
+        "mmacs": mmacs, "pw_mmacs": lambda: mmacs() - counts()["dw_macs"] / 1e6,
+        "dw_mmacs": lambda: counts()["dw_macs"] / 1e6, "weights_mb": lambda: params() / 1e6,
+        "traffic_mb": lambda: traffic(0), "se_m": lambda: counts()["se_elements"] / 1e6,
+        "shortcut_m": lambda: counts()["shortcut_elements"] / 1e6,
+        "pixels_m": lambda: np.array([3 * c.image_size ** 2 for c in configs], dtype=np.float64) / 1e6,
+        "c": lambda: np.ones(len(configs)), "params": params}
     if cache_bytes is not None:
-        out["spill_mb"] = activation_traffic_batch(spec, configs, above=cache_bytes).astype(np.float64) / 1e6
-    return out
+        make["spill_mb"] = lambda: traffic(cache_bytes)
+    return {t: make[t]() for t in (make if terms is None else terms)}
 
 
 def _loo_errors(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -191,8 +197,8 @@ class LatencyTable:
 
     def predict_ms_batch(self, configs: Sequence[Any], spec: ModelSpec | None = None) -> np.ndarray:
         """Predicted inference time (ms, Vela's estimate) of each config."""
-        f = features(spec or self._spec(), configs, self.n_classes, self.cache_bytes)
-        return sum((v * f[t] for t, v in self.ms.items()), np.zeros(len(f["c"])))
+        f = features(spec or self._spec(), configs, self.n_classes, self.cache_bytes, self.ms)
+        return sum((v * f[t] for t, v in self.ms.items()), np.zeros(len(configs)))
 
     def predict_sram_batch(self, configs: Sequence[Any], spec: ModelSpec | None = None) -> np.ndarray:
         """Predicted SRAM (bytes) of each config: s * the sram_model's peak + o."""
@@ -201,7 +207,7 @@ class LatencyTable:
 
     def predict_flash_batch(self, configs: Sequence[Any], spec: ModelSpec | None = None) -> np.ndarray:
         """Predicted Flash (bytes) of each config."""
-        f = features(spec or self._spec(), configs, self.n_classes)
+        f = features(spec or self._spec(), configs, self.n_classes, terms=("params",))
         return np.ceil(self.flash["f"] * f["params"] + self.flash["g"]).astype(np.int64)
 
     def predict_ms(self, config: Mapping[str, Any] | SubnetConfig) -> float:
