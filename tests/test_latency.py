@@ -170,6 +170,11 @@ def test_latency_terms_of_version_2_and_3_tables():
     assert v3.predict_ms(cfg) == pytest.approx(0.01 * (mmacs - dw) + 0.2 * dw + 1.0, rel=1e-12)
     with pytest.raises(MoofaInputError, match="ms: unknown latency term .*got 'flops'"):
         LatencyTable.from_dict(shipped | {"version": 3, "ms": {"flops": 1.0}})
+    for ms, key in (({"c": -1.0}, "ms.c"), ({"c": "fast"}, "ms.c"), ({"c": float("nan")}, "ms.c")):
+        with pytest.raises(MoofaInputError, match=f"{key}: a latency coefficient .* finite number >= 0"):
+            LatencyTable.from_dict(shipped | {"version": 3, "ms": ms})
+    with pytest.raises(MoofaInputError, match="cache_bytes: the SRAM cache must be a positive"):
+        LatencyTable.from_dict(shipped | {"version": 3, "ms": {"c": 1.0}, "cache_bytes": "big"})
     with pytest.raises(MoofaInputError, match="cache_bytes: .*spill_mb without"):
         LatencyTable.from_dict(shipped | {"version": 3, "ms": {"spill_mb": 1.0}, "cache_bytes": None})
 

@@ -184,6 +184,15 @@ class LatencyTable:
         if unknown:
             raise MoofaInputError(f"unknown latency term of the {self.model} table for {self.target} "
                                   f"(known: {', '.join(MS_TERMS)}, c)", key="ms", value=unknown[0])
+        bad = [(t, v) for t, v in self.ms.items()
+               if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < float("inf")]
+        if bad:
+            raise MoofaInputError(f"a latency coefficient of the {self.model} table for {self.target} must be a "
+                                  "finite number >= 0", key=f"ms.{bad[0][0]}", value=bad[0][1])
+        if self.cache_bytes is not None and (isinstance(self.cache_bytes, bool)
+                                             or not isinstance(self.cache_bytes, int) or self.cache_bytes <= 0):
+            raise MoofaInputError("the SRAM cache must be a positive number of bytes", key="cache_bytes",
+                                  value=self.cache_bytes)
         if "spill_mb" in self.ms and self.cache_bytes is None:
             raise MoofaInputError(f"the {self.model} table for {self.target} weighs spill_mb without a cache_bytes",
                                   key="cache_bytes", value=None)
