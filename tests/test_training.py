@@ -107,6 +107,7 @@ def test_bad_input_exits_2_with_one_error_line(tmp_path, capsys, monkeypatch, ca
         step = ["--step", "depth", "--phase", "3"]
     elif case == "data_path":
         project.write(args={"dataset": "imagenet", "data_path": str(tmp_path / "nowhere")})
+    before = sorted(tmp_path.rglob("*"))
     # in-process (the CLI's own entry point); test_missing_predecessor_and_corrupt_checkpoint
     # covers the same path through a real subprocess
     rc = run_cli(train_main, ["--config", str(project.config_path), "--model_config_path",
@@ -115,6 +116,7 @@ def test_bad_input_exits_2_with_one_error_line(tmp_path, capsys, monkeypatch, ca
     assert rc == 2
     assert err[-1].startswith("error:") and expect in err[-1], err[-1]
     assert "Traceback" not in "\n".join(err)
+    assert sorted(tmp_path.rglob("*")) == before  # bad input creates nothing (no logs/, no lock)
 
 
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path) -> None:

@@ -157,19 +157,28 @@ def check_image_folder(root: str | Path, key: str = "args.data_path") -> Path:
     return root
 
 
+def check_dataset_args(args: AnyArgs) -> Path:
+    """The dataset root ``args.data_path``, after the checks that need no writing: a folder is
+    given, the dataset is known, and an external dataset's ``train/`` and ``val/`` exist. A job
+    calls it before it writes anything (bad input creates nothing)."""
+    if args.data_path is None:  # load_config fills it (default_data_path)
+        raise MoofaInputError("no dataset folder given", key="args.data_path", value=None)
+    root = Path(args.data_path)
+    if args.dataset in EXTERNAL:
+        return check_image_folder(root)
+    if args.dataset not in EMBEDDED:
+        raise MoofaInputError(f"unknown dataset (valid: {', '.join(EXTERNAL + EMBEDDED)})",
+                              key="args.dataset", value=args.dataset)
+    return root
+
+
 def ensure_dataset(args: AnyArgs) -> Path:
     """Return the dataset root ``args.data_path``. Embedded datasets are written there when the
     folder is missing or empty (atomically: a temporary sibling renamed into place; concurrent
     callers are safe) and checked against their marker otherwise. External datasets must exist."""
-    name = args.dataset
-    if args.data_path is None:  # load_config fills it (default_data_path)
-        raise MoofaInputError("no dataset folder given", key="args.data_path", value=None)
-    root = Path(args.data_path)
+    root, name = check_dataset_args(args), args.dataset
     if name in EXTERNAL:
-        return check_image_folder(root)
-    if name not in EMBEDDED:
-        raise MoofaInputError(f"unknown dataset (valid: {', '.join(EXTERNAL + EMBEDDED)})",
-                              key="args.dataset", value=name)
+        return root
     params = _params(args)
     if root.is_dir() and any(root.iterdir()):
         _check_existing(root, name, params)

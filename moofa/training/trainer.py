@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from moofa import preempt
 from moofa.config import save_resolved_config
+from moofa.data.datasets import check_dataset_args
 from moofa.data.provider import DataProvider
 from moofa.distributed import to_device
 from moofa.errors import CheckpointError, ConfigError, on_main_rank
@@ -123,6 +124,8 @@ class Trainer:
         self.files = run.phase_files(step, self.phase.number)
         self.device = backend.device
         self.lock = OutputLock(self.files.state.parent, f"train.py {self.phase.launch_args()}")
+
+        check_dataset_args(self.args)  # bad data settings create nothing: before the folder is taken
 
         def take_folder() -> None:  # writable, ours, tidy: before any long work
             check_writable(self.files.run_dir / "logs", self.phase.folder_key)
