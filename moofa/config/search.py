@@ -54,8 +54,8 @@ SEARCH_SCHEMA: dict[str, Field] = {
                             "hard limit on the target's inference time, ms (predicted by the latency table "
                             "during the search, Vela's estimate for the answer; null = none)"),
     "max_sram_bytes": Field(None, _num(1, integer=True, nullable=True),
-                            "hard limit on the target's SRAM, bytes (the latency table's fit of the int8 "
-                            "activations peak during the search, Vela's figure for the answer; null = none)"),
+                            "hard limit on the target's SRAM, bytes (the latency table's prediction during "
+                            "the search, Vela's figure for the answer; null = none)"),
     "max_flash_bytes": Field(None, _num(1, integer=True, nullable=True),
                              "hard limit on the target's Flash, bytes (null = none)"),
     "latency_table": Field(None, _str(nullable=True),
