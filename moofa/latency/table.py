@@ -7,21 +7,22 @@ compiled sample subnets (:mod:`moofa.latency.samples`), saved as JSON tables.
   squeeze-excite, shortcut and input elements (:func:`moofa.efficiency.target.operator_counts_batch`);
   in a Dedicated_Sram mode, MB moved by the layers whose int8 input and output exceed the SRAM
   cache (``spill_mb``; the cache's size is the largest SRAM Vela used over the samples, which it
-  fills almost completely); and a constant. The fit picks the set of terms whose leave-one-out error over the samples is
-  smallest (:func:`select_terms`; docs/ethosu.md#latency-tables). Non-negative coefficients make
-  the latency grow with every choice, as every term does: the search's limits and repairs rely on
-  that. U55 in Shared_Sram mode streams the weights from Flash, U65 in Dedicated_Sram mode keeps
-  the activations in DRAM, and depthwise convs and elementwise operators run far below the MAC
-  rate: latency is not proportional to MACs.
+  fills almost completely); and a constant. The fit picks the set of terms whose leave-one-out
+  error over the samples is smallest (:func:`select_terms`; docs/ethosu.md#latency-tables).
+  Non-negative coefficients make the latency grow with every choice, as every term does: the
+  search's limits and repairs rely on that. U55 in Shared_Sram mode streams the weights from
+  Flash, U65 in Dedicated_Sram mode keeps the activations in DRAM, and depthwise convs and
+  elementwise operators run far below the MAC rate: latency is not proportional to MACs.
 * SRAM (bytes): the tighter of two envelopes that cover :data:`SRAM_COVERAGE` of the samples
   (a budget errs on the safe side for most subnets; the search compiles its answer and checks
   Vela's figure for the rest), named by the table's ``sram_model``
   (:mod:`moofa.efficiency.target`): ``int8_activations``: s * the int8 activations-only peak + o,
   least squares with ``o`` raised to cover the samples (the only form of version 1 tables);
   ``int32_shortcuts``: the int8 peak with every block's shortcut held as int32 plus the overhead
-  that covers the samples (``s`` = 1). The first is tighter where Vela folds most shortcuts' rescales (OFA), the second
-  where it does not (MOOFA_V3). In a ``Dedicated_Sram`` memory mode (U65) the SRAM is a cache of
-  fixed size and the prediction is the largest SRAM Vela used over the samples.
+  that covers the samples (``s`` = 1). The first is tighter where Vela folds most shortcuts'
+  rescales (OFA), the second where it does not (MOOFA_V3). In a ``Dedicated_Sram`` memory mode
+  (U65) the SRAM is a cache of fixed size and the prediction is the largest SRAM Vela used over
+  the samples.
 * Flash (bytes) = f * parameters + g (least squares, non-negative).
 
 Every figure a table predicts is a prediction of Vela's compile-time estimate, itself not a
@@ -117,9 +118,9 @@ def _loo_errors(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def select_terms(f: Mapping[str, np.ndarray], ms: np.ndarray) -> tuple[str, ...]:
     """The latency design (terms of :data:`MS_TERMS` and ``c``) with the smallest leave-one-out
-    error (max, then mean, each to 0.01 %, then fewer terms): the version 2 design, or pointwise and depthwise
-    MMACs, weights and the constant with any of the optional terms, each design tried only with at
-    least :data:`SAMPLES_PER_TERM` samples per term."""
+    error (max, then mean, each to 0.01 %, then fewer terms): the version 2 design, or pointwise
+    and depthwise MMACs, weights and the constant with any of the optional terms, each design
+    tried only with at least :data:`SAMPLES_PER_TERM` samples per term."""
     optional = [t for t in _OPTIONAL if t in f]
     designs = [_V2_DESIGN] + [_CORE + tuple(t for j, t in enumerate(optional) if mask >> j & 1)
                               for mask in range(1 << len(optional))]
