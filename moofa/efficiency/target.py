@@ -16,8 +16,9 @@
 depthwise MACs, squeeze-excite elements and shortcut elements (docs/ethosu.md#latency-tables).
 
 The latency tables (:mod:`moofa.latency`) predict Vela's SRAM on one of these peaks, with an
-overhead that covers most of their compiled samples. On U65 in ``Dedicated_Sram`` mode the SRAM is a cache of
-fixed size in front of DRAM, not the activations' home, and is reported as that bound.
+overhead that covers most of their compiled samples. On U65 in ``Dedicated_Sram`` mode the SRAM
+is a cache of fixed size in front of DRAM, not the activations' home, and is reported as that
+bound.
 """
 from __future__ import annotations
 
@@ -152,9 +153,10 @@ def operator_count_table(spec: ModelSpec, image_size: int, name: str) -> ChoiceT
     return build_table(spec, fixed, block)
 
 
-def operator_counts_batch(model: Any, configs: Sequence[Any]) -> dict[str, np.ndarray]:
-    """Each of :data:`OPERATOR_COUNTS` of each subnet (MACs or elements, int64 (N,))."""
+def operator_counts_batch(model: Any, configs: Sequence[Any],
+                          names: Sequence[str] = OPERATOR_COUNTS) -> dict[str, np.ndarray]:
+    """Each of ``names`` (of :data:`OPERATOR_COUNTS`) of each subnet (MACs or elements, int64 (N,))."""
     spec = get_model_spec(model)
     arrays = config_arrays(spec, list(configs))
     return {name: reduce_batch(spec, arrays, lambda r, n=name: operator_count_table(spec, int(r), n), "sum")
-            for name in OPERATOR_COUNTS}
+            for name in names}

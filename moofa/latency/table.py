@@ -92,17 +92,19 @@ def features(spec: ModelSpec, configs: Sequence[Any], n_classes: int = N_CLASSES
     output exceed an SRAM cache of ``cache_bytes``, only with a cache), the constant ``c`` (ones)
     and ``params`` (parameters). Only what the asked terms need is computed."""
     configs = [SubnetConfig.from_dict(c) for c in configs]
-    counts = cache(lambda: operator_counts_batch(spec, configs))
+    @cache
+    def count(name: str) -> np.ndarray:  # one count per call: a table weighs only some
+        return operator_counts_batch(spec, configs, (name,))[name] / 1e6
     mmacs = cache(lambda: flops_batch(spec, configs, n_classes=n_classes))
     params = cache(lambda: params_batch(spec, configs, n_classes=n_classes).astype(np.float64))
 
     def traffic(above: int) -> np.ndarray:
         return activation_traffic_batch(spec, configs, above=above).astype(np.float64) / 1e6
     make: dict[str, Callable[[], np.ndarray]] = {
-        "mmacs": mmacs, "pw_mmacs": lambda: mmacs() - counts()["dw_macs"] / 1e6,
-        "dw_mmacs": lambda: counts()["dw_macs"] / 1e6, "weights_mb": lambda: params() / 1e6,
-        "traffic_mb": lambda: traffic(0), "se_m": lambda: counts()["se_elements"] / 1e6,
-        "shortcut_m": lambda: counts()["shortcut_elements"] / 1e6,
+        "mmacs": mmacs, "pw_mmacs": lambda: mmacs() - count("dw_macs"),
+        "dw_mmacs": lambda: count("dw_macs"), "weights_mb": lambda: params() / 1e6,
+        "traffic_mb": lambda: traffic(0), "se_m": lambda: count("se_elements"),
+        "shortcut_m": lambda: count("shortcut_elements"),
         "pixels_m": lambda: np.array([3 * c.image_size ** 2 for c in configs], dtype=np.float64) / 1e6,
         "c": lambda: np.ones(len(configs)), "params": params}
     if cache_bytes is not None:
