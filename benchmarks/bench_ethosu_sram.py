@@ -7,11 +7,12 @@ Compiles samples ``0 .. n-1`` of each model (random subnets, resolution drawn un
 seeded weights, 1000 classes; the cache of ``python -m moofa.latency build``, so compiled samples
 are shared and a killed run continues), then compares Vela's ``sram_memory_used`` with two
 analytic peaks (bytes): the int8 activations-only peak
-(``MemoryOptions(count_weights=False, bytes_per_element=1)``) and the Ethos-U peak, which holds
-each block's shortcut as int32 (:func:`moofa.efficiency.target.ethosu_activation_bytes`). For each
-it prints the overhead (Vela minus the peak), the ratio, and the error of the peak plus a fixed
-overhead (the mean over the samples); then the error of the shipped latency table's SRAM fit.
-Goal: within 2 %. Vela's figures are compile-time estimates.
+(``MemoryOptions(count_weights=False, bytes_per_element=1)``) and the Ethos-U activations peak
+(NHCWB16 channels, int8 shortcuts held through their block;
+:func:`moofa.efficiency.target.ethosu_activation_bytes`). For each it prints the overhead (Vela
+minus the peak), the ratio, and the error of the peak plus a fixed overhead (the mean over the
+samples); then the error of the shipped latency table's SRAM fit. Goal: within 2 %. Vela's
+figures are compile-time estimates.
 """
 from __future__ import annotations
 

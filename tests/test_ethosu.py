@@ -71,8 +71,8 @@ def test_subnet_compiles_to_one_delegate_call_with_velas_figures(deployed):
     # SRAM holds at least the int8 activations of the analytic model's peak
     acts = peak_memory(spec, cfg, MemoryOptions(count_weights=False, bytes_per_element=1))
     assert acts <= f["sram_bytes"] <= acts + 16384
-    # ... and the Ethos-U peak, with the shortcut held as int32, within the weight buffers' KiB
-    # (13,360 B against 12,288 here; the int8 peak is 8,192)
+    # ... and the Ethos-U peak (channels in bricks of 16, the shortcut held as int8), within the
+    # weight buffers' KiB (13,360 B against 12,288 here; the int8 peak is 8,192)
     ethosu = ethosu_activation_bytes(spec, cfg)
     assert acts < ethosu <= f["sram_bytes"] <= ethosu + 2048
     assert "not measurements on silicon" in dep["sources"]["targets"]
@@ -176,3 +176,32 @@ def test_se_gate_is_out_of_place_and_state_dict_unchanged():
     se = SEModule(16)
     assert se.fc.h_sigmoid.inplace is False
     assert sorted(se.state_dict()) == ["fc.expand.bias", "fc.expand.weight", "fc.reduce.bias", "fc.reduce.weight"]
+
+
+def test_lowering_keeps_int8_shortcuts():
+    """docs/ethosu.md#residual-adds-and-sram: a residual block adds its shortcut first (the traced
+    ADD's first operand is the block's input), and while moofa lowers, the Arm pass manager skips
+    FuseConsecutiveRescalesPass, which it runs otherwise and runs again afterwards."""
+    from executorch.backends.arm._passes import FuseConsecutiveRescalesPass
+    from executorch.backends.arm._passes.arm_pass_manager import ArmPassManager
+
+    from moofa.deploy.ethosu import _compile_spec, _int8_shortcuts
+    from moofa.models.layers import ResidualBlock
+
+    block = ResidualBlock(torch.nn.Conv2d(8, 8, 1), torch.nn.Identity()).eval()
+    x = torch.randn(1, 8, 4, 4)
+    graph = torch.export.export(block, (x,)).graph
+    (add,) = [n for n in graph.nodes if n.op == "call_function" and "add" in str(n.target)]
+    assert add.args[0].op == "placeholder" and add.args[1].op == "call_function"
+    assert torch.equal(block(x), block.conv(x) + x)
+
+    spec = _compile_spec(TARGET, None, None)
+    assert FuseConsecutiveRescalesPass not in ArmPassManager(spec)._skip_pass_types
+    with _int8_shortcuts():
+        inside = ArmPassManager(spec)
+    assert FuseConsecutiveRescalesPass in inside._skip_pass_types
+    inside.add_pass(FuseConsecutiveRescalesPass())
+    assert not any(isinstance(p, FuseConsecutiveRescalesPass) for p in inside.passes)
+    after = ArmPassManager(spec)
+    after.add_pass(FuseConsecutiveRescalesPass())
+    assert FuseConsecutiveRescalesPass not in after._skip_pass_types and len(after.passes) == 1

@@ -16,6 +16,7 @@ import yaml
 from tiny import ROOT, TINY_MODELS
 
 from moofa.deploy import ethosu_available
+from moofa.deploy.ethosu import LOWERING
 from moofa.latency import load_table, shipped_tables
 from moofa.latency.samples import load_sample, sample_jobs
 from moofa.models.spec import get_model_spec
@@ -74,6 +75,8 @@ def test_table_predicts_velas_figures_with_provenance(built):
         table = load_table("TINY_OFA", t, root / "tables" / f"TINY_OFA_{t}.json")
         prov = table.provenance
         assert prov["versions"]["ethos-u-vela"] == "5.1.0" and prov["n_samples"] == N
+        assert prov["lowering"] == LOWERING and all(json.loads((Path(j.folder) / "config.json").read_text())
+                                                    ["lowering"] == LOWERING for j in jobs)
         assert prov["system_config"] == table.system_config and "manual_seed(0)" in prov["weights"]
         for j in jobs:
             s = load_sample(j.folder, t)
@@ -123,13 +126,14 @@ def test_shipped_tables_load_and_predict(model, target):
     e = table.provenance["fit_error"]
     assert e["ms_max_rel"] <= 0.08 and e["ms_mean_rel"] <= 0.05
     assert table.provenance["versions"]["ethos-u-vela"] == "5.1.0"
+    assert table.provenance["lowering"] == LOWERING  # fitted on programs lowered as moofa lowers now
 
 
 def test_sram_models_of_version_1_and_2_tables(tmp_path):
-    """A version 1 table (no ``sram_model``) predicts SRAM from the int8 activations peak; a
-    version 2 table may use the peak with int32 shortcuts plus its largest overhead; an unknown model
-    is an input error."""
-    from moofa.efficiency.target import ethosu_activation_bytes, int8_activation_bytes
+    """A version 1 table (no ``sram_model``) predicts SRAM from the int8 activations peak; later
+    tables may use the Ethos-U activations peak, or (fitted on ExecuTorch's default lowering) the
+    peak with int32 shortcuts, plus their overhead; an unknown model is an input error."""
+    from moofa.efficiency.target import ethosu_activation_bytes, int8_activation_bytes, int32_shortcut_bytes_batch
     from moofa.errors import MoofaInputError
     from moofa.latency.table import LatencyTable
 
@@ -139,8 +143,13 @@ def test_sram_models_of_version_1_and_2_tables(tmp_path):
                                  | {"version": 1, "sram": {"s": 1.25, "o": 1000.0}})
     assert old.sram_model == "int8_activations"
     assert old.predict_sram_bytes(cfg) == int(np.ceil(1.25 * int8_activation_bytes("MOOFA_V3", cfg) + 1000))
-    new = LatencyTable.from_dict(shipped | {"sram_model": "int32_shortcuts", "sram": {"s": 1.0, "o": 36_384.0}})
-    assert new.predict_sram_bytes(cfg) == ethosu_activation_bytes("MOOFA_V3", cfg) + 36_384
+    v2 = LatencyTable.from_dict(shipped | {"sram_model": "int32_shortcuts", "sram": {"s": 1.0, "o": 36_384.0}})
+    assert v2.predict_sram_bytes(cfg) == int32_shortcut_bytes_batch("MOOFA_V3", [cfg])[0] + 36_384
+    new = LatencyTable.from_dict(shipped | {"sram_model": "ethosu_activations", "sram": {"s": 1.0, "o": 6_208.0}})
+    assert new.predict_sram_bytes(cfg) == ethosu_activation_bytes("MOOFA_V3", cfg) + 6_208
+    # max config at 160 px: the 96-channel 40x40 stage-1 depthwise entry, 24 -> 32 stored channels
+    assert ethosu_activation_bytes("MOOFA_V3", cfg) == 2 * 96 * 40 * 40 + 32 * 40 * 40
+    assert int32_shortcut_bytes_batch("MOOFA_V3", [cfg])[0] == 2 * 96 * 40 * 40 + 4 * 24 * 40 * 40
     with pytest.raises(MoofaInputError, match="sram_model: unknown SRAM model .*got 'fancy'"):
         LatencyTable.from_dict(shipped | {"sram_model": "fancy"})
     bad = tmp_path / "t.json"

@@ -135,28 +135,37 @@ def _mbconv(prefix: str, cin: int, cout: int, mid: int, k: int, has_ib: bool, h:
     return layers
 
 
+def _stored(channels: int, multiple: int) -> int:
+    """Channels as a layout stores them: rounded up to a multiple of ``multiple`` (1: as they are)."""
+    return -(-channels // multiple) * multiple
+
+
 def _block_layers(spec: ModelSpec, geo: Geometry, i: int, k: int, e: float,
-                  opts: MemoryOptions) -> list[LayerMemory]:
-    g = geo.blocks[i]
+                  opts: MemoryOptions, channel_multiple: int = 1) -> list[LayerMemory]:
+    """Entries of active block ``i``; activations' channels stored in multiples of ``channel_multiple``."""
+    g, m = geo.blocks[i], channel_multiple
     ho = out_side(g.h_in, k, g.stride)
-    return _mbconv(f"b{i}", g.cin, g.cout, mid_channels(g.cin, e), k, e != 1, g.h_in, ho,
-                   g.shortcut, opts)
+    return _mbconv(f"b{i}", _stored(g.cin, m), _stored(g.cout, m), _stored(mid_channels(g.cin, e), m), k,
+                   e != 1, g.h_in, ho, g.shortcut, opts)
 
 
-def _stem_layers(spec: ModelSpec, geo: Geometry, opts: MemoryOptions) -> list[LayerMemory]:
-    """first_conv (3x3, stride 2, 3 -> C0) and block S (k3, e1, no IB)."""
+def _stem_layers(spec: ModelSpec, geo: Geometry, opts: MemoryOptions, channel_multiple: int = 1) -> list[LayerMemory]:
+    """first_conv (3x3, stride 2, 3 -> C0) and block S (k3, e1, no IB); the image's 3 channels are
+    stored as they are, the others in multiples of ``channel_multiple``."""
     t, r, h1 = spec.table, geo.image_size, geo.h1
-    c0, c1 = t.first_conv, t.stem.width
+    c0, c1 = _stored(t.first_conv, channel_multiple), _stored(t.stem.width, channel_multiple)
     hs = out_side(h1, 3, t.stem.stride)
     first = _entry("first_conv", 3 * r * r, c0 * h1 * h1, 27 * c0, 0, opts)
-    block_s = _mbconv("S", c0, c1, c0, 3, False, h1, hs, t.stem.stride == 1 and c0 == c1, opts)
+    block_s = _mbconv("S", c0, c1, c0, 3, False, h1, hs,
+                      t.stem.stride == 1 and t.first_conv == t.stem.width, opts)
     return [first, *block_s]
 
 
-def _head_layers(spec: ModelSpec, geo: Geometry, opts: MemoryOptions) -> list[LayerMemory]:
-    """final_expand_layer (+ feature_mix and classifier when ``count_head``)."""
-    t, hf = spec.table, geo.h_final
-    c, f, mix = t.stages[-1].width, t.final_expand, t.feature_mix
+def _head_layers(spec: ModelSpec, geo: Geometry, opts: MemoryOptions, channel_multiple: int = 1) -> list[LayerMemory]:
+    """final_expand_layer (+ feature_mix and classifier when ``count_head``); channels in
+    multiples of ``channel_multiple``."""
+    t, hf, m = spec.table, geo.h_final, channel_multiple
+    c, f, mix = _stored(t.stages[-1].width, m), _stored(t.final_expand, m), t.feature_mix
     layers = [_entry("final_expand", c * hf * hf, f * hf * hf, c * f, 0, opts)]
     if opts.count_head:
         n = opts.n_classes

@@ -2,15 +2,15 @@
 
 * :func:`int8_activation_bytes`: the analytic int8 activations-only peak
   (``MemoryOptions(count_weights=False, bytes_per_element=1)``).
-* :func:`ethosu_activation_bytes`: that peak with every block's shortcut held as int32, as an
-  Arm Ethos-U program may hold it (docs/ethosu.md#peak-memory-in-the-targets-bytes). TOSA adds two
-  int8 tensors by rescaling both to int32. When Vela cannot fold the shortcut's rescale into the
-  NPU's ADD, which depends on the quantisation scales, it keeps the rescaled shortcut, 4 bytes per
-  element, live from the block's start to its ADD. This peak assumes it never can: each entry of a
-  block with an identity shortcut is its int8 input and output plus four bytes per shortcut
-  element. It is not a bound on Vela's SRAM, which also holds weight buffers (up to some 220 KB
-  for a wide 1x1 conv whose weights Vela streams double-buffered) and allocation gaps
-  (benchmarks/README.md).
+* :func:`ethosu_activation_bytes`: the activations as an Arm Ethos-U program holds them
+  (docs/ethosu.md#peak-memory-in-the-targets-bytes): int8, each tensor's channels stored in
+  multiples of 16 (Vela's NHCWB16 layout), and a residual block's int8 shortcut live through
+  every layer of the block. moofa lowers residual adds so that the shortcut stays int8
+  (:data:`moofa.deploy.ethosu.LOWERING`); with ExecuTorch's default lowering a chained shortcut
+  may instead be held as int32, 4 bytes an element, which ``shortcut_bytes=4`` models (the
+  ``int32_shortcuts`` SRAM model of tables built before). Vela's SRAM adds weight buffers to
+  this: a few KB, up to some 300 KB for a wide 1x1 conv whose weights it streams
+  double-buffered (benchmarks/README.md).
 
 :func:`operator_counts_batch` counts what the Ethos-U latency tables weigh beside MACs and bytes:
 depthwise MACs, squeeze-excite elements and shortcut elements (docs/ethosu.md#latency-tables).
@@ -62,36 +62,44 @@ def int8_activation_bytes_batch(model: Any, configs: Sequence[Any]) -> np.ndarra
     return np.asarray(peak_memory_batch(model, list(configs), options=INT8_ACTIVATIONS), dtype=np.int64)
 
 
-# TOSA's integer ADD works on int32: an unfolded shortcut is held rescaled, 4 bytes an element.
-SHORTCUT_BYTES = 4
+# Vela stores feature maps in NHCWB16: channels in bricks of 16.
+NHCWB16 = 16
 
 
-def _held_shortcut_peak(layers: Sequence[LayerMemory], shortcut_bytes: int = SHORTCUT_BYTES) -> int:
+def _held_shortcut_peak(layers: Sequence[LayerMemory], shortcut_bytes: int) -> int:
     """Peak (bytes) of one block's int8 entries with the block's shortcut held at
-    ``shortcut_bytes`` per element through all of them (the depthwise entry carries the shortcut's
-    int8 size; 0 without an identity shortcut)."""
+    ``shortcut_bytes`` per element through all of them (the depthwise entry's ``residual`` is the
+    shortcut's int8 size; 0 without an identity shortcut)."""
     shortcut = max(lm.residual for lm in layers)
     return max(lm.inp + lm.out + shortcut_bytes * shortcut for lm in layers)
 
 
 @lru_cache(maxsize=256)
-def ethosu_table(spec: ModelSpec, image_size: int) -> ChoiceTable:
+def ethosu_table(spec: ModelSpec, image_size: int, shortcut_bytes: int = 1,
+                 channel_multiple: int = NHCWB16) -> ChoiceTable:
     """Per-block Ethos-U activations peak (bytes) for every (k, e) and that of the fixed layers
-    (first conv, block S, final expand), at one resolution."""
-    geo = geometry(spec, image_size)
-    stem = _stem_layers(spec, geo, INT8_ACTIVATIONS)
-    fixed = max(_held_shortcut_peak(stem[:1]), _held_shortcut_peak(stem[1:]),
-                *(_held_shortcut_peak([lm]) for lm in _head_layers(spec, geo, INT8_ACTIVATIONS)))
+    (first conv, block S, final expand), at one resolution: shortcuts held at ``shortcut_bytes``
+    per element, channels stored in multiples of ``channel_multiple``."""
+    geo, m = geometry(spec, image_size), channel_multiple
+    stem = _stem_layers(spec, geo, INT8_ACTIVATIONS, m)
+    fixed = max(_held_shortcut_peak(stem[:1], shortcut_bytes), _held_shortcut_peak(stem[1:], shortcut_bytes),
+                *(_held_shortcut_peak([lm], shortcut_bytes) for lm in _head_layers(spec, geo, INT8_ACTIVATIONS, m)))
     return build_table(spec, fixed, lambda i, k, e: _held_shortcut_peak(
-        _block_layers(spec, geo, i, k, e, INT8_ACTIVATIONS)))
+        _block_layers(spec, geo, i, k, e, INT8_ACTIVATIONS, m), shortcut_bytes))
 
 
-def ethosu_activation_bytes_batch(model: Any, configs: Sequence[Any]) -> np.ndarray:
-    """The int8 activations peak of each subnet with every block's shortcut held as int32
-    (bytes, int64 (N,); see the module docstring)."""
+def ethosu_activation_bytes_batch(model: Any, configs: Sequence[Any], shortcut_bytes: int = 1,
+                                  channel_multiple: int = NHCWB16) -> np.ndarray:
+    """The Ethos-U activations peak of each subnet (bytes, int64 (N,); see the module docstring)."""
     spec = get_model_spec(model)
     arrays = config_arrays(spec, list(configs))
-    return reduce_batch(spec, arrays, lambda r: ethosu_table(spec, int(r)), "max")
+    return reduce_batch(spec, arrays, lambda r: ethosu_table(spec, int(r), shortcut_bytes, channel_multiple), "max")
+
+
+def int32_shortcut_bytes_batch(model: Any, configs: Sequence[Any]) -> np.ndarray:
+    """The int8 peak with every shortcut held as int32 and channels as they are (bytes, int64
+    (N,)): the SRAM model of tables built on ExecuTorch's default lowering."""
+    return ethosu_activation_bytes_batch(model, configs, shortcut_bytes=4, channel_multiple=1)
 
 
 def ethosu_activation_bytes(model: Any, config: Any) -> int:

@@ -3,10 +3,12 @@
 (about a second each). One folder per sample, written atomically, so a killed job (even
 ``kill -9``) rerun with the same arguments continues where it stopped.
 
-Layout of ``<cache>/<model>/<index>_<hash>/``: ``config.json`` (the subnet, its seed and the
-weights), ``out.tosa``, ``vela_<target>/`` (Vela's summary and per-layer CSVs) and
-``figures_<target>.json`` (:class:`moofa.deploy.ethosu.VelaFigures`). A sample is complete for a
-target when its figures file exists.
+Layout of ``<cache>/<model>/<index>_<hash>/``, the hash of the subnet and of how it is lowered
+(:data:`moofa.deploy.ethosu.LOWERING`, so samples lowered another way are never reused):
+``config.json`` (the subnet, its seed, the weights and the lowering), ``out.tosa``,
+``vela_<target>/`` (Vela's summary and per-layer CSVs) and ``figures_<target>.json``
+(:class:`moofa.deploy.ethosu.VelaFigures`). A sample is complete for a target when its figures
+file exists.
 
 Weights: ``torch.manual_seed(0)`` then the supernet's default initialisation (random weights),
 unless a checkpoint is given; calibration: 8 seeded random-normal images (Vela's figures depend on
@@ -28,6 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from moofa.deploy.ethosu import LOWERING
 from moofa.efficiency import sample_feasible
 from moofa.io import write_json
 from moofa.models.spec import ModelSpec, SubnetConfig, get_model_spec
@@ -43,9 +46,9 @@ def sample_config(spec: ModelSpec, seed: int, index: int) -> SubnetConfig:
     return sample_feasible(spec, np.inf, gen, 1, resolution_weighting="uniform")[0]
 
 
-def config_hash(subnet: SubnetConfig) -> str:
-    """Short stable hash of a subnet config (12 hex digits)."""
-    return hashlib.sha256(json.dumps(subnet.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+def config_hash(subnet: SubnetConfig, lowering: str = LOWERING) -> str:
+    """Short stable hash of a subnet config and the lowering it is compiled with (12 hex digits)."""
+    return hashlib.sha256(json.dumps([subnet.to_dict(), lowering], sort_keys=True).encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,7 @@ def compile_sample(job: Job) -> str:
                                             "weights": "checkpoint" if job.checkpoint else
                                             "torch.manual_seed(0), default init",
                                             "compile_seconds": seconds, "compiled_for": job.targets[0],
+                                            "lowering": LOWERING,
                                             "versions": versions()})
         tmp = folder / f".out.tosa.{os.getpid()}"
         shutil.copyfile(prog.tosa_path, tmp)

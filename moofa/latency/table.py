@@ -18,11 +18,12 @@ compiled sample subnets (:mod:`moofa.latency.samples`), saved as JSON tables.
   Vela's figure for the rest), named by the table's ``sram_model``
   (:mod:`moofa.efficiency.target`): ``int8_activations``: s * the int8 activations-only peak + o,
   least squares with ``o`` raised to cover the samples (the only form of version 1 tables);
-  ``int32_shortcuts``: the int8 peak with every block's shortcut held as int32 plus the overhead
-  that covers the samples (``s`` = 1). The first is tighter where Vela folds most shortcuts'
-  rescales (OFA), the second where it does not (MOOFA_V3). In a ``Dedicated_Sram`` memory mode
-  (U65) the SRAM is a cache of fixed size and the prediction is the largest SRAM Vela used over
-  the samples.
+  ``ethosu_activations``: the activations as the Ethos-U program holds them (NHCWB16 channels,
+  int8 shortcuts held through their block) plus the overhead, Vela's weight buffers, that
+  covers the samples (``s`` = 1). ``int32_shortcuts`` (shortcuts held as int32) is read in tables
+  fitted on samples lowered with ExecuTorch's default (docs/ethosu.md#residual-adds-and-sram).
+  In a ``Dedicated_Sram`` memory mode (U65) the SRAM is a cache of fixed size and the prediction
+  is the largest SRAM Vela used over the samples.
 * Flash (bytes) = f * parameters + g (least squares, non-negative).
 
 Every figure a table predicts is a prediction of Vela's compile-time estimate, itself not a
@@ -46,6 +47,7 @@ from moofa.efficiency.target import (
     activation_traffic_batch,
     ethosu_activation_bytes_batch,
     int8_activation_bytes_batch,
+    int32_shortcut_bytes_batch,
     operator_counts_batch,
 )
 from moofa.errors import MoofaInputError
@@ -55,7 +57,8 @@ from moofa.models.spec import ModelSpec, SubnetConfig, get_model_spec
 TABLE_VERSION = 3  # 3: ms over named terms; 2: sram_model (a version 1 table fits SRAM on the int8 peak)
 N_CLASSES = 1000
 # the analytic peak (bytes, int64 (N,)) each SRAM model predicts from
-SRAM_PEAKS = {"int8_activations": int8_activation_bytes_batch, "int32_shortcuts": ethosu_activation_bytes_batch}
+SRAM_PEAKS = {"int8_activations": int8_activation_bytes_batch, "ethosu_activations": ethosu_activation_bytes_batch,
+              "int32_shortcuts": int32_shortcut_bytes_batch}
 # The latency terms a table may weigh (units: MMACs, 1e6 bytes, 1e6 elements); "c" is the constant (ms).
 MS_TERMS = ("mmacs", "pw_mmacs", "dw_mmacs", "weights_mb", "traffic_mb", "spill_mb", "se_m", "shortcut_m",
             "pixels_m")
@@ -152,7 +155,7 @@ def _sram_fit(peaks: Mapping[str, np.ndarray], sram: np.ndarray, dedicated: bool
     sc = _nnls(np.column_stack([acts, np.ones(len(sram))]), sram)
     sc[1] += _covering(sram - (sc[0] * acts + sc[1]), coverage)
     fits = {"int8_activations": sc,
-            "int32_shortcuts": np.array([1.0, _covering(sram - peaks["int32_shortcuts"], coverage)])}
+            "ethosu_activations": np.array([1.0, _covering(sram - peaks["ethosu_activations"], coverage)])}
 
     def over(model: str) -> float:
         s, o = fits[model]
@@ -267,7 +270,7 @@ def fit_table(model: str, target: str, samples: Sequence[Mapping[str, Any]],
     pred = design @ coef
     rel = np.abs(pred - ms) / ms
     configs = [SubnetConfig.from_dict(s["config"]) for s in samples]
-    peaks = {m: peak(spec, configs).astype(np.float64) for m, peak in SRAM_PEAKS.items()}
+    peaks = {m: SRAM_PEAKS[m](spec, configs).astype(np.float64) for m in ("int8_activations", "ethosu_activations")}
     sram_model, sc = _sram_fit(peaks, sram, dedicated)
     acts = peaks[sram_model]
     sram_pred = np.ceil(sc[0] * acts + sc[1])

@@ -177,7 +177,7 @@ class MBConvLayer(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    """``conv(x) + x`` when ``shortcut`` is an identity module, else ``conv(x)``."""
+    """``x + conv(x)`` when ``shortcut`` is an identity module, else ``conv(x)``."""
 
     def __init__(self, conv: nn.Module, shortcut: nn.Module | None) -> None:
         super().__init__()
@@ -187,7 +187,9 @@ class ResidualBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.shortcut is None:
             return self.conv(x)
-        return self.conv(x) + self.shortcut(x)
+        # shortcut first: the same sum, but an Ethos-U program then converts the shortcut for the
+        # ADD just before it rather than before the block (docs/ethosu.md#residual-adds-and-sram)
+        return self.shortcut(x) + self.conv(x)
 
 
 def stem_modules(table: "ArchTable", n_classes: int, dropout: float) -> dict[str, nn.Module]:
