@@ -139,6 +139,13 @@ class StopSignals:
         self._pipe = None
         _ACTIVE.remove(self)
 
+    def wait(self, seconds: float) -> int | None:
+        """The stop signal received within ``seconds`` (s) from now, else None (polled every 20 ms)."""
+        deadline = time.monotonic() + seconds
+        while self.signum is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.signum
+
     def hold(self) -> None:
         """From now on a stop signal is only recorded: no exception in the middle of the
         caller's final reporting."""

@@ -64,6 +64,43 @@ def test_an_error_raised_while_stopping_is_reported_as_the_stop(tmp_path, capsys
     assert err.splitlines() == ["stopped by SIGTERM at epoch 2/3 (demo); rerun the same command to resume"]
 
 
+def test_a_collective_that_fails_before_this_ranks_signal_waits_for_it(tmp_path, capsys, monkeypatch):
+    """Under a launcher (WORLD_SIZE 2) a rank whose collective fails because its peer stopped
+    first waits for its own SIGTERM, which comes a moment later, and reports the stop (found
+    with horovodrun under load); with no signal within PEER_STOP_WAIT the error is an error."""
+    import threading
+
+    from moofa.cli import common
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+
+    def collective_fails(argv):
+        with OutputLock(tmp_path, "test job"):
+            preempt.progress("epoch", 2, 3, "demo")
+            threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
+            raise RuntimeError("Horovod has been shut down")
+
+    t0 = time.monotonic()
+    assert run_cli(collective_fails) == 143 and time.monotonic() - t0 < common.PEER_STOP_WAIT
+    assert capsys.readouterr().err.splitlines() == [
+        "stopped by SIGTERM at epoch 2/3 (demo); rerun the same command to resume"]
+    assert not (tmp_path / LOCK_NAME).exists()
+
+    def fails(argv):
+        raise RuntimeError("a real error")
+
+    monkeypatch.setattr(common, "PEER_STOP_WAIT", 0.3)
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="a real error"):
+        run_cli(fails)
+    assert time.monotonic() - t0 >= 0.3
+    monkeypatch.delenv("WORLD_SIZE")
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="a real error"):  # one process: no wait
+        run_cli(fails)
+    assert time.monotonic() - t0 < 0.3
+
+
 def test_other_ranks_stop_quietly_and_ctrl_c_before_any_loop_says_so(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("RANK", "1")
     assert run_cli(_job(tmp_path, signal.SIGTERM, [])) == 143

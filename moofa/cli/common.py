@@ -29,6 +29,22 @@ def launch_rank() -> int:
     return 0
 
 
+def launch_world_size() -> int:
+    """How many ranks this process's launcher started (1 for a plain process), read without
+    importing torch."""
+    for key in ("WORLD_SIZE", "HOROVOD_SIZE", "OMPI_COMM_WORLD_SIZE"):
+        value = os.environ.get(key, "")
+        if value.isdigit():
+            return int(value)
+    return 1
+
+
+# How long (s) a rank whose collective failed waits for its own stop signal: the launcher
+# forwards SIGTERM to every rank, and a peer that got it first leaves the collective half done
+# (docs/resume.md#preemption).
+PEER_STOP_WAIT = 10.0
+
+
 def _close_progress_bars() -> None:
     """Close the tqdm bars a stopped loop left open (each ends its line)."""
     from tqdm import tqdm
@@ -54,6 +70,8 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
         except (Exception, KeyboardInterrupt) as err:
             # an error while stopping (a collective whose peer stopped first) is the stop too
             signum = getattr(err, "signum", None) or stop.signum
+            if signum is None and launch_world_size() > 1 and not isinstance(err, MoofaInputError):
+                signum = stop.wait(PEER_STOP_WAIT)  # this rank's signal may come a moment later
             if signum is None and isinstance(err, KeyboardInterrupt):
                 signum = signal.SIGINT
             if signum is not None:
