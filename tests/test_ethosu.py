@@ -15,6 +15,7 @@ from tiny import make_tiny_project
 from moofa.cli.common import run_cli
 from moofa.config import last_task_args, load_config
 from moofa.deploy import DEPLOY_NAME, ethosu_available, target_program_name
+from moofa.deploy.ethosu import LOWERING
 from moofa.efficiency import MemoryOptions, peak_memory
 from moofa.efficiency.target import ethosu_activation_bytes
 from moofa.models import build_supernet
@@ -127,6 +128,8 @@ def test_reuse_and_bad_target(deployed, capsys):
     assert run_cli(main, argv) == 0  # same subnet, same target: reused
     assert (out / DEPLOY_NAME).stat().st_mtime_ns == before
     assert "SRAM" in capsys.readouterr().out
+    # the reuse is keyed on how the program was lowered, too
+    assert json.loads((out / DEPLOY_NAME).read_text())["fingerprint"]["lowering"] == LOWERING
     bad = [*argv[:-3], "--target", "ethos-u99-1", "--no-progress"]
     assert run_cli(main, bad) == 2
     err = capsys.readouterr().err.strip().splitlines()

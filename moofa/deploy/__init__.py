@@ -46,7 +46,7 @@ from moofa.config import AnyArgs, RunConfig, last_task_args
 from moofa.data import DataProvider
 from moofa.data.samplers import evenly_spaced
 from moofa.data.transforms import test_transform
-from moofa.deploy.ethosu import XNNPACK, check_target, ethosu_available, is_ethosu
+from moofa.deploy.ethosu import LOWERING, XNNPACK, check_target, ethosu_available, is_ethosu
 from moofa.deploy.programs import (
     INSTALL_HINT,
     RECIPE_VERSION,
@@ -203,6 +203,7 @@ def deploy_network(net: nn.Module, spec: ModelSpec, subnet: SubnetConfig, args: 
         fp.update(targets=targets, system_config=system_config, memory_mode=memory_mode)
         if any(is_ethosu(t) for t in targets):
             fp["vela"] = importlib.metadata.version("ethos-u-vela") if ethosu_available() else None
+            fp["lowering"] = LOWERING  # programs lowered another way are compiled again
     if subnet_sha256 is not None:
         for folder in dict.fromkeys([out, *map(Path, reuse_from)]):
             if (done := _reuse(folder, Inputs.of(fp), targets)) is None:

@@ -215,7 +215,7 @@ def _int8_shortcuts() -> Any:
 
     That pass removes the int32 -> int8 -> int32 rescale pair between two chained residual adds
     when the two scales compose to 1. The first add's int32 sum then stays live, 4 bytes an
-    element, through every layer of the next block: up to 30 % more SRAM for MOOFA_V3, decided by
+    element, through every layer of the next block: up to 32 % more SRAM for MOOFA_V3, decided by
     quantisation scales rather than the architecture. Without it the shortcut is held as int8
     (docs/ethosu.md#residual-adds-and-sram). ExecuTorch has no public switch for this pass, hence
     the skip list, restored on exit.
