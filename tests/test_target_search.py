@@ -10,6 +10,7 @@ import yaml
 from conftest import REFERENCE, needs_reference
 
 from moofa.config import SearchSettings, load_config
+from moofa.deploy.ethosu import LOWERING
 from moofa.distributed import SingleBackend
 from moofa.efficiency import sample_feasible
 from moofa.efficiency.limits import Limits, check_limits, fits_batch, repair_within, sample_within
@@ -128,11 +129,11 @@ def test_a_changed_latency_table_is_a_changed_search_input(tmp_path):
         return search_inputs(cfg, get_model_spec("OFA"), last_task_args(cfg))
 
     first = inputs()
-    assert inputs() == first and len(first["latency_table"]) == 64
+    assert inputs() == first and len(first["latency_table"]) == 64 and first["lowering"] == LOWERING
     edited = json.loads(table.read_text())
     edited["sram"]["o"] += 1
     table.write_text(json.dumps(edited))
     assert inputs()["latency_table"] != first["latency_table"]
     raw["search_config"] = {k: v for k, v in raw["search_config"].items() if k not in (*SC, "latency_table")}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
-    assert "latency_table" not in inputs()  # a search without a target keeps its fingerprint
+    assert not {"latency_table", "lowering"} & set(inputs())  # a search without a target keeps its fingerprint

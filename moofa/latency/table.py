@@ -59,6 +59,8 @@ N_CLASSES = 1000
 # the analytic peak (bytes, int64 (N,)) each SRAM model predicts from
 SRAM_PEAKS = {"int8_activations": int8_activation_bytes_batch, "ethosu_activations": ethosu_activation_bytes_batch,
               "int32_shortcuts": int32_shortcut_bytes_batch}
+# the SRAM models a new fit chooses between (int32_shortcuts: read in older tables only)
+FITTED_SRAM_MODELS = ("int8_activations", "ethosu_activations")
 # The latency terms a table may weigh (units: MMACs, 1e6 bytes, 1e6 elements); "c" is the constant (ms).
 MS_TERMS = ("mmacs", "pw_mmacs", "dw_mmacs", "weights_mb", "traffic_mb", "spill_mb", "se_m", "shortcut_m",
             "pixels_m")
@@ -270,7 +272,7 @@ def fit_table(model: str, target: str, samples: Sequence[Mapping[str, Any]],
     pred = design @ coef
     rel = np.abs(pred - ms) / ms
     configs = [SubnetConfig.from_dict(s["config"]) for s in samples]
-    peaks = {m: SRAM_PEAKS[m](spec, configs).astype(np.float64) for m in ("int8_activations", "ethosu_activations")}
+    peaks = {m: SRAM_PEAKS[m](spec, configs).astype(np.float64) for m in FITTED_SRAM_MODELS}
     sram_model, sc = _sram_fit(peaks, sram, dedicated)
     acts = peaks[sram_model]
     sram_pred = np.ceil(sc[0] * acts + sc[1])

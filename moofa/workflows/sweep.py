@@ -48,6 +48,7 @@ from moofa.config import AnyArgs, RunConfig, SearchSettings
 from moofa.data import DataProvider
 from moofa.data.folder import data_fingerprint
 from moofa.deploy import DEPLOY_NAME, deploy_exported, require_executorch
+from moofa.deploy.ethosu import LOWERING
 from moofa.efficiency import MemoryOptions
 from moofa.efficiency.limits import Limits, violations
 from moofa.errors import CheckpointError, ConfigError, on_main_rank
@@ -136,6 +137,7 @@ def search_inputs(cfg: RunConfig, spec: ModelSpec, args: AnyArgs,
     if sc.target is not None:  # a rebuilt or upgraded table changes the candidates
         table = json.dumps(target_table(sc, spec, cfg.path).to_dict(), sort_keys=True)
         out["latency_table"] = hashlib.sha256(table.encode()).hexdigest()
+        out["lowering"] = LOWERING  # the answer's compiled figures depend on how it is lowered
     if sc.evaluate:
         ckpt = args.checkpoint
         if ckpt:
