@@ -10,7 +10,7 @@ import yaml
 from conftest import REFERENCE, needs_reference
 
 from moofa.config import SearchSettings, load_config
-from moofa.deploy.ethosu import LOWERING
+from moofa.deploy.ethosu import ARENA, LOWERING
 from moofa.distributed import SingleBackend
 from moofa.efficiency import sample_feasible
 from moofa.efficiency.limits import Limits, check_limits, fits_batch, repair_within, sample_within
@@ -130,6 +130,7 @@ def test_a_changed_latency_table_is_a_changed_search_input(tmp_path):
 
     first = inputs()
     assert inputs() == first and len(first["latency_table"]) == 64 and first["lowering"] == LOWERING
+    assert first["arena"] == ARENA  # the answer's compiled SRAM depends on the arena Vela is given
     edited = json.loads(table.read_text())
     edited["sram"]["o"] += 1
     table.write_text(json.dumps(edited))

@@ -45,7 +45,7 @@ def build(model: str, targets: Sequence[str], samples: int, *, start: int = 0, s
           cache: str | Path = ".cache/ethosu", output: str | Path = ".", checkpoint: str | None = None,
           model_configs: str | None = None, log=print) -> list[Path]:
     """Compile the samples (resumable) and write one fitted table per target; returns the paths."""
-    from moofa.deploy.ethosu import LOWERING, check_target, default_settings, is_ethosu, require_ethosu, versions
+    from moofa.deploy.ethosu import ARENA, LOWERING, check_target, default_settings, is_ethosu, require_ethosu, versions
     from moofa.latency.samples import load_sample, run_jobs, sample_jobs
     from moofa.latency.table import fit_table, table_name
     from moofa.models.spec import get_model_spec
@@ -70,7 +70,8 @@ def build(model: str, targets: Sequence[str], samples: int, *, start: int = 0, s
     for t in targets:
         found = [load_sample(f, t) for f in folders]
         sc, mm = default_settings(t)
-        prov = {"versions": versions(), "lowering": LOWERING, "system_config": sc, "memory_mode": mm, "seed": seed,
+        prov = {"versions": versions(), "lowering": LOWERING, "arena": ARENA, "system_config": sc, "memory_mode": mm,
+                "seed": seed,
                 "sample_indices": [start, start + samples - 1],
                 "weights": f"checkpoint {checkpoint}" if checkpoint else "torch.manual_seed(0), then the "
                 "supernet's default initialisation (random weights)",

@@ -20,8 +20,10 @@ With Ethos-U targets (``deploy.targets``, ``--target``), each target ``T`` also 
 ``vela_<T>/`` and ``deploy.json["targets"][T]``: ``sram_bytes``, ``flash_bytes``, ``cycles``,
 ``inference_ms``, ``macs``, ``delegate_calls``, ``system_config``, ``memory_mode``,
 ``vela_version``, ``compile_seconds`` (Vela's compile-time estimates, not measurements on
-silicon; :mod:`moofa.deploy.ethosu`). A program that is not one delegate call is an error naming
-the operators left on the CPU.
+silicon; :mod:`moofa.deploy.ethosu`), and ``arena_bytes``, the arena Vela was given (the
+subnet's Ethos-U activations peak in ``Shared_Sram`` mode, else null;
+docs/ethosu.md#the-sram-arena). A program that is not one delegate call is an error naming the
+operators left on the CPU.
 
 The network is quantised once per subnet: a folder whose ``deploy.json`` records the same inputs
 (the subnet file's hash, calibration settings, test data, executorch version) is reused.
@@ -46,7 +48,7 @@ from moofa.config import AnyArgs, RunConfig, last_task_args
 from moofa.data import DataProvider
 from moofa.data.samplers import evenly_spaced
 from moofa.data.transforms import test_transform
-from moofa.deploy.ethosu import LOWERING, XNNPACK, check_target, ethosu_available, is_ethosu
+from moofa.deploy.ethosu import ARENA, LOWERING, XNNPACK, check_target, ethosu_available, is_ethosu
 from moofa.deploy.programs import (
     INSTALL_HINT,
     RECIPE_VERSION,
@@ -204,6 +206,7 @@ def deploy_network(net: nn.Module, spec: ModelSpec, subnet: SubnetConfig, args: 
         if any(is_ethosu(t) for t in targets):
             fp["vela"] = importlib.metadata.version("ethos-u-vela") if ethosu_available() else None
             fp["lowering"] = LOWERING  # programs lowered another way are compiled again
+            fp["arena"] = ARENA  # and so are programs compiled with another arena
     if subnet_sha256 is not None:
         for folder in dict.fromkeys([out, *map(Path, reuse_from)]):
             if (done := _reuse(folder, Inputs.of(fp), targets)) is None:
@@ -260,6 +263,8 @@ def compile_target(net: nn.Module, spec: ModelSpec, subnet: SubnetConfig, calib:
     With ``loader`` (test images) and the TOSA reference model installed, also ``tosa_int8_accuracy``:
     top-1 of the lowered int8 network executed by the reference model (:func:`moofa.deploy.ethosu.tosa_top1`)."""
     from moofa.deploy.ethosu import (
+        arena_for,
+        default_settings,
         ethosu_program,
         quantize_for,
         reference_model_available,
@@ -273,7 +278,8 @@ def compile_target(net: nn.Module, spec: ModelSpec, subnet: SubnetConfig, calib:
     log.info("deploy: quantising (Arm quantiser) and lowering for %s ...", t)
     t0 = time.perf_counter()
     quantized, _ = quantize_for(net, subnet.image_size, calib, t, system_config, memory_mode)
-    prog = ethosu_program(quantized, subnet.image_size, t, out / f".work_{t}", system_config, memory_mode)
+    arena = arena_for(spec, subnet, memory_mode or default_settings(t)[1])
+    prog = ethosu_program(quantized, subnet.image_size, t, out / f".work_{t}", system_config, memory_mode, arena)
     _write_bytes(out / target_program_name(t), prog.program.buffer)
     kept = out / f"vela_{t}"
     shutil.rmtree(kept, ignore_errors=True)

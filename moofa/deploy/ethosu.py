@@ -17,6 +17,13 @@ lowering skips ExecuTorch's ``FuseConsecutiveRescalesPass``, which would otherwi
 residual add's int32 sum, 4 bytes an element, live through the whole next block whenever two
 quantisation scales happen to match.
 
+Vela's arena is sized (:data:`ARENA`, docs/ethosu.md#the-sram-arena): in ``Shared_Sram`` mode,
+where the arena is the SRAM and the weights stay in Flash, moofa compiles with
+``--arena-cache-size`` set to the subnet's Ethos-U activations peak
+(:func:`moofa.efficiency.target.ethosu_activation_bytes`). Without a size Vela fills spare SRAM
+with weight buffers that its own estimate does not speed up, so its SRAM figure would depend on
+how much SRAM it was offered, not on what the subnet needs.
+
 ExecuTorch's Arm backend, Vela and the TOSA tools are the optional ``ethos-u`` extra; they are
 imported only when a program is built.
 """
@@ -52,6 +59,11 @@ BOUNDARY_OPS = ("quantized_decomposed.quantize_per_tensor.default",
 # How moofa lowers for Ethos-U; recorded with every compiled sample, so that a cache of samples
 # lowered another way is never reused (moofa.latency.samples).
 LOWERING = "int8-shortcuts"
+# How moofa sizes Vela's arena: the subnet's Ethos-U activations peak, in the memory modes of
+# SIZED_ARENA_MODES (the arena is the SRAM, the weights are in Flash). Recorded with every figure,
+# so figures compiled with another arena are never reused.
+ARENA = "activations-peak"
+SIZED_ARENA_MODES = ("Shared_Sram",)
 
 
 def is_ethosu(target: str) -> bool:
@@ -120,6 +132,8 @@ class VelaFigures:
     inference_ms: float  # cycles / clock, milliseconds
     macs: int  # multiply-accumulates Vela counts
     vela_version: str
+    arena_bytes: int | None = None  # the --arena-cache-size Vela was given (bytes); None: Vela's default
+    arena: str = ARENA  # how moofa sizes the arena (ARENA)
     layer_cycles: list[tuple[str, int]] = field(default_factory=list)  # (TOSA op name, cycles), network order
 
     def to_dict(self, layers: bool = False) -> dict[str, Any]:
@@ -133,9 +147,11 @@ def _kib_to_bytes(value: str) -> int:
     return int(round(float(value) * 1024))
 
 
-def read_vela_output(out_dir: str | Path, target: str, system_config: str, memory_mode: str) -> VelaFigures:
+def read_vela_output(out_dir: str | Path, target: str, system_config: str, memory_mode: str,
+                     arena_bytes: int | None = None) -> VelaFigures:
     """The figures of Vela's summary CSV in ``out_dir`` (``out_summary_<system_config>.csv``)
-    and, when present, its per-layer CSV (``--verbose-performance``)."""
+    and, when present, its per-layer CSV (``--verbose-performance``); ``arena_bytes`` is the
+    arena size Vela was given."""
     out = Path(out_dir)
     rows = list(csv.DictReader((out / f"out_summary_{system_config}.csv").open()))
     if len(rows) != 1:
@@ -150,13 +166,28 @@ def read_vela_output(out_dir: str | Path, target: str, system_config: str, memor
     return VelaFigures(target, system_config, memory_mode, _kib_to_bytes(row["sram_memory_used"]),
                        _kib_to_bytes(row["off_chip_flash_memory_used"]), int(float(row["cycles_total"])),
                        1e3 * float(row["inference_time"]), int(float(row["nn_macs"])),
-                       importlib.metadata.version("ethos-u-vela"), layers)
+                       importlib.metadata.version("ethos-u-vela"), arena_bytes, ARENA, layers)
+
+
+def arena_for(model: Any, subnet: Any, memory_mode: str) -> int | None:
+    """The arena size (bytes) moofa gives Vela for ``subnet`` in ``memory_mode``: its Ethos-U
+    activations peak where the arena is the SRAM (:data:`SIZED_ARENA_MODES`), else None (Vela's
+    default: the memory mode's own size, e.g. the 384 KiB cache of ``Dedicated_Sram_384KB``)."""
+    from moofa.efficiency.target import ethosu_activation_bytes
+
+    return ethosu_activation_bytes(model, subnet) if memory_mode in SIZED_ARENA_MODES else None
+
+
+def _arena_flags(arena: int | None) -> list[str]:
+    return [] if arena is None else [f"--arena-cache-size={int(arena)}"]
 
 
 def vela_compile_tosa(tosa_path: str | Path, target: str, out_dir: str | Path, system_config: str | None = None,
-                      memory_mode: str | None = None, timeout: float = 600) -> VelaFigures:
+                      memory_mode: str | None = None, timeout: float = 600,
+                      arena: int | None = None) -> VelaFigures:
     """Run the ``vela`` compiler on a lowered ``out.tosa`` for ``target`` (about a second for a
-    full-size subnet); writes Vela's output into ``out_dir`` and returns its figures."""
+    full-size subnet), with an arena of ``arena`` bytes (None: Vela's default); writes Vela's
+    output into ``out_dir`` and returns its figures."""
     require_ethosu()
     sc, mm = default_settings(target)
     sc, mm = system_config or sc, memory_mode or mm
@@ -166,11 +197,11 @@ def vela_compile_tosa(tosa_path: str | Path, target: str, out_dir: str | Path, s
     out.mkdir(parents=True)
     cmd = [sys.executable, "-m", "ethosu.vela", f"--accelerator-config={target}", f"--config={VELA_CONFIG}",
            "--output-format=raw", f"--system-config={sc}", f"--memory-mode={mm}", "--verbose-performance",
-           f"--output-dir={out}", str(tosa_path)]
+           *_arena_flags(arena), f"--output-dir={out}", str(tosa_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"vela failed on {tosa_path} for {target}: {(proc.stderr or proc.stdout).strip()[-2000:]}")
-    return read_vela_output(out, target, sc, mm)
+    return read_vela_output(out, target, sc, mm, arena)
 
 
 @dataclass
@@ -186,11 +217,11 @@ class EthosUProgram:
         return self.workdir / "out.tosa"
 
 
-def _compile_spec(target: str, system_config: str | None, memory_mode: str | None) -> Any:
+def _compile_spec(target: str, system_config: str | None, memory_mode: str | None, arena: int | None = None) -> Any:
     from executorch.backends.arm.ethosu import EthosUCompileSpec
 
     return EthosUCompileSpec(target=target, system_config=system_config, memory_mode=memory_mode,
-                             extra_flags=["--verbose-performance"])
+                             extra_flags=["--verbose-performance", *_arena_flags(arena)])
 
 
 def quantize_for(net: nn.Module, image_size: int, calibration: Iterable[torch.Tensor], target: str,
@@ -237,8 +268,10 @@ def _int8_shortcuts() -> Any:
 
 
 def ethosu_program(quantized: nn.Module, image_size: int, target: str, workdir: str | Path,
-                   system_config: str | None = None, memory_mode: str | None = None) -> EthosUProgram:
-    """Lower a :func:`quantize_for` result for ``target``; keeps ``out.tosa`` and Vela's output in
+                   system_config: str | None = None, memory_mode: str | None = None,
+                   arena: int | None = None) -> EthosUProgram:
+    """Lower a :func:`quantize_for` result for ``target`` with an arena of ``arena`` bytes (None:
+    Vela's default; :func:`arena_for` gives moofa's); keeps ``out.tosa`` and Vela's output in
     ``workdir``. SplitProgramError when the program is not one delegate call."""
     require_ethosu()
     from executorch.exir import EdgeCompileConfig
@@ -247,7 +280,7 @@ def ethosu_program(quantized: nn.Module, image_size: int, target: str, workdir: 
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    spec = _compile_spec(target, system_config, memory_mode)
+    spec = _compile_spec(target, system_config, memory_mode, arena)
     spec.dump_intermediate_artifacts_to(str(work))
     t0 = time.perf_counter()
     # Vela prints its whole report; the CSVs keep it
@@ -261,7 +294,7 @@ def ethosu_program(quantized: nn.Module, image_size: int, target: str, workdir: 
                                 f"left on the CPU: {left} (Vela's figures would cover only the last partition)",
                                 key="deploy.targets", value=target)
     sc, mm = default_settings(target)
-    figures = read_vela_output(work / "output", target, system_config or sc, memory_mode or mm)
+    figures = read_vela_output(work / "output", target, system_config or sc, memory_mode or mm, arena)
     prog.seconds = time.perf_counter() - t0
     return EthosUProgram(prog, figures, work)
 

@@ -8,7 +8,8 @@ Layout of ``<cache>/<model>/<index>_<hash>/``, the hash of the subnet and of how
 ``config.json`` (the subnet, its seed, the weights and the lowering), ``out.tosa``,
 ``vela_<target>/`` (Vela's summary and per-layer CSVs) and ``figures_<target>.json``
 (:class:`moofa.deploy.ethosu.VelaFigures`). A sample is complete for a target when its figures
-file exists.
+file exists and records the current arena rule (:data:`moofa.deploy.ethosu.ARENA`); figures of
+another arena rule are compiled again from the kept ``out.tosa`` (a second each).
 
 Weights: ``torch.manual_seed(0)`` then the supernet's default initialisation (random weights),
 unless a checkpoint is given; calibration: 8 seeded random-normal images (Vela's figures depend on
@@ -30,7 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from moofa.deploy.ethosu import LOWERING
+from moofa.deploy.ethosu import ARENA, LOWERING
 from moofa.efficiency import sample_feasible
 from moofa.io import write_json
 from moofa.models.spec import ModelSpec, SubnetConfig, get_model_spec
@@ -81,19 +82,26 @@ def static_subnet(spec: ModelSpec, subnet: SubnetConfig, checkpoint: str | None,
 
 def compile_sample(job: Job) -> str:
     """Compile one sample (the TOSA once, Vela per missing target); returns its folder."""
-    from moofa.deploy.ethosu import ethosu_program, quantize_for, vela_compile_tosa, versions
+    from moofa.deploy.ethosu import (
+        arena_for,
+        default_settings,
+        ethosu_program,
+        quantize_for,
+        vela_compile_tosa,
+        versions,
+    )
 
     folder = Path(job.folder)
-    targets = [t for t in job.targets if not (folder / f"figures_{t}.json").is_file()]
+    targets = [t for t in job.targets if not is_complete(folder, t)]
     if not targets:
         return str(folder)
     torch.set_num_threads(1)
     for stale in folder.parent.glob(f".{folder.name}.*.tmp"):  # left by a killed compile of this sample
         if not _alive(stale.name.rsplit(".", 2)[-2]):
             shutil.rmtree(stale, ignore_errors=True)
+    spec = get_model_spec(job.model, job.model_configs)
+    cfg = SubnetConfig.from_dict(job.config)
     if not (folder / "out.tosa").is_file():
-        spec = get_model_spec(job.model, job.model_configs)
-        cfg = SubnetConfig.from_dict(job.config)
         net = static_subnet(spec, cfg, job.checkpoint, job.n_classes)
         gen = torch.Generator().manual_seed(job.index)
         calib = [torch.randn(CALIBRATION_IMAGES, 3, cfg.image_size, cfg.image_size, generator=gen)]
@@ -115,7 +123,8 @@ def compile_sample(job: Job) -> str:
         os.replace(tmp, folder / "out.tosa")  # the sample's TOSA exists whole or not at all
         shutil.rmtree(work, ignore_errors=True)
     for t in targets:
-        figs = vela_compile_tosa(folder / "out.tosa", t, folder / f"vela_{t}")
+        arena = arena_for(spec, cfg, default_settings(t)[1])
+        figs = vela_compile_tosa(folder / "out.tosa", t, folder / f"vela_{t}", arena=arena)
         write_json(folder / f"figures_{t}.json", figs.to_dict(layers=True))
     return str(folder)
 
@@ -146,7 +155,7 @@ def sample_jobs(model: str, targets: Sequence[str], cache: str | Path, n: int, s
 def run_jobs(jobs: Sequence[Job], workers: int = 1, log: Any = print) -> list[str]:
     """Compile every job (``workers`` processes, one sample per process at a time); samples already
     complete are skipped. Returns the folders."""
-    todo = [j for j in jobs if not all((Path(j.folder) / f"figures_{t}.json").is_file() for t in j.targets)]
+    todo = [j for j in jobs if not all(is_complete(j.folder, t) for t in j.targets)]
     log(f"{len(jobs) - len(todo)} of {len(jobs)} samples already compiled; {len(todo)} to go "
         f"({workers} process{'es' if workers > 1 else ''})")
     if workers <= 1:
@@ -161,12 +170,25 @@ def run_jobs(jobs: Sequence[Job], workers: int = 1, log: Any = print) -> list[st
     return [j.folder for j in jobs]
 
 
+def _figures(folder: str | Path, target: str) -> dict[str, Any] | None:
+    """The sample's figures for ``target`` when compiled with the current arena rule, else None."""
+    fig = Path(folder) / f"figures_{target}.json"
+    if not fig.is_file():
+        return None
+    figures = json.loads(fig.read_text())
+    return figures if figures.get("arena") == ARENA else None
+
+
+def is_complete(folder: str | Path, target: str) -> bool:
+    """Whether the sample in ``folder`` holds figures for ``target`` under the current arena rule."""
+    return _figures(folder, target) is not None
+
+
 def load_sample(folder: str | Path, target: str) -> dict[str, Any] | None:
     """``{"config": SubnetConfig, "figures": dict, ...}`` of a complete sample, else None."""
     f = Path(folder)
-    fig, conf = f / f"figures_{target}.json", f / "config.json"
-    if not fig.is_file() or not conf.is_file():
+    figures, conf = _figures(f, target), f / "config.json"
+    if figures is None or not conf.is_file():
         return None
     meta = json.loads(conf.read_text())
-    return {**meta, "config": SubnetConfig.from_dict(meta["config"]), "figures": json.loads(fig.read_text()),
-            "folder": str(f)}
+    return {**meta, "config": SubnetConfig.from_dict(meta["config"]), "figures": figures, "folder": str(f)}

@@ -19,8 +19,9 @@ compiled sample subnets (:mod:`moofa.latency.samples`), saved as JSON tables.
   (:mod:`moofa.efficiency.target`): ``int8_activations``: s * the int8 activations-only peak + o,
   least squares with ``o`` raised to cover the samples (the only form of version 1 tables);
   ``ethosu_activations``: the activations as the Ethos-U program holds them (NHCWB16 channels,
-  int8 shortcuts held through their block) plus the overhead, Vela's weight buffers, that
-  covers the samples (``s`` = 1). ``int32_shortcuts`` (shortcuts held as int32) is read in tables
+  int8 shortcuts held through their block) plus the overhead that covers the
+  samples (``s`` = 1; with the arena sized to that peak, docs/ethosu.md#the-sram-arena, the
+  overhead is 0). ``int32_shortcuts`` (shortcuts held as int32) is read in tables
   fitted on samples lowered with ExecuTorch's default (docs/ethosu.md#residual-adds-and-sram).
   In a ``Dedicated_Sram`` memory mode (U65) the SRAM is a cache of fixed size and the prediction
   is the largest SRAM Vela used over the samples.

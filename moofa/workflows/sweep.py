@@ -48,7 +48,7 @@ from moofa.config import AnyArgs, RunConfig, SearchSettings
 from moofa.data import DataProvider
 from moofa.data.folder import data_fingerprint
 from moofa.deploy import DEPLOY_NAME, deploy_exported, require_executorch
-from moofa.deploy.ethosu import LOWERING
+from moofa.deploy.ethosu import ARENA, LOWERING
 from moofa.efficiency import MemoryOptions
 from moofa.efficiency.limits import Limits, violations
 from moofa.errors import CheckpointError, ConfigError, on_main_rank
@@ -138,6 +138,7 @@ def search_inputs(cfg: RunConfig, spec: ModelSpec, args: AnyArgs,
         table = json.dumps(target_table(sc, spec, cfg.path).to_dict(), sort_keys=True)
         out["latency_table"] = hashlib.sha256(table.encode()).hexdigest()
         out["lowering"] = LOWERING  # the answer's compiled figures depend on how it is lowered
+        out["arena"] = ARENA  # and on the arena Vela is given
     if sc.evaluate:
         ckpt = args.checkpoint
         if ckpt:
