@@ -77,7 +77,7 @@ def main() -> None:
             else:
                 line += "\n    arena: Vela's default (the memory mode's own size)"
             for name, peak in (("int8 activations", int8_activation_bytes_batch(spec, configs)),
-                               ("Ethos-U activations", ethosu_activation_bytes_batch(spec, configs))):
+                               ("Ethos-U activations", ethosu)):
                 acts = peak.astype(np.float64)
                 over = vela - acts
                 err = np.abs(acts + over.mean() - vela) / vela

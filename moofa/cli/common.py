@@ -19,24 +19,25 @@ def error_line(message: str) -> str:
     return "error: " + " ".join(str(message).split())
 
 
-def launch_rank() -> int:
-    """This process's rank as set by its launcher (the variables :mod:`moofa.distributed` reads;
-    0 for a plain process), read without importing torch."""
-    for key in ("RANK", "HOROVOD_RANK", "OMPI_COMM_WORLD_RANK"):
+def _launcher_value(keys: Sequence[str], default: int) -> int:
+    """The first of the launcher's variables ``keys`` that is set to a number, else ``default``."""
+    for key in keys:
         value = os.environ.get(key, "")
         if value.isdigit():
             return int(value)
-    return 0
+    return default
+
+
+def launch_rank() -> int:
+    """This process's rank as set by its launcher (the variables :mod:`moofa.distributed` reads;
+    0 for a plain process), read without importing torch."""
+    return _launcher_value(("RANK", "HOROVOD_RANK", "OMPI_COMM_WORLD_RANK"), 0)
 
 
 def launch_world_size() -> int:
     """How many ranks this process's launcher started (1 for a plain process), read without
     importing torch."""
-    for key in ("WORLD_SIZE", "HOROVOD_SIZE", "OMPI_COMM_WORLD_SIZE"):
-        value = os.environ.get(key, "")
-        if value.isdigit():
-            return int(value)
-    return 1
+    return _launcher_value(("WORLD_SIZE", "HOROVOD_SIZE", "OMPI_COMM_WORLD_SIZE"), 1)
 
 
 # How long (s) a rank whose collective failed waits for its own stop signal: the launcher

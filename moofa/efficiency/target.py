@@ -8,9 +8,9 @@
   every layer of the block. moofa lowers residual adds so that the shortcut stays int8
   (:data:`moofa.deploy.ethosu.LOWERING`); with ExecuTorch's default lowering a chained shortcut
   may instead be held as int32, 4 bytes an element, which ``shortcut_bytes=4`` models (the
-  ``int32_shortcuts`` SRAM model of tables built before). Vela's SRAM adds weight buffers to
-  this: a few KB, up to some 300 KB for a wide 1x1 conv whose weights it streams
-  double-buffered (benchmarks/README.md).
+  ``int32_shortcuts`` SRAM model of tables built before). moofa gives Vela this peak as its
+  arena in ``Shared_Sram`` mode (docs/ethosu.md#the-sram-arena); left to its default arena, Vela
+  adds weight buffers to it, a few KB up to some 300 KB (benchmarks/README.md).
 
 :func:`operator_counts_batch` counts what the Ethos-U latency tables weigh beside MACs and bytes:
 depthwise MACs, squeeze-excite elements and shortcut elements (docs/ethosu.md#latency-tables).

@@ -73,8 +73,9 @@ _V2_DESIGN = ("mmacs", "weights_mb", "traffic_mb", "c")
 _CORE = ("pw_mmacs", "dw_mmacs", "weights_mb", "c")
 _OPTIONAL = ("traffic_mb", "spill_mb", "se_m", "shortcut_m", "pixels_m")  # spill_mb: with an SRAM cache only
 SAMPLES_PER_TERM = 3  # a design of t terms is tried only on at least 3 t samples
-# The fraction of the fitted samples whose SRAM the prediction covers. Not all: Vela's weight
-# buffers put a few subnets far above any activations model (docs/ethosu.md#latency-tables).
+# The fraction of the fitted samples whose SRAM the prediction covers. Not all: with Vela's
+# default arena, its weight buffers put a few subnets far above any activations model
+# (docs/ethosu.md#latency-tables; with the sized arena nothing is above the peak).
 SRAM_COVERAGE = 0.9
 
 
